@@ -1,0 +1,108 @@
+"""One bus class for PIO and MMIO: devices at ranges, dispatch by offset.
+
+``insert(device, base, length)`` refuses overlaps.  An access no device
+claims is counted and logged once per address, never fatal: reads return all
+ones (what an empty ISA bus floats to), writes are dropped.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+from kvmlite.devices.base import Device
+from kvmlite.errors import BusError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BusRange:
+    base: int
+    length: int
+    device: Device
+    name: str
+
+    @property
+    def end(self) -> int:
+        return self.base + self.length
+
+
+class Bus:
+    """Address ranges mapped to devices; ``kind`` is "pio" or "mmio" (used in messages)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._ranges: list[BusRange] = []
+        self._bases: list[int] = []
+        #: Accesses nobody claimed, per (direction, address).
+        self.unclaimed: Counter[tuple[str, int]] = Counter()
+        # addr -> (device, offset-base) for the hot path; filled on first use
+        self._cache: dict[int, BusRange | None] = {}
+
+    def insert(self, device: Device, base: int, length: int, name: str | None = None) -> None:
+        if length <= 0 or base < 0:
+            raise BusError(f"{self.kind}: invalid range {base:#x}+{length:#x}")
+        new = BusRange(base, length, device, name or type(device).__name__)
+        i = bisect.bisect_left(self._bases, base)
+        for neighbour in self._ranges[max(0, i - 1) : i + 1]:
+            if neighbour.base < new.end and new.base < neighbour.end:
+                raise BusError(
+                    f"{self.kind}: {new.name} at {base:#x}..{new.end - 1:#x} overlaps "
+                    f"{neighbour.name} at {neighbour.base:#x}..{neighbour.end - 1:#x}"
+                )
+        self._ranges.insert(i, new)
+        self._bases.insert(i, base)
+        self._cache.clear()
+
+    def remove(self, base: int) -> Device:
+        i = bisect.bisect_left(self._bases, base)
+        if i == len(self._bases) or self._bases[i] != base:
+            raise BusError(f"{self.kind}: no device at {base:#x}")
+        self._bases.pop(i)
+        self._cache.clear()
+        return self._ranges.pop(i).device
+
+    def find(self, addr: int) -> BusRange | None:
+        try:
+            return self._cache[addr]
+        except KeyError:
+            pass
+        i = bisect.bisect_right(self._bases, addr) - 1
+        found = self._ranges[i] if i >= 0 and addr < self._ranges[i].end else None
+        self._cache[addr] = found
+        return found
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._ranges)
+
+    def read(self, addr: int, size: int) -> int:
+        r = self.find(addr)
+        if r is None:
+            self._unclaimed("read", addr, size)
+            return (1 << (8 * size)) - 1
+        return r.device.read(addr - r.base, size)
+
+    def write(self, addr: int, size: int, value: int) -> None:
+        r = self.find(addr)
+        if r is None:
+            self._unclaimed("write", addr, size, value)
+            return
+        r.device.write(addr - r.base, size, value)
+
+    def _unclaimed(self, direction: str, addr: int, size: int, value: int | None = None) -> None:
+        key = (direction, addr)
+        self.unclaimed[key] += 1
+        if self.unclaimed[key] == 1:
+            what = f" value {value:#x}" if value is not None else ""
+            log.warning(
+                "%s %s at %#x (%d bytes%s) claimed by no device: %s",
+                self.kind,
+                direction,
+                addr,
+                size,
+                what,
+                "returning all ones" if direction == "read" else "ignored",
+            )
