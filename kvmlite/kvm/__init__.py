@@ -1,1 +1,8 @@
-"""kvm"""
+"""The /dev/kvm binding: structures and numbers (``structs``, ``constants``), then one
+object per file descriptor: :class:`Kvm` -> :class:`Vm` -> :class:`Vcpu`."""
+
+from kvmlite.kvm.system import CpuidEntry, Kvm
+from kvmlite.kvm.vcpu import Vcpu
+from kvmlite.kvm.vm import Vm
+
+__all__ = ["CpuidEntry", "Kvm", "Vcpu", "Vm"]

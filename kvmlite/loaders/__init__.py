@@ -1,1 +1,73 @@
-"""loaders"""
+"""Kernel loaders: detect an image's format and load it into guest memory.
+
+One module per format (:mod:`multiboot`, :mod:`elf64`, :mod:`bootsector`),
+each with ``load(memory, image, ...) -> LoadResult``; :func:`load_kernel`
+detects the format from the bytes, never from the file name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kvmlite.errors import BzImageError, LoaderError
+from kvmlite.loaders import bootsector, elf64, multiboot
+from kvmlite.loaders.base import EntryMode, LoadResult
+from kvmlite.loaders.elf import ELFCLASS64, is_elf
+from kvmlite.memory.guest import GuestMemory
+
+__all__ = ["EntryMode", "LoadResult", "detect_format", "load_kernel"]
+
+BZIMAGE_MAGIC_OFFSET = 0x202
+BZIMAGE_MAGIC = b"HdrS"
+
+
+def detect_format(data: bytes) -> str:
+    """'multiboot', 'elf64', 'bzimage', 'bootsector' or 'unknown'."""
+    if multiboot.looks_like(data):
+        return "multiboot"
+    if data[BZIMAGE_MAGIC_OFFSET : BZIMAGE_MAGIC_OFFSET + 4] == BZIMAGE_MAGIC:
+        return "bzimage"
+    if is_elf(data) and len(data) > 4 and data[4] == ELFCLASS64:
+        return "elf64"
+    if bootsector.looks_like(data):
+        return "bootsector"
+    return "unknown"
+
+
+def load_kernel(
+    memory: GuestMemory,
+    path: Path,
+    cmdline: str = "",
+    initrds: list[Path] | None = None,
+    data: bytes | None = None,
+) -> LoadResult:
+    """Load the kernel at ``path`` (its bytes may be given as ``data``) by its detected format."""
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise LoaderError(f"cannot read kernel {path}: {err.strerror}") from err
+    if not data:
+        raise LoaderError(f"kernel {path} is empty")
+    fmt = detect_format(data)
+    modules: list[tuple[str, bytes]] = []
+    for initrd in initrds or []:
+        try:
+            modules.append((str(initrd), initrd.read_bytes()))
+        except OSError as err:
+            raise LoaderError(f"cannot read initrd {initrd}: {err.strerror}") from err
+    if fmt == "multiboot":
+        return multiboot.load(memory, data, str(path), cmdline, modules)
+    if modules:
+        raise LoaderError(f"--initrd is only supported for multiboot kernels so far, not for a {fmt} image")
+    if fmt == "elf64":
+        return elf64.load(memory, data)
+    if fmt == "bootsector":
+        if cmdline:
+            raise LoaderError("a boot sector takes no command line")
+        return bootsector.load(memory, data)
+    if fmt == "bzimage":
+        raise BzImageError(f"{path} is a Linux bzImage: Linux boot is not supported yet")
+    raise LoaderError(
+        f"{path}: unrecognised kernel format (expected a multiboot kernel, an ELF64 kernel or a boot sector)"
+    )

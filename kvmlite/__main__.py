@@ -1,0 +1,5 @@
+import sys
+
+from kvmlite.cli.main import main
+
+sys.exit(main())

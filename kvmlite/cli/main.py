@@ -1,0 +1,144 @@
+"""``kvmlite``: the command line.
+
+    kvmlite run [--kernel PATH] [--initrd PATH]... [--cmdline STR] [--memory MIB]
+                [--backend kvm|emu|auto] [--stats] [-v]
+    kvmlite info
+
+Every error kvmlite expects (bad arguments, a malformed kernel, no /dev/kvm)
+ends with one sentence on stderr and a non-zero status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from kvmlite.errors import ConfigError, KvmliteError, KvmUnavailableError
+
+log = logging.getLogger("kvmlite")
+
+STATUS_BAD_INPUT = 2
+STATUS_NO_BACKEND = 3
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kvmlite", description="A KVM hypervisor toolkit in Python.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a guest (the built-in demo guest when no --kernel is given)")
+    run.add_argument(
+        "--kernel", type=Path, help="kernel image: multiboot ELF32/a.out, ELF64 or a boot sector"
+    )
+    run.add_argument("--initrd", type=Path, action="append", default=[], help="module / initrd (repeatable)")
+    run.add_argument("--cmdline", default="", help="kernel command line")
+    run.add_argument(
+        "--memory", type=_positive_int, default=128, metavar="MIB", help="guest RAM in MiB (128)"
+    )
+    run.add_argument("--backend", choices=["kvm", "emu", "auto"], default="auto", help="execution backend")
+    run.add_argument("--stats", action="store_true", help="print exit statistics to stderr at the end")
+    run.add_argument("-v", "--verbose", action="count", default=0, dest="run_verbose", help=argparse.SUPPRESS)
+
+    sub.add_parser("info", help="show the host's KVM API version and capabilities")
+    return parser
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="kvmlite: %(message)s", stream=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kvmlite.vmm.machine import Machine, MachineConfig
+
+    kernel = args.kernel
+    if kernel is None:
+        from kvmlite.guests import DEMO_GUEST
+
+        kernel = DEMO_GUEST
+        if not kernel.is_file():
+            raise ConfigError(
+                f"the built-in demo guest is missing ({kernel}); rebuild it: python3 guests/build.py"
+            )
+    elif not kernel.is_file():
+        raise ConfigError(f"kernel {kernel} does not exist or is not a file")
+    for initrd in args.initrd:
+        if not initrd.is_file():
+            raise ConfigError(f"initrd {initrd} does not exist or is not a file")
+    config = MachineConfig(
+        kernel=kernel,
+        cmdline=args.cmdline,
+        initrds=list(args.initrd),
+        memory_mib=args.memory,
+        backend=args.backend,
+        stats=args.stats,
+    )
+    machine = Machine.build(config)
+    try:
+        status = machine.run()
+        info = machine.control.stop_info
+        if info and info.message:
+            log.info("%s", info.message)
+        if args.stats:
+            print(machine.stats().format(), file=sys.stderr)
+            unclaimed = machine.pio.unclaimed + machine.mmio.unclaimed
+            if unclaimed:
+                print(
+                    f"unclaimed accesses: {sum(unclaimed.values())} at {len(unclaimed)} addresses",
+                    file=sys.stderr,
+                )
+        if info and info.status == 4:
+            print(f"kvmlite: {info.message}", file=sys.stderr)
+        return status
+    finally:
+        machine.close()
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from kvmlite.kvm import Kvm
+
+    with Kvm() as kvm:
+        print(f"{'KVM device':<34} {kvm.path}")
+        print(f"{'API version':<34} {kvm.api_version()}")
+        print(f"{'vCPU mmap size':<34} {kvm.vcpu_mmap_size()}")
+        print(f"{'supported CPUID entries':<34} {len(kvm.supported_cpuid())}")
+        print(f"{'MSRs saved/restored':<34} {len(kvm.msr_index_list())}")
+        print()
+        print(f"{'capability':<34} value")
+        for cap, value in kvm.capabilities().items():
+            print(f"KVM_CAP_{cap.name:<26} {value}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose + getattr(args, "run_verbose", 0))
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        return cmd_info(args)
+    except KvmUnavailableError as err:
+        print(f"kvmlite: {err}", file=sys.stderr)
+        return STATUS_NO_BACKEND
+    except KvmliteError as err:
+        print(f"kvmlite: {err}", file=sys.stderr)
+        return STATUS_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Just enough ELF parsing for loaders: header and program headers, 32- and 64-bit.
+
+Every field is checked against the file's size; a malformed image gives an
+:class:`ElfError` naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from kvmlite.errors import ElfError
+
+ELF_MAGIC = b"\x7fELF"
+ELFCLASS32, ELFCLASS64 = 1, 2
+ELFDATA2LSB = 1
+EM_386, EM_X86_64 = 3, 62
+PT_LOAD, PT_NOTE = 1, 4
+
+_EHDR32 = struct.Struct("<16sHHIIIIIHHHHHH")
+_EHDR64 = struct.Struct("<16sHHIQQQIHHHHHH")
+_PHDR32 = struct.Struct("<IIIIIIII")  # type offset vaddr paddr filesz memsz flags align
+_PHDR64 = struct.Struct("<IIQQQQQQ")  # type flags offset vaddr paddr filesz memsz align
+
+
+@dataclass(frozen=True)
+class Segment:
+    type: int
+    offset: int
+    vaddr: int
+    paddr: int
+    filesz: int
+    memsz: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class ElfImage:
+    bits: int
+    machine: int
+    entry: int
+    segments: tuple[Segment, ...]
+
+    def load_segments(self) -> list[Segment]:
+        return [s for s in self.segments if s.type == PT_LOAD and s.memsz]
+
+    def notes(self, data: bytes) -> list[tuple[bytes, int, bytes]]:
+        """(name, type, desc) of every note in PT_NOTE segments."""
+        out = []
+        for seg in self.segments:
+            if seg.type != PT_NOTE:
+                continue
+            pos, end = seg.offset, seg.offset + seg.filesz
+            while pos + 12 <= end:
+                namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
+                name_off = pos + 12
+                desc_off = name_off + ((namesz + 3) & ~3)
+                nxt = desc_off + ((descsz + 3) & ~3)
+                if nxt > end:
+                    break
+                out.append(
+                    (
+                        data[name_off : name_off + namesz].rstrip(b"\0"),
+                        ntype,
+                        data[desc_off : desc_off + descsz],
+                    )
+                )
+                pos = nxt
+        return out
+
+
+def is_elf(data: bytes) -> bool:
+    return data[:4] == ELF_MAGIC
+
+
+def parse_elf(data: bytes) -> ElfImage:
+    if len(data) < 52 or not is_elf(data):
+        raise ElfError("not an ELF file (bad magic or shorter than an ELF header)")
+    cls, endian = data[4], data[5]
+    if endian != ELFDATA2LSB:
+        raise ElfError("ELF image is not little-endian")
+    if cls == ELFCLASS32:
+        _, _, machine, _, entry, phoff, _, _, _, phentsize, phnum, *_ = _EHDR32.unpack_from(data)
+        phdr, bits = _PHDR32, 32
+    elif cls == ELFCLASS64:
+        if len(data) < _EHDR64.size:
+            raise ElfError("ELF64 header truncated")
+        _, _, machine, _, entry, phoff, _, _, _, phentsize, phnum, *_ = _EHDR64.unpack_from(data)
+        phdr, bits = _PHDR64, 64
+    else:
+        raise ElfError(f"unknown ELF class {cls}")
+    if phnum == 0:
+        raise ElfError("ELF image has no program headers")
+    if phentsize < phdr.size:
+        raise ElfError(f"ELF program header size {phentsize} is too small")
+    if phoff + phnum * phentsize > len(data):
+        raise ElfError("ELF program headers lie beyond the end of the file (truncated image?)")
+    segments = []
+    for i in range(phnum):
+        fields = phdr.unpack_from(data, phoff + i * phentsize)
+        if bits == 32:
+            ptype, offset, vaddr, paddr, filesz, memsz, flags, _ = fields
+        else:
+            ptype, flags, offset, vaddr, paddr, filesz, memsz, _ = fields
+        if ptype == PT_LOAD:
+            if filesz > memsz:
+                raise ElfError(f"segment {i}: file size {filesz:#x} exceeds memory size {memsz:#x}")
+            if offset + filesz > len(data):
+                raise ElfError(
+                    f"segment {i}: data at {offset:#x}+{filesz:#x} lies beyond the end of the file"
+                )
+        segments.append(Segment(ptype, offset, vaddr, paddr, filesz, memsz, flags))
+    return ElfImage(bits, machine, entry, tuple(segments))

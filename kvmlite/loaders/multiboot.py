@@ -1,0 +1,268 @@
+"""Multiboot v1 loader: ELF32 kernels as QEMU's ``-kernel`` takes them, and the a.out kludge.
+
+The kernel starts in flat 32-bit protected mode with EAX=0x2BADB002 and EBX
+pointing at a multiboot information structure holding mem_lower/mem_upper,
+a memory map, the command line as QEMU and GRUB pass it
+(``"<kernel path> <args>"``), the boot loader name and the modules.
+
+The memory map and mem_upper follow what the same kernel sees under
+``qemu-system-x86_64`` (SeaBIOS' e820 table), so a test kernel prints the same
+numbers under both.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvmlite.errors import ElfError, GuestMemoryError, MultibootError
+from kvmlite.loaders import layout as L
+from kvmlite.loaders.base import EntryMode, LoadResult
+from kvmlite.loaders.elf import ELFCLASS32, EM_386, is_elf, parse_elf
+from kvmlite.memory.guest import PAGE_SIZE, GuestMemory
+
+MULTIBOOT_HEADER_MAGIC = 0x1BADB002
+MULTIBOOT_BOOTLOADER_MAGIC = 0x2BADB002
+MULTIBOOT_SEARCH = 8192
+
+# header flags
+MBH_PAGE_ALIGN = 1 << 0
+MBH_MEMORY_INFO = 1 << 1
+MBH_VIDEO_MODE = 1 << 2
+MBH_AOUT_KLUDGE = 1 << 16
+_MBH_KNOWN_REQUIRED = MBH_PAGE_ALIGN | MBH_MEMORY_INFO | MBH_VIDEO_MODE
+
+# info flags
+MBI_MEMORY = 1 << 0
+MBI_BOOT_DEVICE = 1 << 1
+MBI_CMDLINE = 1 << 2
+MBI_MODS = 1 << 3
+MBI_MMAP = 1 << 6
+MBI_BOOT_LOADER_NAME = 1 << 9
+
+MBI_SIZE = 88
+MBI_OFF_FLAGS, MBI_OFF_MEM_LOWER, MBI_OFF_MEM_UPPER, MBI_OFF_BOOT_DEVICE = 0, 4, 8, 12
+MBI_OFF_CMDLINE, MBI_OFF_MODS_COUNT, MBI_OFF_MODS_ADDR = 16, 20, 24
+MBI_OFF_MMAP_LENGTH, MBI_OFF_MMAP_ADDR, MBI_OFF_BOOT_LOADER_NAME = 44, 48, 64
+BOOT_DEVICE_NONE = 0x8000FFFF  # "first hard disk, no partition": what QEMU passes
+BOOT_LOADER_NAME = b"kvmlite\0"
+
+E820_RAM, E820_RESERVED = 1, 2
+#: SeaBIOS keeps the top 128 KiB of low RAM for itself and marks it reserved.
+BIOS_HIGH_RESERVED = 0x20000
+BIOS_ROM = (0xFFFC_0000, 0x4_0000)
+
+_HEADER = struct.Struct("<III")
+_AOUT = struct.Struct("<IIIII")
+_MMAP_ENTRY = struct.Struct("<IQQI")
+_MODULE = struct.Struct("<IIII")
+
+
+@dataclass(frozen=True)
+class MultibootHeader:
+    offset: int
+    flags: int
+    header_addr: int = 0
+    load_addr: int = 0
+    load_end_addr: int = 0
+    bss_end_addr: int = 0
+    entry_addr: int = 0
+
+
+def find_header(data: bytes) -> MultibootHeader | None:
+    """The multiboot header in the first 8 KiB (4-byte aligned, checksum valid), or None."""
+    limit = min(len(data), MULTIBOOT_SEARCH) - _HEADER.size
+    for off in range(0, limit + 1, 4):
+        magic, flags, checksum = _HEADER.unpack_from(data, off)
+        if magic == MULTIBOOT_HEADER_MAGIC and (magic + flags + checksum) & 0xFFFF_FFFF == 0:
+            if flags & MBH_AOUT_KLUDGE:
+                if off + 12 + _AOUT.size > len(data):
+                    raise MultibootError("multiboot header with the a.out kludge is truncated")
+                return MultibootHeader(off, flags, *_AOUT.unpack_from(data, off + 12))
+            return MultibootHeader(off, flags)
+    return None
+
+
+def e820_map(memory: GuestMemory) -> list[tuple[int, int, int]]:
+    """(base, length, type) entries as SeaBIOS reports them under QEMU for this RAM layout."""
+    below_4g = sum(r.size for r in memory if r.end <= 1 << 32)
+    above_4g = sum(r.size for r in memory if r.start >= 1 << 32)
+    entries = [(0, L.LOW_RAM_END, E820_RAM), (L.LOW_RAM_END, 0xA0000 - L.LOW_RAM_END, E820_RESERVED)]
+    entries.append((0xF0000, 0x10000, E820_RESERVED))
+    if below_4g > L.HIMEM + BIOS_HIGH_RESERVED:
+        entries.append((L.HIMEM, below_4g - L.HIMEM - BIOS_HIGH_RESERVED, E820_RAM))
+        entries.append((below_4g - BIOS_HIGH_RESERVED, BIOS_HIGH_RESERVED, E820_RESERVED))
+    entries.append((*BIOS_ROM, E820_RESERVED))
+    if above_4g:
+        entries.append((1 << 32, above_4g, E820_RAM))
+    return entries
+
+
+def _load_elf(memory: GuestMemory, data: bytes) -> tuple[int, int, int]:
+    """Load an ELF32 multiboot kernel by physical address; returns (entry, lowest, end)."""
+    try:
+        elf = parse_elf(data)
+    except ElfError as err:
+        raise MultibootError(f"bad ELF kernel: {err}") from err
+    if elf.bits != 32 or data[4] != ELFCLASS32 or elf.machine != EM_386:
+        raise MultibootError("multiboot ELF kernels must be ELF32 for i386")
+    segments = elf.load_segments()
+    if not segments:
+        raise MultibootError("ELF kernel has no loadable segments")
+    for seg in segments:
+        _check_target(memory, seg.paddr, seg.memsz, "ELF segment")
+        memory.write(seg.paddr, data[seg.offset : seg.offset + seg.filesz])
+        memory.fill(seg.paddr + seg.filesz, seg.memsz - seg.filesz)
+    entry = elf.entry
+    # A kernel linked high (vaddr != paddr) gives a virtual entry point: translate it as QEMU does.
+    if not any(s.paddr <= entry < s.paddr + s.memsz for s in segments):
+        for s in segments:
+            if s.vaddr <= entry < s.vaddr + s.memsz:
+                entry = entry - s.vaddr + s.paddr
+                break
+        else:
+            raise MultibootError(f"ELF entry point {elf.entry:#x} is outside every loadable segment")
+    return entry, min(s.paddr for s in segments), max(s.paddr + s.memsz for s in segments)
+
+
+def _load_aout(memory: GuestMemory, data: bytes, h: MultibootHeader) -> tuple[int, int, int]:
+    if h.header_addr < h.load_addr:
+        raise MultibootError("a.out kludge: header_addr lies below load_addr")
+    file_start = h.offset - (h.header_addr - h.load_addr)
+    if file_start < 0:
+        raise MultibootError("a.out kludge: load_addr would start before the file")
+    if h.load_end_addr:
+        if h.load_end_addr < h.load_addr:
+            raise MultibootError("a.out kludge: load_end_addr lies below load_addr")
+        length = h.load_end_addr - h.load_addr
+        if file_start + length > len(data):
+            raise MultibootError("a.out kludge: load_end_addr lies beyond the end of the file (truncated?)")
+    else:
+        length = len(data) - file_start
+    end = h.load_addr + length
+    bss_end = max(h.bss_end_addr, end) if h.bss_end_addr else end
+    _check_target(memory, h.load_addr, bss_end - h.load_addr, "a.out image")
+    memory.write(h.load_addr, data[file_start : file_start + length])
+    memory.fill(end, bss_end - end)
+    if not h.load_addr <= h.entry_addr < bss_end:
+        raise MultibootError(f"a.out kludge: entry {h.entry_addr:#x} is outside the loaded image")
+    return h.entry_addr, h.load_addr, bss_end
+
+
+def _check_target(memory: GuestMemory, addr: int, size: int, what: str) -> None:
+    if addr < L.HIMEM and addr + size > L.BOOT_GDT:
+        raise MultibootError(
+            f"{what} at {addr:#x}+{size:#x} overlaps low memory kvmlite uses for boot structures "
+            f"(kernels must load at {L.HIMEM:#x} or above)"
+        )
+    if not memory.is_ram(addr, size):
+        raise MultibootError(
+            f"{what} at {addr:#x}..{addr + size - 1:#x} does not fit in guest RAM "
+            f"({memory.size // (1 << 20)} MiB): give more --memory or check the link address"
+        )
+
+
+def load(
+    memory: GuestMemory,
+    data: bytes,
+    kernel_path: str,
+    cmdline: str = "",
+    modules: list[tuple[str, bytes]] | None = None,
+) -> LoadResult:
+    """Load a multiboot v1 kernel and its modules; ``modules`` are (command line, contents)."""
+    header = find_header(data)
+    if header is None:
+        raise MultibootError("no multiboot header in the first 8 KiB")
+    unknown = header.flags & 0xFFFF & ~_MBH_KNOWN_REQUIRED
+    if unknown:
+        raise MultibootError(f"multiboot header requires features kvmlite does not know: flags {unknown:#x}")
+    notes = []
+    if header.flags & MBH_VIDEO_MODE:
+        notes.append("the kernel asks for a video mode; kvmlite has no display and ignores it")
+    try:
+        if header.flags & MBH_AOUT_KLUDGE:
+            entry, lowest, end = _load_aout(memory, data, header)
+            fmt = "multiboot (a.out kludge)"
+        elif is_elf(data):
+            entry, lowest, end = _load_elf(memory, data)
+            fmt = "multiboot ELF32"
+        else:
+            raise MultibootError("multiboot image is neither ELF nor marked with the a.out kludge")
+        loaded = [(lowest, end)]
+
+        # modules, page aligned after the kernel
+        mod_entries = []
+        addr = (end + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        for mod_cmdline, contents in modules or []:
+            _check_target(memory, addr, max(len(contents), 1), f"module {mod_cmdline!r}")
+            memory.write(addr, contents)
+            mod_entries.append((addr, addr + len(contents), mod_cmdline))
+            loaded.append((addr, addr + len(contents)))
+            addr = (addr + len(contents) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+        # strings
+        strings = bytearray()
+
+        def add_string(s: bytes) -> int:
+            pos = L.BOOT_CMDLINE + len(strings)
+            strings.extend(s + b"\0")
+            return pos
+
+        cmdline_addr = add_string(f"{kernel_path} {cmdline}".encode())
+        loader_name_addr = add_string(BOOT_LOADER_NAME.rstrip(b"\0"))
+        mod_list = b"".join(
+            _MODULE.pack(start, stop, add_string(name.encode()), 0) for start, stop, name in mod_entries
+        )
+        if len(strings) > L.BOOT_CMDLINE_MAX:
+            raise MultibootError(
+                f"command lines take {len(strings)} bytes, "
+                f"more than the {L.BOOT_CMDLINE_MAX} kvmlite reserves for them"
+            )
+        if len(mod_list) > L.BOOT_CMDLINE - L.BOOT_MODULES:
+            raise MultibootError(f"too many modules ({len(mod_entries)})")
+        memory.write(L.BOOT_CMDLINE, bytes(strings))
+        memory.write(L.BOOT_MODULES, mod_list)
+
+        mmap = b"".join(_MMAP_ENTRY.pack(20, base, length, kind) for base, length, kind in e820_map(memory))
+        memory.write(L.BOOT_MMAP, mmap)
+
+        below_4g = sum(r.size for r in memory if r.end <= 1 << 32)
+        info = bytearray(MBI_SIZE)
+        struct.pack_into(
+            "<IIIIIII",
+            info,
+            0,
+            MBI_MEMORY | MBI_BOOT_DEVICE | MBI_CMDLINE | MBI_MODS | MBI_MMAP | MBI_BOOT_LOADER_NAME,
+            640,
+            below_4g // 1024 - 1024,
+            BOOT_DEVICE_NONE,
+            cmdline_addr,
+            len(mod_entries),
+            L.BOOT_MODULES,
+        )
+        struct.pack_into("<II", info, MBI_OFF_MMAP_LENGTH, len(mmap), L.BOOT_MMAP)
+        struct.pack_into("<I", info, MBI_OFF_BOOT_LOADER_NAME, loader_name_addr)
+        memory.write(L.BOOT_INFO, bytes(info))
+    except GuestMemoryError as err:
+        raise MultibootError(f"does not fit in guest memory: {err}") from err
+
+    return LoadResult(
+        format=fmt,
+        entry=entry,
+        mode=EntryMode.PROTECTED32,
+        regs={"eax": MULTIBOOT_BOOTLOADER_MAGIC, "ebx": L.BOOT_INFO},
+        loaded=loaded,
+        notes=notes,
+    )
+
+
+def looks_like(data: bytes) -> bool:
+    try:
+        return find_header(data) is not None
+    except MultibootError:
+        return True  # a broken multiboot header: let load() say what is wrong
+
+
+def load_file(memory: GuestMemory, path: Path, cmdline: str, modules: list[tuple[str, bytes]]) -> LoadResult:
+    return load(memory, path.read_bytes(), str(path), cmdline, modules)

@@ -1,0 +1,274 @@
+"""The main loop of one vCPU: run, dispatch the exit, repeat.
+
+One :class:`VcpuLoop` per vCPU, each in its own thread.  Exits are
+dispatched by their type through a dict; PIO and MMIO go to the buses.
+Two lists of hooks sit at the loop's special points:
+
+* ``before_run``: callables run before each KVM_RUN (interrupt injection,
+  request of an interrupt window, trace points);
+* ``after_exit``: callables given each exit first; one that returns True has
+  handled it and the default handling is skipped (the emulation-failure
+  rescue, the gdb stub and tracing plug in here).
+
+A clean stop from another thread goes through :class:`VmControl`, which kicks
+every vCPU out of KVM_RUN (immediate_exit + signal).  A guest that
+triple-faults, fails VM entry or hits a KVM internal error stops the VM with
+a readable register dump, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kvmlite.errors import KvmliteError
+from kvmlite.kvm import exits as E
+from kvmlite.memory.bus import Bus
+from kvmlite.vmm.dump import format_state
+from kvmlite.vmm.stats import ExitStats
+
+log = logging.getLogger(__name__)
+
+#: Exit statuses of kvmlite (QEMU's debug-exit statuses are odd: (v << 1) | 1).
+STATUS_OK = 0
+STATUS_BAD_INPUT = 2
+STATUS_GUEST_CRASH = 4
+STATUS_INTERRUPTED = 130
+
+
+class VcpuLike(Protocol):
+    """What the loop needs of a vCPU; the KVM and the software backends both provide it."""
+
+    id: int
+
+    def run(self) -> E.Exit: ...
+    def kick(self) -> None: ...
+    def clear_kick(self) -> None: ...
+    def bind_thread(self) -> None: ...
+    def get_regs(self) -> Any: ...
+    def get_sregs(self) -> Any: ...
+
+    @property
+    def if_flag(self) -> bool: ...
+
+
+@dataclass
+class StopInfo:
+    status: int
+    message: str
+    vcpu: int | None = None
+
+
+class VmControl:
+    """Shared by every vCPU loop of one VM: the stop request and who to kick."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.stop_info: StopInfo | None = None
+        self.stopped = threading.Event()
+        self.vcpus: list[VcpuLike] = []
+        self._lock = threading.Lock()
+
+    def stop(self, status: int, message: str = "", vcpu: int | None = None) -> None:
+        """Ask every vCPU to stop; the first request's status wins."""
+        with self._lock:
+            if self.stop_info is None:
+                self.stop_info = StopInfo(status, message, vcpu)
+                if message:
+                    log.info("stopping: %s (status %d)", message, status)
+            self.stopping = True
+        for v in self.vcpus:
+            v.kick()
+        self.stopped.set()
+
+
+Hook = Callable[[], None]
+ExitHook = Callable[[E.Exit], bool]
+
+
+class VcpuLoop:
+    """Runs one vCPU until the VM stops."""
+
+    def __init__(
+        self,
+        vcpu: VcpuLike,
+        control: VmControl,
+        pio: Bus,
+        mmio: Bus,
+        *,
+        timing: bool = False,
+        on_halt: Callable[[VcpuLoop], None] | None = None,
+    ) -> None:
+        self.vcpu = vcpu
+        self.control = control
+        self.pio = pio
+        self.mmio = mmio
+        self.timing = timing
+        self.stats = ExitStats()
+        self.before_run: list[Hook] = []
+        self.after_exit: list[ExitHook] = []
+        #: Called on HLT; blocks until an interrupt is due or the VM stops.  None: a HLT ends the VM.
+        self.on_halt = on_halt
+        self._handlers: dict[type[E.Exit], Callable[[Any], None]] = {
+            E.IoOut: self._io_out,
+            E.IoIn: self._io_in,
+            E.MmioWrite: self._mmio_write,
+            E.MmioRead: self._mmio_read,
+            E.Hlt: self._hlt,
+            E.Interrupted: self._interrupted,
+            E.IrqWindowOpen: lambda ex: None,
+            E.Shutdown: self._shutdown,
+            E.FailEntry: self._fail_entry,
+            E.InternalErrorExit: self._internal_error,
+            E.Debug: self._debug,
+            E.SystemEventExit: self._system_event,
+            E.RdMsr: self._rdmsr,
+            E.WrMsr: self._wrmsr,
+            E.Unsupported: self._unsupported,
+        }
+        control.vcpus.append(vcpu)
+
+    # --- the loop ----------------------------------------------------------------
+    def run(self) -> None:
+        """Run until the VM stops.  Any kvmlite error stops the VM with a message instead of escaping."""
+        self.vcpu.bind_thread()
+        try:
+            self._loop()
+        except KvmliteError as err:
+            self.control.stop(STATUS_GUEST_CRASH, f"vcpu {self.vcpu.id}: {err}", self.vcpu.id)
+        except Exception:  # a bug in kvmlite or in a device model: stop cleanly, keep the trace in the log
+            log.exception("vcpu %d: unexpected error in the VMM", self.vcpu.id)
+            self.control.stop(
+                STATUS_GUEST_CRASH, f"vcpu {self.vcpu.id}: internal VMM error (see log)", self.vcpu.id
+            )
+        finally:
+            self.stats.ended_ns = time.perf_counter_ns()
+
+    def _loop(self) -> None:
+        control = self.control
+        vcpu = self.vcpu
+        handlers = self._handlers
+        by_reason = self.stats.by_reason
+        before_run = self.before_run
+        after_exit = self.after_exit
+        timing = self.timing
+        clock = time.perf_counter_ns
+        stats = self.stats
+        while not control.stopping:
+            for hook in before_run:
+                hook()
+            if timing:
+                t0 = clock()
+                ex = vcpu.run()
+                t1 = clock()
+                stats.run_ns += t1 - t0
+            else:
+                ex = vcpu.run()
+            kind = type(ex)
+            if after_exit and any(h(ex) for h in after_exit):
+                continue
+            handlers[kind](ex)
+            if timing:
+                c = by_reason[kind.__name__]
+                c.count += 1
+                c.ns += clock() - t1
+            else:
+                by_reason[kind.__name__].count += 1
+
+    # --- handlers ------------------------------------------------------------------
+    def _count_addr(self, kind: str, addr: int, t0: int) -> None:
+        c = self.stats.by_address[(kind, addr)]
+        c.count += 1
+        if self.timing:
+            c.ns += time.perf_counter_ns() - t0
+
+    def _io_out(self, ex: E.IoOut) -> None:
+        t0 = time.perf_counter_ns() if self.timing else 0
+        size, data, write, port = ex.size, ex.data, self.pio.write, ex.port
+        if ex.count == 1:
+            write(port, size, int.from_bytes(data, "little"))
+        else:
+            for i in range(0, size * ex.count, size):
+                write(port, size, int.from_bytes(data[i : i + size], "little"))
+        self._count_addr("pio", port, t0)
+
+    def _io_in(self, ex: E.IoIn) -> None:
+        t0 = time.perf_counter_ns() if self.timing else 0
+        size, data, read, port = ex.size, ex.data, self.pio.read, ex.port
+        for i in range(0, size * ex.count, size):
+            data[i : i + size] = read(port, size).to_bytes(size, "little")
+        self._count_addr("pio", port, t0)
+
+    def _mmio_write(self, ex: E.MmioWrite) -> None:
+        t0 = time.perf_counter_ns() if self.timing else 0
+        self.mmio.write(ex.addr, len(ex.data), int.from_bytes(ex.data, "little"))
+        self._count_addr("mmio", ex.addr, t0)
+
+    def _mmio_read(self, ex: E.MmioRead) -> None:
+        t0 = time.perf_counter_ns() if self.timing else 0
+        n = len(ex.data)
+        ex.data[:] = self.mmio.read(ex.addr, n).to_bytes(n, "little")
+        self._count_addr("mmio", ex.addr, t0)
+
+    def _hlt(self, ex: E.Hlt) -> None:
+        if not self.vcpu.if_flag:
+            self.control.stop(STATUS_OK, "guest halted with interrupts disabled", self.vcpu.id)
+        elif self.on_halt is not None:
+            self.on_halt(self)
+        else:
+            self.control.stop(
+                STATUS_OK,
+                "guest halted with interrupts enabled and no interrupt source to wake it",
+                self.vcpu.id,
+            )
+
+    def _interrupted(self, ex: E.Interrupted) -> None:
+        self.vcpu.clear_kick()
+
+    def crash(self, what: str) -> None:
+        """Stop the VM because the guest cannot go on, logging a register dump."""
+        try:
+            dump = format_state(self.vcpu.get_regs(), self.vcpu.get_sregs())
+        except KvmliteError as err:
+            dump = f"(registers unavailable: {err})"
+        log.error("vcpu %d: %s\n%s", self.vcpu.id, what, dump)
+        self.control.stop(STATUS_GUEST_CRASH, f"vcpu {self.vcpu.id}: {what}", self.vcpu.id)
+
+    def _shutdown(self, ex: E.Shutdown) -> None:
+        self.crash("guest triple fault (shutdown)")
+
+    def _fail_entry(self, ex: E.FailEntry) -> None:
+        self.crash(f"VM entry failed, hardware reason {ex.hardware_entry_failure_reason:#x}")
+
+    def _internal_error(self, ex: E.InternalErrorExit) -> None:
+        self.crash(ex.describe())
+
+    def _debug(self, ex: E.Debug) -> None:
+        log.info(
+            "vcpu %d: debug exit, exception %d at %#x (no debugger attached)",
+            self.vcpu.id,
+            ex.exception,
+            ex.pc,
+        )
+
+    def _system_event(self, ex: E.SystemEventExit) -> None:
+        what = ex.describe()
+        if what == "crash":
+            self.crash("guest reported a crash (system event)")
+        else:
+            self.control.stop(STATUS_OK, f"guest requested {what}", self.vcpu.id)
+
+    def _rdmsr(self, ex: E.RdMsr) -> None:
+        log.warning("vcpu %d: RDMSR %#x not handled: injecting #GP", self.vcpu.id, ex.index)
+        ex.fail()
+
+    def _wrmsr(self, ex: E.WrMsr) -> None:
+        log.warning("vcpu %d: WRMSR %#x <- %#x not handled: injecting #GP", self.vcpu.id, ex.index, ex.value)
+        ex.fail()
+
+    def _unsupported(self, ex: E.Unsupported) -> None:
+        self.crash(f"unsupported exit reason {ex.reason.name} ({ex.code})")
