@@ -63,6 +63,8 @@ def _setup_logging(verbosity: int) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from kvmlite.vmm.machine import Machine, MachineConfig
 
+    # validate what needs no file first, so the error names the real problem
+    MachineConfig(kernel=Path(), memory_mib=args.memory, backend=args.backend).validate()
     kernel = args.kernel
     if kernel is None:
         from kvmlite.guests import DEMO_GUEST

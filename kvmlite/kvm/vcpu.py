@@ -45,11 +45,20 @@ def _noop_handler(signum: int, frame: object) -> None:
     """The kick signal only has to interrupt KVM_RUN; there is nothing to do."""
 
 
-def install_kick_handler() -> None:
-    """Install the no-op handler for :data:`KICK_SIGNAL` (must run in the main thread, once)."""
+def install_kick_handler() -> bool:
+    """Install the no-op handler for :data:`KICK_SIGNAL`; True if it is in place.
+
+    Python lets only the main thread install handlers, so vCPUs created from the
+    main thread do it then.  Without the handler :meth:`Vcpu.kick` does not
+    signal (the default action would kill the process) and a stop takes effect
+    at the vCPU's next exit instead.
+    """
+    if signal.getsignal(KICK_SIGNAL) is _noop_handler:
+        return True
     if threading.current_thread() is threading.main_thread():
-        if signal.getsignal(KICK_SIGNAL) is not _noop_handler:
-            signal.signal(KICK_SIGNAL, _noop_handler)
+        signal.signal(KICK_SIGNAL, _noop_handler)
+        return True
+    return False
 
 
 class Vcpu:
@@ -64,6 +73,7 @@ class Vcpu:
         #: The shared kvm_run structure, read and written in place.
         self.kvm_run = S.kvm_run.from_buffer(self._mm)
         self._thread_id: int | None = None
+        self._can_signal = install_kick_handler()
         self._decoders = {
             int(ExitReason.IO): self._exit_io,
             int(ExitReason.MMIO): self._exit_mmio,
@@ -83,8 +93,11 @@ class Vcpu:
         if self.fd < 0:
             return
         del self.kvm_run
-        self._mv.release()
-        self._mm.close()
+        try:
+            self._mv.release()
+            self._mm.close()
+        except BufferError:
+            pass  # an exit object still holds a view into kvm_run: the mapping goes when it does
         os.close(self.fd)
         self.fd = -1
 
@@ -172,7 +185,9 @@ class Vcpu:
         The vCPU thread clears immediate_exit once it has seen the kick.
         """
         self.kvm_run.immediate_exit = 1
-        if self._thread_id is not None and self._thread_id != threading.get_ident():
+        if not self._can_signal:
+            self._can_signal = install_kick_handler()
+        if self._can_signal and self._thread_id is not None and self._thread_id != threading.get_ident():
             try:
                 signal.pthread_kill(self._thread_id, KICK_SIGNAL)
             except (ProcessLookupError, OSError):

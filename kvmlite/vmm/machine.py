@@ -150,9 +150,6 @@ class Machine:
 
     # --- running --------------------------------------------------------------------
     def run(self) -> int:
-        from kvmlite.kvm.vcpu import install_kick_handler
-
-        install_kick_handler()
         threads = [
             threading.Thread(target=loop.run, name=f"vcpu{loop.vcpu.id}", daemon=True) for loop in self.loops
         ]

@@ -1,0 +1,48 @@
+"""Shared fixtures: KVM availability, assembling snippets with GNU as."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kvmlite.kvm.system import Kvm
+
+KVM_OK, KVM_REASON = Kvm.available()
+requires_kvm = pytest.mark.skipif(not KVM_OK, reason=f"needs a usable /dev/kvm: {KVM_REASON}")
+HAVE_AS = shutil.which("as") is not None and shutil.which("objcopy") is not None
+requires_as = pytest.mark.skipif(
+    not HAVE_AS, reason="needs GNU as and objcopy (binutils) to assemble test guests"
+)
+
+
+def assemble(source: str, bits: int, tmp: Path, org: int = 0) -> bytes:
+    """Assemble a snippet with GNU as (Intel syntax) into flat bytes linked at ``org``."""
+    src = tmp / "snippet.S"
+    obj = tmp / "snippet.o"
+    out = tmp / "snippet.bin"
+    src.write_text(f".intel_syntax noprefix\n.code{bits}\n{source}\n")
+    arch = {16: "--32", 32: "--32", 64: "--64"}[bits]
+    subprocess.run(["as", arch, "-o", str(obj), str(src)], check=True, capture_output=True)
+    linked = tmp / "snippet.elf"
+    emu = "elf_x86_64" if bits == 64 else "elf_i386"
+    subprocess.run(
+        ["ld", "-m", emu, "-Ttext", hex(org), "--oformat", "binary", "-o", str(linked), str(obj)],
+        check=True,
+        capture_output=True,
+    )
+    out.write_bytes(linked.read_bytes())
+    return out.read_bytes()
+
+
+@pytest.fixture
+def asm(tmp_path: Path):  # type: ignore[no-untyped-def]
+    if not HAVE_AS:
+        pytest.skip("needs GNU as and objcopy (binutils) to assemble test guests")
+
+    def _asm(source: str, bits: int = 64, org: int = 0) -> bytes:
+        return assemble(source, bits, tmp_path, org)
+
+    return _asm

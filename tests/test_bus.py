@@ -1,0 +1,56 @@
+import logging
+
+import pytest
+
+from kvmlite.errors import BusError
+from kvmlite.memory import Bus
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.log: list[tuple] = []
+
+    def read(self, offset: int, size: int) -> int:
+        self.log.append(("r", offset, size))
+        return 0x40 + offset
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.log.append(("w", offset, size, value))
+
+
+def test_dispatch_passes_offsets_not_addresses():
+    bus, dev = Bus("pio"), Recorder()
+    bus.insert(dev, 0x3F8, 8)
+    bus.write(0x3FB, 1, 0x80)
+    assert bus.read(0x3FD, 1) == 0x45
+    assert dev.log == [("w", 3, 1, 0x80), ("r", 5, 1)]
+
+
+def test_overlapping_insert_is_refused_with_both_names():
+    bus = Bus("pio")
+    bus.insert(Recorder(), 0x60, 5, name="i8042")
+    with pytest.raises(BusError, match="overlaps i8042"):
+        bus.insert(Recorder(), 0x64, 1, name="other")
+    bus.insert(Recorder(), 0x65, 1)  # adjacent is fine
+    with pytest.raises(BusError):
+        bus.insert(Recorder(), 0x10, 0)
+
+
+def test_unclaimed_reads_float_high_and_writes_are_dropped(caplog):
+    bus = Bus("mmio")
+    with caplog.at_level(logging.WARNING):
+        assert bus.read(0xD000_0000, 4) == 0xFFFF_FFFF
+        assert bus.read(0xD000_0000, 1) == 0xFF
+        bus.write(0xD000_0000, 8, 1)
+    assert bus.unclaimed[("read", 0xD000_0000)] == 2
+    assert bus.unclaimed[("write", 0xD000_0000)] == 1
+    # logged once per address and direction, not per access
+    assert len([r for r in caplog.records if "claimed by no device" in r.message]) == 2
+
+
+def test_remove_frees_the_range():
+    bus, dev = Bus("pio"), Recorder()
+    bus.insert(dev, 0x70, 2)
+    assert bus.read(0x71, 1) == 0x41
+    assert bus.remove(0x70) is dev
+    assert bus.read(0x71, 1) == 0xFF
