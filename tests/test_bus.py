@@ -54,3 +54,13 @@ def test_remove_frees_the_range():
     assert bus.read(0x71, 1) == 0x41
     assert bus.remove(0x70) is dev
     assert bus.read(0x71, 1) == 0xFF
+
+
+def test_a_device_split_across_ranges_sees_its_own_offsets():
+    bus, dev = Bus("pio"), Recorder()
+    bus.insert(dev, 0x60, 1, name="i8042 data")
+    bus.insert(Recorder(), 0x61, 1, name="port 0x61")
+    bus.insert(dev, 0x64, 1, name="i8042 command", offset=4)
+    bus.write(0x64, 1, 0xAA)
+    bus.read(0x60, 1)
+    assert dev.log == [("w", 4, 1, 0xAA), ("r", 0, 1)]

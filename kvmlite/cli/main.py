@@ -14,6 +14,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from kvmlite.errors import ConfigError, KvmliteError, KvmUnavailableError
 
@@ -48,6 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory", type=_positive_int, default=128, metavar="MIB", help="guest RAM in MiB (128)"
     )
     run.add_argument("--backend", choices=["kvm", "emu", "auto"], default="auto", help="execution backend")
+    run.add_argument(
+        "--irqchip",
+        choices=["kernel", "userspace", "auto"],
+        default="auto",
+        help="interrupt controllers and PIT in KVM (kernel) or in kvmlite (userspace); auto: kernel on KVM",
+    )
+    run.add_argument(
+        "--serial",
+        default="stdio",
+        metavar="BACKEND",
+        help="COM1 backend: stdio (default), none, file:PATH, unix:PATH",
+    )
+    run.add_argument(
+        "--on-reset", choices=["exit", "restart"], default="exit", help="what a guest reset does (exit)"
+    )
+    run.add_argument("--trace", action="store_true", help="log every exit and POST code (port 0x80)")
     run.add_argument("--stats", action="store_true", help="print exit statistics to stderr at the end")
     run.add_argument("-v", "--verbose", action="count", default=0, dest="run_verbose", help=argparse.SUPPRESS)
 
@@ -64,7 +81,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kvmlite.vmm.machine import Machine, MachineConfig
 
     # validate what needs no file first, so the error names the real problem
-    MachineConfig(kernel=Path(), memory_mib=args.memory, backend=args.backend).validate()
+    MachineConfig(
+        kernel=Path(), memory_mib=args.memory, backend=args.backend, irqchip=args.irqchip, serial=args.serial
+    ).validate()
     kernel = args.kernel
     if kernel is None:
         from kvmlite.guests import DEMO_GUEST
@@ -85,27 +104,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         initrds=list(args.initrd),
         memory_mib=args.memory,
         backend=args.backend,
+        irqchip=args.irqchip,
+        serial=args.serial,
+        on_reset=args.on_reset,
+        trace=args.trace,
         stats=args.stats,
     )
-    machine = Machine.build(config)
-    try:
-        status = machine.run()
-        info = machine.control.stop_info
-        if info and info.message:
-            log.info("%s", info.message)
-        if args.stats:
-            print(machine.stats().format(), file=sys.stderr)
-            unclaimed = machine.pio.unclaimed + machine.mmio.unclaimed
-            if unclaimed:
-                print(
-                    f"unclaimed accesses: {sum(unclaimed.values())} at {len(unclaimed)} addresses",
-                    file=sys.stderr,
-                )
-        if info and info.status == 4:
-            print(f"kvmlite: {info.message}", file=sys.stderr)
-        return status
-    finally:
-        machine.close()
+    while True:
+        machine = Machine.build(config)
+        try:
+            status = _run_once(machine, args)
+        finally:
+            machine.close()
+        if not (machine.reset_requested and config.on_reset == "restart"):
+            return status
+        log.warning("guest reset: restarting it (--on-reset restart)")
+
+
+def _run_once(machine: Any, args: argparse.Namespace) -> int:
+    status = machine.run()
+    info = machine.control.stop_info
+    if info and info.message:
+        log.info("%s", info.message)
+    if args.stats:
+        print(machine.stats().format(), file=sys.stderr)
+        unclaimed = machine.pio.unclaimed + machine.mmio.unclaimed
+        if unclaimed:
+            print(
+                f"unclaimed accesses: {sum(unclaimed.values())} at {len(unclaimed)} addresses",
+                file=sys.stderr,
+            )
+    if info and info.status == 4:
+        print(f"kvmlite: {info.message}", file=sys.stderr)
+    return int(status)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import threading
 from collections import Counter
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ class BusRange:
     length: int
     device: Device
     name: str
+    offset: int = 0  # added to (addr - base): a device split across ranges sees its own offsets
 
     @property
     def end(self) -> int:
@@ -33,8 +35,10 @@ class BusRange:
 class Bus:
     """Address ranges mapped to devices; ``kind`` is "pio" or "mmio" (used in messages)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, lock: threading.RLock | None = None) -> None:
         self.kind = kind
+        #: Held around every device access: devices are also touched by timer and console threads.
+        self.lock = lock or threading.RLock()
         self._ranges: list[BusRange] = []
         self._bases: list[int] = []
         #: Accesses nobody claimed, per (direction, address).
@@ -42,10 +46,13 @@ class Bus:
         # addr -> (device, offset-base) for the hot path; filled on first use
         self._cache: dict[int, BusRange | None] = {}
 
-    def insert(self, device: Device, base: int, length: int, name: str | None = None) -> None:
+    def insert(
+        self, device: Device, base: int, length: int, name: str | None = None, offset: int = 0
+    ) -> None:
+        """Put ``device`` at [base, base+length); it sees offsets from ``offset`` up."""
         if length <= 0 or base < 0:
             raise BusError(f"{self.kind}: invalid range {base:#x}+{length:#x}")
-        new = BusRange(base, length, device, name or type(device).__name__)
+        new = BusRange(base, length, device, name or type(device).__name__, offset)
         i = bisect.bisect_left(self._bases, base)
         for neighbour in self._ranges[max(0, i - 1) : i + 1]:
             if neighbour.base < new.end and new.base < neighbour.end:
@@ -83,14 +90,16 @@ class Bus:
         if r is None:
             self._unclaimed("read", addr, size)
             return (1 << (8 * size)) - 1
-        return r.device.read(addr - r.base, size)
+        with self.lock:
+            return r.device.read(addr - r.base + r.offset, size)
 
     def write(self, addr: int, size: int, value: int) -> None:
         r = self.find(addr)
         if r is None:
             self._unclaimed("write", addr, size, value)
             return
-        r.device.write(addr - r.base, size, value)
+        with self.lock:
+            r.device.write(addr - r.base + r.offset, size, value)
 
     def _unclaimed(self, direction: str, addr: int, size: int, value: int | None = None) -> None:
         key = (direction, addr)

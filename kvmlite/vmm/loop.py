@@ -61,6 +61,7 @@ class StopInfo:
     status: int
     message: str
     vcpu: int | None = None
+    reset: bool = False  # the guest asked for a reset (the caller may restart it)
 
 
 class VmControl:
@@ -71,18 +72,22 @@ class VmControl:
         self.stop_info: StopInfo | None = None
         self.stopped = threading.Event()
         self.vcpus: list[VcpuLike] = []
+        #: Called once the stop is requested (wake sleepers: halted vCPUs, console threads).
+        self.on_stop: list[Callable[[], None]] = []
         self._lock = threading.Lock()
 
-    def stop(self, status: int, message: str = "", vcpu: int | None = None) -> None:
+    def stop(self, status: int, message: str = "", vcpu: int | None = None, reset: bool = False) -> None:
         """Ask every vCPU to stop; the first request's status wins."""
         with self._lock:
             if self.stop_info is None:
-                self.stop_info = StopInfo(status, message, vcpu)
+                self.stop_info = StopInfo(status, message, vcpu, reset)
                 if message:
                     log.info("stopping: %s (status %d)", message, status)
             self.stopping = True
         for v in self.vcpus:
             v.kick()
+        for callback in self.on_stop:
+            callback()
         self.stopped.set()
 
 

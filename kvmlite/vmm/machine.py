@@ -1,10 +1,12 @@
-"""The machine: guest memory, buses, devices, vCPUs and their loops, built in one place.
+"""The machine: guest memory, buses, devices, interrupt delivery, vCPUs, built in one place.
 
 :class:`Machine` is the explicit builder (the Firecracker shape): ``attach_*``
-methods put each device on its bus, nothing attaches itself at import time.
-``Machine.run()`` starts one thread per vCPU and returns the exit status:
+methods put each device on its bus and wire its interrupt line; nothing
+attaches itself at import time.  ``Machine.run()`` starts one thread per
+vCPU plus the timer service and returns the exit status:
 
-* 0 - the guest stopped cleanly (HLT with interrupts off, power-off event);
+* 0 - the guest stopped cleanly (HLT with interrupts off, power-off, reset
+  with ``--on-reset exit``, Ctrl-A x);
 * (v << 1) | 1 - the guest wrote v to the debug-exit port (as under QEMU);
 * 4 - the guest crashed (triple fault, failed entry, KVM internal error);
 * 130 - interrupted from the host (Ctrl-C).
@@ -13,42 +15,45 @@ methods put each device on its bus, nothing attaches itself at import time.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kvmlite.devices.debug_exit import DebugExit
+from kvmlite.devices.fw_cfg import FwCfg
+from kvmlite.devices.i8042 import I8042, PortA20Reset, PostCodePort
+from kvmlite.devices.pit import Pit8254
+from kvmlite.devices.rtc import CmosRtc
 from kvmlite.devices.serial import Serial16550
 from kvmlite.errors import ConfigError, KvmUnavailableError
+from kvmlite.kvm import exits as E
 from kvmlite.loaders import LoadResult, load_kernel
 from kvmlite.memory.bus import Bus
 from kvmlite.memory.guest import GuestMemory
+from kvmlite.vmm.console import SerialConsole, parse_serial_spec
 from kvmlite.vmm.cpu_setup import guest_cpuid, setup_cpu
-from kvmlite.vmm.loop import STATUS_INTERRUPTED, VcpuLoop, VmControl
+from kvmlite.vmm.irqchip import HALT_WATCH_INTERVAL_S, KernelIrqChip, UserspaceIrqChip
+from kvmlite.vmm.loop import STATUS_INTERRUPTED, STATUS_OK, VcpuLoop, VmControl
 from kvmlite.vmm.stats import ExitStats
+from kvmlite.vmm.timers import Rescheduling, TimerService
 
 log = logging.getLogger(__name__)
 
+# The PC's fixed I/O map
+PIC_MASTER, PIC_SLAVE, ELCR = 0x20, 0xA0, 0x4D0
+PIT_PORT, PORT_B = 0x40, 0x61
+I8042_DATA, I8042_CMD, PORT_A = 0x60, 0x64, 0x92
+RTC_PORT, POST_PORT, DEBUG_EXIT_PORT = 0x70, 0x80, 0xF4
+FW_CFG_PORT = 0x510
 COM1_PORT, COM1_IRQ = 0x3F8, 4
+IRQ_PIT, IRQ_KEYBOARD, IRQ_RTC, IRQ_MOUSE = 0, 1, 8, 12
 SERIAL_PORTS = 8
-DEBUG_EXIT_PORT = 0xF4
+
 MIB = 1 << 20
 MIN_MEMORY_MIB = 2
 MAX_MEMORY_MIB = 64 * 1024
-
-
-def stdout_sink(data: bytes) -> None:
-    """Write guest output to the host's stdout, all of it (os.write may write less than asked)."""
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(sys.stdout.fileno(), view)
-        except BlockingIOError:
-            continue
-        view = view[n:]
 
 
 @dataclass
@@ -58,14 +63,24 @@ class MachineConfig:
     initrds: list[Path] = field(default_factory=list)
     memory_mib: int = 128
     backend: str = "auto"  # "kvm", "emu" or "auto"
+    irqchip: str = "auto"  # "kernel", "userspace" or "auto" (kernel on KVM)
+    serial: str = "stdio"  # see kvmlite.vmm.console
+    on_reset: str = "exit"  # "exit" or "restart"
     stats: bool = False
-    serial_out: Callable[[bytes], None] | None = None  # default: the host's stdout
+    trace: bool = False
+    #: Library use: where the guest's serial output goes (overrides ``serial``).
+    serial_out: Callable[[bytes], None] | None = None
 
     def validate(self) -> None:
         if not MIN_MEMORY_MIB <= self.memory_mib <= MAX_MEMORY_MIB:
             raise ConfigError(f"--memory must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB")
         if self.backend not in ("kvm", "emu", "auto"):
             raise ConfigError(f"unknown backend {self.backend!r} (choose kvm, emu or auto)")
+        if self.irqchip not in ("kernel", "userspace", "auto"):
+            raise ConfigError(f"unknown irqchip {self.irqchip!r} (choose kernel, userspace or auto)")
+        if self.on_reset not in ("exit", "restart"):
+            raise ConfigError(f"--on-reset {self.on_reset!r}: choose exit or restart")
+        parse_serial_spec(self.serial)
 
 
 class Machine:
@@ -75,17 +90,22 @@ class Machine:
         config.validate()
         self.config = config
         self.control = VmControl()
-        self.pio = Bus("pio")
-        self.mmio = Bus("mmio")
+        self.lock = threading.RLock()  # the device lock: buses, timers and console threads share it
+        self.pio = Bus("pio", self.lock)
+        self.mmio = Bus("mmio", self.lock)
         self.memory = GuestMemory.for_pc(config.memory_mib * MIB)
         self.backend_name, self.vm = self._open_backend(config.backend)
         self.vm.register_memory(self.memory)
+        self.timers = TimerService(self.lock)
+        self.irqchip = self._make_irqchip(config.irqchip)
         self.loops: list[VcpuLoop] = []
         self.serial: Serial16550 | None = None
+        self.console: SerialConsole | None = None
         self.load_result: LoadResult | None = None
+        self.post_codes: list[int] = []
 
     # --- construction -------------------------------------------------------------
-    def _open_backend(self, choice: str):  # type: ignore[no-untyped-def]
+    def _open_backend(self, choice: str) -> tuple[str, Any]:
         if choice in ("kvm", "auto"):
             from kvmlite.kvm import Kvm
 
@@ -103,10 +123,71 @@ class Machine:
             return "kvm", vm
         raise ConfigError("the software backend (--backend emu) is not available yet")
 
-    def attach_serial(self, port: int = COM1_PORT, out: Callable[[bytes], None] | None = None) -> Serial16550:
-        serial = Serial16550(out=out or self.config.serial_out or stdout_sink)
+    def _make_irqchip(self, choice: str) -> UserspaceIrqChip | KernelIrqChip:
+        if choice == "auto":
+            choice = "kernel" if self.backend_name == "kvm" else "userspace"
+        if choice == "kernel":
+            if self.backend_name != "kvm":
+                raise ConfigError("--irqchip kernel needs the KVM backend")
+            chip: UserspaceIrqChip | KernelIrqChip = KernelIrqChip(self.vm, self.control)
+            self.timers.every(HALT_WATCH_INTERVAL_S, chip.watchdog)
+            return chip
+        return UserspaceIrqChip(self.lock, self.control)
+
+    def request_reset(self) -> None:
+        """The guest asked for a reset (keyboard controller, port 0x92, reset event)."""
+        self.control.stop(STATUS_OK, "guest requested a reset", reset=True)
+
+    def attach_interrupt_controllers(self) -> None:
+        """PIC pair and PIT in userspace, or nothing here when KVM has them in the kernel."""
+        chip = self.irqchip
+        if isinstance(chip, UserspaceIrqChip):
+            pic = chip.pic
+            self.pio.insert(pic.master, PIC_MASTER, 2, name="pic master")
+            self.pio.insert(pic.slave, PIC_SLAVE, 2, name="pic slave")
+            self.pio.insert(pic.elcr, ELCR, 2, name="elcr")
+            pit = Pit8254(irq0=chip.line(IRQ_PIT))
+            self.timers.add(pit)
+            self.pio.insert(Rescheduling(pit, self.timers), PIT_PORT, 4, name="pit")
+            self.pio.insert(pit.port61, PORT_B, 1, name="port 0x61")
+
+    def attach_rtc(self) -> CmosRtc:
+        rtc = CmosRtc(irq8=self.irqchip.line(IRQ_RTC), memory_size=self.memory.size)
+        self.timers.add(rtc)
+        self.pio.insert(Rescheduling(rtc, self.timers), RTC_PORT, 2, name="cmos/rtc")
+        return rtc
+
+    def attach_keyboard_controller(self) -> I8042:
+        kbc = I8042(
+            reset=self.request_reset, irq1=self.irqchip.line(IRQ_KEYBOARD), irq12=self.irqchip.line(IRQ_MOUSE)
+        )
+        self.pio.insert(kbc, I8042_DATA, 1, name="i8042 data")
+        self.pio.insert(kbc, I8042_CMD, 1, name="i8042 command", offset=4)
+        self.pio.insert(PortA20Reset(reset=self.request_reset), PORT_A, 1, name="port 0x92")
+        return kbc
+
+    def attach_post_port(self) -> PostCodePort:
+        def on_code(code: int) -> None:
+            self.post_codes.append(code)
+            if self.config.trace:
+                log.info("POST code %#04x", code)
+
+        port = PostCodePort(on_code=on_code)
+        self.pio.insert(port, POST_PORT, 1, name="post codes")
+        return port
+
+    def attach_fw_cfg(self) -> FwCfg:
+        fw = FwCfg(ram_size=self.memory.size, nb_cpus=1, cmdline=self.config.cmdline)
+        self.pio.insert(fw, FW_CFG_PORT, 2, name="fw_cfg")
+        return fw
+
+    def attach_serial(self, port: int = COM1_PORT, irq: int = COM1_IRQ) -> Serial16550:
+        console = SerialConsole(self.config.serial, self.lock, self.control)
+        sink = self.config.serial_out or console.write
+        serial = Serial16550(irq=self.irqchip.line(irq), out=sink, on_rx_space=console.rx_space_available)
+        console.bind(serial)
         self.pio.insert(serial, port, SERIAL_PORTS, name=f"serial@{port:#x}")
-        self.serial = serial
+        self.serial, self.console = serial, console
         return serial
 
     def attach_debug_exit(self, port: int = DEBUG_EXIT_PORT) -> DebugExit:
@@ -115,12 +196,9 @@ class Machine:
         return dev
 
     def load(self) -> LoadResult:
-        self.load_result = load_kernel(
-            self.memory, self.config.kernel, self.config.cmdline, self.config.initrds
-        )
-        log.info(
-            "loaded %s (%s), entry %#x", self.config.kernel, self.load_result.format, self.load_result.entry
-        )
+        cfg = self.config
+        self.load_result = load_kernel(self.memory, cfg.kernel, cfg.cmdline, cfg.initrds)
+        log.info("loaded %s (%s), entry %#x", cfg.kernel, self.load_result.format, self.load_result.entry)
         for note in self.load_result.notes:
             log.warning("%s", note)
         return self.load_result
@@ -136,12 +214,29 @@ class Machine:
             setup_cpu(regs, sregs, self.memory, self.load_result)
             vcpu.set_sregs(sregs)
             vcpu.set_regs(regs)
-            self.loops.append(VcpuLoop(vcpu, self.control, self.pio, self.mmio, timing=self.config.stats))
+            loop = VcpuLoop(vcpu, self.control, self.pio, self.mmio, timing=self.config.stats)
+            if i == 0:
+                self.irqchip.attach(loop)
+            if self.config.trace:
+                loop.after_exit.append(_exit_tracer(vcpu.id))
+            loop.after_exit.append(self._system_events)
+            self.loops.append(loop)
+
+    def _system_events(self, ex: E.Exit) -> bool:
+        if isinstance(ex, E.SystemEventExit) and ex.describe() == "reset":
+            self.request_reset()
+            return True
+        return False
 
     @classmethod
     def build(cls, config: MachineConfig) -> Machine:
-        """The standard machine: COM1, debug-exit, the kernel, one vCPU."""
+        """The standard PC: interrupt controllers, PIT, RTC, i8042, COM1, fw_cfg, debug-exit, one vCPU."""
         machine = cls(config)
+        machine.attach_interrupt_controllers()
+        machine.attach_rtc()
+        machine.attach_keyboard_controller()
+        machine.attach_post_port()
+        machine.attach_fw_cfg()
         machine.attach_serial()
         machine.attach_debug_exit()
         machine.load()
@@ -150,6 +245,9 @@ class Machine:
 
     # --- running --------------------------------------------------------------------
     def run(self) -> int:
+        if self.console is not None and self.config.serial_out is None:
+            self.console.start()
+        self.timers.start()
         threads = [
             threading.Thread(target=loop.run, name=f"vcpu{loop.vcpu.id}", daemon=True) for loop in self.loops
         ]
@@ -165,8 +263,17 @@ class Machine:
             self.control.stop(STATUS_INTERRUPTED, "interrupted from the host")
             for t in threads:
                 t.join(timeout=5)
+        finally:
+            self.timers.stop()
+            if self.console is not None:
+                self.console.restore_terminal()
         info = self.control.stop_info
         return info.status if info else 0
+
+    @property
+    def reset_requested(self) -> bool:
+        info = self.control.stop_info
+        return bool(info and info.reset)
 
     def stats(self) -> ExitStats:
         total = ExitStats()
@@ -175,5 +282,15 @@ class Machine:
         return total
 
     def close(self) -> None:
+        if self.console is not None:
+            self.console.close()
         self.vm.close()
         self.memory.close()
+
+
+def _exit_tracer(vcpu_id: int) -> Callable[[E.Exit], bool]:
+    def trace(ex: E.Exit) -> bool:
+        log.info("vcpu %d exit: %s", vcpu_id, ex)
+        return False
+
+    return trace

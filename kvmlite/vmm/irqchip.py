@@ -1,0 +1,140 @@
+"""Interrupt delivery, two ways (``--irqchip``).
+
+``userspace`` - the seed design of KVM, and the only one the software backend
+can use: kvmlite's own i8259 pair and i8254 take the devices' interrupt
+lines; before each KVM_RUN the loop injects the PIC's vector with
+KVM_INTERRUPT when the vCPU can take it (``ready_for_interrupt_injection``) or
+asks KVM for an interrupt window exit when it cannot.  HLT exits to
+userspace and waits on a condition until the PIC has something.
+
+``kernel`` - KVM_CREATE_IRQCHIP + KVM_CREATE_PIT2: PIC, IOAPIC, LAPIC and PIT
+live in the kernel, devices drive GSIs with KVM_IRQ_LINE, timer interrupts
+and HLT never reach userspace.  Far fewer exits; the default on KVM.
+
+Both present the same face to the machine: ``line(irq)`` gives a device its
+:data:`~kvmlite.devices.base.IrqLine`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from kvmlite.devices.base import IrqLine
+from kvmlite.devices.pic import Pic8259Pair
+from kvmlite.kvm import exits as E
+from kvmlite.kvm.constants import MpState
+from kvmlite.vmm.loop import STATUS_OK, VmControl
+
+if TYPE_CHECKING:
+    from kvmlite.vmm.loop import VcpuLoop
+
+log = logging.getLogger(__name__)
+
+RFLAGS_IF = 1 << 9
+#: How often the kernel-irqchip mode looks for a vCPU halted with interrupts off.
+HALT_WATCH_INTERVAL_S = 0.5
+
+
+class UserspaceIrqChip:
+    """kvmlite's PIC pair feeding KVM_INTERRUPT (or the software backend)."""
+
+    mode = "userspace"
+
+    def __init__(self, lock: threading.RLock, control: VmControl) -> None:
+        self.cond = threading.Condition(lock)
+        self.control = control
+        self.pic = Pic8259Pair(intr=self._intr)
+        self._vcpu: Any = None
+        self._vcpu_thread: int | None = None
+        self.injected = 0
+        control.on_stop.append(self._wake)
+
+    def line(self, irq: int) -> IrqLine:
+        pic = self.pic
+
+        def set_level(level: bool) -> None:
+            with self.cond:
+                pic.set_irq(irq, level)
+
+        return set_level
+
+    def attach(self, loop: VcpuLoop) -> None:
+        """Wire the boot vCPU's loop: inject before each run, sleep on HLT (the PIC serves vCPU 0)."""
+        self._vcpu = loop.vcpu
+        loop.before_run.append(self._inject)
+        loop.on_halt = self._wait_for_interrupt
+
+    def _intr(self, level: bool) -> None:
+        """The PIC's INT pin (called with the device lock held)."""
+        if not level:
+            return
+        self.cond.notify_all()
+        vcpu = self._vcpu
+        if vcpu is not None and threading.get_ident() != self._vcpu_thread:
+            vcpu.kick()  # it may be running guest code: make it come back for the injection
+
+    def _inject(self) -> None:
+        vcpu = self._vcpu
+        if self._vcpu_thread is None:
+            self._vcpu_thread = threading.get_ident()
+        if not self.pic.intr_level:
+            if vcpu.interrupt_window_requested:
+                vcpu.request_interrupt_window(False)
+            return
+        with self.cond:
+            if not self.pic.intr_level:
+                return
+            if vcpu.ready_for_interrupt_injection:
+                vcpu.interrupt(self.pic.acknowledge())
+                self.injected += 1
+                vcpu.request_interrupt_window(self.pic.intr_level)
+            else:
+                vcpu.request_interrupt_window(True)
+
+    def _wait_for_interrupt(self, loop: VcpuLoop) -> None:
+        with self.cond:
+            while not self.pic.intr_level and not self.control.stopping:
+                self.cond.wait()
+
+    def _wake(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+
+class KernelIrqChip:
+    """KVM's in-kernel PIC/IOAPIC/LAPIC and PIT; devices raise GSIs with KVM_IRQ_LINE."""
+
+    mode = "kernel"
+
+    def __init__(self, vm: Any, control: VmControl) -> None:
+        self.vm = vm
+        self.control = control
+        vm.create_irqchip()
+        vm.create_pit2()
+
+    def line(self, irq: int) -> IrqLine:
+        vm = self.vm
+
+        def set_level(level: bool) -> None:
+            vm.irq_line(irq, level)
+
+        return set_level
+
+    def attach(self, loop: VcpuLoop) -> None:
+        """HLT never leaves the kernel here: a vCPU halted with interrupts off is found by a periodic kick."""
+        vcpu = loop.vcpu
+
+        def check_halted(ex: E.Exit) -> bool:
+            if isinstance(ex, E.Interrupted) and not self.control.stopping:
+                if vcpu.get_mp_state() == MpState.HALTED and not vcpu.get_regs().rflags & RFLAGS_IF:
+                    self.control.stop(STATUS_OK, "guest halted with interrupts disabled", vcpu.id)
+            return False
+
+        loop.after_exit.append(check_halted)
+
+    def watchdog(self) -> None:
+        """Kick every vCPU out of KVM_RUN once, so :meth:`attach`'s check runs."""
+        for vcpu in self.control.vcpus:
+            vcpu.kick()
