@@ -356,6 +356,72 @@ def _kvmlite_loop(run: Callable[[], object], mmio: bool, io_out: type, mmio_writ
     return time.perf_counter() - t0, exits
 
 
+def run_vmm(variant: str, iterations: int, cpl: int = 3) -> LoopTiming:
+    """The whole VMM path: ``VcpuLoop`` dispatching each exit through the PIO/MMIO bus to a device."""
+    _check_args(variant, iterations, cpl)
+    from kvmlite.errors import KvmliteError, KvmUnavailableError
+    from kvmlite.kvm.system import Kvm
+    from kvmlite.memory.bus import Bus
+    from kvmlite.vmm.loop import VcpuLoop, VmControl
+
+    class Counter:
+        count = 0
+
+        def read(self, offset: int, size: int) -> int:
+            return 0
+
+        def write(self, offset: int, size: int, value: int) -> None:
+            self.count += 1
+
+    try:
+        kvm = Kvm()
+    except KvmUnavailableError as err:
+        raise BenchUnavailable(str(err)) from err
+    ram = _GuestRam(variant)
+    vm = None
+    counter = Counter()
+    control = VmControl()
+    pio, mmio = Bus("pio"), Bus("mmio")
+
+    class Done:
+        def read(self, offset: int, size: int) -> int:
+            return 0
+
+        def write(self, offset: int, size: int, value: int) -> None:
+            control.stop(0, "bench done")
+
+    pio.insert(Done(), DONE_PORT, 1)
+    if variant == "mmio":
+        mmio.insert(counter, MMIO_ADDR, 8)
+    else:
+        pio.insert(counter, PIO_PORT, 1)
+    try:
+        vm = kvm.create_vm()
+        vm.set_user_memory_region(0, 0, MEM_SIZE, ram.addr)
+        vcpu = vm.create_vcpu(0)
+        sregs = vcpu.get_sregs()
+        configure_sregs(sregs, cpl)
+        vcpu.set_sregs(sregs)
+        vcpu.set_regs(initial_regs(iterations))
+        loop = VcpuLoop(vcpu, control, pio, mmio)
+        t0 = time.perf_counter()
+        loop.run()
+        seconds = time.perf_counter() - t0
+        info = control.stop_info
+        if info is None or info.status != 0:
+            raise BenchFailed(f"VMM loop stopped unexpectedly: {info}")
+    except KvmliteError as err:
+        raise BenchFailed(f"VMM driver: {err}") from err
+    finally:
+        if vm is not None:
+            vm.close()
+        kvm.close()
+        ram.close()
+    if counter.count != iterations:
+        raise BenchFailed(f"VMM driver: {counter.count} device writes for {iterations} iterations")
+    return LoopTiming("vmm", variant, cpl, counter.count, seconds)
+
+
 # <<< end of the kvmlite-API variant
 
 
@@ -419,8 +485,11 @@ def benchmarks() -> list[Benchmark]:
         _bench(run_raw, "python-raw", "pio", 3, "Python floor (bare fcntl.ioctl)"),
         _bench(run_kvmlite, "kvmlite", "pio", 3, "kvmlite Vcpu.run()"),
         _bench(run_kvmlite, "kvmlite", "mmio", 3, "kvmlite Vcpu.run()"),
+        _bench(run_vmm, "vmm-loop", "pio", 3, "kvmlite VcpuLoop + bus + device"),
+        _bench(run_vmm, "vmm-loop", "mmio", 3, "kvmlite VcpuLoop + bus + device"),
         _bench(run_raw, "python-raw", "pio", 0, "Python floor (bare fcntl.ioctl)"),
         _bench(run_kvmlite, "kvmlite", "pio", 0, "kvmlite Vcpu.run()"),
+        _bench(run_vmm, "vmm-loop", "pio", 0, "kvmlite VcpuLoop + bus + device"),
     ]
 
 
@@ -429,10 +498,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"{ITERATIONS_QUICK} exits per run")
     parser.add_argument("--variant", choices=VARIANTS, default="pio")
     parser.add_argument("--cpl", type=int, choices=CPLS, default=3)
-    parser.add_argument("--driver", choices=("raw", "kvmlite"), default="raw")
+    parser.add_argument("--driver", choices=("raw", "kvmlite", "vmm"), default="raw")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    driver, label = (run_raw, "python-raw") if args.driver == "raw" else (run_kvmlite, "kvmlite")
+    driver, label = {
+        "raw": (run_raw, "python-raw"),
+        "kvmlite": (run_kvmlite, "kvmlite"),
+        "vmm": (run_vmm, "vmm-loop"),
+    }[args.driver]
     try:
         res = compare(driver, label, args.variant, args.cpl, args.quick)
     except (BenchUnavailable, BenchFailed, ValueError) as err:
