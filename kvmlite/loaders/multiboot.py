@@ -52,6 +52,8 @@ E820_RAM, E820_RESERVED = 1, 2
 #: SeaBIOS keeps the top 128 KiB of low RAM for itself and marks it reserved.
 BIOS_HIGH_RESERVED = 0x20000
 BIOS_ROM = (0xFFFC_0000, 0x4_0000)
+#: QEMU (7.1 and later) reserves the HyperTransport hole of AMD systems, just below 1 TiB.
+HT_HOLE = (0xFD_0000_0000, 0x3_0000_0000)
 
 _HEADER = struct.Struct("<III")
 _AOUT = struct.Struct("<IIIII")
@@ -96,7 +98,19 @@ def e820_map(memory: GuestMemory) -> list[tuple[int, int, int]]:
     entries.append((*BIOS_ROM, E820_RESERVED))
     if above_4g:
         entries.append((1 << 32, above_4g, E820_RAM))
-    return entries
+    entries.append((*HT_HOLE, E820_RESERVED))
+    return sorted(entries)
+
+
+def mem_lower_upper(entries: list[tuple[int, int, int]]) -> tuple[int, int]:
+    """mem_lower and mem_upper in KiB as the multiboot spec defines them, from the memory map.
+
+    Lower memory is the RAM starting at address 0; upper memory the RAM starting
+    at 1 MiB up to the first hole.  (QEMU's multiboot ROM computes them the same way.)
+    """
+    lower = next((length for base, length, kind in entries if base == 0 and kind == E820_RAM), 0)
+    upper = next((length for base, length, kind in entries if base == L.HIMEM and kind == E820_RAM), 0)
+    return lower // 1024, upper // 1024
 
 
 def _load_elf(memory: GuestMemory, data: bytes) -> tuple[int, int, int]:
@@ -224,18 +238,19 @@ def load(
         memory.write(L.BOOT_CMDLINE, bytes(strings))
         memory.write(L.BOOT_MODULES, mod_list)
 
-        mmap = b"".join(_MMAP_ENTRY.pack(20, base, length, kind) for base, length, kind in e820_map(memory))
+        e820 = e820_map(memory)
+        mmap = b"".join(_MMAP_ENTRY.pack(20, base, length, kind) for base, length, kind in e820)
         memory.write(L.BOOT_MMAP, mmap)
+        mem_lower, mem_upper = mem_lower_upper(e820)
 
-        below_4g = sum(r.size for r in memory if r.end <= 1 << 32)
         info = bytearray(MBI_SIZE)
         struct.pack_into(
             "<IIIIIII",
             info,
             0,
             MBI_MEMORY | MBI_BOOT_DEVICE | MBI_CMDLINE | MBI_MODS | MBI_MMAP | MBI_BOOT_LOADER_NAME,
-            640,
-            below_4g // 1024 - 1024,
+            mem_lower,
+            mem_upper,
             BOOT_DEVICE_NONE,
             cmdline_addr,
             len(mod_entries),
