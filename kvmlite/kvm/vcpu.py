@@ -173,6 +173,10 @@ class Vcpu:
     def request_interrupt_window(self, on: bool = True) -> None:
         self.kvm_run.request_interrupt_window = int(on)
 
+    @property
+    def interrupt_window_requested(self) -> bool:
+        return bool(self.kvm_run.request_interrupt_window)
+
     def bind_thread(self) -> None:
         """Record the calling thread as the one that runs this vCPU (for :meth:`kick`)."""
         self._thread_id = threading.get_ident()
