@@ -1,9 +1,10 @@
 """The 8042 keyboard controller (0x60/0x64), system control port A (0x92) and the POST port (0x80).
 
-:class:`I8042` sits at base 0x60 with length 5 and answers offset 0 (data,
-port 0x60) and offset 4 (status/command, port 0x64); offsets 1-3 (0x61-0x63)
-are another device's business on a PC, so the bus should map port 0x61
-elsewhere first or split the range.  The model carries enough of the
+:class:`I8042` answers offset 0 (data, port 0x60) and offset 4
+(status/command, port 0x64) of a window at 0x60.  Port 0x61 in between
+belongs to the PIT's system control port, so the machine inserts the
+controller twice, at 0x60 and at 0x64 with ``offset=4``
+(:meth:`kvmlite.memory.Bus.insert`).  The model carries enough of the
 controller and of an MF2 keyboard for Linux's i8042 and atkbd drivers to
 probe, configure and use them: the controller command byte, self and
 interface tests, enable/disable of both ports, the output port (A20 and the
@@ -118,6 +119,15 @@ PORT_A_RESET = 0x01
 PORT_A_A20 = 0x02
 
 
+def _warn_once(warned: set[str], msg: str, *args: object) -> None:
+    """Log a guest-triggerable problem as a warning the first time, then at DEBUG (no log floods)."""
+    if msg in warned:
+        log.debug(msg, *args)
+    else:
+        warned.add(msg)
+        log.warning(msg + " (repeats are logged at DEBUG)", *args)
+
+
 class I8042:
     """The keyboard controller with an MF2 keyboard attached and an empty aux port."""
 
@@ -132,6 +142,7 @@ class I8042:
         self._reset = reset
         self._irq1 = irq1
         self._irq12 = irq12
+        self._warned: set[str] = set()
         self._on_a20 = on_a20
         self._irq1_level = False
         self._irq12_level = False
@@ -176,7 +187,7 @@ class I8042:
 
     def read(self, offset: int, size: int) -> int:
         if size != 1 or offset not in (DATA_OFFSET, STATUS_OFFSET):
-            log.warning("i8042: %d-byte read at offset %d", size, offset)
+            _warn_once(self._warned, "i8042: %d-byte read at offset %d", size, offset)
             return (1 << (8 * size)) - 1 if 0 < size <= 8 else 0
         if offset == STATUS_OFFSET:
             return self._status()
@@ -184,7 +195,7 @@ class I8042:
 
     def write(self, offset: int, size: int, value: int) -> None:
         if size != 1 or offset not in (DATA_OFFSET, STATUS_OFFSET):
-            log.warning("i8042: %d-byte write of %#x at offset %d ignored", size, value, offset)
+            _warn_once(self._warned, "i8042: %d-byte write of %#x at offset %d ignored", size, value, offset)
             return
         value &= 0xFF
         if offset == STATUS_OFFSET:
@@ -292,7 +303,7 @@ class I8042:
                 log.info("i8042: guest pulsed the reset line (command %#x)", cmd)
                 self._do_reset()
         else:
-            log.warning("i8042: unknown controller command %#x ignored", cmd)
+            _warn_once(self._warned, "i8042: unknown controller command %#x ignored", cmd)
 
     def _write_data(self, value: int) -> None:
         cmd = self.pending_cmd
@@ -467,6 +478,7 @@ class PortA20Reset:
     ) -> None:
         self._reset = reset
         self._on_a20 = on_a20
+        self._warned: set[str] = set()
         self.value = PORT_A_A20  # A20 on, as firmware leaves it for a kernel
 
     @property
@@ -475,13 +487,13 @@ class PortA20Reset:
 
     def read(self, offset: int, size: int) -> int:
         if offset != 0 or size != 1:
-            log.warning("port 0x92: %d-byte read at offset %d", size, offset)
+            _warn_once(self._warned, "port 0x92: %d-byte read at offset %d", size, offset)
             return (1 << (8 * size)) - 1 if 0 < size <= 8 else 0
         return self.value
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset != 0 or size != 1:
-            log.warning("port 0x92: %d-byte write of %#x at offset %d ignored", size, value, offset)
+            _warn_once(self._warned, "port 0x92: %d-byte write of %#x at offset %d", size, value, offset)
             return
         old = self.value
         self.value = value & 0xFF & ~PORT_A_RESET

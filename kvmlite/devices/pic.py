@@ -78,11 +78,21 @@ ELCR_SLAVE_MASK = 0xDE
 _READY, _WANT_ICW2, _WANT_ICW3, _WANT_ICW4 = range(4)
 
 
+def _warn_once(warned: set[str], msg: str, *args: object) -> None:
+    """Log a guest-triggerable problem as a warning the first time, then at DEBUG (no log floods)."""
+    if msg in warned:
+        log.debug(msg, *args)
+    else:
+        warned.add(msg)
+        log.warning(msg + " (repeats are logged at DEBUG)", *args)
+
+
 class Pic8259:
     """One 8259A.  Reach it through :class:`Pic8259Pair`, which wires the cascade and the CPU."""
 
     def __init__(self, name: str, elcr_mask: int, on_change: Any) -> None:
         self.name = name
+        self._warned: set[str] = set()
         self.elcr_mask = elcr_mask
         self._on_change = on_change
         self.lines = 0  # input pin levels
@@ -169,7 +179,7 @@ class Pic8259:
 
     def read(self, offset: int, size: int) -> int:
         if size != 1 or offset not in (PIC_COMMAND, PIC_DATA):
-            log.warning("pic %s: %d-byte read at offset %d ignored", self.name, size, offset)
+            _warn_once(self._warned, "pic %s: %d-byte read at offset %d ignored", self.name, size, offset)
             return (1 << (8 * size)) - 1 if 0 < size <= 8 else 0
         if self.poll:
             return self._poll_read()
@@ -188,7 +198,14 @@ class Pic8259:
 
     def write(self, offset: int, size: int, value: int) -> None:
         if size != 1 or offset not in (PIC_COMMAND, PIC_DATA):
-            log.warning("pic %s: %d-byte write of %#x at offset %d ignored", self.name, size, value, offset)
+            _warn_once(
+                self._warned,
+                "pic %s: %d-byte write %#x at offset %d",
+                self.name,
+                size,
+                value,
+                offset,
+            )
             return
         value &= 0xFF
         if offset == PIC_COMMAND:
@@ -314,6 +331,7 @@ class Elcr:
 
     def __init__(self, pair: Pic8259Pair) -> None:
         self._pair = pair
+        self._warned: set[str] = set()
 
     def read(self, offset: int, size: int) -> int:
         chips = (self._pair.master, self._pair.slave)
@@ -329,7 +347,7 @@ class Elcr:
             if 0 <= offset + i < 2:
                 chips[offset + i].set_elcr((value >> (8 * i)) & 0xFF)
             else:
-                log.warning("elcr: write beyond offset 1 (offset %d size %d) ignored", offset, size)
+                _warn_once(self._warned, "elcr: write past offset 1 (%d, %d bytes)", offset, size)
         self._pair._update()
 
 

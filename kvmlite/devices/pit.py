@@ -88,12 +88,22 @@ def _to_bcd(value: int) -> int:
     return sum(((value // 10**i) % 10) << (4 * i) for i in range(4))
 
 
+def _warn_once(warned: set[str], msg: str, *args: object) -> None:
+    """Log a guest-triggerable problem as a warning the first time, then at DEBUG (no log floods)."""
+    if msg in warned:
+        log.debug(msg, *args)
+    else:
+        warned.add(msg)
+        log.warning(msg + " (repeats are logged at DEBUG)", *args)
+
+
 class PitChannel:
     """One 8254 counter."""
 
     def __init__(self, index: int, gate: bool) -> None:
         self.index = index
         self.mode = 0
+        self.mode_bits = 0  # as written in the control word
         self.bcd = False
         self.rw = RW_WORD
         self.count = 0x10000  # reload value in counter clocks (0 programs the maximum)
@@ -165,16 +175,18 @@ class PitChannel:
     # ---------------------------------------------------------------- registers
 
     def status(self, now: int) -> int:
-        value = (self.rw << CW_RW_SHIFT) | (self.mode << CW_MODE_SHIFT) | (CW_BCD if self.bcd else 0)
+        # The status echoes the mode bits exactly as written (6 and 7 included).
+        value = (self.rw << CW_RW_SHIFT) | (self.mode_bits << CW_MODE_SHIFT) | (CW_BCD if self.bcd else 0)
         if self.out(now):
             value |= STATUS_OUT
         if self.null_count:
             value |= STATUS_NULL_COUNT
         return value
 
-    def control(self, rw: int, mode: int, bcd: bool) -> None:
+    def control(self, rw: int, mode_bits: int, bcd: bool) -> None:
         self.rw = rw
-        self.mode = mode
+        self.mode_bits = mode_bits
+        self.mode = mode_bits - 4 if mode_bits > 5 else mode_bits  # 6 and 7 are aliases of 2 and 3
         self.bcd = bcd
         self.armed = False
         self.triggered = False
@@ -276,6 +288,7 @@ class PitChannel:
 
     _FIELDS = (
         "mode",
+        "mode_bits",
         "bcd",
         "rw",
         "count",
@@ -300,7 +313,12 @@ class PitChannel:
     def load_state(self, st: dict[str, Any], now: int) -> None:
         for f in self._FIELDS:
             setattr(self, f, st[f])
-        if not 0 <= int(self.mode) <= 5 or not 1 <= int(self.count) <= 0x10000 or self.rw not in (1, 2, 3):
+        if (
+            not 0 <= int(self.mode) <= 5
+            or not 0 <= int(self.mode_bits) <= 7
+            or not 1 <= int(self.count) <= 0x10000
+            or self.rw not in (1, 2, 3)
+        ):
             raise ValueError(f"channel {self.index}: mode {self.mode} count {self.count} rw {self.rw}")
         self.start_ns = now - int(st["elapsed_ns"])
 
@@ -313,6 +331,7 @@ class Pit8254:
 
     def __init__(self, irq0: IrqLine = no_irq, clock: Clock = monotonic_ns) -> None:
         self._irq0 = irq0
+        self._warned: set[str] = set()
         self._clock = clock
         self.channels = [PitChannel(0, True), PitChannel(1, True), PitChannel(2, False)]
         self.speaker = False
@@ -328,13 +347,13 @@ class Pit8254:
         if size != 1 or not 0 <= offset < NUM_CHANNELS:
             if offset == CONTROL and size == 1:
                 return 0xFF  # the control word register cannot be read
-            log.warning("pit: %d-byte read at offset %d ignored", size, offset)
+            _warn_once(self._warned, "pit: %d-byte read at offset %d ignored", size, offset)
             return (1 << (8 * size)) - 1 if 0 < size <= 8 else 0
         return self.channels[offset].read(self._clock())
 
     def write(self, offset: int, size: int, value: int) -> None:
         if size != 1 or not 0 <= offset <= CONTROL:
-            log.warning("pit: %d-byte write of %#x at offset %d ignored", size, value, offset)
+            _warn_once(self._warned, "pit: %d-byte write of %#x at offset %d ignored", size, value, offset)
             return
         now = self._clock()
         value &= 0xFF
@@ -363,10 +382,7 @@ class Pit8254:
         if rw == RW_LATCH:
             ch.latch_count(now)
             return
-        mode = (value >> CW_MODE_SHIFT) & 7
-        if mode > 5:
-            mode -= 4  # 6 and 7 are aliases of 2 and 3
-        ch.control(rw, mode, bool(value & CW_BCD))
+        ch.control(rw, (value >> CW_MODE_SHIFT) & 7, bool(value & CW_BCD))
         if sc == CHANNEL0:
             self._next_irq_ns = None
 
@@ -453,10 +469,11 @@ class SystemPortB:
 
     def __init__(self, pit: Pit8254) -> None:
         self._pit = pit
+        self._warned: set[str] = set()
 
     def read(self, offset: int, size: int) -> int:
         if offset != 0 or size != 1:
-            log.warning("port 0x61: %d-byte read at offset %d", size, offset)
+            _warn_once(self._warned, "port 0x61: %d-byte read at offset %d", size, offset)
             return (1 << (8 * size)) - 1 if 0 < size <= 8 else 0
         pit = self._pit
         value = pit.port61_bits
@@ -468,7 +485,7 @@ class SystemPortB:
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset != 0 or size != 1:
-            log.warning("port 0x61: %d-byte write of %#x at offset %d ignored", size, value, offset)
+            _warn_once(self._warned, "port 0x61: %d-byte write of %#x at offset %d", size, value, offset)
             return
         pit = self._pit
         pit.port61_bits = value & P61_WRITABLE

@@ -136,6 +136,15 @@ def periodic_period_ns(rate: int) -> int | None:
     return (1 << shift) * NS_PER_S // TIME_BASE_HZ
 
 
+def _warn_once(warned: set[str], msg: str, *args: object) -> None:
+    """Log a guest-triggerable problem as a warning the first time, then at DEBUG (no log floods)."""
+    if msg in warned:
+        log.debug(msg, *args)
+    else:
+        warned.add(msg)
+        log.warning(msg + " (repeats are logged at DEBUG)", *args)
+
+
 class CmosRtc:
     """The PC's RTC and CMOS RAM.  See the module docstring for the time model."""
 
@@ -151,6 +160,7 @@ class CmosRtc:
         if memory_size < 0 or low_ram_limit <= 0:
             raise DeviceError(f"rtc: invalid memory_size {memory_size} / low_ram_limit {low_ram_limit}")
         self._irq8 = irq8
+        self._warned: set[str] = set()
         self._now = now
         self._clock = clock
         self._irq_level = False
@@ -335,14 +345,14 @@ class CmosRtc:
             self._update_checked_ns = max(rtc, last)
 
     def _update_irq(self, now: int) -> None:
+        """IRQF (and the IRQ pin) = any flag whose interrupt is enabled, as on the MC146818."""
         self._advance(now)
         c = self.cmos
-        enabled = (c[REG_B] & (B_PIE | B_AIE | B_UIE)) & (c[REG_C] & (C_PF | C_AF | C_UF))
-        if enabled:
-            c[REG_C] |= C_IRQF
-        if enabled and not self._irq_level:
-            self._irq_level = True
-            self._irq8(True)
+        irqf = bool((c[REG_B] & (B_PIE | B_AIE | B_UIE)) & (c[REG_C] & (C_PF | C_AF | C_UF)))
+        c[REG_C] = (c[REG_C] & ~C_IRQF) | (C_IRQF if irqf else 0)
+        if irqf != self._irq_level:
+            self._irq_level = irqf
+            self._irq8(irqf)
 
     def next_deadline(self) -> int | None:
         """Monotonic ns of the next periodic, update-ended or alarm interrupt, or None."""
@@ -380,7 +390,7 @@ class CmosRtc:
 
     def read(self, offset: int, size: int) -> int:
         if size != 1 or offset not in (INDEX_PORT, DATA_PORT):
-            log.warning("rtc: %d-byte read at offset %d", size, offset)
+            _warn_once(self._warned, "rtc: %d-byte read at offset %d", size, offset)
             return (1 << (8 * size)) - 1 if 0 < size <= 8 else 0
         if offset == INDEX_PORT:
             return 0xFF  # the index register is write-only
@@ -411,7 +421,7 @@ class CmosRtc:
 
     def write(self, offset: int, size: int, value: int) -> None:
         if size != 1 or offset not in (INDEX_PORT, DATA_PORT):
-            log.warning("rtc: %d-byte write of %#x at offset %d ignored", size, value, offset)
+            _warn_once(self._warned, "rtc: %d-byte write of %#x at offset %d ignored", size, value, offset)
             return
         value &= 0xFF
         if offset == INDEX_PORT:

@@ -179,10 +179,6 @@ class Serial16550:
     def _rx_capacity(self) -> int:
         return FIFO_SIZE if self.fifo_enabled else 1
 
-    @property
-    def _tx_capacity(self) -> int:
-        return FIFO_SIZE if self.fifo_enabled else 1
-
     def rx_space(self) -> int:
         """Bytes :meth:`enqueue_input` would accept now (0 in loopback: the line is disconnected)."""
         if self.loopback:

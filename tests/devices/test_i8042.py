@@ -303,3 +303,16 @@ def test_post_code_port_records_and_reports(caplog: pytest.LogCaptureFixture) ->
     assert port.read(0, 1) == 0x34
     assert "POST code 0x34" in caplog.text
     assert PostCodePort.from_state(port.state()).last == 0x34
+
+
+def test_split_bus_wiring_maps_0x64_to_the_command_offset() -> None:
+    from kvmlite.memory import Bus
+
+    dev, *_ = make()
+    bus = Bus("pio")
+    bus.insert(dev, 0x60, 1)
+    bus.insert(dev, 0x64, 1, offset=4)
+    bus.write(0x64, 1, k.CMD_SELF_TEST)
+    assert bus.read(0x64, 1) & k.STR_OBF
+    assert bus.read(0x60, 1) == 0x55
+    assert bus.read(0x65, 1) == 0xFF  # beyond the single port: nobody claims it

@@ -308,3 +308,42 @@ def test_state_round_trip_keeps_phase_across_clocks() -> None:
 def test_from_state_rejects_garbage() -> None:
     with pytest.raises(DeviceError):
         Pit8254.from_state({"channels": []})
+
+
+def test_pit_irq0_pulses_reach_the_cpu_through_the_pic() -> None:
+    from kvmlite.devices.pic import Pic8259Pair
+
+    pic = Pic8259Pair()
+    clock = FakeClock()
+    pit = Pit8254(irq0=lambda level: pic.set_irq(0, level), clock=clock)
+    for chip, base, icw3 in ((pic.master, 0x20, 0x04), (pic.slave, 0x28, 0x02)):
+        for port, value in ((0, 0x11), (1, base), (1, icw3), (1, 0x01), (1, 0x00)):
+            chip.write(port, 1, value)
+    ctl(pit, 0x34)
+    load_word(pit, 0, 11932)  # 100 Hz
+    vectors = []
+    for _ in range(3):
+        run_until(pit, clock, pit.next_deadline() or 0)
+        assert pic.has_interrupt()
+        vectors.append(pic.acknowledge())
+        pic.master.write(0, 1, 0x20)  # EOI
+        assert not pic.has_interrupt()
+    assert vectors == [0x20, 0x20, 0x20]
+
+
+def test_pit_implements_the_device_protocols() -> None:
+    from kvmlite.devices.base import Device, Snapshottable, TimedDevice
+
+    pit = Pit8254()
+    assert isinstance(pit, TimedDevice) and isinstance(pit, Snapshottable)
+    assert isinstance(pit, Device) and isinstance(pit.port61, Device)
+
+
+def test_mode_6_and_7_behave_as_2_and_3_but_status_echoes_them() -> None:
+    pit, clock, irq = make()
+    ctl(pit, 0x3C)  # channel 0, LSB/MSB, mode 6 (= 2)
+    load_word(pit, 0, 100)
+    ctl(pit, 0xE2)
+    assert pit.read(0, 1) & 0x3F == 0x3C
+    run_until(pit, clock, clock.now + p._ticks_to_ns(300))
+    assert irq.count == 3

@@ -327,3 +327,21 @@ def test_bad_access_does_not_raise() -> None:
     assert rtc.read(r.INDEX_PORT, 1) == 0xFF
     assert rtc.read(1, 2) == 0xFFFF
     rtc.write(2, 1, 0)
+
+
+def test_disabling_the_interrupt_drops_irqf_and_the_line() -> None:
+    rtc, clock, line = make()
+    wr(rtc, r.REG_B, r.B_24H | r.B_UIE)
+    clock.now += S
+    rtc.tick(clock.now)
+    assert line.high
+    wr(rtc, r.REG_B, r.B_24H)
+    assert not line.high
+    assert rd(rtc, r.REG_C) == r.C_UF | r.C_PF  # flags stay, IRQF went with the enable
+
+
+def test_rtc_implements_the_device_protocols() -> None:
+    from kvmlite.devices.base import Device, Snapshottable, TimedDevice
+
+    rtc, _, _ = make()
+    assert isinstance(rtc, TimedDevice) and isinstance(rtc, Snapshottable) and isinstance(rtc, Device)

@@ -388,3 +388,41 @@ def test_from_state_rejects_garbage() -> None:
     good["rx"] = bytes(17)
     with pytest.raises(DeviceError):
         Serial16550.from_state(good)
+
+
+def test_linux_8250_autoconfig_sequence_finds_a_16550a() -> None:
+    """The register dance of Linux's 8250 autoconfig(), with the answers it needs."""
+    u, line, _ = make()
+    # IER test: writes 0 then 0x0F and expects them back (low nibble).
+    wr(u, s.IER, 0)
+    assert rd(u, s.IER) & 0x0F == 0
+    wr(u, s.IER, 0x0F)
+    assert rd(u, s.IER) & 0x0F == 0x0F
+    wr(u, s.IER, 0)
+    # Loopback test: MCR = LOOP | OUT2 | RTS must read MSR status 0x90.
+    save_mcr = rd(u, s.MCR)
+    wr(u, s.MCR, s.MCR_LOOP | 0x0A)
+    assert rd(u, s.MSR) & 0xF0 == 0x90
+    wr(u, s.MCR, save_mcr)
+    # FIFO probe: IIR bits 7-6 == 3 means a working 16550A FIFO.
+    wr(u, s.LCR, 0)
+    wr(u, s.FCR, s.FCR_ENABLE_FIFO)
+    assert rd(u, s.IIR) >> 6 == 3
+    # No EFR behind LCR=0xBF (that would be a 16650): offset 2 reads IIR, non-zero.
+    wr(u, s.LCR, 0xBF)
+    assert rd(u, s.IIR) != 0
+    wr(u, s.LCR, 0)
+    # Not an XScale: IER bit 6 (UUE) does not stick.
+    wr(u, s.IER, 0x40)
+    assert not rd(u, s.IER) & 0x40
+    wr(u, s.IER, 0)
+    # serial8250_do_startup: clear FIFOs, read away state, LSR must not float to 0xFF.
+    wr(u, s.FCR, s.FCR_ENABLE_FIFO | s.FCR_CLEAR_RCVR | s.FCR_CLEAR_XMIT)
+    assert rd(u, s.LSR) != 0xFF
+    rd(u, s.RBR)
+    rd(u, s.IIR)
+    rd(u, s.MSR)
+    wr(u, s.LCR, 0x03)
+    wr(u, s.MCR, s.MCR_DTR | s.MCR_RTS | s.MCR_OUT2)
+    assert not line.high  # nothing enabled yet
+    assert rd(u, s.SCR) == 0
