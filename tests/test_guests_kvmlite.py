@@ -25,9 +25,14 @@ from tests.guest_expectations import (
     missing_build_tools,
 )
 
-pytestmark = requires_kvm
-
 TIMEOUT_S = 120
+
+#: (backend, irqchip) pairs every guest runs under; the software backend needs no /dev/kvm.
+CONFIGS = [
+    pytest.param("kvm", "kernel", marks=requires_kvm, id="kvm-kernel"),
+    pytest.param("kvm", "userspace", marks=requires_kvm, id="kvm-userspace"),
+    pytest.param("emu", "userspace", id="emu"),
+]
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +74,11 @@ QEMU_COMPARABLE = sorted(
 
 
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed")
+@pytest.mark.parametrize("backend", [pytest.param("kvm", marks=requires_kvm), "emu"])
 @pytest.mark.parametrize("name", QEMU_COMPARABLE)
-def test_same_serial_output_and_status_as_qemu(name: str, guest_images: dict[str, Path]) -> None:
+def test_same_serial_output_and_status_as_qemu(
+    name: str, backend: str, guest_images: dict[str, Path]
+) -> None:
     exp = EXPECTATIONS[name]
     image = guest_images[exp.image]
     qemu = [
@@ -80,11 +88,12 @@ def test_same_serial_output_and_status_as_qemu(name: str, guest_images: dict[str
     if exp.args:
         qemu += ["-append", exp.args]
     q = subprocess.run(qemu, capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
-    k = run_kvmlite(image, exp.args)
+    k = run_kvmlite(image, exp.args, "--backend", backend)
     assert k.stdout.splitlines() == q.stdout.splitlines()
     assert k.returncode == q.returncode == exp.exit_status
 
 
+@requires_kvm
 def test_builtin_demo_runs_with_no_arguments_and_exits_0() -> None:
     assert DEMO_GUEST.is_file(), "the package must ship the demo guest"
     r = subprocess.run(
@@ -98,4 +107,16 @@ def test_builtin_demo_runs_with_no_arguments_and_exits_0() -> None:
     lines = r.stdout.splitlines()
     assert lines[0].startswith("kvmlite demo guest")
     assert lines[-1] == DEMO_FINAL_LINE
+    assert EXPECTATIONS["demo"].mismatches(r.stdout) == []
+
+
+def test_builtin_demo_on_the_software_backend() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "kvmlite", "run", "--backend", "emu"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == 0, r.stderr
     assert EXPECTATIONS["demo"].mismatches(r.stdout) == []

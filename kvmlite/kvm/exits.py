@@ -108,12 +108,18 @@ class InternalErrorExit(Exit):
     suberror: int
     data: tuple[int, ...]
     insn_bytes: bytes
+    detail: str = ""  # the software backend says what it could not do
 
     @property
     def reason(self) -> ExitReason:
         return ExitReason.INTERNAL_ERROR
 
     def describe(self) -> str:
+        if self.detail:
+            text = f"emulation failed: {self.detail}"
+            if self.insn_bytes:
+                text += f" (bytes at RIP {self.insn_bytes.hex(' ')})"
+            return text
         try:
             name = InternalError(self.suberror).name
         except ValueError:

@@ -114,14 +114,15 @@ class Machine:
             except KvmUnavailableError as err:
                 if choice == "kvm":
                     raise
-                raise KvmUnavailableError(
-                    f"{err}; the software backend (--backend emu) is not available yet"
-                ) from err
-            vm = kvm.create_vm()
-            vm.set_tss_addr()
-            vm.set_identity_map_addr()
-            return "kvm", vm
-        raise ConfigError("the software backend (--backend emu) is not available yet")
+                log.warning("%s: using the software backend (the guest runs on kvmlite's emulator)", err)
+            else:
+                vm = kvm.create_vm()
+                vm.set_tss_addr()
+                vm.set_identity_map_addr()
+                return "kvm", vm
+        from kvmlite.emulator.backend import EmuVm
+
+        return "emu", EmuVm()
 
     def _make_irqchip(self, choice: str) -> UserspaceIrqChip | KernelIrqChip:
         if choice == "auto":

@@ -1,0 +1,345 @@
+"""The software backend: a ``Vm``/``Vcpu`` pair with KVM's interface, running guests on the emulator.
+
+``--backend emu`` (and ``--backend auto`` where /dev/kvm does not open) runs
+the same machine, the same devices and the same vCPU loop as the KVM backend:
+:meth:`EmuVcpu.run` returns the same typed exits (:mod:`kvmlite.kvm.exits`).
+
+How an exit is made.  The executor reaches ports and MMIO only through its
+ops (:class:`BackendOps`).  When an instruction touches a port or an address
+outside guest RAM, the ops raise :class:`_DeviceAccess` out of the
+instruction before its RIP is committed, and ``run()`` returns an ``IoIn``,
+``IoOut``, ``MmioRead`` or ``MmioWrite`` exit.  The loop answers as it does
+for KVM (writing into ``exit.data`` for reads); the next ``run()`` executes
+the instruction again and the ops replay the answered accesses in order
+instead of exiting.  That is KVM's own scheme (``complete_userspace_io``).
+Each answered access is tagged with RCX/RSI/RDI at the time: a REP string
+instruction commits those per iteration, so an answer recorded before a
+commit can never be replayed into a later iteration.
+
+Interrupts follow KVM's userspace-irqchip contract: ``interrupt(vector)``
+queues an external interrupt, delivered before the next instruction;
+``ready_for_interrupt_injection`` says whether one can be queued now;
+``request_interrupt_window`` makes ``run()`` return ``IrqWindowOpen`` as
+soon as the guest can take one.  HLT returns ``Hlt`` (with RIP past the
+HLT, as KVM does) and the loop decides how to wait.  ``kick()`` makes a
+running ``run()`` return ``Interrupted`` within a few instructions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from kvmlite.emulator.cpu import CpuState
+from kvmlite.emulator.executor import Executor
+from kvmlite.emulator.faults import TripleFault
+from kvmlite.emulator.mmu import Mmu
+from kvmlite.emulator.ops import EmulatorOps, PagedOps
+from kvmlite.errors import EmulatorError, GuestMemoryError
+from kvmlite.kvm import exits as E
+from kvmlite.kvm import structs as S
+from kvmlite.kvm.constants import InternalError, MpState
+from kvmlite.memory.guest import GuestMemory
+
+log = logging.getLogger(__name__)
+
+#: Instructions executed between looks at kicks, queued interrupts and window requests.
+SLICE = 256
+RFLAGS_IF = 1 << 9
+_RCX, _RSI, _RDI = 1, 6, 7
+
+
+class _DeviceAccess(Exception):
+    """Raised out of an instruction that needs the VMM; carries the exit to return."""
+
+    def __init__(self, exit_: E.Exit) -> None:
+        self.exit = exit_
+
+
+class _Answer:
+    """One answered device access: what it was, the registers at the time, and the data."""
+
+    __slots__ = ("data", "key", "regs")
+
+    def __init__(self, key: tuple[str, int, int], regs: tuple[int, int, int], data: bytearray) -> None:
+        self.key = key
+        self.regs = regs
+        self.data = data
+
+
+class BackendOps(PagedOps):
+    """Paging over guest RAM; ports and MMIO become exits (see the module docstring)."""
+
+    def __init__(
+        self, memory: GuestMemory, cpu: CpuState, cpuid: dict[tuple[int, int], tuple[int, ...]]
+    ) -> None:
+        self.memory = memory
+        self.cpu = cpu
+        self.cpuid_table = cpuid
+        self.answers: list[_Answer] = []
+        self.pending: _Answer | None = None  # the access the last exit asked about
+        super().__init__(self._read_phys, self._write_phys, Mmu(self._read_phys_ram, self._write_phys_ram))
+
+    # --- replay of answered accesses --------------------------------------------------
+    def _regs(self) -> tuple[int, int, int]:
+        gpr = self.cpu.gpr
+        return gpr[_RCX], gpr[_RSI], gpr[_RDI]
+
+    def _replay(self, key: tuple[str, int, int]) -> bytearray | None:
+        regs = self._regs()
+        answers = self.answers
+        while answers:
+            first = answers[0]
+            if first.regs != regs:  # recorded before a REP iteration committed: stale
+                answers.pop(0)
+                continue
+            if first.key != key:
+                answers.clear()  # the instruction went another way: start over
+                return None
+            answers.pop(0)
+            self._consumed.append(first)
+            return first.data
+        return None
+
+    def start_instruction(self) -> None:
+        """Called before each (re-)execution: answered accesses replay in order from the start."""
+        self._consumed: list[_Answer] = []
+
+    def exit_for(self, kind: str, addr: int, size: int, data: bytearray, exit_: E.Exit) -> _DeviceAccess:
+        """Remember the access (and everything this execution already replayed) and stop the instruction."""
+        self.answers = self._consumed + self.answers
+        self.pending = _Answer((kind, addr, size), self._regs(), data)
+        return _DeviceAccess(exit_)
+
+    def answered(self) -> None:
+        """The loop handled the last exit: its answer joins the replay list."""
+        if self.pending is not None:
+            self.answers.append(self.pending)
+            self.pending = None
+
+    def instruction_done(self) -> None:
+        self.answers.clear()
+
+    # --- physical accesses ----------------------------------------------------------------
+    def _read_phys_ram(self, gpa: int, size: int) -> bytes:
+        return self.memory.read(gpa, size)
+
+    def _write_phys_ram(self, gpa: int, data: bytes) -> None:
+        self.memory.write(gpa, data)
+
+    def _read_phys(self, gpa: int, size: int) -> bytes:
+        region = self.memory.find_region(gpa)
+        if region is not None and gpa + size <= region.end:
+            off = gpa - region.start
+            return bytes(region.view[off : off + size])
+        if self.memory.is_ram(gpa, size):
+            return self.memory.read(gpa, size)
+        data = self._replay(("mmio-r", gpa, size))
+        if data is not None:
+            return bytes(data)
+        buf = bytearray(size)
+        raise self.exit_for("mmio-r", gpa, size, buf, E.MmioRead(gpa, memoryview(buf)))
+
+    def _write_phys(self, gpa: int, data: bytes) -> None:
+        region = self.memory.find_region(gpa)
+        size = len(data)
+        if region is not None and gpa + size <= region.end:
+            off = gpa - region.start
+            region.view[off : off + size] = data
+            return
+        if self.memory.is_ram(gpa, size):
+            self.memory.write(gpa, data)
+            return
+        if self._replay(("mmio-w", gpa, size)) is not None:
+            return
+        buf = bytearray(data)
+        raise self.exit_for("mmio-w", gpa, size, buf, E.MmioWrite(gpa, memoryview(buf)))
+
+    # --- ports -------------------------------------------------------------------------------
+    def io_in(self, port: int, size: int) -> int:
+        data = self._replay(("in", port, size))
+        if data is not None:
+            return int.from_bytes(data, "little")
+        buf = bytearray(size)
+        raise self.exit_for("in", port, size, buf, E.IoIn(port, size, 1, memoryview(buf)))
+
+    def io_out(self, port: int, size: int, value: int) -> None:
+        if self._replay(("out", port, size)) is not None:
+            return
+        buf = bytearray(value.to_bytes(size, "little"))
+        raise self.exit_for("out", port, size, buf, E.IoOut(port, size, 1, memoryview(buf)))
+
+    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        entry = self.cpuid_table.get((leaf, subleaf)) or self.cpuid_table.get((leaf, 0))
+        if entry is not None:
+            return entry  # type: ignore[return-value]
+        return EmulatorOps.cpuid(self, leaf, subleaf)
+
+
+class EmuVcpu:
+    """One emulated vCPU with the :class:`kvmlite.kvm.Vcpu` interface the VMM uses."""
+
+    def __init__(self, vm: EmuVm, vcpu_id: int) -> None:
+        self.vm = vm
+        self.id = vcpu_id
+        self.cpu = CpuState.reset()
+        self.cpuid: dict[tuple[int, int], tuple[int, ...]] = {}
+        self.ops = BackendOps(vm.memory, self.cpu, self.cpuid)
+        self.executor = Executor(self.cpu, self.ops)
+        self._kicked = False
+        self._pending_vector: int | None = None
+        self._window_requested = False
+        self._last_exit: E.Exit | None = None
+        self._thread_id: int | None = None
+
+    # --- running ---------------------------------------------------------------------------
+    def run(self) -> E.Exit:
+        self._complete_last_exit()
+        cpu, ex, ops = self.cpu, self.executor, self.ops
+        while True:
+            if self._kicked:
+                return self._exit(E.Interrupted())
+            if self._pending_vector is not None and self._can_take_interrupt():
+                vector, self._pending_vector = self._pending_vector, None
+                try:
+                    ex.inject_interrupt(vector)
+                except TripleFault as err:
+                    log.error("vcpu %d: %s", self.id, err)
+                    return self._exit(E.Shutdown())
+            if self._window_requested and self._pending_vector is None and self._can_take_interrupt():
+                return self._exit(E.IrqWindowOpen())
+            for _ in range(SLICE):
+                shadow = cpu.interrupt_shadow
+                ops.start_instruction()
+                try:
+                    ex.step()
+                except _DeviceAccess as access:
+                    cpu.interrupt_shadow = shadow  # the instruction will run again
+                    return self._exit(access.exit)
+                except TripleFault as err:
+                    log.error("vcpu %d: %s", self.id, err)
+                    return self._exit(E.Shutdown())
+                except GuestMemoryError as err:
+                    return self._exit(self._internal(f"guest memory access failed: {err}"))
+                except EmulatorError as err:
+                    return self._exit(self._internal(str(err)))
+                ops.instruction_done()
+                if cpu.halted:
+                    cpu.halted = False  # as with KVM's userspace irqchip: RIP is past HLT, the VMM waits
+                    return self._exit(E.Hlt())
+                if self._kicked or self._pending_vector is not None:
+                    break
+
+    def _exit(self, exit_: E.Exit) -> E.Exit:
+        self._last_exit = exit_
+        return exit_
+
+    def _complete_last_exit(self) -> None:
+        last, self._last_exit = self._last_exit, None
+        if isinstance(last, E.IoIn | E.IoOut | E.MmioRead | E.MmioWrite):
+            self.ops.answered()
+
+    def _internal(self, detail: str) -> E.InternalErrorExit:
+        try:
+            code = self.ops.read_linear(self._rip_linear(), 15, 4)
+        except Exception:
+            code = b""
+        return E.InternalErrorExit(int(InternalError.EMULATION), (), code, detail)
+
+    def _rip_linear(self) -> int:
+        cpu = self.cpu
+        return cpu.rip if cpu.code_bits == 64 else (cpu.segs[1].base + cpu.rip) & 0xFFFF_FFFF
+
+    def _can_take_interrupt(self) -> bool:
+        return bool(self.cpu.rflags & RFLAGS_IF) and not self.cpu.interrupt_shadow
+
+    # --- the KVM-like interface ------------------------------------------------------------------
+    @property
+    def if_flag(self) -> bool:
+        return bool(self.cpu.rflags & RFLAGS_IF)
+
+    @property
+    def ready_for_interrupt_injection(self) -> bool:
+        return self._pending_vector is None and self._can_take_interrupt()
+
+    def request_interrupt_window(self, on: bool = True) -> None:
+        self._window_requested = on
+
+    @property
+    def interrupt_window_requested(self) -> bool:
+        return self._window_requested
+
+    def interrupt(self, vector: int) -> None:
+        if self._pending_vector is not None:
+            raise EmulatorError(
+                f"vcpu {self.id}: interrupt {vector:#x} queued while {self._pending_vector:#x} waits"
+            )
+        self._pending_vector = vector
+
+    def bind_thread(self) -> None:
+        self._thread_id = threading.get_ident()
+
+    def kick(self) -> None:
+        self._kicked = True
+
+    def clear_kick(self) -> None:
+        self._kicked = False
+
+    def get_regs(self) -> S.kvm_regs:
+        return self.cpu.to_kvm()[0]
+
+    def get_sregs(self) -> S.kvm_sregs:
+        return self.cpu.to_kvm()[1]
+
+    def set_regs(self, regs: S.kvm_regs) -> None:
+        self._load(CpuState.from_kvm(regs, self.get_sregs()), sregs=False)
+
+    def set_sregs(self, sregs: S.kvm_sregs) -> None:
+        self._load(CpuState.from_kvm(self.get_regs(), sregs), sregs=True)
+
+    def _load(self, new: CpuState, sregs: bool) -> None:
+        cpu = self.cpu
+        cpu.gpr[:] = new.gpr
+        cpu.rip, cpu.rflags = new.rip, new.rflags
+        if sregs:
+            cpu.segs[:] = new.segs
+            cpu.tr, cpu.ldtr, cpu.gdtr, cpu.idtr = new.tr, new.ldtr, new.gdtr, new.idtr
+            cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4, cpu.cr8 = new.cr0, new.cr2, new.cr3, new.cr4, new.cr8
+            cpu.efer, cpu.apic_base, cpu.cpl = new.efer, new.apic_base, new.cpl
+            self.ops.paging_changed(cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer)
+            self.ops.cr3_written(cpu.cr3)
+
+    def set_cpuid(self, entries: list[Any]) -> None:
+        self.cpuid.clear()
+        for e in entries:
+            self.cpuid[(e.function, e.index)] = (e.eax, e.ebx, e.ecx, e.edx)
+
+    def get_mp_state(self) -> MpState:
+        return MpState.RUNNABLE
+
+    def close(self) -> None:
+        pass
+
+
+class EmuVm:
+    """The software backend's VM: guest memory and emulated vCPUs."""
+
+    backend = "emu"
+
+    def __init__(self) -> None:
+        self.memory: GuestMemory | None = None
+        self.vcpus: list[EmuVcpu] = []
+
+    def register_memory(self, memory: GuestMemory, log_dirty: bool = False) -> None:
+        self.memory = memory
+
+    def create_vcpu(self, vcpu_id: int) -> EmuVcpu:
+        if self.memory is None:
+            raise EmulatorError("register guest memory before creating vCPUs")
+        vcpu = EmuVcpu(self, vcpu_id)
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    def close(self) -> None:
+        self.vcpus.clear()

@@ -1,0 +1,314 @@
+"""The architectural state of one x86 CPU, as plain Python data.
+
+:class:`CpuState` holds what the emulator reads and writes: the sixteen GPRs,
+RIP, RFLAGS, the six segment registers with their hidden descriptor caches,
+LDTR/TR, GDTR/IDTR, CR0-CR4/CR8, EFER, the debug registers and the MSRs the
+executor implements itself (FS/GS bases live in the segment caches).  It
+converts to and from KVM's ``kvm_regs``/``kvm_sregs``, which is how the KVM
+backend hands a vCPU over for emulation (an emulation failure rescued in
+software) and takes it back.
+
+The state is deliberately a passive record with no behaviour beyond
+conversions and a few derived values; the executor owns the semantics.
+Registers are stored as unsigned Python ints already truncated to their
+width.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from kvmlite.kvm.structs import kvm_dtable, kvm_regs, kvm_segment, kvm_sregs
+
+log = logging.getLogger(__name__)
+
+MASK64 = (1 << 64) - 1
+
+# RFLAGS bits.
+FLAG_CF = 1 << 0
+FLAG_FIXED1 = 1 << 1  # always reads as 1
+FLAG_PF = 1 << 2
+FLAG_AF = 1 << 4
+FLAG_ZF = 1 << 6
+FLAG_SF = 1 << 7
+FLAG_TF = 1 << 8
+FLAG_IF = 1 << 9
+FLAG_DF = 1 << 10
+FLAG_OF = 1 << 11
+FLAG_IOPL = 3 << 12
+FLAG_NT = 1 << 14
+FLAG_RF = 1 << 16
+FLAG_VM = 1 << 17
+FLAG_AC = 1 << 18
+FLAG_VIF = 1 << 19
+FLAG_VIP = 1 << 20
+FLAG_ID = 1 << 21
+ARITH_FLAGS = FLAG_CF | FLAG_PF | FLAG_AF | FLAG_ZF | FLAG_SF | FLAG_OF
+
+# Control registers and EFER.
+CR0_PE = 1 << 0
+CR0_MP = 1 << 1
+CR0_EM = 1 << 2
+CR0_TS = 1 << 3
+CR0_ET = 1 << 4
+CR0_NE = 1 << 5
+CR0_WP = 1 << 16
+CR0_AM = 1 << 18
+CR0_NW = 1 << 29
+CR0_CD = 1 << 30
+CR0_PG = 1 << 31
+CR4_PAE = 1 << 5
+CR4_PGE = 1 << 7
+CR4_OSFXSR = 1 << 9
+CR4_FSGSBASE = 1 << 16
+CR4_OSXSAVE = 1 << 18
+EFER_SCE = 1 << 0
+EFER_LME = 1 << 8
+EFER_LMA = 1 << 10
+EFER_NXE = 1 << 11
+
+# Segment register indices (the SDM's Sreg encoding).
+ES, CS, SS, DS, FS, GS = range(6)
+SEG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")
+
+# MSRs the executor handles itself.
+MSR_IA32_TSC = 0x10
+MSR_IA32_APIC_BASE = 0x1B
+MSR_IA32_SYSENTER_CS = 0x174
+MSR_IA32_SYSENTER_ESP = 0x175
+MSR_IA32_SYSENTER_EIP = 0x176
+MSR_EFER = 0xC0000080
+MSR_STAR = 0xC0000081
+MSR_LSTAR = 0xC0000082
+MSR_CSTAR = 0xC0000083
+MSR_SFMASK = 0xC0000084
+MSR_FS_BASE = 0xC0000100
+MSR_GS_BASE = 0xC0000101
+MSR_KERNEL_GS_BASE = 0xC0000102
+MSR_TSC_AUX = 0xC0000103
+
+RESET_RFLAGS = FLAG_FIXED1
+RESET_CR0 = CR0_ET | CR0_NW | CR0_CD
+RESET_CS_SELECTOR = 0xF000
+RESET_CS_BASE = 0xFFFF0000
+RESET_RIP = 0xFFF0
+REAL_MODE_LIMIT = 0xFFFF
+DATA_RW_ACCESSED = 0x3  # descriptor type: read/write data, accessed
+CODE_RX_ACCESSED = 0xB  # descriptor type: execute/read code, accessed
+LDT_TYPE = 0x2
+TSS_BUSY_TYPE = 0xB
+
+
+@dataclass
+class Segment:
+    """A segment register: the visible selector and the hidden descriptor cache.
+
+    ``limit`` is in bytes (granularity already applied), as in ``kvm_segment``.
+    ``type`` is the 4-bit descriptor type, ``s`` the code/data (1) vs system
+    (0) bit.
+    """
+
+    selector: int = 0
+    base: int = 0
+    limit: int = REAL_MODE_LIMIT
+    type: int = DATA_RW_ACCESSED
+    s: int = 1
+    dpl: int = 0
+    present: int = 1
+    db: int = 0
+    l: int = 0  # noqa: E741 - the SDM's name for the 64-bit code bit
+    g: int = 0
+    avl: int = 0
+    unusable: int = 0
+
+    def to_kvm(self) -> kvm_segment:
+        seg = kvm_segment()
+        seg.base = self.base & MASK64
+        seg.limit = self.limit & 0xFFFFFFFF
+        seg.selector = self.selector & 0xFFFF
+        seg.type = self.type
+        seg.present = self.present
+        seg.dpl = self.dpl
+        seg.db = self.db
+        seg.s = self.s
+        seg.l = self.l
+        seg.g = self.g
+        seg.avl = self.avl
+        seg.unusable = self.unusable
+        return seg
+
+    @classmethod
+    def from_kvm(cls, seg: kvm_segment) -> Segment:
+        return cls(
+            selector=seg.selector,
+            base=seg.base,
+            limit=seg.limit,
+            type=seg.type,
+            s=seg.s,
+            dpl=seg.dpl,
+            present=seg.present,
+            db=seg.db,
+            l=seg.l,
+            g=seg.g,
+            avl=seg.avl,
+            unusable=seg.unusable,
+        )
+
+    def copy(self) -> Segment:
+        return Segment(**self.__dict__)
+
+
+@dataclass
+class DescriptorTable:
+    """GDTR or IDTR: a linear base and a byte limit."""
+
+    base: int = 0
+    limit: int = 0xFFFF
+
+
+@dataclass
+class CpuState:
+    """Registers of one CPU; see the module docstring."""
+
+    gpr: list[int] = field(default_factory=lambda: [0] * 16)
+    rip: int = RESET_RIP
+    rflags: int = RESET_RFLAGS
+    segs: list[Segment] = field(default_factory=lambda: [Segment() for _ in range(6)])
+    ldtr: Segment = field(default_factory=lambda: Segment(type=LDT_TYPE, s=0))
+    tr: Segment = field(default_factory=lambda: Segment(type=TSS_BUSY_TYPE, s=0))
+    gdtr: DescriptorTable = field(default_factory=DescriptorTable)
+    idtr: DescriptorTable = field(default_factory=lambda: DescriptorTable(0, 0x3FF))
+    cr0: int = RESET_CR0
+    cr2: int = 0
+    cr3: int = 0
+    cr4: int = 0
+    cr8: int = 0
+    efer: int = 0
+    apic_base: int = 0xFEE00900
+    xcr0: int = 1
+    dr: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400])
+    msrs: dict[int, int] = field(default_factory=dict)
+    cpl: int = 0
+    halted: bool = False
+    interrupt_shadow: bool = False  # set by STI / MOV SS / POP SS for one instruction
+
+    @classmethod
+    def reset(cls) -> CpuState:
+        """The state after RESET/INIT: real mode at F000:FFF0 (linear FFFFFFF0)."""
+        cpu = cls()
+        cpu.segs[CS] = Segment(selector=RESET_CS_SELECTOR, base=RESET_CS_BASE, type=CODE_RX_ACCESSED)
+        cpu.gpr[2] = 0x600  # EDX: family/model/stepping
+        return cpu
+
+    @classmethod
+    def real_mode(cls, cs: int = 0, ip: int = 0x7C00) -> CpuState:
+        """A convenient real-mode state with every segment at 0 and CS:IP as given."""
+        cpu = cls()
+        cpu.segs[CS] = Segment(selector=cs, base=cs << 4, type=CODE_RX_ACCESSED)
+        cpu.rip = ip
+        return cpu
+
+    # --- derived values -------------------------------------------------------------
+    @property
+    def protected(self) -> bool:
+        return bool(self.cr0 & CR0_PE)
+
+    @property
+    def long_active(self) -> bool:
+        return bool(self.efer & EFER_LMA)
+
+    @property
+    def code_bits(self) -> int:
+        """16, 32 or 64: the default operand size of the code segment in use."""
+        if not self.cr0 & CR0_PE or self.rflags & FLAG_VM:
+            return 16
+        cs = self.segs[CS]
+        if self.efer & EFER_LMA and cs.l:
+            return 64
+        return 32 if cs.db else 16
+
+    # --- KVM conversions --------------------------------------------------------------
+    def to_kvm(self) -> tuple[kvm_regs, kvm_sregs]:
+        """``kvm_regs`` and ``kvm_sregs`` holding this state (for KVM_SET_REGS/SREGS)."""
+        regs = kvm_regs()
+        for name, value in zip(_KVM_GPR_ORDER, self.gpr, strict=True):
+            setattr(regs, name, value & MASK64)
+        regs.rip = self.rip & MASK64
+        regs.rflags = self.rflags & MASK64
+        sregs = kvm_sregs()
+        for i, name in enumerate(SEG_NAMES):
+            setattr(sregs, name, self.segs[i].to_kvm())
+        sregs.tr = self.tr.to_kvm()
+        sregs.ldt = self.ldtr.to_kvm()
+        sregs.gdt = _dtable(self.gdtr)
+        sregs.idt = _dtable(self.idtr)
+        sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4 = self.cr0, self.cr2, self.cr3, self.cr4
+        sregs.cr8 = self.cr8
+        sregs.efer = self.efer
+        sregs.apic_base = self.apic_base
+        return regs, sregs
+
+    @classmethod
+    def from_kvm(cls, regs: kvm_regs, sregs: kvm_sregs) -> CpuState:
+        """A state from KVM_GET_REGS/KVM_GET_SREGS results."""
+        cpu = cls()
+        cpu.gpr = [getattr(regs, name) for name in _KVM_GPR_ORDER]
+        cpu.rip = regs.rip
+        cpu.rflags = regs.rflags | FLAG_FIXED1
+        cpu.segs = [Segment.from_kvm(getattr(sregs, name)) for name in SEG_NAMES]
+        cpu.tr = Segment.from_kvm(sregs.tr)
+        cpu.ldtr = Segment.from_kvm(sregs.ldt)
+        cpu.gdtr = DescriptorTable(sregs.gdt.base, sregs.gdt.limit)
+        cpu.idtr = DescriptorTable(sregs.idt.base, sregs.idt.limit)
+        cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4 = sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4
+        cpu.cr8 = sregs.cr8
+        cpu.efer = sregs.efer
+        cpu.apic_base = sregs.apic_base
+        # KVM defines CPL as SS.DPL (CS.RPL is unreliable during mode switches).
+        if not cpu.cr0 & CR0_PE:
+            cpu.cpl = 0
+        elif cpu.rflags & FLAG_VM:
+            cpu.cpl = 3
+        else:
+            cpu.cpl = cpu.segs[SS].dpl
+        return cpu
+
+    def copy(self) -> CpuState:
+        """A deep copy (for snapshots and for comparing before/after in tests)."""
+        return CpuState(
+            gpr=list(self.gpr),
+            rip=self.rip,
+            rflags=self.rflags,
+            segs=[s.copy() for s in self.segs],
+            ldtr=self.ldtr.copy(),
+            tr=self.tr.copy(),
+            gdtr=DescriptorTable(self.gdtr.base, self.gdtr.limit),
+            idtr=DescriptorTable(self.idtr.base, self.idtr.limit),
+            cr0=self.cr0,
+            cr2=self.cr2,
+            cr3=self.cr3,
+            cr4=self.cr4,
+            cr8=self.cr8,
+            efer=self.efer,
+            apic_base=self.apic_base,
+            xcr0=self.xcr0,
+            dr=list(self.dr),
+            msrs=dict(self.msrs),
+            cpl=self.cpl,
+            halted=self.halted,
+            interrupt_shadow=self.interrupt_shadow,
+        )
+
+
+_KVM_GPR_ORDER = (
+    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+)  # fmt: skip  # the SDM's register numbering, not kvm_regs' field order
+
+
+def _dtable(table: DescriptorTable) -> kvm_dtable:
+    out = kvm_dtable()
+    out.base = table.base & MASK64
+    out.limit = table.limit & 0xFFFF
+    return out

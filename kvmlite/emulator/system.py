@@ -1,0 +1,1353 @@
+"""System instructions and protected-mode machinery, as a mixin of the executor.
+
+Kept apart from :mod:`kvmlite.emulator.executor` (the integer core) because
+this half is about *privilege and descriptors*: segment loads with their
+checks, exception and interrupt delivery through the IVT or the IDT (with
+stack switches from the TSS, error codes and double faults), far transfers,
+IRET, SYSCALL/SYSRET, SYSENTER/SYSEXIT, control/debug registers, MSRs,
+descriptor tables and the other CPL-0 instructions.
+
+Simplifications (each raises :class:`UnsupportedInstruction` rather than
+doing something wrong): task gates and task switches, call gates, IRET to or
+interrupts from virtual-8086 mode, VMX/SVM instructions.  Stack pushes during
+event delivery are written straight to the linear stack address (no SS
+limit check).  The FPU/SSE state for FXSAVE/XSAVE is a stored image that the
+guest gets back unchanged; the emulator runs no FPU/SSE arithmetic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from kvmlite.emulator import decoder as D
+from kvmlite.emulator.cpu import (
+    CR0_CD,
+    CR0_ET,
+    CR0_NW,
+    CR0_PE,
+    CR0_PG,
+    CR0_TS,
+    CR4_FSGSBASE,
+    CR4_PAE,
+    CS,
+    DS,
+    EFER_LMA,
+    EFER_LME,
+    EFER_SCE,
+    ES,
+    FLAG_AC,
+    FLAG_FIXED1,
+    FLAG_IF,
+    FLAG_IOPL,
+    FLAG_NT,
+    FLAG_RF,
+    FLAG_TF,
+    FLAG_VM,
+    FLAG_ZF,
+    FS,
+    GS,
+    MSR_CSTAR,
+    MSR_EFER,
+    MSR_FS_BASE,
+    MSR_GS_BASE,
+    MSR_IA32_APIC_BASE,
+    MSR_IA32_SYSENTER_CS,
+    MSR_IA32_SYSENTER_EIP,
+    MSR_IA32_SYSENTER_ESP,
+    MSR_IA32_TSC,
+    MSR_KERNEL_GS_BASE,
+    MSR_LSTAR,
+    MSR_SFMASK,
+    MSR_STAR,
+    MSR_TSC_AUX,
+    SS,
+    Segment,
+)
+from kvmlite.emulator.faults import (
+    BP,
+    CONTRIBUTORY,
+    DB,
+    DF,
+    GP,
+    HAS_ERROR_CODE,
+    NP,
+    OF,
+    PF,
+    TS,
+    UD,
+    GuestFault,
+    TripleFault,
+    gp,
+)
+from kvmlite.emulator.faults import SS as VEC_SS
+from kvmlite.emulator.mmu import NonCanonicalAddress, PageFault
+from kvmlite.emulator.ops import ACCESS_READ, ACCESS_USER, ACCESS_WRITE
+from kvmlite.errors import UnsupportedInstruction
+
+if TYPE_CHECKING:
+    from kvmlite.emulator.cpu import CpuState
+    from kvmlite.emulator.ops import EmulatorOps
+
+log = logging.getLogger(__name__)
+
+MASK64 = (1 << 64) - 1
+RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
+R11 = 11
+MASK_BY_SIZE = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: MASK64}
+
+# Descriptor bits.
+DESC_TYPE_ACCESSED = 0x1
+DESC_CODE = 0x8
+DESC_CONFORMING = 0x4
+DESC_WRITABLE = 0x2
+DESC_READABLE = 0x2
+SYS_LDT = 0x2
+SYS_TSS_AVAIL = 0x9
+SYS_TSS_BUSY = 0xB
+GATE_TASK = 0x5
+GATE_INT16, GATE_TRAP16 = 0x6, 0x7
+GATE_INT32, GATE_TRAP32 = 0xE, 0xF
+TSS_IOMAP_OFFSET = 0x66
+TSS64_RSP0 = 4
+TSS64_IST1 = 0x24
+TSS32_ESP0 = 4
+CR4_TSD = 1 << 2
+CR4_DE = 1 << 3
+CR0_RESERVED_HIGH = 0xFFFFFFFF00000000
+EFER_WRITABLE = EFER_SCE | EFER_LME | (1 << 11) | (1 << 12) | (1 << 14) | (1 << 15)
+SFMASK_DEFAULT = 0
+FXSAVE_SIZE = 512
+XSAVE_HEADER_SIZE = 64
+MXCSR_OFFSET = 24
+DEFAULT_FCW = 0x037F
+DEFAULT_MXCSR = 0x1F80
+IRET_FLAGS = 0x3F7FD5  # every RFLAGS bit IRET may load (CPL 0)
+
+
+def default_fxsave_image() -> bytes:
+    """The FXSAVE image of a freshly reset FPU (FCW 37F, MXCSR 1F80)."""
+    img = bytearray(FXSAVE_SIZE)
+    img[0:2] = DEFAULT_FCW.to_bytes(2, "little")
+    img[MXCSR_OFFSET : MXCSR_OFFSET + 4] = DEFAULT_MXCSR.to_bytes(4, "little")
+    img[MXCSR_OFFSET + 4 : MXCSR_OFFSET + 8] = 0xFFFF.to_bytes(4, "little")  # MXCSR_MASK
+    return bytes(img)
+
+
+def segment_from_descriptor(selector: int, raw: int) -> Segment:
+    """Decode an 8-byte segment descriptor into a :class:`Segment` cache."""
+    limit = (raw & 0xFFFF) | ((raw >> 32) & 0xF0000)
+    base = ((raw >> 16) & 0xFFFFFF) | ((raw >> 32) & 0xFF000000)
+    access = (raw >> 40) & 0xFF
+    flags = (raw >> 52) & 0xF
+    g = (flags >> 3) & 1
+    if g:
+        limit = (limit << 12) | 0xFFF
+    return Segment(
+        selector=selector,
+        base=base,
+        limit=limit,
+        type=access & 0xF,
+        s=(access >> 4) & 1,
+        dpl=(access >> 5) & 3,
+        present=access >> 7,
+        avl=flags & 1,
+        l=(flags >> 1) & 1,
+        db=(flags >> 2) & 1,
+        g=g,
+    )
+
+
+class SystemMixin:
+    """The privileged half of :class:`~kvmlite.emulator.executor.Executor`."""
+
+    cpu: CpuState
+    ops: EmulatorOps
+    next_rip: int
+    mode: int
+
+    if TYPE_CHECKING:
+
+        def read(self, seg: int, offset: int, size: int) -> int: ...
+        def write(self, seg: int, offset: int, size: int, value: int) -> None: ...
+        def get(self, op: D.Operand) -> int: ...
+        def put(self, op: D.Operand, value: int) -> None: ...
+        def ea(self, op: D.Operand) -> int: ...
+        def linear(self, seg: int, offset: int, size: int, write: bool = False) -> int: ...
+        def push(self, value: int, size: int) -> None: ...
+        def pop(self, size: int) -> int: ...
+        def stack_peek(self, offset: int, size: int) -> int: ...
+        def set_reg(self, reg: int, size: int, value: int) -> None: ...
+        def set_flags(self, flags: int, mask: int = ...) -> None: ...
+        def branch(self, target: int, opsize: int) -> None: ...
+        def _refresh_mode(self) -> None: ...
+
+    # ================================================================== helpers
+    def _sys_read(self, lin: int, size: int) -> int:
+        """An implicit supervisor read (descriptor tables, TSS, IDT)."""
+        return int.from_bytes(self.ops.read_linear(lin & self._lin_mask(), size, ACCESS_READ), "little")
+
+    def _sys_write(self, lin: int, size: int, value: int) -> None:
+        self.ops.write_linear(lin & self._lin_mask(), value.to_bytes(size, "little"), ACCESS_WRITE)
+
+    def _lin_mask(self) -> int:
+        return MASK64 if self.cpu.efer & EFER_LMA else 0xFFFFFFFF
+
+    def require_cpl0(self, what: str) -> None:
+        cpu = self.cpu
+        if cpu.cr0 & CR0_PE and (cpu.cpl != 0 or cpu.rflags & FLAG_VM):
+            raise gp(0, f"{what} at CPL {cpu.cpl}")
+
+    def check_iopl(self) -> None:
+        cpu = self.cpu
+        if cpu.cr0 & CR0_PE and cpu.cpl > (cpu.rflags & FLAG_IOPL) >> 12:
+            raise gp(0, "IOPL-sensitive instruction above IOPL")
+
+    def check_io(self, port: int, size: int) -> None:
+        """I/O permission: CPL <= IOPL, else the TSS I/O bitmap decides."""
+        cpu = self.cpu
+        if not cpu.cr0 & CR0_PE:
+            return
+        if not cpu.rflags & FLAG_VM and cpu.cpl <= (cpu.rflags & FLAG_IOPL) >> 12:
+            return
+        tr = cpu.tr
+        if tr.type not in (SYS_TSS_AVAIL, SYS_TSS_BUSY) or tr.limit < TSS_IOMAP_OFFSET + 1:
+            raise gp(0, f"port {port:#x} denied: no I/O bitmap")
+        base = self._sys_read(tr.base + TSS_IOMAP_OFFSET, 2)
+        byte = base + port // 8
+        if byte + 1 > tr.limit:
+            raise gp(0, f"port {port:#x} beyond the I/O bitmap")
+        bits = self._sys_read(tr.base + byte, 2)
+        if (bits >> (port & 7)) & ((1 << size) - 1):
+            raise gp(0, f"port {port:#x} denied by the I/O bitmap")
+
+    # ================================================================== descriptors
+    def read_descriptor(self, selector: int, exc: int = GP) -> tuple[int, int]:
+        """(raw 8-byte descriptor, its linear address) for a selector; #GP(sel) if outside the table."""
+        cpu = self.cpu
+        index = selector & ~7
+        if selector & 4:
+            if cpu.ldtr.unusable or cpu.ldtr.selector & ~3 == 0:
+                raise GuestFault(exc, selector & ~3, reason="selector in an absent LDT")
+            base, limit = cpu.ldtr.base, cpu.ldtr.limit
+        else:
+            base, limit = cpu.gdtr.base, cpu.gdtr.limit
+        if index + 7 > limit:
+            raise GuestFault(exc, selector & ~3, reason=f"selector {selector:#x} beyond the table limit")
+        addr = base + index
+        return self._sys_read(addr, 8), addr
+
+    def _set_accessed(self, addr: int, raw: int) -> None:
+        if not (raw >> 40) & DESC_TYPE_ACCESSED:
+            self._sys_write(addr + 5, 1, ((raw >> 40) & 0xFF) | DESC_TYPE_ACCESSED)
+
+    def load_segment(self, seg: int, selector: int) -> None:
+        """MOV/POP to a data segment register or SS, with the protected-mode checks."""
+        cpu = self.cpu
+        selector &= 0xFFFF
+        if not cpu.cr0 & CR0_PE or cpu.rflags & FLAG_VM:
+            s = cpu.segs[seg]
+            s.selector = selector
+            s.base = selector << 4
+            s.unusable = 0
+            s.present = 1
+            if cpu.rflags & FLAG_VM:
+                s.limit, s.dpl, s.type, s.s, s.db, s.g = 0xFFFF, 3, 3, 1, 0, 0
+            return
+        rpl = selector & 3
+        if selector & ~3 == 0:
+            if seg == SS and not (self.mode == 64 and cpu.cpl < 3 and rpl == cpu.cpl):
+                raise gp(0, "null selector loaded into SS")
+            cpu.segs[seg] = Segment(
+                selector=selector,
+                unusable=1,
+                present=0,
+                dpl=rpl if seg == SS else 0,
+                db=1 if seg == SS and self.mode == 64 else 0,
+            )
+            return
+        raw, addr = self.read_descriptor(selector)
+        new = segment_from_descriptor(selector, raw)
+        err = selector & ~3
+        if seg == SS:
+            if (
+                rpl != cpu.cpl
+                or new.dpl != cpu.cpl
+                or not new.s
+                or new.type & DESC_CODE
+                or not new.type & DESC_WRITABLE
+            ):
+                raise gp(err, f"selector {selector:#x} is not a writable data segment at CPL {cpu.cpl}")
+            if not new.present:
+                raise GuestFault(VEC_SS, err, reason=f"stack segment {selector:#x} not present")
+        else:
+            if not new.s or (new.type & DESC_CODE and not new.type & DESC_READABLE):
+                raise gp(err, f"selector {selector:#x} is not a data or readable code segment")
+            if not (new.type & DESC_CODE and new.type & DESC_CONFORMING) and new.dpl < max(cpu.cpl, rpl):
+                raise gp(err, f"selector {selector:#x}: DPL {new.dpl} below CPL/RPL")
+            if not new.present:
+                raise GuestFault(NP, err, reason=f"segment {selector:#x} not present")
+        self._set_accessed(addr, raw)
+        new.type |= DESC_TYPE_ACCESSED
+        if seg in (FS, GS) and self.mode == 64:
+            new.base &= 0xFFFFFFFF
+        cpu.segs[seg] = new
+        if seg == SS:
+            cpu.interrupt_shadow = True
+
+    def load_code_segment(self, selector: int, new_cpl: int | None = None) -> Segment:
+        """Check and load CS for a far transfer; returns the new cache. CPL becomes ``new_cpl``."""
+        cpu = self.cpu
+        selector &= 0xFFFF
+        if not cpu.cr0 & CR0_PE or cpu.rflags & FLAG_VM:
+            cs = cpu.segs[CS]
+            cs.selector = selector
+            cs.base = selector << 4
+            return cs
+        if selector & ~3 == 0:
+            raise gp(0, "null selector loaded into CS")
+        raw, addr = self.read_descriptor(selector)
+        new = segment_from_descriptor(selector, raw)
+        err = selector & ~3
+        if not new.s:
+            raise UnsupportedInstruction(f"far transfer through system descriptor {selector:#x} (gate/TSS)")
+        if not new.type & DESC_CODE:
+            raise gp(err, f"selector {selector:#x} is not a code segment")
+        if not new.present:
+            raise GuestFault(NP, err, reason=f"code segment {selector:#x} not present")
+        cpl = cpu.cpl if new_cpl is None else new_cpl
+        if new_cpl is None:
+            if new.type & DESC_CONFORMING:
+                if new.dpl > cpu.cpl:
+                    raise gp(err, "conforming code segment DPL above CPL")
+            elif new.dpl != cpu.cpl or (selector & 3) > cpu.cpl:
+                raise gp(err, f"code segment DPL {new.dpl} != CPL {cpu.cpl}")
+        self._set_accessed(addr, raw)
+        new.type |= DESC_TYPE_ACCESSED
+        new.selector = (selector & ~3) | cpl
+        new.dpl = new.dpl if new.type & DESC_CONFORMING else cpl
+        cpu.segs[CS] = new
+        cpu.cpl = cpl
+        self._refresh_mode()
+        return new
+
+    # ================================================================== event delivery
+    def inject_interrupt(self, vector: int) -> None:
+        """Deliver an external interrupt now (the caller checked IF and the interrupt shadow)."""
+        self.cpu.halted = False
+        self._refresh_mode()
+        self.deliver_exception(vector, None, external=True)
+
+    def interrupts_enabled(self) -> bool:
+        cpu = self.cpu
+        return bool(cpu.rflags & FLAG_IF) and not cpu.interrupt_shadow
+
+    def deliver_exception(
+        self, vector: int, error_code: int | None = None, address: int = 0, external: bool = False
+    ) -> None:
+        """Deliver an exception (CPU-detected or external), escalating to #DF and triple fault."""
+        cpu = self.cpu
+        first = vector
+        while True:
+            if vector == PF:
+                cpu.cr2 = address
+            if not cpu.cr0 & CR0_PE:
+                error_code = None
+            elif vector not in HAS_ERROR_CODE or external:
+                error_code = None
+            try:
+                self._deliver(vector, error_code, soft=False, return_rip=cpu.rip)
+                return
+            except (GuestFault, PageFault, NonCanonicalAddress) as second:
+                if isinstance(second, PageFault):
+                    vec2, code2, addr2 = PF, second.error_code, second.address
+                elif isinstance(second, NonCanonicalAddress):
+                    vec2, code2, addr2 = GP, 0, 0
+                else:
+                    vec2, code2, addr2 = second.vector, second.error_code, second.address
+                log.debug("fault %d while delivering %d: %s", vec2, vector, second)
+                if vector == DF:
+                    raise TripleFault(
+                        f"triple fault: {second} while delivering #DF (first {first})"
+                    ) from second
+                benign = not (vector in CONTRIBUTORY or vector == PF) or not (
+                    vec2 in CONTRIBUTORY or vec2 == PF
+                )
+                if vector in CONTRIBUTORY and vec2 == PF:
+                    benign = True
+                if not cpu.cr0 & CR0_PE:
+                    raise TripleFault(f"fault {second} delivering vector {vector} in real mode") from second
+                if benign:
+                    vector, error_code, address, external = vec2, code2, addr2, False
+                else:
+                    vector, error_code, address, external = DF, 0, 0, False
+
+    def _deliver(self, vector: int, error_code: int | None, soft: bool, return_rip: int) -> None:
+        cpu = self.cpu
+        ext = 0 if soft else 1
+        if not cpu.cr0 & CR0_PE:
+            self._deliver_real(vector, return_rip)
+            return
+        if cpu.rflags & FLAG_VM:
+            raise UnsupportedInstruction("interrupts in virtual-8086 mode are not implemented")
+        long_mode = bool(cpu.efer & EFER_LMA)
+        entry = 16 if long_mode else 8
+        idt = cpu.idtr
+        if vector * entry + entry - 1 > idt.limit:
+            raise gp(vector * 8 + 2 + (0 if soft else ext), f"vector {vector} beyond the IDT limit")
+        gate = self._sys_read(idt.base + vector * entry, 8)
+        gtype = (gate >> 40) & 0xF
+        gdpl = (gate >> 45) & 3
+        if soft and gdpl < cpu.cpl:
+            raise gp(vector * 8 + 2, f"INT {vector}: gate DPL {gdpl} < CPL {cpu.cpl}")
+        if not (gate >> 47) & 1:
+            raise GuestFault(NP, vector * 8 + 2 + ext, reason=f"IDT gate {vector} not present")
+        if gtype == GATE_TASK:
+            raise UnsupportedInstruction(f"task gate in IDT entry {vector}")
+        if long_mode and gtype not in (GATE_INT32, GATE_TRAP32):
+            raise gp(vector * 8 + 2 + ext, f"IDT entry {vector} is not a 64-bit gate")
+        if gtype not in (GATE_INT16, GATE_TRAP16, GATE_INT32, GATE_TRAP32):
+            raise gp(vector * 8 + 2 + ext, f"IDT entry {vector} has type {gtype:#x}")
+        selector = (gate >> 16) & 0xFFFF
+        offset = (gate & 0xFFFF) | (((gate >> 48) & 0xFFFF) << 16)
+        ist = 0
+        if long_mode:
+            high = self._sys_read(idt.base + vector * 16 + 8, 8)
+            offset |= (high & 0xFFFFFFFF) << 32
+            ist = (gate >> 32) & 7
+        if selector & ~3 == 0:
+            raise gp(ext, "IDT gate with a null code selector")
+        raw, _addr = self.read_descriptor(selector)
+        target = segment_from_descriptor(selector, raw)
+        if not target.s or not target.type & DESC_CODE or target.dpl > cpu.cpl:
+            raise gp((selector & ~3) + ext, f"IDT gate {vector}: bad target code segment {selector:#x}")
+        if not target.present:
+            raise GuestFault(NP, (selector & ~3) + ext, reason=f"code segment {selector:#x} not present")
+        new_cpl = cpu.cpl if target.type & DESC_CONFORMING else target.dpl
+        old_cs = cpu.segs[CS].selector
+        old_ss = cpu.segs[SS].selector
+        old_rsp = cpu.gpr[RSP]
+        old_flags = cpu.rflags
+        gate32 = gtype >= GATE_INT32
+        if long_mode:
+            if not target.l or target.db:
+                raise gp((selector & ~3) + ext, "64-bit IDT gate to a non-64-bit code segment")
+            if new_cpl != cpu.cpl or ist:
+                rsp = self._sys_read(
+                    cpu.tr.base + (TSS64_IST1 + 8 * (ist - 1) if ist else TSS64_RSP0 + 8 * new_cpl), 8
+                )
+            else:
+                rsp = old_rsp
+            rsp &= ~0xF
+            frame = [old_ss, old_rsp, old_flags, old_cs, return_rip]
+            if error_code is not None:
+                frame.append(error_code)
+            for value in frame:
+                rsp = (rsp - 8) & MASK64
+                self._stack_write(rsp, 8, value, new_cpl)
+            if new_cpl != cpu.cpl:
+                cpu.segs[SS] = Segment(selector=new_cpl, unusable=1, present=0, dpl=new_cpl, db=1)
+            cpu.gpr[RSP] = rsp
+        else:
+            size = 4 if gate32 else 2
+            if new_cpl < cpu.cpl:
+                tss_off = TSS32_ESP0 + 8 * new_cpl
+                esp = self._sys_read(cpu.tr.base + tss_off, 4)
+                ss_sel = self._sys_read(cpu.tr.base + tss_off + 4, 2)
+                ss_raw, _ = self.read_descriptor(ss_sel, TS)
+                new_ss = segment_from_descriptor(ss_sel, ss_raw)
+                if (ss_sel & 3) != new_cpl or new_ss.dpl != new_cpl or new_ss.type & DESC_CODE:
+                    raise GuestFault(TS, ss_sel & ~3, reason="bad ring stack in the TSS")
+                stack_base, stack_mask = new_ss.base, 0xFFFFFFFF if new_ss.db else 0xFFFF
+                frame = [old_ss, old_rsp]
+            else:
+                new_ss = None
+                esp = old_rsp
+                ss = cpu.segs[SS]
+                stack_base, stack_mask = ss.base, 0xFFFFFFFF if ss.db else 0xFFFF
+                frame = []
+            frame += [old_flags, old_cs, return_rip]
+            if error_code is not None:
+                frame.append(error_code)
+            for value in frame:
+                esp = (esp - size) & stack_mask
+                self._stack_write(stack_base + esp, size, value, new_cpl)
+            if new_ss is not None:
+                cpu.segs[SS] = new_ss
+                cpu.gpr[RSP] = esp
+            else:
+                self.set_reg(RSP, 4 if stack_mask == 0xFFFFFFFF else 2, esp)
+            if not gate32:
+                offset &= 0xFFFF
+        target.selector = (selector & ~3) | new_cpl
+        target.type |= DESC_TYPE_ACCESSED
+        cpu.segs[CS] = target
+        cpu.cpl = new_cpl
+        cpu.rip = offset
+        cpu.rflags &= ~(FLAG_TF | FLAG_NT | FLAG_RF | FLAG_VM)
+        if gtype in (GATE_INT16, GATE_INT32):
+            cpu.rflags &= ~FLAG_IF
+        self._refresh_mode()
+
+    def _stack_write(self, lin: int, size: int, value: int, cpl: int) -> None:
+        access = ACCESS_WRITE | (ACCESS_USER if cpl == 3 else 0)
+        self.ops.write_linear(
+            lin & self._lin_mask(), (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"), access
+        )
+
+    def _deliver_real(self, vector: int, return_rip: int) -> None:
+        cpu = self.cpu
+        if vector * 4 + 3 > cpu.idtr.limit:
+            raise gp(0, f"vector {vector} beyond the real-mode IVT limit")
+        entry = self._sys_read(cpu.idtr.base + vector * 4, 4)
+        flags = cpu.rflags & 0xFFFF
+        cs = cpu.segs[CS].selector
+        ss = cpu.segs[SS]
+        sp = cpu.gpr[RSP]
+        for value in (flags, cs, return_rip & 0xFFFF):
+            sp = (sp - 2) & 0xFFFF
+            self._stack_write(ss.base + sp, 2, value, 0)
+        self.set_reg(RSP, 2, sp)
+        cpu.rflags &= ~(FLAG_IF | FLAG_TF | FLAG_AC | FLAG_RF)
+        seg = cpu.segs[CS]
+        seg.selector = entry >> 16
+        seg.base = (entry >> 16) << 4
+        cpu.rip = entry & 0xFFFF
+
+    def _software_interrupt(self, vector: int) -> None:
+        cpu = self.cpu
+        if cpu.rflags & FLAG_VM and (cpu.rflags & FLAG_IOPL) != FLAG_IOPL:
+            raise gp(0, "INT n in virtual-8086 mode with IOPL < 3")
+        self._deliver(vector, None, soft=True, return_rip=self.next_rip)
+        self.next_rip = cpu.rip
+
+    def op_int(self, insn: D.Instruction) -> None:
+        self._software_interrupt(insn.operands[0].value)
+
+    def op_int3(self, insn: D.Instruction) -> None:
+        self._software_interrupt(BP)
+
+    def op_into(self, insn: D.Instruction) -> None:
+        if self.cpu.rflags & (1 << 11):
+            self._software_interrupt(OF)
+
+    def op_int1(self, insn: D.Instruction) -> None:
+        self._deliver(DB, None, soft=False, return_rip=self.next_rip)
+        self.next_rip = self.cpu.rip
+
+    # ================================================================== IRET and far transfers
+    def op_iret(self, insn: D.Instruction) -> None:
+        cpu = self.cpu
+        size = insn.opsize
+        if not cpu.cr0 & CR0_PE:
+            ip = self.stack_peek(0, size)
+            cs = self.stack_peek(size, size) & 0xFFFF
+            flags = self.stack_peek(2 * size, size)
+            self.set_reg(RSP, 2, cpu.gpr[RSP] + 3 * size)
+            self.load_code_segment(cs)
+            mask = IRET_FLAGS & (0xFFFF if size == 2 else ~(FLAG_VM | 0x180000))
+            cpu.rflags = (cpu.rflags & ~mask) | (flags & mask) | FLAG_FIXED1
+            self.next_rip = ip & (0xFFFF if size == 2 else 0xFFFFFFFF)
+            return
+        if cpu.rflags & FLAG_VM:
+            raise UnsupportedInstruction("IRET in virtual-8086 mode")
+        if cpu.rflags & FLAG_NT and not cpu.efer & EFER_LMA:
+            raise UnsupportedInstruction("IRET with NT set (task return)")
+        ip = self.stack_peek(0, size)
+        cs_sel = self.stack_peek(size, size) & 0xFFFF
+        flags = self.stack_peek(2 * size, size)
+        if size == 2:
+            flags = (cpu.rflags & ~0xFFFF) | flags
+        if flags & FLAG_VM and cpu.cpl == 0 and not cpu.efer & EFER_LMA:
+            raise UnsupportedInstruction("IRET to virtual-8086 mode")
+        rpl = cs_sel & 3
+        if rpl < cpu.cpl:
+            raise gp(cs_sel & ~3, "IRET to an inner privilege level")
+        outer = rpl > cpu.cpl or self.mode == 64
+        if outer:
+            new_sp = self.stack_peek(3 * size, size)
+            new_ss = self.stack_peek(4 * size, size) & 0xFFFF
+        old_cpl = cpu.cpl
+        saved = (cpu.segs[CS], cpu.cpl, cpu.gpr[RSP])
+        if not outer:
+            self.set_reg(RSP, 4 if cpu.segs[SS].db else 2, cpu.gpr[RSP] + 3 * size)
+        try:
+            self.load_code_segment(cs_sel, rpl)
+            if outer:
+                self.load_segment(SS, new_ss)
+                cpu.gpr[RSP] = new_sp & MASK_BY_SIZE[size]
+        except BaseException:
+            cpu.segs[CS], cpu.cpl, cpu.gpr[RSP] = saved
+            self._refresh_mode()
+            raise
+        mask = IRET_FLAGS & ~FLAG_VM
+        if old_cpl > 0:
+            mask &= ~FLAG_IOPL
+        if old_cpl > (cpu.rflags & FLAG_IOPL) >> 12:
+            mask &= ~FLAG_IF
+        if size == 2:
+            mask &= 0xFFFF
+        cpu.rflags = (cpu.rflags & ~mask) | (flags & mask) | FLAG_FIXED1
+        if rpl > old_cpl:
+            for seg in (ES, DS, FS, GS):
+                s = cpu.segs[seg]
+                if s.dpl < rpl and not (s.type & DESC_CODE and s.type & DESC_CONFORMING) and not s.unusable:
+                    cpu.segs[seg] = Segment(selector=0, unusable=1, present=0)
+        self._refresh_mode()
+        self.next_rip = ip & (MASK64 if self.mode == 64 else 0xFFFFFFFF if size >= 4 else 0xFFFF)
+
+    def _far_pointer(self, op: D.Operand, opsize: int) -> tuple[int, int]:
+        if op.kind == D.OP_FAR:
+            return op.seg, op.value
+        off_size = op.size - 2
+        ea = self.ea(op)
+        offset = self.read(op.seg, ea, off_size)
+        selector = self.read(op.seg, (ea + off_size) & MASK_BY_SIZE[max(op.addrsize, 2)], 2)
+        return selector, offset
+
+    def _far_jump(self, selector: int, offset: int, opsize: int) -> None:
+        cpu = self.cpu
+        saved = (cpu.segs[CS], cpu.cpl)
+        if cpu.cr0 & CR0_PE and not cpu.rflags & FLAG_VM:
+            self.load_code_segment(selector)
+        else:
+            cs = cpu.segs[CS]
+            cpu.segs[CS] = Segment(**{**cs.__dict__, "selector": selector, "base": selector << 4})
+        try:
+            self.branch(offset, opsize if self.mode != 64 else 8)
+        except BaseException:
+            cpu.segs[CS], cpu.cpl = saved
+            self._refresh_mode()
+            raise
+
+    def op_jmp_far(self, insn: D.Instruction) -> None:
+        sel, off = self._far_pointer(insn.operands[0], insn.opsize)
+        self._far_jump(sel, off, insn.opsize)
+
+    op_jmp_far_ind = op_jmp_far
+
+    def op_call_far(self, insn: D.Instruction) -> None:
+        cpu = self.cpu
+        sel, off = self._far_pointer(insn.operands[0], insn.opsize)
+        size = insn.opsize
+        old_cs = cpu.segs[CS].selector
+        ret = self.next_rip
+        saved = (cpu.segs[CS], cpu.cpl, cpu.gpr[RSP])
+        self._far_jump(sel, off, size)
+        try:
+            self.push(old_cs, size)
+            self.push(ret, size)
+        except BaseException:
+            cpu.segs[CS], cpu.cpl, cpu.gpr[RSP] = saved  # a failing push leaves CS untouched
+            self._refresh_mode()
+            raise
+
+    op_call_far_ind = op_call_far
+
+    def op_retf(self, insn: D.Instruction) -> None:
+        cpu = self.cpu
+        size = insn.opsize
+        ip = self.stack_peek(0, size)
+        cs_sel = self.stack_peek(size, size) & 0xFFFF
+        extra = insn.operands[0].value if insn.operands else 0
+        pm = cpu.cr0 & CR0_PE and not cpu.rflags & FLAG_VM
+        rpl = cs_sel & 3
+        if pm and rpl > cpu.cpl:
+            new_sp = self.stack_peek(2 * size + extra, size)
+            new_ss = self.stack_peek(3 * size + extra, size) & 0xFFFF
+            self.load_code_segment(cs_sel, rpl)
+            self.load_segment(SS, new_ss)
+            self.set_reg(RSP, size if size > 2 else 2, new_sp + extra)
+            self.branch(ip, size)
+            return
+        ss_size = 8 if self.mode == 64 else (4 if pm and cpu.segs[SS].db else 2)
+        self._far_jump(cs_sel, ip, size)
+        self.set_reg(RSP, ss_size, cpu.gpr[RSP] + 2 * size + extra)
+
+    # ================================================================== segment instructions
+    def op_mov_to_seg(self, insn: D.Instruction) -> None:
+        dst, src = insn.operands
+        self.load_segment(dst.reg, self.get(src) & 0xFFFF)
+
+    def op_mov_from_seg(self, insn: D.Instruction) -> None:
+        dst, src = insn.operands
+        value = self.cpu.segs[src.reg].selector
+        if dst.kind == D.OP_MEM:
+            self.write(dst.seg, self.ea(dst), 2, value)
+        else:
+            self.put(dst, value)
+
+    def op_push_seg(self, insn: D.Instruction) -> None:
+        self.push(self.cpu.segs[insn.operands[0].reg].selector, insn.opsize)
+
+    def op_pop_seg(self, insn: D.Instruction) -> None:
+        size = insn.opsize
+        value = self.stack_peek(0, size) & 0xFFFF
+        self.load_segment(insn.operands[0].reg, value)
+        self.set_reg(
+            RSP,
+            8 if self.mode == 64 else (4 if self.cpu.segs[SS].db and self.cpu.cr0 & CR0_PE else 2),
+            self.cpu.gpr[RSP] + size,
+        )
+
+    def op_load_far_ptr(self, insn: D.Instruction) -> None:
+        dst, src = insn.operands
+        sel, off = self._far_pointer(src, insn.opsize)
+        seg = _FAR_PTR_SEGMENT[insn.mnemonic]
+        self.load_segment(seg, sel)
+        self.put(dst, off)
+
+    # ================================================================== descriptor tables
+    def _dt_operand(self, insn: D.Instruction) -> tuple[int, int]:
+        op = insn.operands[0]
+        return op.seg, self.ea(op)
+
+    def op_lgdt(self, insn: D.Instruction) -> None:
+        self._load_dt(insn, self.cpu.gdtr)
+
+    def op_lidt(self, insn: D.Instruction) -> None:
+        self._load_dt(insn, self.cpu.idtr)
+
+    def _load_dt(self, insn: D.Instruction, table: object) -> None:
+        self.require_cpl0(insn.mnemonic.upper())
+        seg, off = self._dt_operand(insn)
+        limit = self.read(seg, off, 2)
+        if self.mode == 64:
+            base = self.read(seg, off + 2, 8)
+        else:
+            base = self.read(seg, off + 2, 4)
+            if insn.opsize == 2:
+                base &= 0xFFFFFF
+        table.base = base  # type: ignore[attr-defined]
+        table.limit = limit  # type: ignore[attr-defined]
+
+    def op_sgdt(self, insn: D.Instruction) -> None:
+        self._store_dt(insn, self.cpu.gdtr)
+
+    def op_sidt(self, insn: D.Instruction) -> None:
+        self._store_dt(insn, self.cpu.idtr)
+
+    def _store_dt(self, insn: D.Instruction, table: object) -> None:
+        seg, off = self._dt_operand(insn)
+        self.write(seg, off, 2, table.limit)  # type: ignore[attr-defined]
+        self.write(seg, off + 2, 8 if self.mode == 64 else 4, table.base)  # type: ignore[attr-defined]
+
+    def _load_system_segment(self, selector: int, want: tuple[int, ...]) -> tuple[Segment, int, int]:
+        raw, addr = self.read_descriptor(selector)
+        new = segment_from_descriptor(selector, raw)
+        if new.s or new.type not in want:
+            raise gp(selector & ~3, f"selector {selector:#x} is not the expected system descriptor")
+        if not new.present:
+            raise GuestFault(NP, selector & ~3, reason=f"system segment {selector:#x} not present")
+        if self.cpu.efer & EFER_LMA:
+            new.base |= self._sys_read(addr + 8, 4) << 32
+        return new, addr, raw
+
+    def op_lldt(self, insn: D.Instruction) -> None:
+        self.require_cpl0("LLDT")
+        if not self.cpu.cr0 & CR0_PE:
+            raise GuestFault(UD, reason="LLDT in real mode")
+        sel = self.get(insn.operands[0]) & 0xFFFF
+        if sel & ~3 == 0:
+            self.cpu.ldtr = Segment(selector=sel, unusable=1, type=SYS_LDT, s=0)
+            return
+        new, _, _ = self._load_system_segment(sel, (SYS_LDT,))
+        self.cpu.ldtr = new
+
+    def op_ltr(self, insn: D.Instruction) -> None:
+        self.require_cpl0("LTR")
+        if not self.cpu.cr0 & CR0_PE:
+            raise GuestFault(UD, reason="LTR in real mode")
+        sel = self.get(insn.operands[0]) & 0xFFFF
+        if sel & ~3 == 0 or sel & 4:
+            raise gp(sel & ~3, "LTR needs a GDT selector")
+        new, addr, raw = self._load_system_segment(sel, (SYS_TSS_AVAIL, 0x1))
+        self._sys_write(addr + 5, 1, ((raw >> 40) & 0xFF) | 0x2)  # mark busy
+        new.type |= 0x2
+        self.cpu.tr = new
+
+    def op_sldt(self, insn: D.Instruction) -> None:
+        self._store_selector(insn, self.cpu.ldtr.selector)
+
+    def op_str(self, insn: D.Instruction) -> None:
+        self._store_selector(insn, self.cpu.tr.selector)
+
+    def _store_selector(self, insn: D.Instruction, value: int) -> None:
+        if not self.cpu.cr0 & CR0_PE:
+            raise GuestFault(UD, reason="SLDT/STR in real mode")
+        op = insn.operands[0]
+        self.put(op, value)
+
+    def op_smsw(self, insn: D.Instruction) -> None:
+        op = insn.operands[0]
+        self.put(op, self.cpu.cr0 if op.kind == D.OP_REG else self.cpu.cr0 & 0xFFFF)
+
+    def op_lmsw(self, insn: D.Instruction) -> None:
+        self.require_cpl0("LMSW")
+        value = self.get(insn.operands[0]) & 0xF
+        cpu = self.cpu
+        new = (cpu.cr0 & ~0xE) | value | (cpu.cr0 & CR0_PE)  # LMSW cannot clear PE
+        self._write_cr0(new)
+
+    def _lar_lsl(self, insn: D.Instruction, lsl: bool) -> None:
+        cpu = self.cpu
+        if not cpu.cr0 & CR0_PE or cpu.rflags & FLAG_VM:
+            raise GuestFault(UD, reason="LAR/LSL outside protected mode")
+        dst, src = insn.operands
+        sel = self.get(src) & 0xFFFF
+        try:
+            raw, _ = self.read_descriptor(sel)
+        except GuestFault:
+            self.set_flags(0, FLAG_ZF)
+            return
+        if sel & ~3 == 0:
+            self.set_flags(0, FLAG_ZF)
+            return
+        seg = segment_from_descriptor(sel, raw)
+        conforming_code = seg.s and seg.type & DESC_CODE and seg.type & DESC_CONFORMING
+        if not conforming_code and (seg.dpl < cpu.cpl or seg.dpl < (sel & 3)):
+            self.set_flags(0, FLAG_ZF)
+            return
+        if lsl:
+            self.put(dst, seg.limit)
+        else:
+            self.put(dst, raw >> 32 & 0x00FFFF00 if dst.size > 2 else raw >> 32 & 0xFF00)
+        self.set_flags(FLAG_ZF, FLAG_ZF)
+
+    def op_lar(self, insn: D.Instruction) -> None:
+        self._lar_lsl(insn, False)
+
+    def op_lsl(self, insn: D.Instruction) -> None:
+        self._lar_lsl(insn, True)
+
+    def _verify(self, insn: D.Instruction, write: bool) -> None:
+        cpu = self.cpu
+        sel = self.get(insn.operands[0]) & 0xFFFF
+        ok = False
+        if sel & ~3:
+            try:
+                raw, _ = self.read_descriptor(sel)
+                seg = segment_from_descriptor(sel, raw)
+                if seg.s:
+                    if write:
+                        ok = not seg.type & DESC_CODE and bool(seg.type & DESC_WRITABLE)
+                    else:
+                        ok = not seg.type & DESC_CODE or bool(seg.type & DESC_READABLE)
+                    conforming = seg.type & DESC_CODE and seg.type & DESC_CONFORMING
+                    if not conforming and (seg.dpl < cpu.cpl or seg.dpl < (sel & 3)):
+                        ok = False
+            except GuestFault:
+                ok = False
+        self.set_flags(FLAG_ZF if ok else 0, FLAG_ZF)
+
+    def op_verr(self, insn: D.Instruction) -> None:
+        self._verify(insn, False)
+
+    def op_verw(self, insn: D.Instruction) -> None:
+        self._verify(insn, True)
+
+    def op_arpl(self, insn: D.Instruction) -> None:
+        if not self.cpu.cr0 & CR0_PE or self.cpu.rflags & FLAG_VM:
+            raise GuestFault(UD, reason="ARPL outside protected mode")
+        dst, src = insn.operands
+        a, b = self.get(dst), self.get(src)
+        if (a & 3) < (b & 3):
+            self.put(dst, (a & ~3) | (b & 3))
+            self.set_flags(FLAG_ZF, FLAG_ZF)
+        else:
+            self.set_flags(0, FLAG_ZF)
+
+    def op_bound(self, insn: D.Instruction) -> None:
+        idx, mem = insn.operands
+        half = mem.size // 2
+        ea = self.ea(mem)
+        from kvmlite.emulator.alu import to_signed
+
+        lo = to_signed(self.read(mem.seg, ea, half), half)
+        hi = to_signed(self.read(mem.seg, ea + half, half), half)
+        v = to_signed(self.get(idx), half)
+        if not lo <= v <= hi:
+            raise GuestFault(5, reason="BOUND range exceeded")
+
+    # ================================================================== control registers
+    def _write_cr0(self, value: int) -> None:
+        cpu = self.cpu
+        if value & CR0_RESERVED_HIGH:
+            raise gp(0, "reserved CR0 bits")
+        value |= CR0_ET
+        if value & CR0_PG and not value & CR0_PE:
+            raise gp(0, "CR0.PG without CR0.PE")
+        if value & CR0_NW and not value & CR0_CD:
+            raise gp(0, "CR0.NW without CR0.CD")
+        efer = cpu.efer
+        if value & CR0_PG and not cpu.cr0 & CR0_PG and efer & EFER_LME:
+            if not cpu.cr4 & CR4_PAE:
+                raise gp(0, "long mode paging without CR4.PAE")
+            efer |= EFER_LMA
+        elif not value & CR0_PG and cpu.cr0 & CR0_PG and efer & EFER_LMA:
+            if self.mode == 64:
+                raise gp(0, "disabling paging in 64-bit mode")
+            efer &= ~EFER_LMA
+        self.ops.paging_changed(value, cpu.cr3, cpu.cr4, efer)
+        cpu.cr0 = value
+        cpu.efer = efer
+        self._refresh_mode()
+
+    def op_mov_to_cr(self, insn: D.Instruction) -> None:
+        self.require_cpl0("MOV to CR")
+        cr, src = insn.operands
+        value = self.get(src)
+        cpu = self.cpu
+        n = cr.reg
+        if n == 0:
+            self._write_cr0(value)
+        elif n == 2:
+            cpu.cr2 = value
+        elif n == 3:
+            if self.mode == 64:
+                value &= MASK64
+            self.ops.cr3_written(value)
+            cpu.cr3 = value
+        elif n == 4:
+            if cpu.efer & EFER_LMA and not value & CR4_PAE:
+                raise gp(0, "clearing CR4.PAE in long mode")
+            if value >> 32:
+                raise gp(0, "reserved CR4 bits")
+            self.ops.paging_changed(cpu.cr0, cpu.cr3, value, cpu.efer)
+            cpu.cr4 = value
+        elif n == 8:
+            if value & ~0xF:
+                raise gp(0, "reserved CR8 bits")
+            cpu.cr8 = value
+        else:
+            raise GuestFault(UD, reason=f"MOV to CR{n}")
+
+    def op_mov_from_cr(self, insn: D.Instruction) -> None:
+        self.require_cpl0("MOV from CR")
+        dst, cr = insn.operands
+        cpu = self.cpu
+        n = cr.reg
+        if n == 0:
+            value = cpu.cr0
+        elif n == 2:
+            value = cpu.cr2
+        elif n == 3:
+            value = cpu.cr3
+        elif n == 4:
+            value = cpu.cr4
+        elif n == 8:
+            value = cpu.cr8
+        else:
+            raise GuestFault(UD, reason=f"MOV from CR{n}")
+        self.put(dst, value)
+
+    def _dr_index(self, n: int) -> int:
+        if n in (4, 5):
+            if self.cpu.cr4 & CR4_DE:
+                raise GuestFault(UD, reason=f"DR{n} with CR4.DE")
+            return n + 2
+        return n
+
+    def op_mov_to_dr(self, insn: D.Instruction) -> None:
+        self.require_cpl0("MOV to DR")
+        dr, src = insn.operands
+        n = self._dr_index(dr.reg)
+        value = self.get(src)
+        if n >= 6 and value >> 32:
+            raise gp(0, f"reserved DR{n} bits")
+        if n == 6:
+            value = (value & 0x1E00F) | 0xFFFF0FF0
+        elif n == 7:
+            value = (value & ~0xD800) | 0x400
+        self.cpu.dr[n] = value
+
+    def op_mov_from_dr(self, insn: D.Instruction) -> None:
+        self.require_cpl0("MOV from DR")
+        dst, dr = insn.operands
+        self.put(dst, self.cpu.dr[self._dr_index(dr.reg)])
+
+    def op_clts(self, insn: D.Instruction) -> None:
+        self.require_cpl0("CLTS")
+        self.cpu.cr0 &= ~CR0_TS
+
+    def op_invlpg(self, insn: D.Instruction) -> None:
+        self.require_cpl0("INVLPG")
+        op = insn.operands[0]
+        off = self.ea(op)
+        if self.mode == 64:
+            lin = (off + (self.cpu.segs[op.seg].base if op.seg >= FS else 0)) & MASK64
+        else:
+            lin = (self.cpu.segs[op.seg].base + off) & 0xFFFFFFFF
+        self.ops.invlpg(lin)
+
+    def op_invd(self, insn: D.Instruction) -> None:
+        self.require_cpl0("INVD")
+
+    op_wbinvd = op_invd
+
+    def op_hlt(self, insn: D.Instruction) -> None:
+        self.require_cpl0("HLT")
+        self.cpu.halted = True
+        self.ops.halt()
+
+    # ================================================================== MSRs, CPUID, time
+    def read_msr(self, index: int) -> int:
+        cpu = self.cpu
+        if index == MSR_EFER:
+            return cpu.efer
+        if index == MSR_FS_BASE:
+            return cpu.segs[FS].base
+        if index == MSR_GS_BASE:
+            return cpu.segs[GS].base
+        if index == MSR_IA32_TSC:
+            return self.ops.rdtsc() & MASK64
+        if index == MSR_IA32_APIC_BASE:
+            return cpu.apic_base
+        if index in _LOCAL_MSRS:
+            return cpu.msrs.get(index, 0)
+        return self.ops.read_msr(index)
+
+    def write_msr(self, index: int, value: int) -> None:
+        cpu = self.cpu
+        if index == MSR_EFER:
+            if value & ~(EFER_WRITABLE | EFER_LMA):
+                raise gp(0, f"reserved EFER bits in {value:#x}")
+            if cpu.cr0 & CR0_PG and (value ^ cpu.efer) & EFER_LME:
+                raise gp(0, "changing EFER.LME with paging on")
+            value = (value & ~EFER_LMA) | (cpu.efer & EFER_LMA)
+            self.ops.paging_changed(cpu.cr0, cpu.cr3, cpu.cr4, value)
+            cpu.efer = value
+        elif index in (MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_CSTAR):
+            if ((value + (1 << 47)) & MASK64) >> 48:
+                raise gp(0, f"non-canonical value {value:#x} for MSR {index:#x}")
+            if index == MSR_FS_BASE:
+                cpu.segs[FS].base = value
+            elif index == MSR_GS_BASE:
+                cpu.segs[GS].base = value
+            else:
+                cpu.msrs[index] = value
+        elif index == MSR_IA32_APIC_BASE:
+            cpu.apic_base = value
+            self.ops.write_msr(index, value)
+        elif index in _LOCAL_MSRS:
+            cpu.msrs[index] = value
+        else:
+            self.ops.write_msr(index, value)
+
+    def op_rdmsr(self, insn: D.Instruction) -> None:
+        self.require_cpl0("RDMSR")
+        gpr = self.cpu.gpr
+        value = self.read_msr(gpr[RCX] & 0xFFFFFFFF)
+        gpr[RAX] = value & 0xFFFFFFFF
+        gpr[RDX] = (value >> 32) & 0xFFFFFFFF
+
+    def op_wrmsr(self, insn: D.Instruction) -> None:
+        self.require_cpl0("WRMSR")
+        gpr = self.cpu.gpr
+        self.write_msr(gpr[RCX] & 0xFFFFFFFF, ((gpr[RDX] & 0xFFFFFFFF) << 32) | (gpr[RAX] & 0xFFFFFFFF))
+
+    def op_cpuid(self, insn: D.Instruction) -> None:
+        gpr = self.cpu.gpr
+        a, b, c, d = self.ops.cpuid(gpr[RAX] & 0xFFFFFFFF, gpr[RCX] & 0xFFFFFFFF)
+        gpr[RAX], gpr[RBX], gpr[RCX], gpr[RDX] = (v & 0xFFFFFFFF for v in (a, b, c, d))
+
+    def op_rdtsc(self, insn: D.Instruction) -> None:
+        cpu = self.cpu
+        if cpu.cr4 & CR4_TSD and cpu.cpl > 0 and cpu.cr0 & CR0_PE:
+            raise gp(0, "RDTSC with CR4.TSD above CPL 0")
+        tsc = self.ops.rdtsc() & MASK64
+        cpu.gpr[RAX] = tsc & 0xFFFFFFFF
+        cpu.gpr[RDX] = tsc >> 32
+
+    def op_rdtscp(self, insn: D.Instruction) -> None:
+        self.op_rdtsc(insn)
+        self.cpu.gpr[RCX] = self.cpu.msrs.get(MSR_TSC_AUX, 0) & 0xFFFFFFFF
+
+    def op_rdpid(self, insn: D.Instruction) -> None:
+        self.put(insn.operands[0], self.cpu.msrs.get(MSR_TSC_AUX, 0))
+
+    def op_rdpmc(self, insn: D.Instruction) -> None:
+        raise gp(0, "RDPMC: no performance counters")
+
+    def op_rdrand(self, insn: D.Instruction) -> None:
+        op = insn.operands[0]
+        self.put(op, int.from_bytes(os.urandom(op.size), "little"))
+        self.set_flags(1)  # CF=1: a value is available; OF SF ZF AF PF cleared
+
+    op_rdseed = op_rdrand
+
+    def op_xgetbv(self, insn: D.Instruction) -> None:
+        gpr = self.cpu.gpr
+        if gpr[RCX] & 0xFFFFFFFF != 0:
+            raise gp(0, "XGETBV of an unknown XCR")
+        gpr[RAX] = self.cpu.xcr0 & 0xFFFFFFFF
+        gpr[RDX] = self.cpu.xcr0 >> 32
+
+    def op_xsetbv(self, insn: D.Instruction) -> None:
+        self.require_cpl0("XSETBV")
+        gpr = self.cpu.gpr
+        value = ((gpr[RDX] & 0xFFFFFFFF) << 32) | (gpr[RAX] & 0xFFFFFFFF)
+        if gpr[RCX] & 0xFFFFFFFF != 0 or not value & 1 or value & ~0x3:
+            raise gp(0, f"XSETBV {value:#x} not supported (x87 and SSE state only)")
+        self.cpu.xcr0 = value
+
+    # ================================================================== FS/GS bases, SWAPGS
+    def _fsgsbase(self, insn: D.Instruction, seg: int, write: bool) -> None:
+        if not self.cpu.cr4 & CR4_FSGSBASE:
+            raise GuestFault(UD, reason="FSGSBASE instructions with CR4.FSGSBASE clear")
+        op = insn.operands[0]
+        if write:
+            value = self.get(op)
+            if ((value + (1 << 47)) & MASK64) >> 48:
+                raise gp(0, "non-canonical segment base")
+            self.cpu.segs[seg].base = value
+        else:
+            self.put(op, self.cpu.segs[seg].base)
+
+    def op_rdfsbase(self, insn: D.Instruction) -> None:
+        self._fsgsbase(insn, FS, False)
+
+    def op_rdgsbase(self, insn: D.Instruction) -> None:
+        self._fsgsbase(insn, GS, False)
+
+    def op_wrfsbase(self, insn: D.Instruction) -> None:
+        self._fsgsbase(insn, FS, True)
+
+    def op_wrgsbase(self, insn: D.Instruction) -> None:
+        self._fsgsbase(insn, GS, True)
+
+    def op_swapgs(self, insn: D.Instruction) -> None:
+        self.require_cpl0("SWAPGS")
+        cpu = self.cpu
+        kernel = cpu.msrs.get(MSR_KERNEL_GS_BASE, 0)
+        cpu.msrs[MSR_KERNEL_GS_BASE] = cpu.segs[GS].base
+        cpu.segs[GS].base = kernel
+
+    # ================================================================== fast system calls
+    def op_syscall(self, insn: D.Instruction) -> None:
+        cpu = self.cpu
+        if not cpu.efer & EFER_SCE or not cpu.efer & EFER_LMA:
+            raise GuestFault(UD, reason="SYSCALL with EFER.SCE clear or outside long mode")
+        star = cpu.msrs.get(MSR_STAR, 0)
+        sel = (star >> 32) & 0xFFFC
+        cpu.gpr[RCX] = self.next_rip
+        cpu.gpr[R11] = cpu.rflags & ~FLAG_RF
+        cpu.rflags &= ~(cpu.msrs.get(MSR_SFMASK, SFMASK_DEFAULT) | FLAG_RF)
+        cpu.rflags |= FLAG_FIXED1
+        cpu.segs[CS] = Segment(selector=sel, base=0, limit=0xFFFFFFFF, type=0xB, s=1, dpl=0, l=1, db=0, g=1)
+        cpu.segs[SS] = Segment(selector=sel + 8, base=0, limit=0xFFFFFFFF, type=0x3, s=1, dpl=0, db=1, g=1)
+        cpu.cpl = 0
+        self._refresh_mode()
+        self.next_rip = cpu.msrs.get(MSR_LSTAR if self.mode == 64 else MSR_CSTAR, 0)
+
+    def op_sysret(self, insn: D.Instruction) -> None:
+        cpu = self.cpu
+        if not cpu.efer & EFER_SCE or not cpu.efer & EFER_LMA or self.mode != 64:
+            raise GuestFault(UD, reason="SYSRET outside 64-bit mode or with EFER.SCE clear")
+        self.require_cpl0("SYSRET")
+        star = cpu.msrs.get(MSR_STAR, 0)
+        base_sel = (star >> 48) & 0xFFFF
+        to64 = insn.opsize == 8
+        rip = cpu.gpr[RCX]
+        if to64 and ((rip + (1 << 47)) & MASK64) >> 48:
+            raise gp(0, "SYSRET to a non-canonical RIP")
+        cs_sel = ((base_sel + 16) if to64 else base_sel) | 3
+        cpu.segs[CS] = Segment(
+            selector=cs_sel,
+            base=0,
+            limit=0xFFFFFFFF,
+            type=0xB,
+            s=1,
+            dpl=3,
+            l=1 if to64 else 0,
+            db=0 if to64 else 1,
+            g=1,
+        )
+        ss = cpu.segs[SS]
+        cpu.segs[SS] = Segment(
+            **{
+                **ss.__dict__,
+                "selector": (base_sel + 8) | 3,
+                "dpl": 3,
+                "unusable": 0,
+                "present": 1,
+                "type": 0x3,
+                "s": 1,
+            }
+        )
+        cpu.rflags = (cpu.gpr[R11] & 0x3C7FD7) | FLAG_FIXED1
+        cpu.cpl = 3
+        self._refresh_mode()
+        self.next_rip = rip if to64 else rip & 0xFFFFFFFF
+
+    def op_sysenter(self, insn: D.Instruction) -> None:
+        cpu = self.cpu
+        if not cpu.cr0 & CR0_PE:
+            raise gp(0, "SYSENTER in real mode")
+        cs_sel = cpu.msrs.get(MSR_IA32_SYSENTER_CS, 0) & 0xFFFC
+        if cs_sel == 0:
+            raise gp(0, "SYSENTER with IA32_SYSENTER_CS = 0")
+        long_mode = bool(cpu.efer & EFER_LMA)
+        cpu.rflags &= ~(FLAG_VM | FLAG_IF | FLAG_RF)
+        cpu.segs[CS] = Segment(
+            selector=cs_sel,
+            base=0,
+            limit=0xFFFFFFFF,
+            type=0xB,
+            s=1,
+            dpl=0,
+            l=1 if long_mode else 0,
+            db=0 if long_mode else 1,
+            g=1,
+        )
+        cpu.segs[SS] = Segment(selector=cs_sel + 8, base=0, limit=0xFFFFFFFF, type=0x3, s=1, dpl=0, db=1, g=1)
+        cpu.cpl = 0
+        esp = cpu.msrs.get(MSR_IA32_SYSENTER_ESP, 0)
+        eip = cpu.msrs.get(MSR_IA32_SYSENTER_EIP, 0)
+        cpu.gpr[RSP] = esp if long_mode else esp & 0xFFFFFFFF
+        self._refresh_mode()
+        self.next_rip = eip if long_mode else eip & 0xFFFFFFFF
+
+    def op_sysexit(self, insn: D.Instruction) -> None:
+        cpu = self.cpu
+        self.require_cpl0("SYSEXIT")
+        cs_base = cpu.msrs.get(MSR_IA32_SYSENTER_CS, 0) & 0xFFFC
+        if not cpu.cr0 & CR0_PE or cs_base == 0:
+            raise gp(0, "SYSEXIT outside protected mode or with IA32_SYSENTER_CS = 0")
+        to64 = insn.opsize == 8
+        cs_sel = (cs_base + (32 if to64 else 16)) | 3
+        cpu.segs[CS] = Segment(
+            selector=cs_sel,
+            base=0,
+            limit=0xFFFFFFFF,
+            type=0xB,
+            s=1,
+            dpl=3,
+            l=1 if to64 else 0,
+            db=0 if to64 else 1,
+            g=1,
+        )
+        cpu.segs[SS] = Segment(
+            selector=(cs_sel + 8) | 3, base=0, limit=0xFFFFFFFF, type=0x3, s=1, dpl=3, db=1, g=1
+        )
+        cpu.cpl = 3
+        mask = MASK64 if to64 else 0xFFFFFFFF
+        cpu.gpr[RSP] = cpu.gpr[RCX] & mask
+        self._refresh_mode()
+        self.next_rip = cpu.gpr[RDX] & mask
+
+    # ================================================================== FPU/SSE state images
+    def _fpu_image(self) -> bytearray:
+        img = getattr(self.cpu, "fxsave_image", None)
+        if img is None:
+            img = bytearray(default_fxsave_image())
+            self.cpu.fxsave_image = img  # type: ignore[attr-defined]
+        return img
+
+    def _check_fpu_area(self, insn: D.Instruction, align: int) -> tuple[int, int]:
+        op = insn.operands[0]
+        off = self.ea(op)
+        if self.cpu.cr0 & (CR0_TS | (1 << 2)):
+            raise GuestFault(7, reason="FPU unavailable (CR0.TS/EM)")
+        if off & (align - 1):
+            raise gp(0, "misaligned FXSAVE/XSAVE area")
+        return op.seg, off
+
+    def _write_block(self, seg: int, off: int, data: bytes) -> None:
+        for i in range(0, len(data), 8):
+            self.write(seg, off + i, 8, int.from_bytes(data[i : i + 8], "little"))
+
+    def _read_block(self, seg: int, off: int, size: int) -> bytes:
+        return b"".join(self.read(seg, off + i, 8).to_bytes(8, "little") for i in range(0, size, 8))
+
+    def op_fxsave(self, insn: D.Instruction) -> None:
+        seg, off = self._check_fpu_area(insn, 16)
+        self._write_block(seg, off, bytes(self._fpu_image()))
+
+    def op_fxrstor(self, insn: D.Instruction) -> None:
+        seg, off = self._check_fpu_area(insn, 16)
+        data = self._read_block(seg, off, FXSAVE_SIZE)
+        mxcsr = int.from_bytes(data[MXCSR_OFFSET : MXCSR_OFFSET + 4], "little")
+        if mxcsr & ~0xFFFF:
+            raise gp(0, "reserved MXCSR bits in FXRSTOR image")
+        img = self._fpu_image()
+        img[:] = data
+
+    def op_xsave(self, insn: D.Instruction) -> None:
+        seg, off = self._check_fpu_area(insn, 64)
+        gpr = self.cpu.gpr
+        mask = (((gpr[RDX] & 0xFFFFFFFF) << 32) | (gpr[RAX] & 0xFFFFFFFF)) & self.cpu.xcr0
+        self._write_block(seg, off, bytes(self._fpu_image()))
+        header_off = off + FXSAVE_SIZE
+        bv = self.read(seg, header_off, 8)
+        self.write(seg, header_off, 8, (bv & ~0x3) | (mask & 0x3))
+
+    op_xsaveopt = op_xsave
+
+    def op_xrstor(self, insn: D.Instruction) -> None:
+        seg, off = self._check_fpu_area(insn, 64)
+        header = self._read_block(seg, off + FXSAVE_SIZE, XSAVE_HEADER_SIZE)
+        xstate_bv = int.from_bytes(header[0:8], "little")
+        xcomp_bv = int.from_bytes(header[8:16], "little")
+        if xcomp_bv or any(header[16:]):
+            raise gp(0, "XRSTOR header with compaction or reserved bytes")
+        img = self._fpu_image()
+        gpr = self.cpu.gpr
+        rfbm = (((gpr[RDX] & 0xFFFFFFFF) << 32) | (gpr[RAX] & 0xFFFFFFFF)) & self.cpu.xcr0
+        if rfbm & 0x3:
+            data = self._read_block(seg, off, FXSAVE_SIZE)
+            default = default_fxsave_image()
+            if rfbm & 1:
+                src = data if xstate_bv & 1 else default
+                img[0:24] = src[0:24]
+                img[32:160] = src[32:160]
+            if rfbm & 2 or rfbm & 4:
+                img[MXCSR_OFFSET : MXCSR_OFFSET + 4] = data[MXCSR_OFFSET : MXCSR_OFFSET + 4]
+            if rfbm & 2:
+                src = data if xstate_bv & 2 else default
+                img[160:416] = src[160:416]
+
+    def op_ldmxcsr(self, insn: D.Instruction) -> None:
+        value = self.get(insn.operands[0])
+        if value & ~0xFFFF:
+            raise gp(0, "reserved MXCSR bits")
+        self._fpu_image()[MXCSR_OFFSET : MXCSR_OFFSET + 4] = value.to_bytes(4, "little")
+
+    def op_stmxcsr(self, insn: D.Instruction) -> None:
+        img = self._fpu_image()
+        self.put(insn.operands[0], int.from_bytes(img[MXCSR_OFFSET : MXCSR_OFFSET + 4], "little"))
+
+    def op_emms(self, insn: D.Instruction) -> None:
+        pass
+
+    # ================================================================== misc
+    def op_clac(self, insn: D.Instruction) -> None:
+        self.require_cpl0("CLAC")
+        self.cpu.rflags &= ~FLAG_AC
+
+    def op_stac(self, insn: D.Instruction) -> None:
+        self.require_cpl0("STAC")
+        self.cpu.rflags |= FLAG_AC
+
+    def op_monitor(self, insn: D.Instruction) -> None:
+        self.require_cpl0("MONITOR")
+
+    def op_mwait(self, insn: D.Instruction) -> None:
+        self.require_cpl0("MWAIT")  # treated as a NOP: wakes at once, which MWAIT may do
+
+
+_FAR_PTR_SEGMENT = {"les": ES, "lds": DS, "lss": SS, "lfs": FS, "lgs": GS}
+_LOCAL_MSRS = frozenset(
+    {
+        MSR_STAR,
+        MSR_LSTAR,
+        MSR_CSTAR,
+        MSR_SFMASK,
+        MSR_KERNEL_GS_BASE,
+        MSR_TSC_AUX,
+        MSR_IA32_SYSENTER_CS,
+        MSR_IA32_SYSENTER_ESP,
+        MSR_IA32_SYSENTER_EIP,
+    }
+)
