@@ -46,3 +46,35 @@ def asm(tmp_path: Path):  # type: ignore[no-untyped-def]
         return assemble(source, bits, tmp_path, org)
 
     return _asm
+
+
+MULTIBOOT_LD = (
+    "ENTRY(_start)\nSECTIONS { . = 0x100000; .text : { *(.multiboot) *(.text) } .bss : { *(.bss) } }\n"
+)
+
+
+def build_multiboot(tmp: Path, name: str, source: str) -> Path:
+    """Assemble (AT&T syntax, 32-bit) and link a small multiboot ELF32 test kernel at 1 MiB."""
+    if not HAVE_AS or shutil.which("ld") is None:
+        pytest.skip("needs GNU as and ld to build test guests")
+    src, obj, elf, lds = (tmp / f"{name}{ext}" for ext in (".S", ".o", ".elf", ".ld"))
+    src.write_text(source)
+    lds.write_text(MULTIBOOT_LD)
+    subprocess.run(["as", "--32", "-o", str(obj), str(src)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "ld",
+            "-m",
+            "elf_i386",
+            "-T",
+            str(lds),
+            "--build-id=none",
+            "--no-warn-rwx-segments",
+            "-o",
+            str(elf),
+            str(obj),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return elf

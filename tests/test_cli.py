@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HAVE_AS, requires_kvm
+from tests.conftest import build_multiboot, requires_kvm
 
 MB_GUEST = r"""
 .section .multiboot, "a"
@@ -63,21 +63,7 @@ MODES = {
 
 
 def build_guest(tmp: Path, mode: str) -> Path:
-    if not HAVE_AS:
-        pytest.skip("needs GNU as and ld to build test guests")
-    src = tmp / f"{mode}.S"
-    src.write_text(MB_GUEST.replace("MODE_SPECIFIC", MODES[mode]))
-    obj = tmp / f"{mode}.o"
-    elf = tmp / f"{mode}.elf"
-    lds = tmp / "link.ld"
-    lds.write_text(
-        "ENTRY(_start)\nSECTIONS { . = 0x100000; .text : { *(.multiboot) *(.text) } .bss : { *(.bss) } }\n"
-    )
-    subprocess.run(["as", "--32", "-o", str(obj), str(src)], check=True)
-    subprocess.run(
-        ["ld", "-m", "elf_i386", "-T", str(lds), "--build-id=none", "-o", str(elf), str(obj)], check=True
-    )
-    return elf
+    return build_multiboot(tmp, mode, MB_GUEST.replace("MODE_SPECIFIC", MODES[mode]))
 
 
 def kvmlite(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

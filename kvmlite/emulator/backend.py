@@ -300,13 +300,8 @@ class EmuVcpu:
 
     def _load(self, new: CpuState, sregs: bool) -> None:
         cpu = self.cpu
-        cpu.gpr[:] = new.gpr
-        cpu.rip, cpu.rflags = new.rip, new.rflags
+        cpu.assign(new, system=sregs)
         if sregs:
-            cpu.segs[:] = new.segs
-            cpu.tr, cpu.ldtr, cpu.gdtr, cpu.idtr = new.tr, new.ldtr, new.gdtr, new.idtr
-            cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4, cpu.cr8 = new.cr0, new.cr2, new.cr3, new.cr4, new.cr8
-            cpu.efer, cpu.apic_base, cpu.cpl = new.efer, new.apic_base, new.cpl
             self.ops.paging_changed(cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer)
             self.ops.cr3_written(cpu.cr3)
 

@@ -274,6 +274,21 @@ class CpuState:
             cpu.cpl = cpu.segs[SS].dpl
         return cpu
 
+    def assign(self, other: CpuState, system: bool = True) -> None:
+        """Take ``other``'s registers in place (an executor keeps its reference to this object).
+
+        With ``system=False`` only the general registers, RIP and RFLAGS are taken
+        (what KVM_SET_REGS sets); otherwise also what KVM_SET_SREGS sets.
+        """
+        self.gpr[:] = other.gpr
+        self.rip, self.rflags = other.rip, other.rflags
+        if system:
+            self.segs[:] = other.segs
+            self.tr, self.ldtr, self.gdtr, self.idtr = other.tr, other.ldtr, other.gdtr, other.idtr
+            self.cr0, self.cr2, self.cr3, self.cr4 = other.cr0, other.cr2, other.cr3, other.cr4
+            self.cr8 = other.cr8
+            self.efer, self.apic_base, self.cpl = other.efer, other.apic_base, other.cpl
+
     def copy(self) -> CpuState:
         """A deep copy (for snapshots and for comparing before/after in tests)."""
         return CpuState(

@@ -174,15 +174,16 @@ class VcpuLoop:
             else:
                 ex = vcpu.run()
             kind = type(ex)
-            if after_exit and any(h(ex) for h in after_exit):
-                continue
-            handlers[kind](ex)
+            counter = by_reason[kind.__name__]
+            counter.count += 1
+            if not (after_exit and any(h(ex) for h in after_exit)):
+                handlers[kind](ex)
             if timing:
-                c = by_reason[kind.__name__]
-                c.count += 1
-                c.ns += clock() - t1
-            else:
-                by_reason[kind.__name__].count += 1
+                counter.ns += clock() - t1
+
+    def handle(self, ex: E.Exit) -> None:
+        """Give an exit to its default handler (for hooks that produce exits of their own)."""
+        self._handlers[type(ex)](ex)
 
     # --- handlers ------------------------------------------------------------------
     def _count_addr(self, kind: str, addr: int, t0: int) -> None:

@@ -36,6 +36,7 @@ from kvmlite.vmm.console import SerialConsole, parse_serial_spec
 from kvmlite.vmm.cpu_setup import guest_cpuid, setup_cpu
 from kvmlite.vmm.irqchip import HALT_WATCH_INTERVAL_S, KernelIrqChip, UserspaceIrqChip
 from kvmlite.vmm.loop import STATUS_INTERRUPTED, STATUS_OK, VcpuLoop, VmControl
+from kvmlite.vmm.rescue import Rescuer
 from kvmlite.vmm.stats import ExitStats
 from kvmlite.vmm.timers import Rescheduling, TimerService
 
@@ -221,6 +222,8 @@ class Machine:
             if self.config.trace:
                 loop.after_exit.append(_exit_tracer(vcpu.id))
             loop.after_exit.append(self._system_events)
+            if self.backend_name == "kvm":
+                loop.after_exit.append(Rescuer(loop, self.memory))
             self.loops.append(loop)
 
     def _system_events(self, ex: E.Exit) -> bool:

@@ -7,6 +7,7 @@ since reading the clock twice per exit is measurable on the hot path.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ class ExitStats:
     by_reason: defaultdict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     by_address: defaultdict[tuple[str, int], Counter] = field(default_factory=lambda: defaultdict(Counter))
     run_ns: int = 0  # time inside KVM_RUN (guest + kernel)
+    #: Instructions the host KVM failed to emulate and kvmlite emulated instead, per mnemonic.
+    rescues: collections.Counter[str] = field(default_factory=collections.Counter)
     started_ns: int = field(default_factory=time.perf_counter_ns)
     ended_ns: int = 0
 
@@ -38,6 +41,7 @@ class ExitStats:
             mine.count += c.count
             mine.ns += c.ns
         self.run_ns += other.run_ns
+        self.rescues.update(other.rescues)
         self.started_ns = min(self.started_ns, other.started_ns)
         self.ended_ns = max(self.ended_ns, other.ended_ns)
 
@@ -66,4 +70,7 @@ class ExitStats:
             lines += [row(f"{kind} {addr:#x}", c) for (kind, addr), c in ranked[:top]]
             if len(ranked) > top:
                 lines.append(f"... and {len(ranked) - top} more addresses")
+        if self.rescues:
+            lines.append(f"{'rescued by kvmlite':<20} {'count':>10}")
+            lines += [f"{name:<20} {n:>10}" for name, n in self.rescues.most_common()]
         return "\n".join(lines)

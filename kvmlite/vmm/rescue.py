@@ -1,0 +1,169 @@
+"""Rescue of KVM emulation failures: emulate in Python what the host KVM could not.
+
+When KVM_RUN ends with KVM_EXIT_INTERNAL_ERROR / KVM_INTERNAL_ERROR_EMULATION,
+the host's instruction emulator gave up (on this project's nested hosts it
+does for a 32-bit IRET at CPL 0, ``int3`` at CPL 0, ``lock cmpxchg16b``,
+...).  :class:`Rescuer` is an ``after_exit`` hook of the vCPU loop: it reads
+the vCPU's state (registers, system registers and the MSRs the SYSCALL and
+SYSENTER paths use), runs the failing instruction on kvmlite's emulator
+against guest memory through the guest MMU, with ports and MMIO reaching the
+machine's buses directly, writes the state back and lets KVM resume.  Each
+rescue is counted per mnemonic (``--stats``).  An instruction the emulator
+cannot do either stops the VM with the decoded instruction and a register
+dump.
+
+One emulator (state, decode cache) is kept per vCPU and reloaded in place
+for every rescue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from kvmlite.emulator import decoder as D
+from kvmlite.emulator.cpu import (
+    MSR_CSTAR,
+    MSR_KERNEL_GS_BASE,
+    MSR_LSTAR,
+    MSR_SFMASK,
+    MSR_STAR,
+    MSR_TSC_AUX,
+    CpuState,
+)
+from kvmlite.emulator.executor import Executor
+from kvmlite.emulator.faults import GP, GuestFault, TripleFault
+from kvmlite.emulator.mmu import Mmu
+from kvmlite.emulator.ops import PagedOps
+from kvmlite.errors import EmulatorError, KvmIoctlError
+from kvmlite.kvm import exits as E
+from kvmlite.kvm.constants import InternalError
+from kvmlite.memory.bus import Bus
+from kvmlite.memory.guest import GuestMemory
+
+if TYPE_CHECKING:
+    from kvmlite.vmm.loop import VcpuLoop
+
+log = logging.getLogger(__name__)
+
+MSR_IA32_TSC = 0x10
+MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP = 0x174, 0x175, 0x176
+#: MSRs the emulator reads from its own state: loaded from KVM before, written back after.
+STATE_MSRS = (
+    MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SFMASK, MSR_KERNEL_GS_BASE, MSR_TSC_AUX,
+    MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP,
+)  # fmt: skip
+RFLAGS_IF = 1 << 9
+MAX_INSN = 15
+
+
+class VcpuOps(PagedOps):
+    """Guest RAM through the MMU; ports and MMIO straight to the buses; MSRs, CPUID and TSC from KVM."""
+
+    def __init__(self, memory: GuestMemory, pio: Bus, mmio: Bus, vcpu: Any) -> None:
+        self.memory = memory
+        self.pio = pio
+        self.mmio = mmio
+        self.vcpu = vcpu
+        self._cpuid: dict[tuple[int, int], tuple[int, int, int, int]] | None = None
+        super().__init__(self._read_phys, self._write_phys, Mmu(memory.read, memory.write))
+
+    def _read_phys(self, gpa: int, size: int) -> bytes:
+        if self.memory.is_ram(gpa, size):
+            return self.memory.read(gpa, size)
+        return self.mmio.read(gpa, size).to_bytes(size, "little")
+
+    def _write_phys(self, gpa: int, data: bytes) -> None:
+        if self.memory.is_ram(gpa, len(data)):
+            self.memory.write(gpa, data)
+        else:
+            self.mmio.write(gpa, len(data), int.from_bytes(data, "little"))
+
+    def io_in(self, port: int, size: int) -> int:
+        return self.pio.read(port, size)
+
+    def io_out(self, port: int, size: int, value: int) -> None:
+        self.pio.write(port, size, value)
+
+    def read_msr(self, index: int) -> int:
+        got = self.vcpu.get_msrs([index])
+        if index not in got:
+            raise GuestFault(GP, 0, reason=f"RDMSR of MSR {index:#x} KVM does not know")
+        return int(got[index])
+
+    def write_msr(self, index: int, value: int) -> None:
+        try:
+            self.vcpu.set_msrs({index: value})
+        except KvmIoctlError as err:
+            raise GuestFault(GP, 0, reason=f"WRMSR {index:#x} refused by KVM") from err
+
+    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        if self._cpuid is None:
+            self._cpuid = {(e.function, e.index): (e.eax, e.ebx, e.ecx, e.edx) for e in self.vcpu.get_cpuid()}
+        entry = self._cpuid.get((leaf, subleaf)) or self._cpuid.get((leaf, 0))
+        return entry if entry is not None else (0, 0, 0, 0)
+
+    def rdtsc(self) -> int:
+        return int(self.vcpu.get_msrs([MSR_IA32_TSC]).get(MSR_IA32_TSC, 0))
+
+
+class Rescuer:
+    """The ``after_exit`` hook that emulates an instruction KVM failed on (see the module docstring)."""
+
+    def __init__(self, loop: VcpuLoop, memory: GuestMemory) -> None:
+        self.loop = loop
+        self.vcpu = loop.vcpu
+        self.ops = VcpuOps(memory, loop.pio, loop.mmio, loop.vcpu)
+        self.cpu = CpuState()
+        self.executor = Executor(self.cpu, self.ops)
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self, ex: E.Exit) -> bool:
+        if not (isinstance(ex, E.InternalErrorExit) and ex.suberror == InternalError.EMULATION):
+            return False
+        vcpu, cpu = self.vcpu, self.cpu
+        state = CpuState.from_kvm(vcpu.get_regs(), vcpu.get_sregs())
+        cpu.assign(state)
+        cpu.msrs.clear()
+        cpu.msrs.update(vcpu.get_msrs(STATE_MSRS))
+        msrs_before = dict(cpu.msrs)
+        cpu.halted = cpu.interrupt_shadow = False
+        self.ops.paging_changed(cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer)
+        self.ops.cr3_written(cpu.cr3)
+        what = self._describe()
+        try:
+            self.executor.step()
+        except TripleFault as err:
+            self.loop.crash(f"triple fault while emulating `{what}` for KVM: {err}")
+            return True
+        except EmulatorError as err:
+            self.loop.crash(f"the host KVM failed to emulate `{what}` and kvmlite cannot either: {err}")
+            return True
+        regs, sregs = cpu.to_kvm()
+        vcpu.set_sregs(sregs)
+        vcpu.set_regs(regs)
+        changed = {k: v for k, v in cpu.msrs.items() if msrs_before.get(k) != v and k in STATE_MSRS}
+        if changed:
+            vcpu.set_msrs(changed)
+        mnemonic = what.split()[0] if what else "?"
+        self.counts[mnemonic] += 1
+        self.loop.stats.rescues[mnemonic] += 1
+        log.debug("vcpu %d: rescued `%s` for KVM", vcpu.id, what)
+        if cpu.halted:  # an emulated HLT: handle it as KVM's HLT exit
+            self.loop.handle(E.Hlt())
+        return True
+
+    def _describe(self) -> str:
+        """The failing instruction in Intel syntax (or its bytes when it does not decode)."""
+        cpu = self.cpu
+        mode = cpu.code_bits
+        lin = cpu.rip if mode == 64 else (cpu.segs[1].base + cpu.rip) & 0xFFFF_FFFF
+        try:
+            code = self.ops.read_linear(lin, MAX_INSN, 4)
+        except Exception:  # only for the message; the step itself reports the real fault
+            return "instruction at an unreadable address"
+        try:
+            return D.decode(code, mode).format(cpu.rip)
+        except EmulatorError:
+            return f"bytes {code.hex(' ')}"
