@@ -13,7 +13,9 @@ cannot do either stops the VM with the decoded instruction and a register
 dump.
 
 One emulator (state, decode cache) is kept per vCPU and reloaded in place
-for every rescue.
+for every rescue.  It is built at the first failure: a guest that never
+needs rescuing never pays for importing the emulator (a third of kvmlite's
+start-up otherwise).
 """
 
 from __future__ import annotations
@@ -22,90 +24,32 @@ import logging
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from kvmlite.emulator import decoder as D
-from kvmlite.emulator.cpu import (
-    MSR_CSTAR,
-    MSR_KERNEL_GS_BASE,
-    MSR_LSTAR,
-    MSR_SFMASK,
-    MSR_STAR,
-    MSR_TSC_AUX,
-    CpuState,
-)
-from kvmlite.emulator.executor import Executor
-from kvmlite.emulator.faults import GP, GuestFault, TripleFault
-from kvmlite.emulator.mmu import Mmu
-from kvmlite.emulator.ops import PagedOps
-from kvmlite.errors import EmulatorError, KvmIoctlError
 from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import InternalError
-from kvmlite.memory.bus import Bus
 from kvmlite.memory.guest import GuestMemory
 
 if TYPE_CHECKING:
+    from kvmlite.memory.bus import Bus
     from kvmlite.vmm.loop import VcpuLoop
 
 log = logging.getLogger(__name__)
 
 MSR_IA32_TSC = 0x10
-MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP = 0x174, 0x175, 0x176
-#: MSRs the emulator reads from its own state: loaded from KVM before, written back after.
+#: MSRs the emulator reads from its own state (STAR, LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE,
+#: TSC_AUX, SYSENTER_CS/ESP/EIP): loaded from KVM before a rescue, written back after.
 STATE_MSRS = (
-    MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SFMASK, MSR_KERNEL_GS_BASE, MSR_TSC_AUX,
-    MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP,
-)  # fmt: skip
+    0xC000_0081,
+    0xC000_0082,
+    0xC000_0083,
+    0xC000_0084,
+    0xC000_0102,
+    0xC000_0103,
+    0x174,
+    0x175,
+    0x176,
+)
 RFLAGS_IF = 1 << 9
 MAX_INSN = 15
-
-
-class VcpuOps(PagedOps):
-    """Guest RAM through the MMU; ports and MMIO straight to the buses; MSRs, CPUID and TSC from KVM."""
-
-    def __init__(self, memory: GuestMemory, pio: Bus, mmio: Bus, vcpu: Any) -> None:
-        self.memory = memory
-        self.pio = pio
-        self.mmio = mmio
-        self.vcpu = vcpu
-        self._cpuid: dict[tuple[int, int], tuple[int, int, int, int]] | None = None
-        super().__init__(self._read_phys, self._write_phys, Mmu(memory.read, memory.write))
-
-    def _read_phys(self, gpa: int, size: int) -> bytes:
-        if self.memory.is_ram(gpa, size):
-            return self.memory.read(gpa, size)
-        return self.mmio.read(gpa, size).to_bytes(size, "little")
-
-    def _write_phys(self, gpa: int, data: bytes) -> None:
-        if self.memory.is_ram(gpa, len(data)):
-            self.memory.write(gpa, data)
-        else:
-            self.mmio.write(gpa, len(data), int.from_bytes(data, "little"))
-
-    def io_in(self, port: int, size: int) -> int:
-        return self.pio.read(port, size)
-
-    def io_out(self, port: int, size: int, value: int) -> None:
-        self.pio.write(port, size, value)
-
-    def read_msr(self, index: int) -> int:
-        got = self.vcpu.get_msrs([index])
-        if index not in got:
-            raise GuestFault(GP, 0, reason=f"RDMSR of MSR {index:#x} KVM does not know")
-        return int(got[index])
-
-    def write_msr(self, index: int, value: int) -> None:
-        try:
-            self.vcpu.set_msrs({index: value})
-        except KvmIoctlError as err:
-            raise GuestFault(GP, 0, reason=f"WRMSR {index:#x} refused by KVM") from err
-
-    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
-        if self._cpuid is None:
-            self._cpuid = {(e.function, e.index): (e.eax, e.ebx, e.ecx, e.edx) for e in self.vcpu.get_cpuid()}
-        entry = self._cpuid.get((leaf, subleaf)) or self._cpuid.get((leaf, 0))
-        return entry if entry is not None else (0, 0, 0, 0)
-
-    def rdtsc(self) -> int:
-        return int(self.vcpu.get_msrs([MSR_IA32_TSC]).get(MSR_IA32_TSC, 0))
 
 
 class Rescuer:
@@ -114,14 +58,27 @@ class Rescuer:
     def __init__(self, loop: VcpuLoop, memory: GuestMemory) -> None:
         self.loop = loop
         self.vcpu = loop.vcpu
-        self.ops = VcpuOps(memory, loop.pio, loop.mmio, loop.vcpu)
+        self.memory = memory
+        self.counts: Counter[str] = Counter()
+        self.executor: Any = None
+
+    def _build(self) -> None:
+        from kvmlite.emulator.cpu import CpuState
+        from kvmlite.emulator.executor import Executor
+
+        self.ops = _vcpu_ops(self.memory, self.loop.pio, self.loop.mmio, self.vcpu)
         self.cpu = CpuState()
         self.executor = Executor(self.cpu, self.ops)
-        self.counts: Counter[str] = Counter()
 
     def __call__(self, ex: E.Exit) -> bool:
         if not (isinstance(ex, E.InternalErrorExit) and ex.suberror == InternalError.EMULATION):
             return False
+        from kvmlite.emulator.cpu import CpuState
+        from kvmlite.emulator.faults import TripleFault
+        from kvmlite.errors import EmulatorError
+
+        if self.executor is None:
+            self._build()
         vcpu, cpu = self.vcpu, self.cpu
         state = CpuState.from_kvm(vcpu.get_regs(), vcpu.get_sregs())
         cpu.assign(state)
@@ -156,6 +113,9 @@ class Rescuer:
 
     def _describe(self) -> str:
         """The failing instruction in Intel syntax (or its bytes when it does not decode)."""
+        from kvmlite.emulator import decoder as D
+        from kvmlite.errors import EmulatorError
+
         cpu = self.cpu
         mode = cpu.code_bits
         lin = cpu.rip if mode == 64 else (cpu.segs[1].base + cpu.rip) & 0xFFFF_FFFF
@@ -167,3 +127,64 @@ class Rescuer:
             return D.decode(code, mode).format(cpu.rip)
         except EmulatorError:
             return f"bytes {code.hex(' ')}"
+
+
+def _vcpu_ops(memory: GuestMemory, pio: Bus, mmio: Bus, vcpu: Any) -> Any:
+    """The emulator's ops for a rescue (defined here so the emulator is imported only when needed)."""
+    from kvmlite.emulator.faults import GP, GuestFault
+    from kvmlite.emulator.mmu import Mmu
+    from kvmlite.emulator.ops import PagedOps
+    from kvmlite.errors import KvmIoctlError
+
+    class VcpuOps(PagedOps):  # type: ignore[valid-type,misc]
+        """Guest RAM through the MMU; ports and MMIO straight to the buses; MSRs, CPUID and TSC from KVM."""
+
+        def __init__(self, memory: GuestMemory, pio: Bus, mmio: Bus, vcpu: Any) -> None:
+            self.memory = memory
+            self.pio = pio
+            self.mmio = mmio
+            self.vcpu = vcpu
+            self._cpuid: dict[tuple[int, int], tuple[int, int, int, int]] | None = None
+            super().__init__(self._read_phys, self._write_phys, Mmu(memory.read, memory.write))
+
+        def _read_phys(self, gpa: int, size: int) -> bytes:
+            if self.memory.is_ram(gpa, size):
+                return self.memory.read(gpa, size)
+            return self.mmio.read(gpa, size).to_bytes(size, "little")
+
+        def _write_phys(self, gpa: int, data: bytes) -> None:
+            if self.memory.is_ram(gpa, len(data)):
+                self.memory.write(gpa, data)
+            else:
+                self.mmio.write(gpa, len(data), int.from_bytes(data, "little"))
+
+        def io_in(self, port: int, size: int) -> int:
+            return self.pio.read(port, size)
+
+        def io_out(self, port: int, size: int, value: int) -> None:
+            self.pio.write(port, size, value)
+
+        def read_msr(self, index: int) -> int:
+            got = self.vcpu.get_msrs([index])
+            if index not in got:
+                raise GuestFault(GP, 0, reason=f"RDMSR of MSR {index:#x} KVM does not know")
+            return int(got[index])
+
+        def write_msr(self, index: int, value: int) -> None:
+            try:
+                self.vcpu.set_msrs({index: value})
+            except KvmIoctlError as err:
+                raise GuestFault(GP, 0, reason=f"WRMSR {index:#x} refused by KVM") from err
+
+        def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+            if self._cpuid is None:
+                self._cpuid = {
+                    (e.function, e.index): (e.eax, e.ebx, e.ecx, e.edx) for e in self.vcpu.get_cpuid()
+                }
+            entry = self._cpuid.get((leaf, subleaf)) or self._cpuid.get((leaf, 0))
+            return entry if entry is not None else (0, 0, 0, 0)
+
+        def rdtsc(self) -> int:
+            return int(self.vcpu.get_msrs([MSR_IA32_TSC]).get(MSR_IA32_TSC, 0))
+
+    return VcpuOps(memory, pio, mmio, vcpu)
