@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import exit_roundtrip
+import idle
+import machine_bench
 from harness import BenchFailed, Benchmark, BenchUnavailable, Result, kvm_usable
 
 log = logging.getLogger("bench.run")
@@ -41,7 +43,14 @@ def registered() -> list[Benchmark]:
     """Every benchmark, in report order.  Add new modules' benchmarks here."""
     return [
         *exit_roundtrip.benchmarks(),
+        *machine_bench.benchmarks(),
+        *idle.benchmarks(),
     ]
+
+
+def _value(x: float) -> str:
+    """Three significant digits, thousands separated: 0.105, 28.1, 28,110."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
 @dataclass
@@ -60,8 +69,8 @@ class Row:
         r = self.result
         return (
             r.name,
-            f"{r.kvmlite:,.0f} {r.unit}",
-            f"{r.baseline:,.0f} {r.unit}",
+            f"{_value(r.kvmlite)} {r.unit}",
+            f"{_value(r.baseline)} {r.unit}",
             f"{r.ratio:.2f}x",
             f"+-{100 * r.kvmlite_spread:.1f}% / +-{100 * r.baseline_spread:.1f}%",
         )

@@ -1,0 +1,230 @@
+"""Whole-VMM benchmarks: kvmlite against QEMU (microvm, KVM) on the same guest binaries.
+
+Rows:
+
+* command to exit: wall time from starting the VMM to its exit for a small
+  multiboot guest (``pm32``), the two runs alternating;
+* ring-3 compute: time of ``cbench``'s compute loop at CPL 3, start-up cancelled
+  by subtracting a short run from a long one;
+* serial output: bytes per second a guest pushes through the 16550 (polling
+  LSR, writing THR), start-up cancelled likewise;
+* peak memory: the VMM process's peak RSS running the same guest (the guest
+  touches the same pages under both, so the difference is each VMM's own).
+
+kvmlite is run as ``python -m kvmlite`` with its modules byte-compiled first
+(``compileall``): that is how an installed package starts, and an environment
+with ``PYTHONDONTWRITEBYTECODE`` would otherwise recompile every module on every
+run.  Guests are built from ``guests/`` into ``bench/_build/guests``.
+"""
+
+from __future__ import annotations
+
+import compileall
+import importlib.util
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from harness import BUILD_DIR, BenchFailed, Benchmark, BenchUnavailable, Result, alternate
+
+REPO = Path(__file__).resolve().parent.parent
+GUEST_DIR = BUILD_DIR / "guests"
+MEMORY_MIB = 128
+RUN_TIMEOUT_S = 300
+QEMU = "qemu-system-x86_64"
+
+CBENCH_LONG, CBENCH_SHORT, CBENCH_LONG_QUICK = 2_000_000_000, 10_000_000, 500_000_000
+SERIAL_LONG, SERIAL_SHORT, SERIAL_LONG_QUICK = 40_000, 2_000, 10_000
+
+# A multiboot guest that writes N bytes to COM1 the way a driver does (wait for THRE, write THR), then
+# leaves through the debug-exit port.  N is fixed at assembly time with --defsym so no parsing is timed.
+SERIAL_FLOOD = r"""
+.section .multiboot, "a"
+.align 4
+.long 0x1BADB002, 0, -(0x1BADB002)
+.text
+.code32
+.globl _start
+_start:
+    mov $COUNT, %ecx
+    mov $0x3fd, %dx
+1:  in %dx, %al
+    test $0x20, %al
+    jz 1b
+    mov $0x3f8, %dx
+    mov %cl, %al
+    and $0x3f, %al
+    add $0x30, %al
+    out %al, %dx
+    mov $0x3fd, %dx
+    loop 1b
+    mov $0xf4, %dx
+    xor %eax, %eax
+    out %eax, %dx
+"""
+LINK_SCRIPT = "ENTRY(_start)\nSECTIONS { . = 0x100000; .text : { *(.multiboot) *(.text) } }\n"
+
+
+def _build_guests() -> dict[str, Path]:
+    """pm32 and cbench from guests/build.py, and the serial flood guest, built once."""
+    spec = importlib.util.spec_from_file_location("kvmlite_guest_build", REPO / "guests" / "build.py")
+    if spec is None or spec.loader is None:
+        raise BenchUnavailable("guests/build.py is missing")
+    build = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = build
+    spec.loader.exec_module(build)
+    missing = build.missing_tools()
+    if missing:
+        raise BenchUnavailable(f"building the guests needs {', '.join(missing)}")
+    GUEST_DIR.mkdir(parents=True, exist_ok=True)
+    images = {name: build.build_guest(name, GUEST_DIR) for name in ("pm32", "cbench")}
+    for n in (SERIAL_LONG, SERIAL_SHORT, SERIAL_LONG_QUICK):
+        images[f"serial{n}"] = _build_flood(n)
+    return images
+
+
+def _build_flood(count: int) -> Path:
+    src, obj, lds, elf = (GUEST_DIR / f"serial{count}{ext}" for ext in (".S", ".o", ".ld", ".elf"))
+    if elf.exists():
+        return elf
+    src.write_text(SERIAL_FLOOD)
+    lds.write_text(LINK_SCRIPT)
+    subprocess.run(["as", "--32", f"--defsym=COUNT={count}", "-o", str(obj), str(src)], check=True)
+    subprocess.run(
+        ["ld", "-m", "elf_i386", "-T", str(lds), "--build-id=none", "-o", str(elf), str(obj)], check=True
+    )
+    return elf
+
+
+def _kvmlite_cmd(image: Path, args: str) -> list[str]:
+    cmd = [sys.executable, "-m", "kvmlite", "run", "--kernel", str(image), "--memory", str(MEMORY_MIB)]
+    return [*cmd, "--cmdline", args] if args else cmd
+
+
+def _qemu_cmd(image: Path, args: str) -> list[str]:
+    cmd = [QEMU, "-M", "microvm", "-enable-kvm", "-m", str(MEMORY_MIB), "-nodefaults", "-no-reboot"]
+    cmd += ["-display", "none", "-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
+    cmd += ["-kernel", str(image)]
+    return [*cmd, "-append", args] if args else cmd
+
+
+def _timed(cmd: list[str], expect: int) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=RUN_TIMEOUT_S
+    )
+    elapsed = time.perf_counter() - t0
+    if r.returncode != expect:
+        raise BenchFailed(
+            f"{' '.join(cmd[:4])}... exited {r.returncode}, expected {expect}: {r.stderr.strip()[-300:]}"
+        )
+    return elapsed
+
+
+def _prepare() -> dict[str, Path]:
+    if shutil.which(QEMU) is None:
+        raise BenchUnavailable(f"{QEMU} is not installed (the bench installs nothing)")
+    compileall.compile_dir(str(REPO / "kvmlite"), quiet=1)
+    return _build_guests()
+
+
+def _runs(quick: bool) -> int:
+    return 3 if quick else 5
+
+
+def measure_startup(quick: bool) -> Result:
+    images = _prepare()
+    image, args, status = images["pm32"], "a b", 67
+    ours, theirs = alternate(
+        lambda: _timed(_kvmlite_cmd(image, args), status),
+        lambda: _timed(_qemu_cmd(image, args), status),
+        _runs(quick),
+    )
+    return Result("command to exit (multiboot pm32)", "s", ours, theirs, "QEMU microvm -enable-kvm")
+
+
+def _difference(
+    cmd: Callable[[Path, str], list[str]], long: Path, short: Path, la: str, sa: str, st: int
+) -> float:
+    return _timed(cmd(long, la), st) - _timed(cmd(short, sa), st)
+
+
+def measure_compute(quick: bool) -> Result:
+    image = _prepare()["cbench"]
+    long = CBENCH_LONG_QUICK if quick else CBENCH_LONG
+    la, sa = f"iters={long}", f"iters={CBENCH_SHORT}"
+    ours, theirs = alternate(
+        lambda: _difference(_kvmlite_cmd, image, image, la, sa, 1),
+        lambda: _difference(_qemu_cmd, image, image, la, sa, 1),
+        _runs(quick),
+    )
+    return Result(
+        "ring-3 compute (cbench)",
+        "s",
+        ours,
+        theirs,
+        "QEMU microvm -enable-kvm",
+        note=f"{long - CBENCH_SHORT} iterations",
+    )
+
+
+def measure_serial(quick: bool) -> Result:
+    images = _prepare()
+    n_long = SERIAL_LONG_QUICK if quick else SERIAL_LONG
+    long, short = images[f"serial{n_long}"], images[f"serial{SERIAL_SHORT}"]
+    nbytes = n_long - SERIAL_SHORT
+
+    def rate(cmd: Callable[[Path, str], list[str]]) -> float:
+        return nbytes / max(_difference(cmd, long, short, "", "", 1), 1e-9)
+
+    ours, theirs = alternate(lambda: rate(_kvmlite_cmd), lambda: rate(_qemu_cmd), _runs(quick))
+    return Result(
+        "serial output (16550, polled)",
+        "bytes/s",
+        ours,
+        theirs,
+        "QEMU microvm -enable-kvm",
+        lower_is_better=False,
+    )
+
+
+_PEAK_RSS = (
+    "import resource, subprocess, sys\n"
+    "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+)
+
+
+def _peak_rss_mib(cmd: list[str]) -> float:
+    r = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, *cmd], capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+    )
+    try:
+        return int(r.stdout.strip()) / 1024
+    except ValueError as err:
+        raise BenchFailed(f"could not measure peak RSS: {r.stderr.strip()[-200:]}") from err
+
+
+def measure_memory(quick: bool) -> Result:
+    image = _prepare()["pm32"]
+    ours, theirs = alternate(
+        lambda: _peak_rss_mib(_kvmlite_cmd(image, "a b")),
+        lambda: _peak_rss_mib(_qemu_cmd(image, "a b")),
+        _runs(quick),
+    )
+    return Result("peak RSS (multiboot pm32)", "MiB", ours, theirs, "QEMU microvm -enable-kvm")
+
+
+def benchmarks() -> list[Benchmark]:
+    needs = ("qemu-system-x86_64", "as", "ld")
+    return [
+        Benchmark("startup", "command to guest exit for a small multiboot guest", measure_startup, needs),
+        Benchmark(
+            "compute", "ring-3 compute loop inside the guest, start-up cancelled", measure_compute, needs
+        ),
+        Benchmark("serial", "guest-to-host serial throughput through the 16550", measure_serial, needs),
+        Benchmark("memory", "peak RSS of the VMM process on the same guest", measure_memory, needs),
+    ]
