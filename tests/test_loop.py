@@ -35,7 +35,7 @@ def test_stop_from_another_thread_ends_a_spinning_guest(tmp_path, asm):
 
 def test_hooks_see_every_exit_and_can_take_it_over(tmp_path):
     out = bytearray()
-    machine = Machine(MachineConfig(kernel=build_guest(tmp_path, "exit"), serial_out=out.extend))
+    machine = Machine(MachineConfig(kernel=build_guest(tmp_path, "exit"), serial_out=out.extend, stats=True))
     machine.attach_serial()
     machine.attach_debug_exit()
     machine.load()
@@ -65,5 +65,6 @@ def test_hooks_see_every_exit_and_can_take_it_over(tmp_path):
     assert seen.count(E.IoIn) == 1  # the probe of the unclaimed port
     stats = machine.stats()
     assert stats.by_reason["IoOut"].count == seen.count(E.IoOut)
-    assert stats.by_address[("pio", 0xF4)].count == 1
+    assert stats.by_address[("pio", 0xF4)].count == 1  # per address: collected under --stats (stats=True)
+    assert stats.by_address[("pio", 0x3F8)].count == seen.count(E.IoOut) - 1 - len(swallowed) - 1
     machine.close()

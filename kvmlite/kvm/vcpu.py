@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 KICK_SIGNAL = signal.SIGUSR1
 
 _EXIT_OFFSET = S.kvm_run.exit.offset
+_REASON_OFFSET = S.kvm_run.exit_reason.offset
+#: exit_reason and, 20 bytes on, the io union member: one unpack serves the commonest exit.
+_HEADER_IO = struct.Struct("<I20xBBHIQ")
+assert _REASON_OFFSET + 4 + 20 == _EXIT_OFFSET
 _IO = struct.Struct("<BBHIQ")  # direction, size, port, count, data_offset
 _MMIO = struct.Struct("<Q8sIB")  # phys_addr, data, len, is_write
 _MMIO_DATA = _EXIT_OFFSET + 8
@@ -110,9 +114,11 @@ class Vcpu:
             if err.errno in (errno.EINTR, errno.EAGAIN):
                 return E.Interrupted()
             raise KvmIoctlError("KVM_RUN", err.errno or 0, f"vcpu {self.id}") from None
-        reason = self.kvm_run.exit_reason
+        reason, direction, size, port, count, off = _HEADER_IO.unpack_from(self._mm, _REASON_OFFSET)
         if reason == _REASON_IO:
-            return self._exit_io()
+            if direction:
+                return E.IoOut(port, size, count, self._mv[off : off + size * count])
+            return E.IoIn(port, size, count, self._mv[off : off + size * count])
         decoder = self._decoders.get(reason)
         if decoder is None:
             return E.Unsupported(reason)

@@ -43,8 +43,11 @@ class Bus:
         self._bases: list[int] = []
         #: Accesses nobody claimed, per (direction, address).
         self.unclaimed: Counter[tuple[str, int]] = Counter()
-        # addr -> (device, offset-base) for the hot path; filled on first use
+        # addr -> BusRange (or None) for find(), and addr -> (bound read/write, base) for dispatch;
+        # both filled on first use, cleared when the map changes
         self._cache: dict[int, BusRange | None] = {}
+        self._readers: dict[int, tuple[object, int]] = {}
+        self._writers: dict[int, tuple[object, int]] = {}
 
     def insert(
         self, device: Device, base: int, length: int, name: str | None = None, offset: int = 0
@@ -62,15 +65,20 @@ class Bus:
                 )
         self._ranges.insert(i, new)
         self._bases.insert(i, base)
-        self._cache.clear()
+        self._forget()
 
     def remove(self, base: int) -> Device:
         i = bisect.bisect_left(self._bases, base)
         if i == len(self._bases) or self._bases[i] != base:
             raise BusError(f"{self.kind}: no device at {base:#x}")
         self._bases.pop(i)
-        self._cache.clear()
+        self._forget()
         return self._ranges.pop(i).device
+
+    def _forget(self) -> None:
+        self._cache.clear()
+        self._readers.clear()
+        self._writers.clear()
 
     def find(self, addr: int) -> BusRange | None:
         try:
@@ -86,20 +94,28 @@ class Bus:
         return iter(self._ranges)
 
     def read(self, addr: int, size: int) -> int:
-        r = self.find(addr)
-        if r is None:
-            self._unclaimed("read", addr, size)
-            return (1 << (8 * size)) - 1
+        try:
+            read, base = self._readers[addr]
+        except KeyError:
+            r = self.find(addr)
+            if r is None:
+                self._unclaimed("read", addr, size)
+                return (1 << (8 * size)) - 1
+            read, base = self._readers[addr] = (r.device.read, r.base - r.offset)
         with self.lock:
-            return r.device.read(addr - r.base + r.offset, size)
+            return read(addr - base, size)  # type: ignore[operator,no-any-return]
 
     def write(self, addr: int, size: int, value: int) -> None:
-        r = self.find(addr)
-        if r is None:
-            self._unclaimed("write", addr, size, value)
-            return
+        try:
+            write, base = self._writers[addr]
+        except KeyError:
+            r = self.find(addr)
+            if r is None:
+                self._unclaimed("write", addr, size, value)
+                return
+            write, base = self._writers[addr] = (r.device.write, r.base - r.offset)
         with self.lock:
-            r.device.write(addr - r.base + r.offset, size, value)
+            write(addr - base, size, value)  # type: ignore[operator]
 
     def _unclaimed(self, direction: str, addr: int, size: int, value: int | None = None) -> None:
         key = (direction, addr)

@@ -127,12 +127,12 @@ class KernelIrqChip:
         vcpu = loop.vcpu
 
         def check_halted(ex: E.Exit) -> bool:
-            if isinstance(ex, E.Interrupted) and not self.control.stopping:
+            if not self.control.stopping:
                 if vcpu.get_mp_state() == MpState.HALTED and not vcpu.get_regs().rflags & RFLAGS_IF:
                     self.control.stop(STATUS_OK, "guest halted with interrupts disabled", vcpu.id)
             return False
 
-        loop.after_exit.append(check_halted)
+        loop.intercept(E.Interrupted, check_halted)
 
     def watchdog(self) -> None:
         """Kick every vCPU out of KVM_RUN once, so :meth:`attach`'s check runs."""

@@ -6,9 +6,13 @@ Two lists of hooks sit at the loop's special points:
 
 * ``before_run``: callables run before each KVM_RUN (interrupt injection,
   request of an interrupt window, trace points);
-* ``after_exit``: callables given each exit first; one that returns True has
-  handled it and the default handling is skipped (the emulation-failure
-  rescue, the gdb stub and tracing plug in here).
+* ``after_exit``: callables given every exit first; one that returns True has
+  handled it and the default handling is skipped (tracing and debuggers plug
+  in here).
+
+A hook that cares about one kind of exit uses :meth:`VcpuLoop.intercept`
+instead (the emulation-failure rescue, system events): it runs only for that
+exit type, so the common exits pay nothing for it.
 
 A clean stop from another thread goes through :class:`VmControl`, which kicks
 every vCPU out of KVM_RUN (immediate_exit + signal).  A guest that
@@ -135,6 +139,9 @@ class VcpuLoop:
             E.WrMsr: self._wrmsr,
             E.Unsupported: self._unsupported,
         }
+        if timing:
+            for kind, cls in (("pio", E.IoOut), ("pio", E.IoIn), ("mmio", E.MmioWrite), ("mmio", E.MmioRead)):
+                self._handlers[cls] = self._timed(kind, self._handlers[cls])
         control.vcpus.append(vcpu)
 
     # --- the loop ----------------------------------------------------------------
@@ -182,43 +189,54 @@ class VcpuLoop:
                 counter.ns += clock() - t1
 
     def handle(self, ex: E.Exit) -> None:
-        """Give an exit to its default handler (for hooks that produce exits of their own)."""
+        """Give an exit to its handler (for hooks that produce exits of their own)."""
         self._handlers[type(ex)](ex)
+
+    def intercept(self, cls: type[E.Exit], hook: ExitHook) -> None:
+        """Run ``hook`` first for every exit of type ``cls``; if it returns True the exit is handled."""
+        fallback = self._handlers[cls]
+
+        def chained(ex: Any) -> None:
+            if not hook(ex):
+                fallback(ex)
+
+        self._handlers[cls] = chained
 
     # --- handlers ------------------------------------------------------------------
     def _count_addr(self, kind: str, addr: int, t0: int) -> None:
         c = self.stats.by_address[(kind, addr)]
         c.count += 1
-        if self.timing:
-            c.ns += time.perf_counter_ns() - t0
+        c.ns += time.perf_counter_ns() - t0
 
     def _io_out(self, ex: E.IoOut) -> None:
-        t0 = time.perf_counter_ns() if self.timing else 0
         size, data, write, port = ex.size, ex.data, self.pio.write, ex.port
         if ex.count == 1:
             write(port, size, int.from_bytes(data, "little"))
         else:
             for i in range(0, size * ex.count, size):
                 write(port, size, int.from_bytes(data[i : i + size], "little"))
-        self._count_addr("pio", port, t0)
 
     def _io_in(self, ex: E.IoIn) -> None:
-        t0 = time.perf_counter_ns() if self.timing else 0
         size, data, read, port = ex.size, ex.data, self.pio.read, ex.port
         for i in range(0, size * ex.count, size):
             data[i : i + size] = read(port, size).to_bytes(size, "little")
-        self._count_addr("pio", port, t0)
 
     def _mmio_write(self, ex: E.MmioWrite) -> None:
-        t0 = time.perf_counter_ns() if self.timing else 0
         self.mmio.write(ex.addr, len(ex.data), int.from_bytes(ex.data, "little"))
-        self._count_addr("mmio", ex.addr, t0)
 
     def _mmio_read(self, ex: E.MmioRead) -> None:
-        t0 = time.perf_counter_ns() if self.timing else 0
         n = len(ex.data)
         ex.data[:] = self.mmio.read(ex.addr, n).to_bytes(n, "little")
-        self._count_addr("mmio", ex.addr, t0)
+
+    def _timed(self, kind: str, handler: Callable[[Any], None]) -> Callable[[Any], None]:
+        """``handler`` counted and timed per port/address (only under ``--stats``: it costs a clock read)."""
+
+        def timed(ex: Any) -> None:
+            t0 = time.perf_counter_ns()
+            handler(ex)
+            self._count_addr(kind, ex.port if kind == "pio" else ex.addr, t0)
+
+        return timed
 
     def _hlt(self, ex: E.Hlt) -> None:
         if not self.vcpu.if_flag:

@@ -221,13 +221,13 @@ class Machine:
                 self.irqchip.attach(loop)
             if self.config.trace:
                 loop.after_exit.append(_exit_tracer(vcpu.id))
-            loop.after_exit.append(self._system_events)
+            loop.intercept(E.SystemEventExit, self._system_events)
             if self.backend_name == "kvm":
-                loop.after_exit.append(Rescuer(loop, self.memory))
+                loop.intercept(E.InternalErrorExit, Rescuer(loop, self.memory))
             self.loops.append(loop)
 
-    def _system_events(self, ex: E.Exit) -> bool:
-        if isinstance(ex, E.SystemEventExit) and ex.describe() == "reset":
+    def _system_events(self, ex: E.SystemEventExit) -> bool:
+        if ex.describe() == "reset":
             self.request_reset()
             return True
         return False
