@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="count", default=0, dest="run_verbose", help=argparse.SUPPRESS)
 
     sub.add_parser("info", help="show the host's KVM API version and capabilities")
+    # the file-format tools parse their own arguments (see main()); listed here for --help
+    sub.add_parser("extract-vmlinux", help="recover the ELF vmlinux from a bzImage")
+    sub.add_parser("initramfs", help="build a busybox initramfs (gzip'd cpio)")
+    sub.add_parser("fetch-assets", help="download a Debian cloud kernel and static busybox for tests")
     return parser
 
 
@@ -155,7 +159,33 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tool(command: str, argv: list[str]) -> int:
+    """The file-format tools, each with its own argument parser."""
+    if command == "extract-vmlinux":
+        from kvmlite.tools import extract_vmlinux
+
+        return extract_vmlinux.main(argv)
+    if command == "initramfs":
+        from kvmlite.tools import initramfs
+
+        return initramfs.main(argv)
+    from kvmlite.tools import assets
+
+    return assets.main(argv)
+
+
+TOOLS = ("extract-vmlinux", "initramfs", "fetch-assets")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:
+        _setup_logging(0)
+        try:
+            return _tool(argv[0], argv[1:])
+        except KvmliteError as err:
+            print(f"kvmlite: {err}", file=sys.stderr)
+            return STATUS_BAD_INPUT
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose + getattr(args, "run_verbose", 0))

@@ -1,16 +1,18 @@
 """Kernel loaders: detect an image's format and load it into guest memory.
 
-One module per format (:mod:`multiboot`, :mod:`elf64`, :mod:`bootsector`),
-each with ``load(memory, image, ...) -> LoadResult``; :func:`load_kernel`
-detects the format from the bytes, never from the file name.
+One module per format (:mod:`multiboot`, :mod:`bzimage` (Linux boot
+protocol), :mod:`pvh` (an ELF with Xen's PVH entry note, such as Linux's
+vmlinux), :mod:`elf64`, :mod:`bootsector`), each with
+``load(memory, image, ...) -> LoadResult``; :func:`load_kernel` detects the
+format from the bytes, never from the file name.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from kvmlite.errors import BzImageError, LoaderError
-from kvmlite.loaders import bootsector, elf64, multiboot
+from kvmlite.errors import LoaderError
+from kvmlite.loaders import bootsector, bzimage, elf64, multiboot, pvh
 from kvmlite.loaders.base import EntryMode, LoadResult
 from kvmlite.loaders.elf import ELFCLASS64, is_elf
 from kvmlite.memory.guest import GuestMemory
@@ -22,11 +24,13 @@ BZIMAGE_MAGIC = b"HdrS"
 
 
 def detect_format(data: bytes) -> str:
-    """'multiboot', 'elf64', 'bzimage', 'bootsector' or 'unknown'."""
+    """'multiboot', 'bzimage', 'pvh', 'elf64', 'bootsector' or 'unknown'."""
     if multiboot.looks_like(data):
         return "multiboot"
     if data[BZIMAGE_MAGIC_OFFSET : BZIMAGE_MAGIC_OFFSET + 4] == BZIMAGE_MAGIC:
         return "bzimage"
+    if is_elf(data) and pvh.has_pvh_note(data):
+        return "pvh"
     if is_elf(data) and len(data) > 4 and data[4] == ELFCLASS64:
         return "elf64"
     if bootsector.looks_like(data):
@@ -58,16 +62,23 @@ def load_kernel(
             raise LoaderError(f"cannot read initrd {initrd}: {err.strerror}") from err
     if fmt == "multiboot":
         return multiboot.load(memory, data, str(path), cmdline, modules)
+    # Linux takes one initrd; several cpio archives concatenated are one initrd to it
+    initrd = b"".join(contents for _, contents in modules) if modules else None
+    if fmt == "bzimage":
+        return bzimage.load(memory, data, cmdline, initrd)
+    if fmt == "pvh":
+        return pvh.load(memory, data, cmdline, initrd)
     if modules:
-        raise LoaderError(f"--initrd is only supported for multiboot kernels so far, not for a {fmt} image")
+        raise LoaderError(f"--initrd needs a multiboot, bzImage or PVH kernel, not a {fmt} image")
     if fmt == "elf64":
+        if cmdline:
+            raise LoaderError("a plain ELF64 kernel has no way to receive a command line")
         return elf64.load(memory, data)
     if fmt == "bootsector":
         if cmdline:
             raise LoaderError("a boot sector takes no command line")
         return bootsector.load(memory, data)
-    if fmt == "bzimage":
-        raise BzImageError(f"{path} is a Linux bzImage: Linux boot is not supported yet")
     raise LoaderError(
-        f"{path}: unrecognised kernel format (expected a multiboot kernel, an ELF64 kernel or a boot sector)"
+        f"{path}: unrecognised kernel format "
+        "(expected a multiboot kernel, a Linux bzImage, a PVH or ELF64 kernel, or a boot sector)"
     )

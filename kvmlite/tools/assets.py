@@ -1,0 +1,176 @@
+"""Fetch a real Linux kernel and a static busybox from Debian's packages, for tests and demos.
+
+kvmlite ships no kernel binary; a real one is the best test input for the
+bzImage and PVH loaders and for ``extract-vmlinux``.  Debian's cloud kernel
+(small, virtio and serial built in) and ``busybox-static`` are fetched with
+the ordinary package client, without root:
+
+* ``apt-get download linux-image-cloud-amd64`` fetches only the metapackage;
+  its ``Depends`` names the real package (``linux-image-<abi>-cloud-amd64``),
+  which is downloaded in turn;
+* ``dpkg-deb --fsys-tarfile`` streams each package's files, and only
+  ``/boot/vmlinuz-*`` and ``/bin/busybox`` are kept (the kernel package's
+  modules would be a hundred megabytes for nothing);
+* the results land in the cache directory (``$KVMLITE_ASSETS``, default
+  ``~/.cache/kvmlite/assets``) as ``vmlinuz`` and ``busybox``.
+
+Tests call :func:`find_assets` and skip with its reason when nothing is cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from kvmlite.errors import KvmliteError
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "KVMLITE_ASSETS"
+DEFAULT_CACHE = Path("~/.cache/kvmlite/assets")
+KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
+BUSYBOX_PACKAGE = "busybox-static"
+VMLINUZ_NAME = "vmlinuz"
+BUSYBOX_NAME = "busybox"
+KERNEL_MEMBER = re.compile(r"^\.?/?boot/vmlinuz-.+")
+BUSYBOX_MEMBER = re.compile(r"^\.?/?bin/busybox$")
+DEPENDS_IMAGE = re.compile(r"\b(linux-image-[0-9][^\s,(|]*-cloud-amd64)\b")
+APT_TIMEOUT = 600  # seconds: the kernel package is ~30 MB
+
+
+class AssetsError(KvmliteError):
+    """The kernel or busybox could not be fetched or unpacked (kept here: only this tool raises it)."""
+
+
+def cache_dir() -> Path:
+    """Where assets live: ``$KVMLITE_ASSETS`` or ``~/.cache/kvmlite/assets``."""
+    return Path(os.environ.get(ENV_VAR) or DEFAULT_CACHE).expanduser()
+
+
+def find_assets(directory: Path | None = None) -> tuple[tuple[Path, Path] | None, str]:
+    """((vmlinuz, busybox), "") when both are cached, else (None, the reason) for a test's skip."""
+    directory = directory or cache_dir()
+    vmlinuz, busybox = directory / VMLINUZ_NAME, directory / BUSYBOX_NAME
+    missing = [p.name for p in (vmlinuz, busybox) if not p.is_file()]
+    if missing:
+        return None, (
+            f"{' and '.join(missing)} not found in {directory} "
+            f"(run scripts/fetch-linux-assets.sh, or set {ENV_VAR})"
+        )
+    return (vmlinuz, busybox), ""
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    log.debug("running %s in %s", " ".join(cmd), cwd)
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=APT_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise AssetsError(f"{cmd[0]} failed to run: {err}") from err
+
+
+def _apt_download(packages: list[str], workdir: Path) -> None:
+    """``apt-get download`` the packages; when apt's lists are missing, say how to get them."""
+    proc = _run(["apt-get", "download", *packages], workdir)
+    if proc.returncode == 0:
+        return
+    err = proc.stderr.strip().splitlines()
+    if any("Unable to locate package" in line or "has no installation candidate" in line for line in err):
+        if os.geteuid() == 0:
+            log.info("apt lists lack %s: running apt-get update", packages)
+            update = _run(["apt-get", "update"], workdir)
+            if update.returncode == 0 and _run(["apt-get", "download", *packages], workdir).returncode == 0:
+                return
+        raise AssetsError(
+            f"apt-get cannot find {' '.join(packages)}: run `sudo apt-get update` once, then retry"
+        )
+    raise AssetsError(f"apt-get download {' '.join(packages)} failed: {err[-1] if err else proc.returncode}")
+
+
+def _deb_for(workdir: Path, package: str) -> Path:
+    debs = sorted(workdir.glob(f"{package}_*.deb"))
+    if not debs:
+        raise AssetsError(f"apt-get reported success but no {package}_*.deb appeared in {workdir}")
+    return debs[-1]
+
+
+def _extract_member(deb: Path, pattern: re.Pattern[str], dest: Path) -> str:
+    """Stream the package's file tree through dpkg-deb and copy the first member matching ``pattern``."""
+    with subprocess.Popen(
+        ["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                for member in tar:
+                    if member.isfile() and pattern.match(member.name):
+                        src = tar.extractfile(member)
+                        assert src is not None
+                        tmp = dest.with_suffix(".part")
+                        with tmp.open("wb") as out:
+                            shutil.copyfileobj(src, out)
+                        tmp.chmod(0o755)
+                        tmp.replace(dest)
+                        proc.kill()
+                        return member.name
+        except tarfile.TarError as err:
+            raise AssetsError(f"cannot read the files of {deb.name}: {err}") from err
+    raise AssetsError(f"{deb.name} holds no file matching {pattern.pattern}")
+
+
+def fetch_assets(directory: Path | None = None, force: bool = False) -> tuple[Path, Path]:
+    """Download and unpack the Debian cloud kernel and static busybox; return (vmlinuz, busybox)."""
+    directory = directory or cache_dir()
+    found, _ = find_assets(directory)
+    if found and not force:
+        return found
+    for tool in ("apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise AssetsError(f"fetching assets needs {tool} (a Debian or Ubuntu system): it is not on PATH")
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="kvmlite-assets-", dir=directory) as tmp:
+        work = Path(tmp)
+        os.chmod(work, 0o755)  # let apt's unprivileged _apt user write here when run as root
+        _apt_download([KERNEL_META_PACKAGE, BUSYBOX_PACKAGE], work)
+        meta = _deb_for(work, KERNEL_META_PACKAGE)
+        depends = _run(["dpkg-deb", "-f", str(meta), "Depends"], work).stdout
+        match = DEPENDS_IMAGE.search(depends)
+        if not match:
+            raise AssetsError(
+                f"{meta.name} depends on no linux-image-*-cloud-amd64 package ({depends.strip()!r})"
+            )
+        image_package = match.group(1)
+        log.info("%s resolves to %s", KERNEL_META_PACKAGE, image_package)
+        _apt_download([image_package], work)
+        vmlinuz, busybox = directory / VMLINUZ_NAME, directory / BUSYBOX_NAME
+        kernel_member = _extract_member(_deb_for(work, image_package), KERNEL_MEMBER, vmlinuz)
+        _extract_member(_deb_for(work, BUSYBOX_PACKAGE), BUSYBOX_MEMBER, busybox)
+        (directory / "SOURCE").write_text(f"{image_package} {kernel_member}\n{BUSYBOX_PACKAGE}\n")
+    return vmlinuz, busybox
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``fetch-linux-assets [--dir DIR] [--force]``: print the paths of vmlinuz and busybox."""
+    parser = argparse.ArgumentParser(prog="kvmlite fetch-assets", description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, help=f"cache directory (default ${ENV_VAR} or {DEFAULT_CACHE})")
+    parser.add_argument("--force", action="store_true", help="download again even when cached")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        vmlinuz, busybox = fetch_assets(args.dir, args.force)
+    except KvmliteError as err:
+        sys.stderr.write(f"kvmlite: {err}\n")
+        return 1
+    sys.stdout.write(f"vmlinuz {vmlinuz}\nbusybox {busybox}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
