@@ -120,6 +120,10 @@ GUESTS: dict[str, GuestSpec] = {
         GuestSpec("outloop", Kind.MULTIBOOT_ELF32, ("outloop.S",), "outloop.elf"),
         GuestSpec("mmioloop", Kind.MULTIBOOT_ELF32, ("mmioloop.S",), "mmioloop.elf"),
         GuestSpec("cmb", Kind.C_MULTIBOOT_ELF32, ("cmb/boot.S", "cmb/kernel.c"), "cmb.elf"),
+        # The PC platform devices driven as an OS does, from 32-bit and from long mode.
+        GuestSpec("platform32", Kind.MULTIBOOT_ELF32, ("platform32.S",), "platform32.elf"),
+        GuestSpec("platform64", Kind.MULTIBOOT_ELF32, ("platform64.S",), "platform64.elf"),
+        GuestSpec("kbdreset", Kind.MULTIBOOT_ELF32, ("kbdreset.S",), "kbdreset.elf"),
     )
 }
 GUEST_NAMES: tuple[str, ...] = tuple(GUESTS)

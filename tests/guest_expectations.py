@@ -36,6 +36,8 @@ BUILD_SCRIPT = REPO_DIR / "guests" / "build.py"
 DEBUG_EXIT_PORT = 0xF4
 HALT_STATUS = 0
 """kvmlite's status for a guest that ran ``cli; hlt`` (clean power-off)."""
+RESET_STATUS = 0
+"""A guest reset: kvmlite with ``--on-reset exit`` (the default) and QEMU with -no-reboot both exit 0."""
 QEMU_MEMORY_MIB = 128
 """Guest RAM of the reference runs; kvmlite runs may use another size (the memory lines are regexes)."""
 
@@ -162,6 +164,65 @@ class GuestExpectation:
 
 MEM_LINE = r"\d+ KiB"
 HEX = r"[0-9a-f]+"
+
+RTC_DATE_LINE = Re(r"rtc: date \d{4}-\d{2}-\d{2}")
+"""The RTC's date (UTC); tests/test_platform_guests.py compares it with the host's."""
+RTC_TIME_LINE = Re(r"rtc: time \d{2}:\d{2}:\d{2} UTC")
+"""Printed only with ``time=1``: it differs from run to run."""
+PLATFORM_PIT_START = "pit: counting 100 ticks"
+PLATFORM_PIT_DONE = "pit: 100 ticks, isr in handler=0x1"
+PLATFORM_RTC_PERIODIC_DONE = "rtc: 4 periodic interrupts at 8 Hz"
+
+
+def platform_lines(mode: str, echo: bytes = b"", idle: int = 0, show_time: bool = False) -> tuple[Line, ...]:
+    """What guests/platform32.S (``mode`` "platform32") and platform64.S print.
+
+    ``echo`` is the input fed after the echo prompt (command line ``echo=N``
+    with N = len(echo)); ``idle`` the ``idle=N`` of the idle benchmark;
+    ``show_time`` the ``time=1`` that adds the RTC's time of day.  Both
+    guests print the same lines but for the first and the last.
+    """
+    first = {
+        "platform32": "platform32: protected mode, 32-bit interrupt gates",
+        "platform64": "platform64: long mode, 64-bit interrupt gates",
+    }[mode]
+    lines: list[Line] = [
+        first,
+        "serial: 115200 8n1, fifo on",
+        "serial: loopback echoed 4 of 4 bytes, msr=0xf0 then 0x10",
+        "pic: remapped to vectors 0x20 and 0x28",
+        "pic: imr master=0xfa slave=0xfe",
+        "pic: isr=0x0",
+        "pit: channel 0 mode 2 divisor 11932 (100 Hz)",
+        "pit: read-back status=0x34",
+        "pit: latched count in range",
+        "pit: counter runs between latches",
+        "pit: channel 2 one-shot, out2 low then high (port 0x61)",
+        PLATFORM_PIT_START,
+        PLATFORM_PIT_DONE,
+        RTC_DATE_LINE,
+        *([RTC_TIME_LINE] if show_time else []),
+        PLATFORM_RTC_PERIODIC_DONE,
+    ]
+    if echo:
+        lines += [
+            f"serial: echo {len(echo)} bytes received by irq",
+            echo.decode("latin-1"),
+            f"serial: {len(echo)} bytes echoed",
+        ]
+    if idle:
+        lines += [f"rtc: idle for {idle} update interrupts", f"rtc: {idle} update interrupts"]
+    lines.append(f"{mode}: done")
+    return tuple(lines)
+
+
+def platform_args(echo: bytes = b"", idle: int = 0, show_time: bool = False) -> str:
+    """The command line of a platform guest run (see :func:`platform_lines`)."""
+    words = [f"echo={len(echo)}"] if echo else []
+    words += [f"idle={idle}"] if idle else []
+    words += ["time=1"] if show_time else []
+    return " ".join(words)
+
 
 EXPECTATIONS: dict[str, GuestExpectation] = {
     exp_name: exp
@@ -320,6 +381,50 @@ EXPECTATIONS: dict[str, GuestExpectation] = {
                     "cmb: done",
                 ),
                 exit_status=debug_exit_status(0x42),
+            ),
+        ),
+        (
+            "platform32",
+            GuestExpectation(
+                guest="platform32",
+                image="platform32.elf",
+                boot=BootFormat.MULTIBOOT_ELF32,
+                args="",
+                lines=platform_lines("platform32"),
+                exit_status=debug_exit_status(0x50),
+            ),
+        ),
+        (
+            "platform64",
+            GuestExpectation(
+                guest="platform64",
+                image="platform64.elf",
+                boot=BootFormat.MULTIBOOT_ELF32,
+                args="",
+                lines=platform_lines("platform64"),
+                exit_status=debug_exit_status(0x51),
+            ),
+        ),
+        (
+            "platform64-bad-arg",
+            GuestExpectation(
+                guest="platform64",
+                image="platform64.elf",
+                boot=BootFormat.MULTIBOOT_ELF32,
+                args="echo=5x",
+                lines=("platform: FAIL malformed echo=, idle= or time= on the command line",),
+                exit_status=debug_exit_status(1),
+            ),
+        ),
+        (
+            "kbdreset",
+            GuestExpectation(
+                guest="kbdreset",
+                image="kbdreset.elf",
+                boot=BootFormat.MULTIBOOT_ELF32,
+                args="",
+                lines=("kbdreset: pulsing the reset line (0xfe to port 0x64)",),
+                exit_status=RESET_STATUS,
             ),
         ),
     )

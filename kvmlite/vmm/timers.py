@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from kvmlite.devices.base import Clock, Device, TimedDevice, monotonic_ns
+from kvmlite.devices.base import Clock, TimedDevice, monotonic_ns
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +81,27 @@ class TimerService:
 
 
 class Rescheduling:
-    """A bus-side wrapper for a timed device: pokes the timer service after each write."""
+    """A bus-side wrapper for a timed device: pokes the timer service when an access moved its deadline.
 
-    def __init__(self, device: Device, timers: TimerService) -> None:
+    Reads count too: reading the RTC's register C acknowledges its interrupt
+    and re-arms the next one.  Comparing deadlines (instead of poking on every
+    access) keeps a guest that polls a counter from waking the timer thread
+    thousands of times.
+    """
+
+    def __init__(self, device: TimedDevice, timers: TimerService) -> None:
         self.device = device
         self.timers = timers
 
     def read(self, offset: int, size: int) -> int:
-        return self.device.read(offset, size)
+        before = self.device.next_deadline()
+        value: int = self.device.read(offset, size)  # type: ignore[attr-defined]
+        if self.device.next_deadline() != before:
+            self.timers.poke()
+        return value
 
     def write(self, offset: int, size: int, value: int) -> None:
-        self.device.write(offset, size, value)
-        self.timers.poke()
+        before = self.device.next_deadline()
+        self.device.write(offset, size, value)  # type: ignore[attr-defined]
+        if self.device.next_deadline() != before:
+            self.timers.poke()
