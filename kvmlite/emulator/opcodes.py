@@ -841,9 +841,9 @@ TWO_BYTE[0xC7] = Group(
         None,
         ModSplit(Row("cmpxchg8b/cmpxchg8b/cmpxchg16b", "Mo", LOCK, handler="cmpxchg8b"), None),
         None,
-        None,
-        None,
-        None,
+        ModSplit(Row("xrstors/xrstors/xrstors64", "M0", SYS, handler="xrstors"), None),
+        ModSplit(Row("xsavec/xsavec/xsavec64", "M0", handler="xsavec"), None),
+        ModSplit(Row("xsaves/xsaves/xsaves64", "M0", SYS, handler="xsaves"), None),
         ModSplit(
             Prefixed(
                 Row("vmptrld", "Mq", SYS | NOSIZE_MNEM),

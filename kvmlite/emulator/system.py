@@ -22,6 +22,7 @@ import os
 from typing import TYPE_CHECKING
 
 from kvmlite.emulator import decoder as D
+from kvmlite.emulator import xstate
 from kvmlite.emulator.cpu import (
     CR0_CD,
     CR0_ET,
@@ -119,20 +120,13 @@ CR0_RESERVED_HIGH = 0xFFFFFFFF00000000
 EFER_WRITABLE = EFER_SCE | EFER_LME | (1 << 11) | (1 << 12) | (1 << 14) | (1 << 15)
 SFMASK_DEFAULT = 0
 FXSAVE_SIZE = 512
+CR4_OSXSAVE = 1 << 18
+MSR_IA32_XSS = 0xDA0
 XSAVE_HEADER_SIZE = 64
 MXCSR_OFFSET = 24
 DEFAULT_FCW = 0x037F
 DEFAULT_MXCSR = 0x1F80
 IRET_FLAGS = 0x3F7FD5  # every RFLAGS bit IRET may load (CPL 0)
-
-
-def default_fxsave_image() -> bytes:
-    """The FXSAVE image of a freshly reset FPU (FCW 37F, MXCSR 1F80)."""
-    img = bytearray(FXSAVE_SIZE)
-    img[0:2] = DEFAULT_FCW.to_bytes(2, "little")
-    img[MXCSR_OFFSET : MXCSR_OFFSET + 4] = DEFAULT_MXCSR.to_bytes(4, "little")
-    img[MXCSR_OFFSET + 4 : MXCSR_OFFSET + 8] = 0xFFFF.to_bytes(4, "little")  # MXCSR_MASK
-    return bytes(img)
 
 
 def segment_from_descriptor(selector: int, raw: int) -> Segment:
@@ -1237,13 +1231,14 @@ class SystemMixin:
         self._refresh_mode()
         self.next_rip = cpu.gpr[RDX] & mask
 
-    # ================================================================== FPU/SSE state images
-    def _fpu_image(self) -> bytearray:
-        img = getattr(self.cpu, "fxsave_image", None)
-        if img is None:
-            img = bytearray(default_fxsave_image())
-            self.cpu.fxsave_image = img  # type: ignore[attr-defined]
-        return img
+    # ================================================================== FPU/SSE/AVX state (XSAVE area)
+    def _xsave_area(self) -> bytearray:
+        """The CPU's x87/SSE/AVX state as a standard-format XSAVE area (see :mod:`.xstate`)."""
+        area = getattr(self.cpu, "xsave_area", None)
+        if area is None:
+            area = xstate.init_area()
+            self.cpu.xsave_area = area  # type: ignore[attr-defined]
+        return area
 
     def _check_fpu_area(self, insn: D.Instruction, align: int) -> tuple[int, int]:
         op = insn.operands[0]
@@ -1256,14 +1251,18 @@ class SystemMixin:
 
     def _write_block(self, seg: int, off: int, data: bytes) -> None:
         for i in range(0, len(data), 8):
-            self.write(seg, off + i, 8, int.from_bytes(data[i : i + 8], "little"))
+            chunk = data[i : i + 8]
+            self.write(seg, off + i, len(chunk), int.from_bytes(chunk, "little"))
 
     def _read_block(self, seg: int, off: int, size: int) -> bytes:
-        return b"".join(self.read(seg, off + i, 8).to_bytes(8, "little") for i in range(0, size, 8))
+        return b"".join(
+            self.read(seg, off + i, min(8, size - i)).to_bytes(min(8, size - i), "little")
+            for i in range(0, size, 8)
+        )
 
     def op_fxsave(self, insn: D.Instruction) -> None:
         seg, off = self._check_fpu_area(insn, 16)
-        self._write_block(seg, off, bytes(self._fpu_image()))
+        self._write_block(seg, off, bytes(self._xsave_area()[:FXSAVE_SIZE]))
 
     def op_fxrstor(self, insn: D.Instruction) -> None:
         seg, off = self._check_fpu_area(insn, 16)
@@ -1271,52 +1270,70 @@ class SystemMixin:
         mxcsr = int.from_bytes(data[MXCSR_OFFSET : MXCSR_OFFSET + 4], "little")
         if mxcsr & ~0xFFFF:
             raise gp(0, "reserved MXCSR bits in FXRSTOR image")
-        img = self._fpu_image()
-        img[:] = data
+        area = self._xsave_area()
+        area[:FXSAVE_SIZE] = data
+        bv = xstate.xstate_bv(area) | (1 << xstate.X87) | (1 << xstate.SSE)
+        area[xstate.HEADER_OFFSET : xstate.HEADER_OFFSET + 8] = bv.to_bytes(8, "little")
 
-    def op_xsave(self, insn: D.Instruction) -> None:
+    def _xstate_op(
+        self, insn: D.Instruction, supervisor: bool
+    ) -> tuple[int, int, int, list[xstate.Component]]:
+        if not self.cpu.cr4 & CR4_OSXSAVE:
+            raise GuestFault(6, reason="XSAVE family with CR4.OSXSAVE clear")
+        if supervisor and self.cpu.cpl:
+            raise gp(0, "XSAVES/XRSTORS at CPL > 0")
         seg, off = self._check_fpu_area(insn, 64)
         gpr = self.cpu.gpr
-        mask = (((gpr[RDX] & 0xFFFFFFFF) << 32) | (gpr[RAX] & 0xFFFFFFFF)) & self.cpu.xcr0
-        self._write_block(seg, off, bytes(self._fpu_image()))
-        header_off = off + FXSAVE_SIZE
-        bv = self.read(seg, header_off, 8)
-        self.write(seg, header_off, 8, (bv & ~0x3) | (mask & 0x3))
+        enabled = self.cpu.xcr0 | (self.cpu.msrs.get(MSR_IA32_XSS, 0) if supervisor else 0)
+        rfbm = (((gpr[RDX] & 0xFFFFFFFF) << 32) | (gpr[RAX] & 0xFFFFFFFF)) & enabled
+        return seg, off, rfbm, xstate.layout(self.ops.cpuid, enabled)
+
+    def _xsave(self, insn: D.Instruction, compacted: bool, supervisor: bool = False) -> None:
+        seg, off, rfbm, comps = self._xstate_op(insn, supervisor)
+        xstate.save(
+            self._xsave_area(),
+            comps,
+            rfbm,
+            compacted,
+            lambda o, n: self._read_block(seg, off + o, n),
+            lambda o, data: self._write_block(seg, off + o, data),
+        )
+
+    def op_xsave(self, insn: D.Instruction) -> None:
+        self._xsave(insn, compacted=False)
 
     op_xsaveopt = op_xsave
 
+    def op_xsavec(self, insn: D.Instruction) -> None:
+        self._xsave(insn, compacted=True)
+
+    def op_xsaves(self, insn: D.Instruction) -> None:
+        self._xsave(insn, compacted=True, supervisor=True)
+
+    def _xrstor(self, insn: D.Instruction, supervisor: bool) -> None:
+        seg, off, rfbm, comps = self._xstate_op(insn, supervisor)
+        area = bytearray(self._xsave_area())  # applied only if the whole image is accepted
+        try:
+            xstate.restore(area, comps, rfbm, lambda o, n: self._read_block(seg, off + o, n), supervisor)
+        except xstate.XstateError as err:
+            raise gp(0, str(err)) from err
+        self._xsave_area()[:] = area
+
     def op_xrstor(self, insn: D.Instruction) -> None:
-        seg, off = self._check_fpu_area(insn, 64)
-        header = self._read_block(seg, off + FXSAVE_SIZE, XSAVE_HEADER_SIZE)
-        xstate_bv = int.from_bytes(header[0:8], "little")
-        xcomp_bv = int.from_bytes(header[8:16], "little")
-        if xcomp_bv or any(header[16:]):
-            raise gp(0, "XRSTOR header with compaction or reserved bytes")
-        img = self._fpu_image()
-        gpr = self.cpu.gpr
-        rfbm = (((gpr[RDX] & 0xFFFFFFFF) << 32) | (gpr[RAX] & 0xFFFFFFFF)) & self.cpu.xcr0
-        if rfbm & 0x3:
-            data = self._read_block(seg, off, FXSAVE_SIZE)
-            default = default_fxsave_image()
-            if rfbm & 1:
-                src = data if xstate_bv & 1 else default
-                img[0:24] = src[0:24]
-                img[32:160] = src[32:160]
-            if rfbm & 2 or rfbm & 4:
-                img[MXCSR_OFFSET : MXCSR_OFFSET + 4] = data[MXCSR_OFFSET : MXCSR_OFFSET + 4]
-            if rfbm & 2:
-                src = data if xstate_bv & 2 else default
-                img[160:416] = src[160:416]
+        self._xrstor(insn, supervisor=False)
+
+    def op_xrstors(self, insn: D.Instruction) -> None:
+        self._xrstor(insn, supervisor=True)
 
     def op_ldmxcsr(self, insn: D.Instruction) -> None:
         value = self.get(insn.operands[0])
         if value & ~0xFFFF:
             raise gp(0, "reserved MXCSR bits")
-        self._fpu_image()[MXCSR_OFFSET : MXCSR_OFFSET + 4] = value.to_bytes(4, "little")
+        self._xsave_area()[MXCSR_OFFSET : MXCSR_OFFSET + 4] = value.to_bytes(4, "little")
 
     def op_stmxcsr(self, insn: D.Instruction) -> None:
-        img = self._fpu_image()
-        self.put(insn.operands[0], int.from_bytes(img[MXCSR_OFFSET : MXCSR_OFFSET + 4], "little"))
+        area = self._xsave_area()
+        self.put(insn.operands[0], int.from_bytes(area[MXCSR_OFFSET : MXCSR_OFFSET + 4], "little"))
 
     def op_emms(self, insn: D.Instruction) -> None:
         pass

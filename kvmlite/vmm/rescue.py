@@ -20,10 +20,12 @@ start-up otherwise).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from kvmlite.errors import KvmIoctlError
 from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import InternalError
 from kvmlite.memory.guest import GuestMemory
@@ -86,6 +88,7 @@ class Rescuer:
         cpu.msrs.update(vcpu.get_msrs(STATE_MSRS))
         msrs_before = dict(cpu.msrs)
         cpu.halted = cpu.interrupt_shadow = False
+        xsave_before = self._load_fpu_state()
         self.ops.paging_changed(cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer)
         self.ops.cr3_written(cpu.cr3)
         what = self._describe()
@@ -103,6 +106,10 @@ class Rescuer:
         changed = {k: v for k, v in cpu.msrs.items() if msrs_before.get(k) != v and k in STATE_MSRS}
         if changed:
             vcpu.set_msrs(changed)
+        if xsave_before is not None and bytes(cpu.xsave_area) != xsave_before:
+            state = type(vcpu.get_xsave())()
+            ctypes.memmove(ctypes.addressof(state), bytes(cpu.xsave_area), ctypes.sizeof(state))
+            vcpu.set_xsave(state)
         mnemonic = what.split()[0] if what else "?"
         self.counts[mnemonic] += 1
         self.loop.stats.rescues[mnemonic] += 1
@@ -110,6 +117,19 @@ class Rescuer:
         if cpu.halted:  # an emulated HLT: handle it as KVM's HLT exit
             self.loop.handle(E.Hlt())
         return True
+
+    def _load_fpu_state(self) -> bytes | None:
+        """The vCPU's x87/SSE/AVX state (KVM_GET_XSAVE) and XCR0 into the emulator; the area as loaded."""
+        vcpu, cpu = self.vcpu, self.cpu
+        try:
+            area = bytes(vcpu.get_xsave())
+            xcrs = vcpu.get_xcrs()
+        except KvmIoctlError as err:  # a host without XSAVE support: the emulator keeps its own image
+            log.debug("vcpu %d: no XSAVE state from KVM (%s)", vcpu.id, err)
+            return None
+        cpu.xsave_area = bytearray(area)  # type: ignore[attr-defined]
+        cpu.xcr0 = next((x.value for x in xcrs.xcrs[: xcrs.nr_xcrs] if x.xcr == 0), 1)
+        return area
 
     def _describe(self) -> str:
         """The failing instruction in Intel syntax (or its bytes when it does not decode)."""
