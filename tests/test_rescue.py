@@ -128,3 +128,33 @@ def test_instruction_the_emulator_cannot_do_stops_the_vm_with_its_name(tmp_path:
     assert "addps" in info.message and "kvmlite cannot either" in info.message
     assert "RIP=" in caplog.text  # the register dump
     machine.close()
+
+
+def test_rescued_xrstor_loads_the_vcpus_sse_state(tmp_path: Path) -> None:
+    machine = machine_at(tmp_path, TRAPS)
+    loop, mem = machine.loops[0], machine.memory
+    vcpu = loop.vcpu
+    code, image = 0x80000, 0x81000
+    mem.write(code, bytes.fromhex("0fae2f"))  # xrstor [edi]
+    legacy = bytearray(512)
+    legacy[0:2] = (0x037F).to_bytes(2, "little")
+    legacy[24:28] = (0x1F80).to_bytes(4, "little")
+    xmm = bytes((0x40 + i) & 0xFF for i in range(16 * 16))
+    legacy[160:416] = xmm
+    mem.write(image, bytes(legacy) + (0x3).to_bytes(8, "little") + bytes(56))  # XSTATE_BV: x87 | SSE
+    sregs = vcpu.get_sregs()
+    sregs.cr4 |= 1 << 18  # OSXSAVE
+    vcpu.set_sregs(sregs)
+    xcrs = vcpu.get_xcrs()
+    xcrs.nr_xcrs, xcrs.xcrs[0].xcr, xcrs.xcrs[0].value = 1, 0, 0x3
+    vcpu.set_xcrs(xcrs)
+    regs = vcpu.get_regs()
+    regs.rip, regs.rdi, regs.rax, regs.rdx = code, image, 0x3, 0
+    vcpu.set_regs(regs)
+
+    assert Rescuer(loop, mem)(emulation_failure()) is True
+    area = bytes(vcpu.get_xsave())
+    assert area[160:416] == xmm  # XMM0-15 now hold the image's values, in the vCPU itself
+    assert vcpu.get_regs().rip == code + 3
+    assert loop.stats.rescues["xrstor"] == 1
+    machine.close()
