@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -411,3 +412,27 @@ def test_rtc_update_interrupts_arrive_at_1_hz_with_the_pit_stopped(vmm: str, ima
     )
     low, high = IDLE_WINDOW_S
     assert low <= elapsed <= high, f"{IDLE_UPDATES} update interrupts took {elapsed:.3f} s"
+
+
+# --- exit statistics: what the in-kernel irqchip saves ------------------------------------------------
+def _exits(stderr: str) -> tuple[int, set[str]]:
+    """Total exits and the set of "pio 0x.." rows from ``--stats`` output."""
+    total = int(re.search(r"^exits: (\d+) in", stderr, re.M).group(1))  # type: ignore[union-attr]
+    return total, set(re.findall(r"^(pio 0x[0-9a-f]+)\s", stderr, re.M))
+
+
+def test_stats_show_what_the_in_kernel_irqchip_saves(images: dict[str, Path]) -> None:
+    _require("kvmlite-kernel")
+    runs = {}
+    for mode in KVMLITE_MODES:
+        cmd = kvmlite_command(images["platform64"], "", "--irqchip", mode, "--stats")
+        r = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL
+        )
+        assert r.returncode == EXPECTATIONS["platform64"].exit_status, r.stderr
+        runs[mode] = _exits(r.stderr)
+    (kernel_total, kernel_ports), (user_total, user_ports) = runs["kernel"], runs["userspace"]
+    # the PIC (0x20) and PIT (0x40) are in KVM with the in-kernel irqchip: their accesses never leave it
+    assert {"pio 0x20", "pio 0x40"} <= user_ports
+    assert not {"pio 0x20", "pio 0x40"} & kernel_ports
+    assert kernel_total < user_total
