@@ -15,6 +15,7 @@ busy-waits or sleeps.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
@@ -31,6 +32,15 @@ monotonic_ns: Clock = time.monotonic_ns
 
 def no_irq(level: bool) -> None:
     """An :data:`IrqLine` connected to nothing."""
+
+
+def warn_once(logger: logging.Logger, warned: set[str], msg: str, *args: object) -> None:
+    """Log a guest-triggerable problem as a warning the first time, then at DEBUG (no log floods)."""
+    if msg in warned:
+        logger.debug(msg, *args)
+    else:
+        warned.add(msg)
+        logger.warning(msg + " (repeats are logged at DEBUG)", *args)
 
 
 @runtime_checkable

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from kvmlite.devices.base import IrqLine, no_irq
+from kvmlite.devices.base import IrqLine, no_irq, warn_once
 from kvmlite.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -119,15 +119,6 @@ PORT_A_RESET = 0x01
 PORT_A_A20 = 0x02
 
 
-def _warn_once(warned: set[str], msg: str, *args: object) -> None:
-    """Log a guest-triggerable problem as a warning the first time, then at DEBUG (no log floods)."""
-    if msg in warned:
-        log.debug(msg, *args)
-    else:
-        warned.add(msg)
-        log.warning(msg + " (repeats are logged at DEBUG)", *args)
-
-
 class I8042:
     """The keyboard controller with an MF2 keyboard attached and an empty aux port."""
 
@@ -187,7 +178,7 @@ class I8042:
 
     def read(self, offset: int, size: int) -> int:
         if size != 1 or offset not in (DATA_OFFSET, STATUS_OFFSET):
-            _warn_once(self._warned, "i8042: %d-byte read at offset %d", size, offset)
+            warn_once(log, self._warned, "i8042: %d-byte read at offset %d", size, offset)
             return (1 << (8 * size)) - 1 if 0 < size <= 8 else 0
         if offset == STATUS_OFFSET:
             return self._status()
@@ -195,7 +186,9 @@ class I8042:
 
     def write(self, offset: int, size: int, value: int) -> None:
         if size != 1 or offset not in (DATA_OFFSET, STATUS_OFFSET):
-            _warn_once(self._warned, "i8042: %d-byte write of %#x at offset %d ignored", size, value, offset)
+            warn_once(
+                log, self._warned, "i8042: %d-byte write of %#x at offset %d ignored", size, value, offset
+            )
             return
         value &= 0xFF
         if offset == STATUS_OFFSET:
@@ -303,7 +296,7 @@ class I8042:
                 log.info("i8042: guest pulsed the reset line (command %#x)", cmd)
                 self._do_reset()
         else:
-            _warn_once(self._warned, "i8042: unknown controller command %#x ignored", cmd)
+            warn_once(log, self._warned, "i8042: unknown controller command %#x ignored", cmd)
 
     def _write_data(self, value: int) -> None:
         cmd = self.pending_cmd
@@ -487,13 +480,13 @@ class PortA20Reset:
 
     def read(self, offset: int, size: int) -> int:
         if offset != 0 or size != 1:
-            _warn_once(self._warned, "port 0x92: %d-byte read at offset %d", size, offset)
+            warn_once(log, self._warned, "port 0x92: %d-byte read at offset %d", size, offset)
             return (1 << (8 * size)) - 1 if 0 < size <= 8 else 0
         return self.value
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset != 0 or size != 1:
-            _warn_once(self._warned, "port 0x92: %d-byte write of %#x at offset %d", size, value, offset)
+            warn_once(log, self._warned, "port 0x92: %d-byte write of %#x at offset %d", size, value, offset)
             return
         old = self.value
         self.value = value & 0xFF & ~PORT_A_RESET

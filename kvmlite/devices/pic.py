@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kvmlite.devices.base import IrqLine, no_irq
+from kvmlite.devices.base import IrqLine, no_irq, warn_once
 from kvmlite.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -76,15 +76,6 @@ ELCR_SLAVE_MASK = 0xDE
 
 # Initialisation sequence state
 _READY, _WANT_ICW2, _WANT_ICW3, _WANT_ICW4 = range(4)
-
-
-def _warn_once(warned: set[str], msg: str, *args: object) -> None:
-    """Log a guest-triggerable problem as a warning the first time, then at DEBUG (no log floods)."""
-    if msg in warned:
-        log.debug(msg, *args)
-    else:
-        warned.add(msg)
-        log.warning(msg + " (repeats are logged at DEBUG)", *args)
 
 
 class Pic8259:
@@ -179,7 +170,7 @@ class Pic8259:
 
     def read(self, offset: int, size: int) -> int:
         if size != 1 or offset not in (PIC_COMMAND, PIC_DATA):
-            _warn_once(self._warned, "pic %s: %d-byte read at offset %d ignored", self.name, size, offset)
+            warn_once(log, self._warned, "pic %s: %d-byte read at offset %d ignored", self.name, size, offset)
             return (1 << (8 * size)) - 1 if 0 < size <= 8 else 0
         if self.poll:
             return self._poll_read()
@@ -198,7 +189,8 @@ class Pic8259:
 
     def write(self, offset: int, size: int, value: int) -> None:
         if size != 1 or offset not in (PIC_COMMAND, PIC_DATA):
-            _warn_once(
+            warn_once(
+                log,
                 self._warned,
                 "pic %s: %d-byte write %#x at offset %d",
                 self.name,
@@ -347,7 +339,7 @@ class Elcr:
             if 0 <= offset + i < 2:
                 chips[offset + i].set_elcr((value >> (8 * i)) & 0xFF)
             else:
-                _warn_once(self._warned, "elcr: write past offset 1 (%d, %d bytes)", offset, size)
+                warn_once(log, self._warned, "elcr: write past offset 1 (%d, %d bytes)", offset, size)
         self._pair._update()
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kvmlite.devices.base import Clock, IrqLine, monotonic_ns, no_irq
+from kvmlite.devices.base import Clock, IrqLine, monotonic_ns, no_irq, warn_once
 from kvmlite.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -86,15 +86,6 @@ def _from_bcd(value: int) -> int:
 
 def _to_bcd(value: int) -> int:
     return sum(((value // 10**i) % 10) << (4 * i) for i in range(4))
-
-
-def _warn_once(warned: set[str], msg: str, *args: object) -> None:
-    """Log a guest-triggerable problem as a warning the first time, then at DEBUG (no log floods)."""
-    if msg in warned:
-        log.debug(msg, *args)
-    else:
-        warned.add(msg)
-        log.warning(msg + " (repeats are logged at DEBUG)", *args)
 
 
 class PitChannel:
@@ -347,13 +338,15 @@ class Pit8254:
         if size != 1 or not 0 <= offset < NUM_CHANNELS:
             if offset == CONTROL and size == 1:
                 return 0xFF  # the control word register cannot be read
-            _warn_once(self._warned, "pit: %d-byte read at offset %d ignored", size, offset)
+            warn_once(log, self._warned, "pit: %d-byte read at offset %d ignored", size, offset)
             return (1 << (8 * size)) - 1 if 0 < size <= 8 else 0
         return self.channels[offset].read(self._clock())
 
     def write(self, offset: int, size: int, value: int) -> None:
         if size != 1 or not 0 <= offset <= CONTROL:
-            _warn_once(self._warned, "pit: %d-byte write of %#x at offset %d ignored", size, value, offset)
+            warn_once(
+                log, self._warned, "pit: %d-byte write of %#x at offset %d ignored", size, value, offset
+            )
             return
         now = self._clock()
         value &= 0xFF
@@ -473,7 +466,7 @@ class SystemPortB:
 
     def read(self, offset: int, size: int) -> int:
         if offset != 0 or size != 1:
-            _warn_once(self._warned, "port 0x61: %d-byte read at offset %d", size, offset)
+            warn_once(log, self._warned, "port 0x61: %d-byte read at offset %d", size, offset)
             return (1 << (8 * size)) - 1 if 0 < size <= 8 else 0
         pit = self._pit
         value = pit.port61_bits
@@ -485,7 +478,7 @@ class SystemPortB:
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset != 0 or size != 1:
-            _warn_once(self._warned, "port 0x61: %d-byte write of %#x at offset %d", size, value, offset)
+            warn_once(log, self._warned, "port 0x61: %d-byte write of %#x at offset %d", size, value, offset)
             return
         pit = self._pit
         pit.port61_bits = value & P61_WRITABLE

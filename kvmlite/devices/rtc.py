@@ -33,7 +33,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kvmlite.devices.base import Clock, IrqLine, monotonic_ns, no_irq
+from kvmlite.devices.base import Clock, IrqLine, monotonic_ns, no_irq, warn_once
 from kvmlite.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -134,15 +134,6 @@ def periodic_period_ns(rate: int) -> int | None:
     # Rates 1 and 2 select the same taps as 8 and 9 on a 32.768 kHz base.
     shift = rate + 6 if rate < 3 else rate - 1
     return (1 << shift) * NS_PER_S // TIME_BASE_HZ
-
-
-def _warn_once(warned: set[str], msg: str, *args: object) -> None:
-    """Log a guest-triggerable problem as a warning the first time, then at DEBUG (no log floods)."""
-    if msg in warned:
-        log.debug(msg, *args)
-    else:
-        warned.add(msg)
-        log.warning(msg + " (repeats are logged at DEBUG)", *args)
 
 
 class CmosRtc:
@@ -390,7 +381,7 @@ class CmosRtc:
 
     def read(self, offset: int, size: int) -> int:
         if size != 1 or offset not in (INDEX_PORT, DATA_PORT):
-            _warn_once(self._warned, "rtc: %d-byte read at offset %d", size, offset)
+            warn_once(log, self._warned, "rtc: %d-byte read at offset %d", size, offset)
             return (1 << (8 * size)) - 1 if 0 < size <= 8 else 0
         if offset == INDEX_PORT:
             return 0xFF  # the index register is write-only
@@ -421,7 +412,9 @@ class CmosRtc:
 
     def write(self, offset: int, size: int, value: int) -> None:
         if size != 1 or offset not in (INDEX_PORT, DATA_PORT):
-            _warn_once(self._warned, "rtc: %d-byte write of %#x at offset %d ignored", size, value, offset)
+            warn_once(
+                log, self._warned, "rtc: %d-byte write of %#x at offset %d ignored", size, value, offset
+            )
             return
         value &= 0xFF
         if offset == INDEX_PORT:
