@@ -39,6 +39,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from harness import (
     DEFAULT_RUNS,
@@ -316,13 +317,7 @@ def run_kvmlite(variant: str, iterations: int, cpl: int = 3) -> LoopTiming:
     ram = _GuestRam(variant)
     vm = None
     try:
-        vm = kvm.create_vm()
-        vm.set_user_memory_region(0, 0, MEM_SIZE, ram.addr)
-        vcpu = vm.create_vcpu(0)
-        sregs = vcpu.get_sregs()
-        configure_sregs(sregs, cpl)
-        vcpu.set_sregs(sregs)
-        vcpu.set_regs(initial_regs(iterations))
+        vm, vcpu = _vm_on_guest(kvm, ram, cpl, iterations)
         seconds, exits = _kvmlite_loop(vcpu.run, variant == "mmio", IoOut, MmioWrite)
     except KvmliteError as err:
         raise BenchFailed(f"kvmlite driver: {err}") from err
@@ -334,6 +329,18 @@ def run_kvmlite(variant: str, iterations: int, cpl: int = 3) -> LoopTiming:
     if exits != iterations:
         raise BenchFailed(f"kvmlite driver: {exits} exits for {iterations} iterations")
     return LoopTiming("kvmlite", variant, cpl, exits, seconds)
+
+
+def _vm_on_guest(kvm: Any, ram: _GuestRam, cpl: int, iterations: int) -> tuple[Any, Any]:
+    """A kvmlite VM with the loop guest's memory and one vCPU ready to run it."""
+    vm = kvm.create_vm()
+    vm.set_user_memory_region(0, 0, MEM_SIZE, ram.addr)
+    vcpu = vm.create_vcpu(0)
+    sregs = vcpu.get_sregs()
+    configure_sregs(sregs, cpl)
+    vcpu.set_sregs(sregs)
+    vcpu.set_regs(initial_regs(iterations))
+    return vm, vcpu
 
 
 def _kvmlite_loop(run: Callable[[], object], mmio: bool, io_out: type, mmio_write: type) -> tuple[float, int]:
@@ -396,13 +403,7 @@ def run_vmm(variant: str, iterations: int, cpl: int = 3) -> LoopTiming:
     else:
         pio.insert(counter, PIO_PORT, 1)
     try:
-        vm = kvm.create_vm()
-        vm.set_user_memory_region(0, 0, MEM_SIZE, ram.addr)
-        vcpu = vm.create_vcpu(0)
-        sregs = vcpu.get_sregs()
-        configure_sregs(sregs, cpl)
-        vcpu.set_sregs(sregs)
-        vcpu.set_regs(initial_regs(iterations))
+        vm, vcpu = _vm_on_guest(kvm, ram, cpl, iterations)
         loop = VcpuLoop(vcpu, control, pio, mmio)
         t0 = time.perf_counter()
         loop.run()
