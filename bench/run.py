@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import emulator_speed
 import exit_roundtrip
 import idle
 import machine_bench
@@ -43,6 +44,7 @@ def registered() -> list[Benchmark]:
     """Every benchmark, in report order.  Add new modules' benchmarks here."""
     return [
         *exit_roundtrip.benchmarks(),
+        *emulator_speed.benchmarks(),
         *machine_bench.benchmarks(),
         *idle.benchmarks(),
     ]
@@ -71,7 +73,7 @@ class Row:
             r.name,
             f"{_value(r.kvmlite)} {r.unit}",
             f"{_value(r.baseline)} {r.unit}",
-            f"{r.ratio:.2f}x",
+            f"{r.ratio:.3g}x",  # 3 significant digits: emulator-vs-TCG ratios are ~1e-4
             f"+-{100 * r.kvmlite_spread:.1f}% / +-{100 * r.baseline_spread:.1f}%",
         )
 

@@ -506,7 +506,9 @@ class Executor(SystemMixin):
         size = dst.size
         count = self.get(cnt) & (0x3F if size == 8 else 0x1F)
         if count == 0:
-            self.get(dst)  # still faults like the CPU does
+            value = self.get(dst)  # still faults like the CPU does
+            if size == 4 and dst.kind == D.OP_REG:
+                self.put(dst, value)  # a 32-bit register is written (zero-extended) even so
             return
         cpu = self.cpu
         r, f = alu.shift(
@@ -522,9 +524,11 @@ class Executor(SystemMixin):
         size = dst.size
         bits = size * 8
         count = self.get(cnt) & (0x3F if size == 8 else 0x1F)
-        if count == 0:
-            return
         a = self.get(dst)
+        if count == 0:
+            if size == 4 and dst.kind == D.OP_REG:
+                self.put(dst, a)  # zero-extended as for any 32-bit register write
+            return
         b = self.get(src)
         mask = MASK[size]
         if left:
@@ -672,8 +676,12 @@ class Executor(SystemMixin):
         dst, src = insn.operands
         a, b = self.get(dst), self.get(src)
         r, f = add(a, b, 0, dst.size)
-        self.put(dst, r)
-        self.put(src, a)
+        if dst.kind == D.OP_MEM:
+            self.put(dst, r)  # memory first: a faulting write leaves the register alone
+            self.put(src, a)
+        else:
+            self.put(src, a)  # SRC <- DEST, then DEST <- sum: with one register twice, the sum wins
+            self.put(dst, r)
         self.set_flags(f)
 
     def op_cmpxchg(self, insn: D.Instruction) -> None:
