@@ -8,6 +8,11 @@ a memory map, the command line as QEMU and GRUB pass it
 The memory map and mem_upper follow what the same kernel sees under
 ``qemu-system-x86_64`` (SeaBIOS' e820 table), so a test kernel prints the same
 numbers under both.
+
+As under QEMU, a kernel may load anywhere in RAM, low memory included: the
+information structure, its strings and memory map, and the GDT kvmlite
+enters protected mode with all go in one block placed after the kernel and
+its modules.
 """
 
 from __future__ import annotations
@@ -47,6 +52,11 @@ MBI_OFF_CMDLINE, MBI_OFF_MODS_COUNT, MBI_OFF_MODS_ADDR = 16, 20, 24
 MBI_OFF_MMAP_LENGTH, MBI_OFF_MMAP_ADDR, MBI_OFF_BOOT_LOADER_NAME = 44, 48, 64
 BOOT_DEVICE_NONE = 0x8000FFFF  # "first hard disk, no partition": what QEMU passes
 BOOT_LOADER_NAME = b"kvmlite\0"
+
+# The boot block after the kernel and modules: offsets of its parts
+BLOCK_INFO, BLOCK_GDT, BLOCK_MMAP, BLOCK_MODULES, BLOCK_STRINGS = 0x0, 0x80, 0x100, 0x400, 0xC00
+BLOCK_SIZE = BLOCK_STRINGS + L.BOOT_CMDLINE_MAX
+MAX_MODULES = (BLOCK_STRINGS - BLOCK_MODULES) // 16
 
 E820_RAM, E820_RESERVED = 1, 2
 #: SeaBIOS keeps the top 128 KiB of low RAM for itself and marks it reserved.
@@ -165,12 +175,7 @@ def _load_aout(memory: GuestMemory, data: bytes, h: MultibootHeader) -> tuple[in
 
 
 def _check_target(memory: GuestMemory, addr: int, size: int, what: str) -> None:
-    if addr < L.HIMEM and addr + size > L.BOOT_GDT:
-        raise MultibootError(
-            f"{what} at {addr:#x}+{size:#x} overlaps low memory kvmlite uses for boot structures "
-            f"(kernels must load at {L.HIMEM:#x} or above)"
-        )
-    if not memory.is_ram(addr, size):
+    if addr + size > 1 << 32 or not memory.is_ram(addr, size):
         raise MultibootError(
             f"{what} at {addr:#x}..{addr + size - 1:#x} does not fit in guest RAM "
             f"({memory.size // (1 << 20)} MiB): give more --memory or check the link address"
@@ -215,11 +220,15 @@ def load(
             loaded.append((addr, addr + len(contents)))
             addr = (addr + len(contents) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
-        # strings
+        if len(mod_entries) > MAX_MODULES:
+            raise MultibootError(f"too many modules ({len(mod_entries)}, at most {MAX_MODULES})")
+        block = addr  # page aligned, after the kernel and every module
+        _check_target(memory, block, BLOCK_SIZE, "the multiboot information block")
+
         strings = bytearray()
 
         def add_string(s: bytes) -> int:
-            pos = L.BOOT_CMDLINE + len(strings)
+            pos = block + BLOCK_STRINGS + len(strings)
             strings.extend(s + b"\0")
             return pos
 
@@ -233,14 +242,12 @@ def load(
                 f"command lines take {len(strings)} bytes, "
                 f"more than the {L.BOOT_CMDLINE_MAX} kvmlite reserves for them"
             )
-        if len(mod_list) > L.BOOT_CMDLINE - L.BOOT_MODULES:
-            raise MultibootError(f"too many modules ({len(mod_entries)})")
-        memory.write(L.BOOT_CMDLINE, bytes(strings))
-        memory.write(L.BOOT_MODULES, mod_list)
+        memory.write(block + BLOCK_STRINGS, bytes(strings))
+        memory.write(block + BLOCK_MODULES, mod_list)
 
         e820 = e820_map(memory)
         mmap = b"".join(_MMAP_ENTRY.pack(20, base, length, kind) for base, length, kind in e820)
-        memory.write(L.BOOT_MMAP, mmap)
+        memory.write(block + BLOCK_MMAP, mmap)
         mem_lower, mem_upper = mem_lower_upper(e820)
 
         info = bytearray(MBI_SIZE)
@@ -254,11 +261,12 @@ def load(
             BOOT_DEVICE_NONE,
             cmdline_addr,
             len(mod_entries),
-            L.BOOT_MODULES,
+            block + BLOCK_MODULES,
         )
-        struct.pack_into("<II", info, MBI_OFF_MMAP_LENGTH, len(mmap), L.BOOT_MMAP)
+        struct.pack_into("<II", info, MBI_OFF_MMAP_LENGTH, len(mmap), block + BLOCK_MMAP)
         struct.pack_into("<I", info, MBI_OFF_BOOT_LOADER_NAME, loader_name_addr)
-        memory.write(L.BOOT_INFO, bytes(info))
+        memory.write(block + BLOCK_INFO, bytes(info))
+        loaded.append((block, block + BLOCK_SIZE))
     except GuestMemoryError as err:
         raise MultibootError(f"does not fit in guest memory: {err}") from err
 
@@ -266,7 +274,8 @@ def load(
         format=fmt,
         entry=entry,
         mode=EntryMode.PROTECTED32,
-        regs={"eax": MULTIBOOT_BOOTLOADER_MAGIC, "ebx": L.BOOT_INFO},
+        regs={"eax": MULTIBOOT_BOOTLOADER_MAGIC, "ebx": block + BLOCK_INFO},
+        gdt=block + BLOCK_GDT,
         loaded=loaded,
         notes=notes,
     )
