@@ -1,6 +1,6 @@
 """``kvmlite``: the command line.
 
-    kvmlite run [--kernel PATH] [--initrd PATH]... [--cmdline STR] [--memory MIB]
+    kvmlite run [--kernel PATH] [--initrd PATH]... [--cmdline STR] [--memory MIB] [--cpus N]
                 [--backend kvm|emu|auto] [--stats] [-v]
     kvmlite info
 
@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--memory", type=_positive_int, default=128, metavar="MIB", help="guest RAM in MiB (128)"
     )
+    run.add_argument(
+        "--cpus",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="vCPUs (1); more than one needs the in-kernel irqchip",
+    )
     run.add_argument("--backend", choices=["kvm", "emu", "auto"], default="auto", help="execution backend")
     run.add_argument(
         "--irqchip",
@@ -82,12 +89,19 @@ def _setup_logging(verbosity: int) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kvmlite.vmm.machine import Machine, MachineConfig
+    from kvmlite.vmm.machine import SMP_NEEDS_KERNEL_IRQCHIP, Machine, MachineConfig
 
     # validate what needs no file first, so the error names the real problem
     MachineConfig(
-        kernel=Path(), memory_mib=args.memory, backend=args.backend, irqchip=args.irqchip, serial=args.serial
+        kernel=Path(),
+        memory_mib=args.memory,
+        cpus=args.cpus,
+        backend=args.backend,
+        irqchip=args.irqchip,
+        serial=args.serial,
     ).validate()
+    if args.cpus > 1 and (args.backend == "emu" or args.irqchip == "userspace"):
+        raise ConfigError(f"--cpus {args.cpus}: {SMP_NEEDS_KERNEL_IRQCHIP}")
     kernel = args.kernel
     if kernel is None:
         from kvmlite.guests import DEMO_GUEST
@@ -107,6 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cmdline=args.cmdline,
         initrds=list(args.initrd),
         memory_mib=args.memory,
+        cpus=args.cpus,
         backend=args.backend,
         irqchip=args.irqchip,
         serial=args.serial,

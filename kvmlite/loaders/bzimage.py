@@ -202,6 +202,7 @@ def _fill_zero_page(
     cmdline_len: int,
     initrd: tuple[int, int] | None,
     memory: GuestMemory,
+    rsdp: int = 0,
 ) -> bytes:
     page = bytearray(B.ZERO_PAGE_SIZE)
     page[B.SETUP_HEADER_OFFSET : image.header_end] = data[B.SETUP_HEADER_OFFSET : image.header_end]
@@ -213,6 +214,7 @@ def _fill_zero_page(
     hdr.code32_start = load
     hdr.cmd_line_ptr = CMDLINE_ADDR if cmdline_len else 0
     bp.ext_cmd_line_ptr = 0
+    bp.acpi_rsdp_addr = rsdp  # read by kernels of boot protocol 2.14+; older ones scan for the RSDP
     if initrd is not None:
         addr, size = initrd
         hdr.ramdisk_image, bp.ext_ramdisk_image = addr & 0xFFFF_FFFF, addr >> 32
@@ -229,8 +231,13 @@ def _fill_zero_page(
     return bytes(page)
 
 
-def load(memory: GuestMemory, data: bytes, cmdline: str = "", initrd: bytes | None = None) -> LoadResult:
-    """Load a bzImage, its command line and initrd; build the zero page; say how to enter the kernel."""
+def load(
+    memory: GuestMemory, data: bytes, cmdline: str = "", initrd: bytes | None = None, rsdp: int = 0
+) -> LoadResult:
+    """Load a bzImage, its command line and initrd; build the zero page; say how to enter the kernel.
+
+    ``rsdp``: guest-physical address of the ACPI RSDP, passed in ``boot_params.acpi_rsdp_addr`` (0: none).
+    """
     image = parse(data)
     hdr = image.header
     load_addr = image.load_address
@@ -279,7 +286,7 @@ def load(memory: GuestMemory, data: bytes, cmdline: str = "", initrd: bytes | No
             notes.append("the initrd is empty: none passed to the kernel")
         memory.write(CMDLINE_ADDR, raw_cmdline + b"\0")
         loaded.append((CMDLINE_ADDR, CMDLINE_ADDR + len(raw_cmdline) + 1))
-        zero_page = _fill_zero_page(data, image, load_addr, len(raw_cmdline) + 1, placed_initrd, memory)
+        zero_page = _fill_zero_page(data, image, load_addr, len(raw_cmdline) + 1, placed_initrd, memory, rsdp)
         memory.write(ZERO_PAGE_ADDR, zero_page)
         loaded.append((ZERO_PAGE_ADDR, ZERO_PAGE_ADDR + len(zero_page)))
     except GuestMemoryError as err:

@@ -12,8 +12,8 @@ the shortest way into Linux, which matters where CPL 0 code is emulated.
 
 The memory map is :func:`kvmlite.loaders.multiboot.e820_map`, the same one
 the multiboot and bzImage loaders give, as ``hvm_memmap_table_entry``
-records (their types are e820's).  ``rsdp_paddr`` is 0: kvmlite builds no
-ACPI tables.
+records (their types are e820's).  ``rsdp_paddr`` is the ``rsdp`` argument:
+the address of the RSDP :mod:`kvmlite.firmware.acpi` wrote (0: none).
 
 Fixed low addresses (clear of :mod:`kvmlite.loaders.layout`, which ends at
 0x10000, and of the EBDA at 0x9FC00; the same region the bzImage loader
@@ -138,8 +138,13 @@ def _place_initrd(memory: GuestMemory, size: int, kernel_end: int) -> int:
     return best
 
 
-def load(memory: GuestMemory, data: bytes, cmdline: str = "", initrd: bytes | None = None) -> LoadResult:
-    """Load a PVH-capable ELF kernel by physical address; build hvm_start_info; enter at the note's entry."""
+def load(
+    memory: GuestMemory, data: bytes, cmdline: str = "", initrd: bytes | None = None, rsdp: int = 0
+) -> LoadResult:
+    """Load a PVH-capable ELF kernel by physical address; build hvm_start_info; enter at the note's entry.
+
+    ``rsdp``: guest-physical address of the ACPI RSDP, passed in ``rsdp_paddr`` (0: none).
+    """
     elf = parse_elf(data)
     if elf.machine not in (EM_X86_64, EM_386):
         raise ElfError(f"not an x86 kernel (ELF machine {elf.machine})")
@@ -184,7 +189,7 @@ def load(memory: GuestMemory, data: bytes, cmdline: str = "", initrd: bytes | No
         for seg in segments:
             memory.write(seg.paddr, data[seg.offset : seg.offset + seg.filesz])
             memory.fill(seg.paddr + seg.filesz, seg.memsz - seg.filesz)
-        info = HvmStartInfo(magic=HVM_START_MAGIC, version=HVM_START_VERSION)
+        info = HvmStartInfo(magic=HVM_START_MAGIC, version=HVM_START_VERSION, rsdp_paddr=rsdp)
         if initrd:
             addr = _place_initrd(memory, len(initrd), kernel_end)
             memory.write(addr, initrd)

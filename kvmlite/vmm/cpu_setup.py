@@ -34,6 +34,12 @@ SEL_CODE, SEL_DATA = 0x08, 0x10
 
 PTE_P, PTE_RW, PTE_PS = 1 << 0, 1 << 1, 1 << 7
 
+# CPUID
+CPUID_FLAG_SIGNIFICANT_INDEX = 1  # KVM_CPUID_FLAG_SIGNIFCANT_INDEX: the entry is per subleaf
+CPUID_1_EDX_HTT = 1 << 28  # leaf 1 EBX[23:16] (logical processors per package) is valid
+CACHE_TYPE_MASK = 0x1F  # leaf 4 / 0x8000001D EAX[4:0]: 0 = no more caches
+TOPO_SMT, TOPO_CORE = 1, 2  # leaf 0xB/0x1F level types
+
 
 def _flat(seg: S.kvm_segment, selector: int, code: bool, long: bool = False) -> None:
     seg.base = 0
@@ -90,14 +96,60 @@ def setup_cpu(regs: S.kvm_regs, sregs: S.kvm_sregs, memory: GuestMemory, result:
         setattr(regs, "r" + name[1:] if name.startswith("e") else name, value)
 
 
+def _cache_sharing_bits(eax: int, ncpus: int) -> int:
+    """EAX[25:14] of a deterministic cache leaf (4 or 0x8000001D): sharers - 1, each CPU a core of its own.
+
+    L1 and L2 are per core; the last level (L3) is shared by the whole package.
+    """
+    level = (eax >> 5) & 0x7
+    sharers = 1 << (ncpus - 1).bit_length() if level >= 3 else 1
+    return min(sharers - 1, 0xFFF) << 14
+
+
+def _topology_leaf(function: int, vcpu_id: int, ncpus: int) -> list[CpuidEntry]:
+    """Leaf 0xB or 0x1F: one package of ``ncpus`` cores with one thread each; EDX is the x2APIC ID."""
+    core_bits = (ncpus - 1).bit_length()
+    flags = CPUID_FLAG_SIGNIFICANT_INDEX
+    return [
+        CpuidEntry(function, 0, flags, 0, 1, 0 | (TOPO_SMT << 8), vcpu_id),
+        CpuidEntry(function, 1, flags, core_bits, ncpus, 1 | (TOPO_CORE << 8), vcpu_id),
+        CpuidEntry(function, 2, flags, 0, 0, 2, vcpu_id),  # level type 0: the end of the list
+    ]
+
+
 def guest_cpuid(supported: list[CpuidEntry], vcpu_id: int, ncpus: int = 1) -> list[CpuidEntry]:
-    """The CPUID a vCPU gets: what KVM supports, with this vCPU's APIC ID filled in."""
+    """The CPUID a vCPU gets: what KVM supports, with this vCPU's APIC ID and the VM's topology filled in.
+
+    The topology is one socket of ``ncpus`` cores, one thread per core, APIC
+    ID = vCPU index, which is what the MADT of :mod:`kvmlite.firmware.acpi`
+    lists.  Every leaf Linux derives topology from says the same thing, on
+    Intel (leaf 1, 4, 0xB/0x1F) and AMD (leaf 1, 0x80000008, 0x8000001D,
+    0x8000001E) alike, so it neither complains of a mismatch nor takes two
+    vCPUs for hyperthreads of one core.  KVM passes the host's values for some
+    of these leaves (or zeros, for 0xB on this AMD host); they are replaced.
+    """
+    ncpus = max(ncpus, 1)
+    core_bits = (ncpus - 1).bit_length()
+    max_basic = next((e.eax for e in supported if e.function == 0 and e.index == 0), 0)
     out = []
     for e in supported:
-        ebx, edx = e.ebx, e.edx
+        eax, ebx, ecx, edx = e.eax, e.ebx, e.ecx, e.edx
+        if e.function in (0xB, 0x1F):
+            continue  # replaced below
         if e.function == 1:
-            ebx = (ebx & 0x0000_FFFF) | (max(ncpus, 1) << 16) | (vcpu_id << 24)
-        elif e.function in (0xB, 0x1F):
-            edx = vcpu_id
-        out.append(CpuidEntry(e.function, e.index, e.flags, e.eax, ebx, e.ecx, edx))
+            ebx = (ebx & 0x0000_FFFF) | (min(ncpus, 0xFF) << 16) | ((vcpu_id & 0xFF) << 24)
+            if ncpus > 1:
+                edx |= CPUID_1_EDX_HTT
+        elif e.function == 4 and eax & CACHE_TYPE_MASK:
+            eax = (eax & 0x3FFF) | _cache_sharing_bits(eax, ncpus) | (min((1 << core_bits) - 1, 0x3F) << 26)
+        elif e.function == 0x8000_0008:
+            ecx = (ecx & ~0xF0FF) | (ncpus - 1) | (core_bits << 12)  # NC, ApicIdSize
+        elif e.function == 0x8000_001D and eax & CACHE_TYPE_MASK:
+            eax = (eax & ~(0xFFF << 14)) | _cache_sharing_bits(eax, ncpus)
+        elif e.function == 0x8000_001E:
+            eax, ebx, ecx = vcpu_id, vcpu_id & 0xFF, 0  # extended APIC ID; core ID, 1 thread; node 0 of 1
+        out.append(CpuidEntry(e.function, e.index, e.flags, eax, ebx, ecx, edx))
+    for function in (0xB, 0x1F):
+        if max_basic >= function:
+            out += _topology_leaf(function, vcpu_id, ncpus)
     return out

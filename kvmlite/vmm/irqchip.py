@@ -9,7 +9,10 @@ userspace and waits on a condition until the PIC has something.
 
 ``kernel`` - KVM_CREATE_IRQCHIP + KVM_CREATE_PIT2: PIC, IOAPIC, LAPIC and PIT
 live in the kernel, devices drive GSIs with KVM_IRQ_LINE, timer interrupts
-and HLT never reach userspace.  Far fewer exits; the default on KVM.
+and HLT never reach userspace.  Far fewer exits; the default on KVM, and the
+only mode for SMP (the LAPICs deliver INIT/SIPI and IPIs between vCPUs).
+KVM's default GSI routing is kept: GSI n to PIC input n and IOAPIC pin n
+(the ACPI MADT of :mod:`kvmlite.firmware.acpi` describes exactly that).
 
 Both present the same face to the machine: ``line(irq)`` gives a device its
 :data:`~kvmlite.devices.base.IrqLine`.
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 RFLAGS_IF = 1 << 9
 #: How often the kernel-irqchip mode looks for a vCPU halted with interrupts off.
 HALT_WATCH_INTERVAL_S = 0.5
+#: An AP in these states has not been started (or was sent INIT): it runs no code until a SIPI.
+WAITING_FOR_SIPI = (MpState.UNINITIALIZED, MpState.INIT_RECEIVED)
 
 
 class UserspaceIrqChip:
@@ -111,6 +116,10 @@ class KernelIrqChip:
     def __init__(self, vm: Any, control: VmControl) -> None:
         self.vm = vm
         self.control = control
+        self._watch_lock = threading.Lock()
+        self._watched: list[int] = []  # ids of the attached vCPUs
+        self._parked: dict[int, tuple[int, bool]] = {}  # vCPU id -> (round it reported in, halted)
+        self._round = 0
         vm.create_irqchip()
         vm.create_pit2()
 
@@ -123,18 +132,56 @@ class KernelIrqChip:
         return set_level
 
     def attach(self, loop: VcpuLoop) -> None:
-        """HLT never leaves the kernel here: a vCPU halted with interrupts off is found by a periodic kick."""
-        vcpu = loop.vcpu
+        """Watch one vCPU (every vCPU of the VM is attached) for the end of the guest.
 
-        def check_halted(ex: E.Exit) -> bool:
-            if not self.control.stopping:
-                if vcpu.get_mp_state() == MpState.HALTED and not vcpu.get_regs().rflags & RFLAGS_IF:
-                    self.control.stop(STATUS_OK, "guest halted with interrupts disabled", vcpu.id)
+        HLT never leaves the kernel here, so the watchdog kicks every vCPU out
+        of KVM_RUN periodically and each one reports, on that
+        :class:`~kvmlite.kvm.exits.Interrupted` exit, whether it is *parked*:
+        halted with interrupts off (only an NMI, INIT or SMI could wake it)
+        or an AP still waiting for its startup IPI.  The VM stops once every
+        vCPU reported parked in the same watchdog round, and at least one
+        of them halted: with SMP a single parked CPU means nothing (Linux
+        parks each AP with ``cli; hlt`` when it stops them for power-off or
+        takes a CPU offline, while the boot CPU goes on; an AP parked in one
+        round may be woken by INIT/SIPI in the next, which is why reports
+        from older rounds do not count).
+        """
+        vcpu = loop.vcpu
+        with self._watch_lock:
+            self._watched.append(vcpu.id)
+
+        def check_parked(ex: E.Exit) -> bool:
+            if self.control.stopping:
+                return False
+            state = vcpu.get_mp_state()
+            halted = state == MpState.HALTED and not vcpu.get_regs().rflags & RFLAGS_IF
+            parked = halted or state in WAITING_FOR_SIPI
+            with self._watch_lock:
+                if parked:
+                    self._parked[vcpu.id] = (self._round, halted)
+                else:
+                    self._parked.pop(vcpu.id, None)
+                reports = [self._parked.get(i) for i in self._watched]
+                done = all(r is not None and r[0] == self._round for r in reports) and any(
+                    r is not None and r[1] for r in reports
+                )
+            if done:
+                what = "guest halted with interrupts disabled"
+                if len(self._watched) > 1:
+                    what += " on every CPU"
+                self.control.stop(STATUS_OK, what, vcpu.id)
             return False
 
-        loop.intercept(E.Interrupted, check_halted)
+        loop.intercept(E.Interrupted, check_parked)
+
+    @property
+    def rounds(self) -> int:
+        """How many watchdog rounds have started."""
+        return self._round
 
     def watchdog(self) -> None:
-        """Kick every vCPU out of KVM_RUN once, so :meth:`attach`'s check runs."""
+        """Start a new round: kick every vCPU out of KVM_RUN once, so :meth:`attach`'s check runs."""
+        with self._watch_lock:
+            self._round += 1
         for vcpu in self.control.vcpus:
             vcpu.kick()

@@ -5,15 +5,24 @@ methods put each device on its bus and wire its interrupt line; nothing
 attaches itself at import time.  ``Machine.run()`` starts one thread per
 vCPU plus the timer service and returns the exit status:
 
-* 0 - the guest stopped cleanly (HLT with interrupts off, power-off, reset
-  with ``--on-reset exit``, Ctrl-A x);
+* 0 - the guest stopped cleanly (HLT with interrupts off on every vCPU,
+  ACPI power-off, reset with ``--on-reset exit``, Ctrl-A x);
 * (v << 1) | 1 - the guest wrote v to the debug-exit port (as under QEMU);
 * 4 - the guest crashed (triple fault, failed entry, KVM internal error);
 * 130 - interrupted from the host (Ctrl-C).
+
+Every machine gets ACPI tables (:mod:`kvmlite.firmware.acpi`, in the
+reserved BIOS area at 0xF0000) and the ACPI PM and reset-control devices
+(:mod:`kvmlite.devices.acpi_pm`), whatever kernel it boots: for Linux they
+are how it finds its CPUs and powers off; a guest that never looks at them
+pays nothing.  SMP (``cpus`` > 1) needs KVM's in-kernel irqchip: only vCPU 0
+gets the loader's entry state, the APs stay in the reset state KVM gives
+them (waiting for INIT/SIPI from the in-kernel LAPIC).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Callable
@@ -21,14 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvmlite.devices.acpi_pm import PM_BASE, PM_BLOCK_LEN, RESET_PORT, SCI_IRQ, AcpiPm, ResetControl
 from kvmlite.devices.debug_exit import DebugExit
 from kvmlite.devices.fw_cfg import FwCfg
 from kvmlite.devices.i8042 import I8042, PortA20Reset, PostCodePort
 from kvmlite.devices.pit import Pit8254
 from kvmlite.devices.rtc import CmosRtc
 from kvmlite.devices.serial import Serial16550
-from kvmlite.errors import ConfigError, KvmUnavailableError
+from kvmlite.errors import ConfigError, KvmliteError, KvmUnavailableError
+from kvmlite.firmware.acpi import MAX_CPUS, AcpiPlatform, write_tables
 from kvmlite.kvm import exits as E
+from kvmlite.kvm.constants import Cap
 from kvmlite.loaders import LoadResult, load_kernel
 from kvmlite.memory.bus import Bus
 from kvmlite.memory.guest import GuestMemory
@@ -55,6 +67,9 @@ SERIAL_PORTS = 8
 MIB = 1 << 20
 MIN_MEMORY_MIB = 2
 MAX_MEMORY_MIB = 64 * 1024
+#: KVM's documented vCPU limit when it reports neither KVM_CAP_MAX_VCPUS nor KVM_CAP_NR_VCPUS.
+KVM_DEFAULT_MAX_VCPUS = 4
+SMP_NEEDS_KERNEL_IRQCHIP = "SMP needs the in-kernel irqchip (the KVM backend with --irqchip kernel or auto)"
 
 
 @dataclass
@@ -63,6 +78,7 @@ class MachineConfig:
     cmdline: str = ""
     initrds: list[Path] = field(default_factory=list)
     memory_mib: int = 128
+    cpus: int = 1
     backend: str = "auto"  # "kvm", "emu" or "auto"
     irqchip: str = "auto"  # "kernel", "userspace" or "auto" (kernel on KVM)
     serial: str = "stdio"  # see kvmlite.vmm.console
@@ -75,6 +91,9 @@ class MachineConfig:
     def validate(self) -> None:
         if not MIN_MEMORY_MIB <= self.memory_mib <= MAX_MEMORY_MIB:
             raise ConfigError(f"--memory must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB")
+        if not 1 <= self.cpus <= MAX_CPUS:
+            # the MADT's xAPIC entries hold 8-bit APIC IDs, and the IOAPIC takes the ID after the last CPU
+            raise ConfigError(f"--cpus must be between 1 and {MAX_CPUS}, not {self.cpus}")
         if self.backend not in ("kvm", "emu", "auto"):
             raise ConfigError(f"unknown backend {self.backend!r} (choose kvm, emu or auto)")
         if self.irqchip not in ("kernel", "userspace", "auto"):
@@ -85,7 +104,7 @@ class MachineConfig:
 
 
 class Machine:
-    """A PC-like VM with one vCPU (SMP comes with the Linux boot work)."""
+    """A PC-like VM: ACPI, legacy devices, one or more vCPUs."""
 
     def __init__(self, config: MachineConfig) -> None:
         config.validate()
@@ -96,6 +115,12 @@ class Machine:
         self.mmio = Bus("mmio", self.lock)
         self.memory = GuestMemory.for_pc(config.memory_mib * MIB)
         self.backend_name, self.vm = self._open_backend(config.backend)
+        try:
+            self._check_cpus(config)
+        except KvmliteError:
+            self.vm.close()
+            self.memory.close()
+            raise
         self.vm.register_memory(self.memory)
         self.timers = TimerService(self.lock)
         self.irqchip = self._make_irqchip(config.irqchip)
@@ -104,6 +129,8 @@ class Machine:
         self.console: SerialConsole | None = None
         self.load_result: LoadResult | None = None
         self.post_codes: list[int] = []
+        self.acpi_pm: AcpiPm | None = None
+        self.rsdp = 0  # guest-physical address of the ACPI RSDP once attach_acpi() ran
 
     # --- construction -------------------------------------------------------------
     def _open_backend(self, choice: str) -> tuple[str, Any]:
@@ -125,6 +152,20 @@ class Machine:
 
         return "emu", EmuVm()
 
+    def _check_cpus(self, config: MachineConfig) -> None:
+        """SMP only with the in-kernel irqchip, and no more vCPUs than this host's KVM allows."""
+        if config.cpus == 1:
+            return
+        if self.backend_name != "kvm" or config.irqchip == "userspace":
+            raise ConfigError(f"--cpus {config.cpus}: {SMP_NEEDS_KERNEL_IRQCHIP}")
+        limit = (
+            self.vm.kvm.check_extension(Cap.MAX_VCPUS)
+            or self.vm.kvm.check_extension(Cap.NR_VCPUS)
+            or KVM_DEFAULT_MAX_VCPUS
+        )
+        if config.cpus > limit:
+            raise ConfigError(f"--cpus {config.cpus}: this host's KVM runs at most {limit} vCPUs per VM")
+
     def _make_irqchip(self, choice: str) -> UserspaceIrqChip | KernelIrqChip:
         if choice == "auto":
             choice = "kernel" if self.backend_name == "kvm" else "userspace"
@@ -139,6 +180,19 @@ class Machine:
     def request_reset(self) -> None:
         """The guest asked for a reset (keyboard controller, port 0x92, reset event)."""
         self.control.stop(STATUS_OK, "guest requested a reset", reset=True)
+
+    def power_off(self) -> None:
+        """The guest entered ACPI S5."""
+        self.control.stop(STATUS_OK, "guest powered off (ACPI S5)")
+
+    def attach_acpi(self) -> AcpiPm:
+        """ACPI PM1 registers, the 0xCF9 reset register, and the tables describing them and the CPUs."""
+        pm = AcpiPm(power_off=self.power_off, sci=self.irqchip.line(SCI_IRQ))
+        self.pio.insert(pm, PM_BASE, PM_BLOCK_LEN, name="acpi pm1")
+        self.pio.insert(ResetControl(reset=self.request_reset), RESET_PORT, 1, name="reset control")
+        self.rsdp = write_tables(self.memory, AcpiPlatform(cpus=self.config.cpus))
+        self.acpi_pm = pm
+        return pm
 
     def attach_interrupt_controllers(self) -> None:
         """PIC pair and PIT in userspace, or nothing here when KVM has them in the kernel."""
@@ -179,7 +233,7 @@ class Machine:
         return port
 
     def attach_fw_cfg(self) -> FwCfg:
-        fw = FwCfg(ram_size=self.memory.size, nb_cpus=1, cmdline=self.config.cmdline)
+        fw = FwCfg(ram_size=self.memory.size, nb_cpus=self.config.cpus, cmdline=self.config.cmdline)
         self.pio.insert(fw, FW_CFG_PORT, 2, name="fw_cfg")
         return fw
 
@@ -199,25 +253,38 @@ class Machine:
 
     def load(self) -> LoadResult:
         cfg = self.config
-        self.load_result = load_kernel(self.memory, cfg.kernel, cfg.cmdline, cfg.initrds)
+        extra: dict[str, int] = {}
+        if self.rsdp and "rsdp" in inspect.signature(load_kernel).parameters:
+            extra["rsdp"] = self.rsdp  # boot protocols that carry it; Linux also finds it by scanning
+        self.load_result = load_kernel(self.memory, cfg.kernel, cfg.cmdline, cfg.initrds, **extra)
         log.info("loaded %s (%s), entry %#x", cfg.kernel, self.load_result.format, self.load_result.entry)
         for note in self.load_result.notes:
             log.warning("%s", note)
         return self.load_result
 
     def create_vcpus(self, count: int = 1) -> None:
+        """vCPU 0 starts at the loaded image; APs (1..count-1) keep KVM's reset state until INIT/SIPI.
+
+        With the in-kernel irqchip KVM creates every vCPU but the BSP in
+        KVM_MP_STATE_UNINITIALIZED: KVM_RUN blocks in the kernel until the
+        LAPIC receives INIT and a startup IPI, which reset the registers and
+        start it at the SIPI vector, so nothing here must touch their state.
+        """
         assert self.load_result is not None, "load() first"
+        if count > 1 and not isinstance(self.irqchip, KernelIrqChip):
+            raise ConfigError(f"{count} vCPUs: {SMP_NEEDS_KERNEL_IRQCHIP}")
         supported = self.vm.kvm.supported_cpuid() if self.backend_name == "kvm" else []
         for i in range(count):
             vcpu = self.vm.create_vcpu(i)
             if supported:
                 vcpu.set_cpuid(guest_cpuid(supported, i, count))
-            regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
-            setup_cpu(regs, sregs, self.memory, self.load_result)
-            vcpu.set_sregs(sregs)
-            vcpu.set_regs(regs)
-            loop = VcpuLoop(vcpu, self.control, self.pio, self.mmio, timing=self.config.stats)
             if i == 0:
+                regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+                setup_cpu(regs, sregs, self.memory, self.load_result)
+                vcpu.set_sregs(sregs)
+                vcpu.set_regs(regs)
+            loop = VcpuLoop(vcpu, self.control, self.pio, self.mmio, timing=self.config.stats)
+            if i == 0 or isinstance(self.irqchip, KernelIrqChip):
                 self.irqchip.attach(loop)
             if self.config.trace:
                 loop.after_exit.append(_exit_tracer(vcpu.id))
@@ -234,9 +301,10 @@ class Machine:
 
     @classmethod
     def build(cls, config: MachineConfig) -> Machine:
-        """The standard PC: interrupt controllers, PIT, RTC, i8042, COM1, fw_cfg, debug-exit, one vCPU."""
+        """The standard PC: interrupt controllers, PIT, RTC, i8042, COM1, fw_cfg, debug-exit, ACPI, vCPUs."""
         machine = cls(config)
         machine.attach_interrupt_controllers()
+        machine.attach_acpi()
         machine.attach_rtc()
         machine.attach_keyboard_controller()
         machine.attach_post_port()
@@ -244,7 +312,7 @@ class Machine:
         machine.attach_serial()
         machine.attach_debug_exit()
         machine.load()
-        machine.create_vcpus(1)
+        machine.create_vcpus(config.cpus)
         return machine
 
     # --- running --------------------------------------------------------------------

@@ -1,0 +1,197 @@
+"""ACPI fixed-hardware power management: the PM1 event and control blocks, and the 0xCF9 reset register.
+
+A guest that finds the FADT of :mod:`kvmlite.firmware.acpi` powers off by
+writing its S5 sleep type with SLP_EN set into ``PM1_CNT`` (Linux's
+``acpi_power_off``), and reboots by writing the FADT's ``RESET_VALUE`` to the
+``RESET_REG`` (port 0xCF9, the PIIX/ICH "reset control register").  Both end
+in an injected callable (``power_off()``, ``reset()``): the device owns no
+policy, the machine decides what a power-off means.
+
+Register blocks, in I/O space (placed where QEMU's PIIX4 PM puts them)::
+
+    PM1a_EVT_BLK  0x600  +0 PM1_STS  (16 bits, write 1 to clear)
+                         +2 PM1_EN   (16 bits)
+    PM1a_CNT_BLK  0x604  +0 PM1_CNT  (16 bits: SCI_EN, SLP_TYP, SLP_EN)
+    RESET_REG     0xCF9      one byte: bit 2 (RST_CPU) set resets
+
+Both blocks are served by one :class:`AcpiPm` of :data:`PM_BLOCK_LEN` ports.
+The system is always in ACPI mode: the FADT has no SMI_CMD port, so ``SCI_EN``
+reads as 1 and cannot be cleared (what the ACPI specification asks of such
+hardware).  The SCI (a level interrupt) is raised while a status bit is set
+whose enable bit is set; the only event source is the fixed power button
+(:meth:`AcpiPm.press_power_button`).  There is no PM timer and no GPE block.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from kvmlite.devices.base import IrqLine, no_irq
+
+log = logging.getLogger(__name__)
+
+# --- placement (the FADT describes these; kvmlite.firmware.acpi imports them) ----------
+PM_BASE = 0x600
+PM1_EVT_OFFSET = 0  # PM1a_EVT_BLK = PM_BASE
+PM1_EVT_LEN = 4
+PM1_CNT_OFFSET = 4  # PM1a_CNT_BLK = PM_BASE + 4
+PM1_CNT_LEN = 2
+PM_BLOCK_LEN = PM1_CNT_OFFSET + PM1_CNT_LEN
+SCI_IRQ = 9
+RESET_PORT = 0xCF9
+RESET_VALUE = 0x06  # SYS_RST | RST_CPU: the FADT's RESET_VALUE
+#: SLP_TYP the DSDT's \_S5_ package announces (any value but 0 would do: 0 is what a cleared register holds).
+S5_SLP_TYP = 5
+
+# --- register offsets inside the block -----------------------------------------------------
+REG_PM1_STS = 0
+REG_PM1_EN = 2
+REG_PM1_CNT = 4
+
+# --- PM1_STS / PM1_EN bits -------------------------------------------------------------------
+TMR_STS = 1 << 0
+BM_STS = 1 << 4
+GBL_STS = 1 << 5
+PWRBTN_STS = 1 << 8
+SLPBTN_STS = 1 << 9
+RTC_STS = 1 << 10
+WAK_STS = 1 << 15
+#: Enable bits that exist (TMR_EN, GBL_EN, PWRBTN_EN, SLPBTN_EN, RTC_EN, PCIEXP_WAKE_DIS).
+PM1_EN_MASK = (1 << 0) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 14)
+PWRBTN_EN = 1 << 8
+
+# --- PM1_CNT bits ----------------------------------------------------------------------------
+SCI_EN = 1 << 0
+BM_RLD = 1 << 1
+GBL_RLS = 1 << 2  # write-only
+SLP_TYP_SHIFT = 10
+SLP_TYP_MASK = 0x7 << SLP_TYP_SHIFT
+SLP_EN = 1 << 13  # write-only
+#: Bits that keep what the guest wrote (SCI_EN is forced on, the write-only bits read 0).
+PM1_CNT_STORED = BM_RLD | SLP_TYP_MASK
+
+# --- reset control register (port 0xCF9) -----------------------------------------------------
+RCR_SYS_RST = 1 << 1
+RCR_RST_CPU = 1 << 2
+RCR_FULL_RST = 1 << 3
+
+
+class AcpiPm:
+    """PM1a event block (status, enable) and control block, on :data:`PM_BLOCK_LEN` ports.
+
+    Accesses of any width and alignment inside the block are split into the
+    bytes of the 16-bit registers they touch, so a 32-bit read of the event
+    block returns status and enable together, as on PIIX4.
+    """
+
+    def __init__(
+        self,
+        power_off: Callable[[], None],
+        sci: IrqLine = no_irq,
+        s5_slp_typ: int = S5_SLP_TYP,
+    ) -> None:
+        self.power_off = power_off
+        self.sci = sci
+        self.s5_slp_typ = s5_slp_typ
+        self.status = 0
+        self.enable = 0
+        self.control = SCI_EN
+        self._sci_level = False
+
+    # --- bus interface -----------------------------------------------------------------
+    def read(self, offset: int, size: int) -> int:
+        value = 0
+        for i in range(size):
+            reg, byte = divmod(offset + i, 2)
+            value |= ((self._read_reg(reg * 2) >> (8 * byte)) & 0xFF) << (8 * i)
+        return value
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        # gather the written bytes per 16-bit register, then apply each register once
+        lanes: dict[int, tuple[int, int]] = {}
+        for i in range(size):
+            reg, byte = divmod(offset + i, 2)
+            data, mask = lanes.get(reg * 2, (0, 0))
+            lanes[reg * 2] = (data | (((value >> (8 * i)) & 0xFF) << (8 * byte)), mask | (0xFF << (8 * byte)))
+        for reg, (data, mask) in lanes.items():
+            self._write_reg(reg, data, mask)
+
+    # --- registers -----------------------------------------------------------------------
+    def _read_reg(self, reg: int) -> int:
+        if reg == REG_PM1_STS:
+            return self.status
+        if reg == REG_PM1_EN:
+            return self.enable
+        if reg == REG_PM1_CNT:
+            return self.control
+        return 0
+
+    def _write_reg(self, reg: int, data: int, mask: int) -> None:
+        if reg == REG_PM1_STS:
+            self.status &= ~(data & mask)  # write 1 to clear
+        elif reg == REG_PM1_EN:
+            self.enable = ((self.enable & ~mask) | (data & mask)) & PM1_EN_MASK
+        elif reg == REG_PM1_CNT:
+            self._write_control(data, mask)
+        else:
+            return
+        self._update_sci()
+
+    def _write_control(self, data: int, mask: int) -> None:
+        self.control = SCI_EN | (((self.control & ~mask) | (data & mask)) & PM1_CNT_STORED)
+        if data & mask & SLP_EN:
+            slp_typ = (self.control & SLP_TYP_MASK) >> SLP_TYP_SHIFT
+            if slp_typ == self.s5_slp_typ:
+                log.info("ACPI: the guest entered S5 (soft off)")
+                self.power_off()
+            else:
+                log.warning("ACPI: the guest asked for sleep type %d, which kvmlite does not offer", slp_typ)
+                self.status |= WAK_STS  # as if it had woken at once
+
+    def _update_sci(self) -> None:
+        level = bool(self.status & self.enable)
+        if level != self._sci_level:
+            self._sci_level = level
+            self.sci(level)
+
+    # --- events from the host ---------------------------------------------------------------
+    def press_power_button(self) -> None:
+        """The fixed-feature power button: sets PWRBTN_STS (an SCI if the guest enabled it)."""
+        self.status |= PWRBTN_STS
+        self._update_sci()
+
+    @property
+    def sci_level(self) -> bool:
+        return self._sci_level
+
+    def state(self) -> dict[str, int]:
+        return {"status": self.status, "enable": self.enable, "control": self.control}
+
+
+class ResetControl:
+    """The reset control register at 0xCF9: a write with RST_CPU set calls ``reset()``.
+
+    Like the PIIX3's, it keeps the reset-type bits (SYS_RST, FULL_RST) so a
+    guest may write the type first and the trigger second (Linux's
+    ``reboot=pci`` writes 0x02, then 0x06); RST_CPU itself reads back as 0.
+    """
+
+    def __init__(self, reset: Callable[[], None]) -> None:
+        self.reset = reset
+        self.value = 0
+
+    def read(self, offset: int, size: int) -> int:
+        return self.value if offset == 0 else 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if offset != 0:
+            return
+        value &= 0xFF
+        self.value = value & (RCR_SYS_RST | RCR_FULL_RST)
+        if value & RCR_RST_CPU:
+            log.info("ACPI: reset through the reset control register (%#04x)", value)
+            self.reset()
+
+    def state(self) -> dict[str, int]:
+        return {"value": self.value}
