@@ -31,6 +31,7 @@ from pathlib import Path
 import emulator_speed
 import exit_roundtrip
 import idle
+import linux_boot
 import machine_bench
 from harness import BenchFailed, Benchmark, BenchUnavailable, Result, kvm_usable
 
@@ -47,6 +48,7 @@ def registered() -> list[Benchmark]:
         *emulator_speed.benchmarks(),
         *machine_bench.benchmarks(),
         *idle.benchmarks(),
+        *linux_boot.benchmarks(),
     ]
 
 
@@ -177,11 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", type=Path, metavar="FILE", help="bar chart of the ratios (needs matplotlib)")
     parser.add_argument("--only", metavar="SUBSTRING", help="run only benchmarks whose name contains this")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument("--slow", action="store_true", help="also run benchmarks tagged slow (Linux boot)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(name)s: %(message)s")
 
     benches = registered()
+    if not (args.slow or args.only):
+        benches = [b for b in benches if "slow" not in b.tags]
     if args.only:
         benches = [b for b in benches if args.only in b.name]
         if not benches:

@@ -142,3 +142,28 @@ def test_info_lists_api_version_and_capabilities():
     assert r.returncode == 0
     assert "API version" in r.stdout and "12" in r.stdout
     assert "KVM_CAP_IRQCHIP" in r.stdout and "KVM_CAP_USER_MEMORY" in r.stdout
+
+
+def test_unknown_cpu_feature_is_a_clear_error():
+    r = kvmlite("run", "--cpu-features", "-warpdrive")
+    assert r.returncode == 2 and "unknown feature 'warpdrive'" in r.stderr and "Traceback" not in r.stderr
+
+
+@requires_kvm
+def test_hidden_cpu_feature_is_hidden_from_the_guest(tmp_path):
+    from kvmlite.kvm import Kvm
+    from kvmlite.vmm.cpuid import FEATURES
+    from kvmlite.vmm.machine import Machine, MachineConfig
+
+    with Kvm() as kvm:
+        sse42 = FEATURES["sse4_2"]
+        leaf1 = next(e for e in kvm.supported_cpuid() if e.function == 1)
+        if not leaf1.ecx >> sse42.bit & 1:
+            pytest.skip("the host does not offer SSE4.2")
+    machine = Machine(MachineConfig(kernel=build_guest(tmp_path, "exit"), cpu_features="-sse4_2,-avx"))
+    machine.load()
+    machine.create_vcpus(1)
+    cpuid = {(e.function, e.index): e for e in machine.loops[0].vcpu.get_cpuid()}
+    assert not cpuid[(1, 0)].ecx >> sse42.bit & 1
+    assert not cpuid[(1, 0)].ecx >> FEATURES["avx"].bit & 1
+    machine.close()

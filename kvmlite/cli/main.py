@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--on-reset", choices=["exit", "restart"], default="exit", help="what a guest reset does (exit)"
     )
+    run.add_argument(
+        "--cpu-features",
+        default="",
+        metavar="SPEC",
+        help="hide (-name) or show (+name) CPUID features, e.g. -avx,-xsaves (names as in /proc/cpuinfo)",
+    )
     run.add_argument("--trace", action="store_true", help="log every exit and POST code (port 0x80)")
     run.add_argument("--stats", action="store_true", help="print exit statistics to stderr at the end")
     run.add_argument("-v", "--verbose", action="count", default=0, dest="run_verbose", help=argparse.SUPPRESS)
@@ -99,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend=args.backend,
         irqchip=args.irqchip,
         serial=args.serial,
+        cpu_features=args.cpu_features,
     ).validate()
     if args.cpus > 1 and (args.backend == "emu" or args.irqchip == "userspace"):
         raise ConfigError(f"--cpus {args.cpus}: {SMP_NEEDS_KERNEL_IRQCHIP}")
@@ -126,6 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         irqchip=args.irqchip,
         serial=args.serial,
         on_reset=args.on_reset,
+        cpu_features=args.cpu_features,
         trace=args.trace,
         stats=args.stats,
     )
@@ -192,6 +200,16 @@ def _tool(command: str, argv: list[str]) -> int:
 TOOLS = ("extract-vmlinux", "initramfs", "fetch-assets")
 
 
+def _join_feature_spec(argv: list[str]) -> list[str]:
+    """``--cpu-features -avx`` as ``--cpu-features=-avx``: argparse would take ``-avx`` for an option."""
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--cpu-features":
+            out[i : i + 2] = [f"--cpu-features={out[i + 1]}"]
+            break
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in TOOLS:
@@ -202,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kvmlite: {err}", file=sys.stderr)
             return STATUS_BAD_INPUT
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_feature_spec(argv))
     _setup_logging(args.verbose + getattr(args, "run_verbose", 0))
     try:
         if args.command == "run":

@@ -44,8 +44,12 @@ def load_kernel(
     cmdline: str = "",
     initrds: list[Path] | None = None,
     data: bytes | None = None,
+    rsdp: int = 0,
 ) -> LoadResult:
-    """Load the kernel at ``path`` (its bytes may be given as ``data``) by its detected format."""
+    """Load the kernel at ``path`` (its bytes may be given as ``data``) by its detected format.
+
+    ``rsdp``: where the ACPI tables start, for the boot protocols that carry it (Linux also scans for it).
+    """
     if data is None:
         try:
             data = path.read_bytes()
@@ -65,9 +69,9 @@ def load_kernel(
     # Linux takes one initrd; several cpio archives concatenated are one initrd to it
     initrd = b"".join(contents for _, contents in modules) if modules else None
     if fmt == "bzimage":
-        return bzimage.load(memory, data, cmdline, initrd)
+        return bzimage.load(memory, data, cmdline, initrd, rsdp=rsdp)
     if fmt == "pvh":
-        return pvh.load(memory, data, cmdline, initrd)
+        return pvh.load(memory, data, cmdline, initrd, rsdp=rsdp)
     if modules:
         raise LoaderError(f"--initrd needs a multiboot, bzImage or PVH kernel, not a {fmt} image")
     if fmt == "elf64":

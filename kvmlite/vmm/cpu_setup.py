@@ -81,8 +81,8 @@ def setup_cpu(regs: S.kvm_regs, sregs: S.kvm_sregs, memory: GuestMemory, result:
     else:
         long = result.mode is EntryMode.LONG64
         gdt = struct.pack("<QQQ", GDT_NULL, GDT_CODE64 if long else GDT_CODE32, GDT_DATA)
-        memory.write(L.BOOT_GDT, gdt)
-        sregs.gdt.base, sregs.gdt.limit = L.BOOT_GDT, len(gdt) - 1
+        memory.write(result.gdt, gdt)
+        sregs.gdt.base, sregs.gdt.limit = result.gdt, len(gdt) - 1
         _flat(sregs.cs, SEL_CODE, code=True, long=long)
         for name in ("ds", "es", "fs", "gs", "ss"):
             _flat(getattr(sregs, name), SEL_DATA, code=False)

@@ -22,7 +22,6 @@ them (waiting for INIT/SIPI from the in-kernel LAPIC).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from kvmlite.memory.bus import Bus
 from kvmlite.memory.guest import GuestMemory
 from kvmlite.vmm.console import SerialConsole, parse_serial_spec
 from kvmlite.vmm.cpu_setup import guest_cpuid, setup_cpu
+from kvmlite.vmm.cpuid import apply_features, parse_feature_spec
 from kvmlite.vmm.irqchip import HALT_WATCH_INTERVAL_S, KernelIrqChip, UserspaceIrqChip
 from kvmlite.vmm.loop import STATUS_INTERRUPTED, STATUS_OK, VcpuLoop, VmControl
 from kvmlite.vmm.rescue import Rescuer
@@ -79,6 +79,8 @@ class MachineConfig:
     initrds: list[Path] = field(default_factory=list)
     memory_mib: int = 128
     cpus: int = 1
+    #: CPUID changes, e.g. "-avx,-xsaves" (see kvmlite.vmm.cpuid); KVM backend only.
+    cpu_features: str = ""
     backend: str = "auto"  # "kvm", "emu" or "auto"
     irqchip: str = "auto"  # "kernel", "userspace" or "auto" (kernel on KVM)
     serial: str = "stdio"  # see kvmlite.vmm.console
@@ -89,6 +91,7 @@ class MachineConfig:
     serial_out: Callable[[bytes], None] | None = None
 
     def validate(self) -> None:
+        parse_feature_spec(self.cpu_features)
         if not MIN_MEMORY_MIB <= self.memory_mib <= MAX_MEMORY_MIB:
             raise ConfigError(f"--memory must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB")
         if not 1 <= self.cpus <= MAX_CPUS:
@@ -253,10 +256,7 @@ class Machine:
 
     def load(self) -> LoadResult:
         cfg = self.config
-        extra: dict[str, int] = {}
-        if self.rsdp and "rsdp" in inspect.signature(load_kernel).parameters:
-            extra["rsdp"] = self.rsdp  # boot protocols that carry it; Linux also finds it by scanning
-        self.load_result = load_kernel(self.memory, cfg.kernel, cfg.cmdline, cfg.initrds, **extra)
+        self.load_result = load_kernel(self.memory, cfg.kernel, cfg.cmdline, cfg.initrds, rsdp=self.rsdp)
         log.info("loaded %s (%s), entry %#x", cfg.kernel, self.load_result.format, self.load_result.entry)
         for note in self.load_result.notes:
             log.warning("%s", note)
@@ -274,6 +274,8 @@ class Machine:
         if count > 1 and not isinstance(self.irqchip, KernelIrqChip):
             raise ConfigError(f"{count} vCPUs: {SMP_NEEDS_KERNEL_IRQCHIP}")
         supported = self.vm.kvm.supported_cpuid() if self.backend_name == "kvm" else []
+        if supported and self.config.cpu_features:
+            supported = apply_features(supported, self.config.cpu_features)
         for i in range(count):
             vcpu = self.vm.create_vcpu(i)
             if supported:
