@@ -64,6 +64,10 @@ from kvmlite.errors import DecodeError, UnsupportedInstruction
 
 log = logging.getLogger(__name__)
 
+XMM_OFFSET = 160  # XMM0 in the XSAVE area's legacy region
+XSTATE_BV_OFFSET = 512
+CR0_TS_BIT = 1 << 3
+
 MAX_INSN = D.MAX_INSN_LENGTH
 PAGE_SIZE = 4096
 DECODE_CACHE_LIMIT = 1 << 14
@@ -262,10 +266,60 @@ class Executor(SystemMixin):
                 return (self.cpu.gpr[op.reg] >> 8) & 0xFF
             if rc == D.RC_SEG:
                 return self.cpu.segs[op.reg].selector
+            if rc == D.RC_XMM:
+                return self._get_xmm(op.reg) & ((1 << (8 * op.size)) - 1)
             raise UnsupportedInstruction(f"register class {rc} operands are not implemented")
         if kind == D.OP_MEM:
+            if op.size > 8:
+                return int.from_bytes(self._read_block(op.seg, self.ea(op), op.size), "little")
             return self.read(op.seg, self.ea(op), op.size)
         return op.value
+
+    # ================================================================== SSE registers
+    # XMM registers live in the XSAVE area (see system.py), where KVM_GET/SET_XSAVE keep them too.
+    def _get_xmm(self, reg: int) -> int:
+        off = XMM_OFFSET + 16 * reg
+        return int.from_bytes(self._xsave_area()[off : off + 16], "little")
+
+    def _set_xmm(self, reg: int, value: int) -> None:
+        area = self._xsave_area()
+        off = XMM_OFFSET + 16 * reg
+        area[off : off + 16] = value.to_bytes(16, "little")
+        area[XSTATE_BV_OFFSET] |= 1 << 1  # SSE state no longer in its initial configuration
+
+    def _sse_ready(self, insn: D.Instruction, aligned: bool = False) -> None:
+        if self.cpu.cr0 & CR0_TS_BIT:
+            raise GuestFault(7, reason="SSE with CR0.TS set")
+        if aligned:
+            for op in insn.operands:
+                if op.kind == D.OP_MEM and self.ea(op) & 15:
+                    raise gp(0, "misaligned 16-byte SSE access")
+
+    def op_movd(self, insn: D.Instruction) -> None:
+        self._sse_ready(insn)
+        dst, src = insn.operands
+        self.put(dst, self.get(src))
+
+    op_movq = op_movd
+    op_movdqu = op_movd
+    op_movups = op_movd
+    op_movupd = op_movd
+
+    def op_movdqa(self, insn: D.Instruction) -> None:
+        self._sse_ready(insn, aligned=True)
+        dst, src = insn.operands
+        self.put(dst, self.get(src))
+
+    op_movaps = op_movdqa
+    op_movapd = op_movdqa
+
+    def op_pxor(self, insn: D.Instruction) -> None:
+        self._sse_ready(insn, aligned=True)
+        dst, src = insn.operands
+        self.put(dst, self.get(dst) ^ self.get(src))
+
+    op_xorps = op_pxor
+    op_xorpd = op_pxor
 
     def put(self, op: D.Operand, value: int) -> None:
         """Write an operand; 32-bit register writes zero the upper half, as in hardware."""
@@ -282,10 +336,15 @@ class Executor(SystemMixin):
                     gpr[op.reg] = (gpr[op.reg] & ~m) | (value & m)
             elif rc == D.RC_GPR8H:
                 gpr[op.reg] = (gpr[op.reg] & ~0xFF00) | ((value & 0xFF) << 8)
+            elif rc == D.RC_XMM:
+                self._set_xmm(op.reg, value & ((1 << (8 * size)) - 1))  # zero-extended to 128 bits
             else:
                 raise UnsupportedInstruction(f"register class {rc} operands are not implemented")
         elif kind == D.OP_MEM:
-            self.write(op.seg, self.ea(op), op.size, value)
+            if op.size > 8:
+                self._write_block(op.seg, self.ea(op), value.to_bytes(op.size, "little"))
+            else:
+                self.write(op.seg, self.ea(op), op.size, value)
         else:
             raise GuestFault(UD, reason="write to an immediate operand")
 

@@ -712,3 +712,37 @@ def test_self_modifying_code_is_seen_despite_the_decode_cache(asm: Asm) -> None:
     ops.load(CODE + 6, b"\x02")  # the second MOV's immediate becomes 2
     ex.step()
     assert ex.cpu.gpr[RAX] == 2
+
+
+# ----------------------------------------------------------------------------- SSE moves
+def test_sse_moves_and_pxor_go_through_the_xsave_area(asm: Asm) -> None:
+    ex, _ = setup(
+        asm,
+        """
+        mov ecx, 0x11223344
+        movd xmm15, ecx
+        movq rax, xmm15
+        mov rbx, 0x5566778899aabbcc
+        movq xmm1, rbx
+        movdqa [0x40000], xmm1
+        movdqu xmm2, [0x40000]
+        movdqa xmm3, xmm2
+        pxor xmm3, xmm1
+        movq rdx, xmm3
+        movq rsi, xmm2
+        """,
+    )
+    run_until_hlt(ex)
+    gpr = ex.cpu.gpr
+    assert gpr[RAX] == 0x11223344  # movd zero-extends
+    assert gpr[RSI] == 0x5566778899AABBCC  # through memory and back
+    assert gpr[RDX] == 0  # x ^ x
+    area = ex.cpu.xsave_area  # type: ignore[attr-defined]
+    assert area[160 + 16 * 15 : 160 + 16 * 15 + 16] == (0x11223344).to_bytes(16, "little")
+    assert area[512] & 2  # XSTATE_BV: SSE in use
+
+
+def test_movdqa_on_a_misaligned_address_raises_gp(asm: Asm) -> None:
+    ex, _ = setup(asm, "movdqa xmm0, [0x40008]")
+    with pytest.raises(TripleFault, match=r"first 13\)"):  # no IDT here: the #GP escalates
+        ex.step()
