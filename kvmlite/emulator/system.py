@@ -129,6 +129,26 @@ DEFAULT_MXCSR = 0x1F80
 IRET_FLAGS = 0x3F7FD5  # every RFLAGS bit IRET may load (CPL 0)
 
 
+def fast_call_code(selector: int, dpl: int, long: bool) -> Segment:
+    """The flat code segment SYSCALL/SYSRET/SYSENTER/SYSEXIT load without reading the GDT (SDM vol. 2)."""
+    return Segment(
+        selector=selector,
+        base=0,
+        limit=0xFFFFFFFF,
+        type=0xB,
+        s=1,
+        dpl=dpl,
+        l=int(long),
+        db=int(not long),
+        g=1,
+    )
+
+
+def fast_call_stack(selector: int, dpl: int) -> Segment:
+    """The flat stack segment those instructions load with it."""
+    return Segment(selector=selector, base=0, limit=0xFFFFFFFF, type=0x3, s=1, dpl=dpl, db=1, g=1)
+
+
 def segment_from_descriptor(selector: int, raw: int) -> Segment:
     """Decode an 8-byte segment descriptor into a :class:`Segment` cache."""
     limit = (raw & 0xFFFF) | ((raw >> 32) & 0xF0000)
@@ -1129,8 +1149,8 @@ class SystemMixin:
         cpu.gpr[R11] = cpu.rflags & ~FLAG_RF
         cpu.rflags &= ~(cpu.msrs.get(MSR_SFMASK, SFMASK_DEFAULT) | FLAG_RF)
         cpu.rflags |= FLAG_FIXED1
-        cpu.segs[CS] = Segment(selector=sel, base=0, limit=0xFFFFFFFF, type=0xB, s=1, dpl=0, l=1, db=0, g=1)
-        cpu.segs[SS] = Segment(selector=sel + 8, base=0, limit=0xFFFFFFFF, type=0x3, s=1, dpl=0, db=1, g=1)
+        cpu.segs[CS] = fast_call_code(sel, dpl=0, long=True)
+        cpu.segs[SS] = fast_call_stack(sel + 8, dpl=0)
         cpu.cpl = 0
         self._refresh_mode()
         self.next_rip = cpu.msrs.get(MSR_LSTAR if self.mode == 64 else MSR_CSTAR, 0)
@@ -1147,17 +1167,7 @@ class SystemMixin:
         if to64 and ((rip + (1 << 47)) & MASK64) >> 48:
             raise gp(0, "SYSRET to a non-canonical RIP")
         cs_sel = ((base_sel + 16) if to64 else base_sel) | 3
-        cpu.segs[CS] = Segment(
-            selector=cs_sel,
-            base=0,
-            limit=0xFFFFFFFF,
-            type=0xB,
-            s=1,
-            dpl=3,
-            l=1 if to64 else 0,
-            db=0 if to64 else 1,
-            g=1,
-        )
+        cpu.segs[CS] = fast_call_code(cs_sel, dpl=3, long=to64)
         ss = cpu.segs[SS]
         cpu.segs[SS] = Segment(
             **{
@@ -1184,18 +1194,8 @@ class SystemMixin:
             raise gp(0, "SYSENTER with IA32_SYSENTER_CS = 0")
         long_mode = bool(cpu.efer & EFER_LMA)
         cpu.rflags &= ~(FLAG_VM | FLAG_IF | FLAG_RF)
-        cpu.segs[CS] = Segment(
-            selector=cs_sel,
-            base=0,
-            limit=0xFFFFFFFF,
-            type=0xB,
-            s=1,
-            dpl=0,
-            l=1 if long_mode else 0,
-            db=0 if long_mode else 1,
-            g=1,
-        )
-        cpu.segs[SS] = Segment(selector=cs_sel + 8, base=0, limit=0xFFFFFFFF, type=0x3, s=1, dpl=0, db=1, g=1)
+        cpu.segs[CS] = fast_call_code(cs_sel, dpl=0, long=long_mode)
+        cpu.segs[SS] = fast_call_stack(cs_sel + 8, dpl=0)
         cpu.cpl = 0
         esp = cpu.msrs.get(MSR_IA32_SYSENTER_ESP, 0)
         eip = cpu.msrs.get(MSR_IA32_SYSENTER_EIP, 0)
@@ -1211,20 +1211,8 @@ class SystemMixin:
             raise gp(0, "SYSEXIT outside protected mode or with IA32_SYSENTER_CS = 0")
         to64 = insn.opsize == 8
         cs_sel = (cs_base + (32 if to64 else 16)) | 3
-        cpu.segs[CS] = Segment(
-            selector=cs_sel,
-            base=0,
-            limit=0xFFFFFFFF,
-            type=0xB,
-            s=1,
-            dpl=3,
-            l=1 if to64 else 0,
-            db=0 if to64 else 1,
-            g=1,
-        )
-        cpu.segs[SS] = Segment(
-            selector=(cs_sel + 8) | 3, base=0, limit=0xFFFFFFFF, type=0x3, s=1, dpl=3, db=1, g=1
-        )
+        cpu.segs[CS] = fast_call_code(cs_sel, dpl=3, long=to64)
+        cpu.segs[SS] = fast_call_stack((cs_sel + 8) | 3, dpl=3)
         cpu.cpl = 3
         mask = MASK64 if to64 else 0xFFFFFFFF
         cpu.gpr[RSP] = cpu.gpr[RCX] & mask
