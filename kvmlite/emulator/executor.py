@@ -321,6 +321,33 @@ class Executor(SystemMixin):
     op_xorps = op_pxor
     op_xorpd = op_pxor
 
+    def _sse_lanes(self, insn: D.Instruction, width: int, fn: Callable[[int, int, int], int]) -> None:
+        """A lane-wise SSE2 integer operation on XMM registers: ``fn(a, b, mask)`` per ``width``-byte lane."""
+        dst, src = insn.operands
+        if dst.kind != D.OP_REG or dst.regclass != D.RC_XMM:
+            raise UnsupportedInstruction(f"{insn.mnemonic} on MMX registers is not implemented")
+        self._sse_ready(insn, aligned=True)
+        a, b = self.get(dst), self.get(src)
+        bits = 8 * width
+        mask = (1 << bits) - 1
+        out = 0
+        for shift in range(0, 128, bits):
+            out |= (fn((a >> shift) & mask, (b >> shift) & mask, mask) & mask) << shift
+        self.put(dst, out)
+
+    def op_pand(self, insn: D.Instruction) -> None:
+        self._sse_lanes(insn, 16, lambda a, b, m: a & b)
+
+    def op_pandn(self, insn: D.Instruction) -> None:
+        self._sse_lanes(insn, 16, lambda a, b, m: ~a & b)
+
+    def op_por(self, insn: D.Instruction) -> None:
+        self._sse_lanes(insn, 16, lambda a, b, m: a | b)
+
+    op_andps = op_andpd = op_pand
+    op_andnps = op_andnpd = op_pandn
+    op_orps = op_orpd = op_por
+
     def put(self, op: D.Operand, value: int) -> None:
         """Write an operand; 32-bit register writes zero the upper half, as in hardware."""
         kind = op.kind
@@ -1204,3 +1231,26 @@ class Executor(SystemMixin):
 
 
 SEG_NAME = ("es", "cs", "ss", "ds", "fs", "gs")
+
+
+def _signed(v: int, mask: int) -> int:
+    return v - (mask + 1) if v > mask >> 1 else v
+
+
+def _lane_op(width: int, fn: Callable[[int, int, int], int]) -> Callable[[Executor, D.Instruction], None]:
+    def handler(self: Executor, insn: D.Instruction) -> None:
+        self._sse_lanes(insn, width, fn)
+
+    return handler
+
+
+for _width, _suffix in ((1, "b"), (2, "w"), (4, "d"), (8, "q")):
+    setattr(Executor, f"op_padd{_suffix}", _lane_op(_width, lambda a, b, m: a + b))
+    setattr(Executor, f"op_psub{_suffix}", _lane_op(_width, lambda a, b, m: a - b))
+    if _width < 8:
+        setattr(Executor, f"op_pcmpeq{_suffix}", _lane_op(_width, lambda a, b, m: m if a == b else 0))
+        setattr(
+            Executor,
+            f"op_pcmpgt{_suffix}",
+            _lane_op(_width, lambda a, b, m: m if _signed(a, m) > _signed(b, m) else 0),
+        )

@@ -746,3 +746,36 @@ def test_movdqa_on_a_misaligned_address_raises_gp(asm: Asm) -> None:
     ex, _ = setup(asm, "movdqa xmm0, [0x40008]")
     with pytest.raises(TripleFault, match=r"first 13\)"):  # no IDT here: the #GP escalates
         ex.step()
+
+
+def test_sse2_integer_lanes_add_compare_and_logic(asm: Asm) -> None:
+    ex, _ = setup(
+        asm,
+        """
+        mov rax, 0x7fffffffffffffff
+        movq xmm0, rax
+        mov rbx, 1
+        movq xmm1, rbx
+        movdqa xmm2, xmm0
+        paddq xmm2, xmm1           /* lane 0 wraps to 0x8000000000000000 */
+        movq rcx, xmm2
+        mov rax, 0x00ff7f80
+        movd xmm3, eax
+        mov rax, 0x0001807f
+        movd xmm4, eax
+        movdqa xmm5, xmm3
+        pcmpgtb xmm5, xmm4         /* signed bytes: 80>7f? no; 7f>80 yes; ff>01 no; 00>00 no */
+        movd edx, xmm5
+        movdqa xmm6, xmm3
+        psubw xmm6, xmm4
+        movd esi, xmm6
+        pand xmm3, xmm4
+        movd edi, xmm3
+        """,
+    )
+    run_until_hlt(ex)
+    gpr = ex.cpu.gpr
+    assert gpr[RCX] == 0x8000000000000000
+    assert gpr[RDX] == 0x0000FF00
+    assert gpr[RSI] == (0x00FE << 16) | ((0x7F80 - 0x807F) & 0xFFFF)
+    assert gpr[RDI] == 0x00ff7f80 & 0x0001807F
