@@ -778,4 +778,4 @@ def test_sse2_integer_lanes_add_compare_and_logic(asm: Asm) -> None:
     assert gpr[RCX] == 0x8000000000000000
     assert gpr[RDX] == 0x0000FF00
     assert gpr[RSI] == (0x00FE << 16) | ((0x7F80 - 0x807F) & 0xFFFF)
-    assert gpr[RDI] == 0x00ff7f80 & 0x0001807F
+    assert gpr[RDI] == 0x00FF7F80 & 0x0001807F
