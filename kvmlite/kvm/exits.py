@@ -12,6 +12,7 @@ The software backend returns the same classes, so a VMM loop is written once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from kvmlite.kvm.constants import ExitReason, InternalError, SystemEvent
 
@@ -20,9 +21,7 @@ from kvmlite.kvm.constants import ExitReason, InternalError, SystemEvent
 class Exit:
     """Base of all exits."""
 
-    @property
-    def reason(self) -> ExitReason:
-        return ExitReason.UNKNOWN
+    reason: ClassVar[ExitReason] = ExitReason.UNKNOWN
 
 
 @dataclass(slots=True)
@@ -34,9 +33,7 @@ class IoOut(Exit):
     count: int
     data: memoryview
 
-    @property
-    def reason(self) -> ExitReason:
-        return ExitReason.IO
+    reason: ClassVar[ExitReason] = ExitReason.IO
 
 
 @dataclass(slots=True)
@@ -48,9 +45,7 @@ class IoIn(Exit):
     count: int
     data: memoryview
 
-    @property
-    def reason(self) -> ExitReason:
-        return ExitReason.IO
+    reason: ClassVar[ExitReason] = ExitReason.IO
 
 
 @dataclass(slots=True)
@@ -58,9 +53,7 @@ class MmioWrite(Exit):
     addr: int
     data: memoryview
 
-    @property
-    def reason(self) -> ExitReason:
-        return ExitReason.MMIO
+    reason: ClassVar[ExitReason] = ExitReason.MMIO
 
 
 @dataclass(slots=True)
@@ -70,25 +63,19 @@ class MmioRead(Exit):
     addr: int
     data: memoryview
 
-    @property
-    def reason(self) -> ExitReason:
-        return ExitReason.MMIO
+    reason: ClassVar[ExitReason] = ExitReason.MMIO
 
 
 @dataclass(slots=True)
 class Hlt(Exit):
-    @property
-    def reason(self) -> ExitReason:
-        return ExitReason.HLT
+    reason: ClassVar[ExitReason] = ExitReason.HLT
 
 
 @dataclass(slots=True)
 class Shutdown(Exit):
     """Triple fault (or another shutdown condition) in the guest."""
 
-    @property
-    def reason(self) -> ExitReason:
-        return ExitReason.SHUTDOWN
+    reason: ClassVar[ExitReason] = ExitReason.SHUTDOWN
 
 
 @dataclass(slots=True)
@@ -96,9 +83,7 @@ class FailEntry(Exit):
     hardware_entry_failure_reason: int
     cpu: int
 
-    @property
-    def reason(self) -> ExitReason:
-        return ExitReason.FAIL_ENTRY
+    reason: ClassVar[ExitReason] = ExitReason.FAIL_ENTRY
 
 
 @dataclass(slots=True)
@@ -110,9 +95,7 @@ class InternalErrorExit(Exit):
     insn_bytes: bytes
     detail: str = ""  # the software backend says what it could not do
 
-    @property
-    def reason(self) -> ExitReason:
-        return ExitReason.INTERNAL_ERROR
+    reason: ClassVar[ExitReason] = ExitReason.INTERNAL_ERROR
 
     def describe(self) -> str:
         if self.detail:
@@ -141,9 +124,7 @@ class Debug(Exit):
     dr6: int
     dr7: int
 
-    @property
-    def reason(self) -> ExitReason:
-        return ExitReason.DEBUG
+    reason: ClassVar[ExitReason] = ExitReason.DEBUG
 
 
 @dataclass(slots=True)
@@ -151,9 +132,7 @@ class SystemEventExit(Exit):
     type: int
     data: tuple[int, ...]
 
-    @property
-    def reason(self) -> ExitReason:
-        return ExitReason.SYSTEM_EVENT
+    reason: ClassVar[ExitReason] = ExitReason.SYSTEM_EVENT
 
     def describe(self) -> str:
         try:
@@ -166,18 +145,14 @@ class SystemEventExit(Exit):
 class IrqWindowOpen(Exit):
     """The guest can take an interrupt now (after ``request_interrupt_window``)."""
 
-    @property
-    def reason(self) -> ExitReason:
-        return ExitReason.IRQ_WINDOW_OPEN
+    reason: ClassVar[ExitReason] = ExitReason.IRQ_WINDOW_OPEN
 
 
 @dataclass(slots=True)
 class Interrupted(Exit):
     """KVM_RUN returned early: a signal, or ``immediate_exit`` was set."""
 
-    @property
-    def reason(self) -> ExitReason:
-        return ExitReason.INTR
+    reason: ClassVar[ExitReason] = ExitReason.INTR
 
 
 @dataclass(slots=True)
@@ -188,9 +163,7 @@ class RdMsr(Exit):
     msr_reason: int
     _run: object  # the kvm_run structure (or a backend's equivalent)
 
-    @property
-    def reason(self) -> ExitReason:
-        return ExitReason.X86_RDMSR
+    reason: ClassVar[ExitReason] = ExitReason.X86_RDMSR
 
     def reply(self, value: int) -> None:
         self._run.exit.msr.data = value  # type: ignore[attr-defined]
@@ -209,9 +182,7 @@ class WrMsr(Exit):
     msr_reason: int
     _run: object
 
-    @property
-    def reason(self) -> ExitReason:
-        return ExitReason.X86_WRMSR
+    reason: ClassVar[ExitReason] = ExitReason.X86_WRMSR
 
     def fail(self) -> None:
         self._run.exit.msr.error = 1  # type: ignore[attr-defined]
