@@ -3,7 +3,7 @@
 When KVM_RUN ends with KVM_EXIT_INTERNAL_ERROR / KVM_INTERNAL_ERROR_EMULATION,
 the host's instruction emulator gave up (on this project's nested hosts it
 does for a 32-bit IRET at CPL 0, ``int3`` at CPL 0, ``lock cmpxchg16b``,
-...).  :class:`Rescuer` is an ``after_exit`` hook of the vCPU loop: it reads
+...).  :class:`Rescuer` intercepts that exit in the vCPU loop (``VcpuLoop.intercept``): it reads
 the vCPU's state (registers, system registers and the MSRs the SYSCALL and
 SYSENTER paths use), runs the failing instruction on kvmlite's emulator
 against guest memory through the guest MMU, with ports and MMIO reaching the
@@ -55,7 +55,7 @@ MAX_INSN = 15
 
 
 class Rescuer:
-    """The ``after_exit`` hook that emulates an instruction KVM failed on (see the module docstring)."""
+    """The intercept that emulates an instruction KVM failed on (see the module docstring)."""
 
     def __init__(self, loop: VcpuLoop, memory: GuestMemory) -> None:
         self.loop = loop
