@@ -79,6 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--trace", action="store_true", help="log every exit and POST code (port 0x80)")
     run.add_argument("--stats", action="store_true", help="print exit statistics to stderr at the end")
+    run.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="sample the guest's RIP and write the hottest functions to FILE (rewritten every 10 s)",
+    )
+    run.add_argument(
+        "--profile-hz",
+        type=_positive_int,
+        default=100,
+        metavar="HZ",
+        help="profiler samples per second (100)",
+    )
+    run.add_argument(
+        "--symbols",
+        type=Path,
+        metavar="FILE",
+        help="System.map or ELF with symbols for --profile (default: the kernel's own .symtab, if any)",
+    )
     run.add_argument("-v", "--verbose", action="count", default=0, dest="run_verbose", help=argparse.SUPPRESS)
 
     sub.add_parser("info", help="show the host's KVM API version and capabilities")
@@ -148,8 +167,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.warning("guest reset: restarting it (--on-reset restart)")
 
 
+def _profiler(machine: Any, args: argparse.Namespace) -> Any:
+    from kvmlite.loaders.elf import elf_symbols, is_elf
+    from kvmlite.vmm.profile import Profiler, SymbolTable
+
+    if args.symbols is not None:
+        if not args.symbols.is_file():
+            raise ConfigError(f"symbols {args.symbols} does not exist or is not a file")
+        symbols = SymbolTable.load(args.symbols)
+    else:
+        data = machine.config.kernel.read_bytes()
+        symbols = SymbolTable(elf_symbols(data)) if is_elf(data) else None
+        if not symbols:
+            log.warning("--profile: the kernel has no symbols; give --symbols System.map for names")
+            symbols = None
+    return Profiler(machine.loops, hz=args.profile_hz, symbols=symbols, output=args.profile)
+
+
 def _run_once(machine: Any, args: argparse.Namespace) -> int:
-    status = machine.run()
+    profiler = _profiler(machine, args) if args.profile is not None else None
+    if profiler is not None:
+        profiler.start()
+    try:
+        status = machine.run()
+    finally:
+        if profiler is not None:
+            profiler.stop()
     info = machine.control.stop_info
     if info and info.message:
         log.info("%s", info.message)

@@ -111,3 +111,51 @@ def parse_elf(data: bytes) -> ElfImage:
                 )
         segments.append(Segment(ptype, offset, vaddr, paddr, filesz, memsz, flags))
     return ElfImage(bits, machine, entry, tuple(segments))
+
+
+_SHDR32 = struct.Struct("<IIIIIIIIII")  # name type flags addr offset size link info addralign entsize
+_SHDR64 = struct.Struct("<IIQQQQIIQQ")
+_SYM32 = struct.Struct("<IIIBBH")  # name value size info other shndx
+_SYM64 = struct.Struct("<IBBHQQ")  # name info other shndx value size
+SHT_SYMTAB = 2
+STT_OBJECT, STT_FUNC, STT_NOTYPE = 1, 2, 0
+
+
+def elf_symbols(data: bytes) -> list[tuple[int, int, str]]:
+    """(address, size, name) of the code and data symbols in the ELF's .symtab; [] if it has none.
+
+    A stripped image (no section headers, or no SHT_SYMTAB) simply has no
+    symbols; a section table that points outside the file is an :class:`ElfError`.
+    """
+    image = parse_elf(data)
+    if image.bits == 32:
+        shoff, shentsize, shnum = struct.unpack_from("<I", data, 32)[0], *struct.unpack_from("<HH", data, 46)
+        shdr, sym = _SHDR32, _SYM32
+    else:
+        shoff, shentsize, shnum = struct.unpack_from("<Q", data, 40)[0], *struct.unpack_from("<HH", data, 58)
+        shdr, sym = _SHDR64, _SYM64
+    if shoff == 0 or shnum == 0:
+        return []
+    if shentsize < shdr.size or shoff + shnum * shentsize > len(data):
+        raise ElfError("ELF section headers lie beyond the end of the file (truncated image?)")
+    sections = [shdr.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
+    out: list[tuple[int, int, str]] = []
+    for _, stype, _, _, offset, size, link, _, _, entsize in sections:
+        if stype != SHT_SYMTAB or link >= shnum:
+            continue
+        str_off, str_size = sections[link][4], sections[link][5]
+        if offset + size > len(data) or str_off + str_size > len(data) or entsize < sym.size:
+            raise ElfError("ELF symbol table lies beyond the end of the file (truncated image?)")
+        strtab = data[str_off : str_off + str_size]
+        for pos in range(offset, offset + size - entsize + 1, entsize):
+            if image.bits == 32:
+                name_off, value, sym_size, info, _, _ = sym.unpack_from(data, pos)
+            else:
+                name_off, info, _, _, value, sym_size = sym.unpack_from(data, pos)
+            if info & 0xF not in (STT_FUNC, STT_OBJECT, STT_NOTYPE) or not value or name_off >= len(strtab):
+                continue
+            end = strtab.find(b"\0", name_off)
+            name = strtab[name_off : end if end >= 0 else len(strtab)].decode(errors="replace")
+            if name and not name.startswith("$"):
+                out.append((value, sym_size, name))
+    return out
