@@ -257,3 +257,38 @@ def test_only_the_wanted_file_is_taken_from_a_package(tmp_path: Path) -> None:
     assert dest.read_bytes() == b"kernel bytes"
     with pytest.raises(assets.AssetsError, match="holds no file matching"):
         assets._extract_member(deb, assets.BUSYBOX_MEMBER, tmp_path / "busybox")
+
+
+def test_symbols_come_from_the_dbg_package_s_system_map(tmp_path: Path) -> None:
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb is not installed")
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        "Package: linux-image-9.9-cloud-amd64-dbg\nVersion: 1\nArchitecture: amd64\n"
+        "Maintainer: kvmlite tests <tests@example.org>\nDescription: test\n"
+    )
+    debug_boot = root / "usr" / "lib" / "debug" / "boot"
+    debug_boot.mkdir(parents=True)
+    (debug_boot / "vmlinux-9.9").write_bytes(b"\x7fELF not really")
+    (debug_boot / "System.map-9.9").write_text("ffffffff81000000 T _stext\n")
+    deb = tmp_path / "linux-image-9.9-cloud-amd64-dbg_1_amd64.deb"
+    subprocess.run(
+        ["dpkg-deb", "--build", "--root-owner-group", str(root), str(deb)], check=True, capture_output=True
+    )
+    dest = tmp_path / "System.map"
+    member = assets._extract_member(deb, assets.SYSTEM_MAP_MEMBER, dest)
+    assert member.endswith("usr/lib/debug/boot/System.map-9.9")
+    assert dest.read_text() == "ffffffff81000000 T _stext\n"
+
+
+def test_cached_assets_without_symbols_are_fetched_again_when_symbols_are_asked_for(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "vmlinuz").write_bytes(b"k")
+    (tmp_path / "busybox").write_bytes(b"b")
+    monkeypatch.setattr(assets.shutil, "which", lambda name: None)  # so a fetch attempt shows as an error
+    with pytest.raises(assets.AssetsError, match="needs apt-get"):
+        assets.fetch_assets(tmp_path, symbols=True)
+    (tmp_path / "System.map").write_text("ffffffff81000000 T _stext\n")
+    assert assets.fetch_assets(tmp_path, symbols=True) == (tmp_path / "vmlinuz", tmp_path / "busybox")

@@ -12,7 +12,11 @@ the ordinary package client, without root:
   ``/boot/vmlinuz-*`` and ``/bin/busybox`` are kept (the kernel package's
   modules would be a hundred megabytes for nothing);
 * the results land in the cache directory (``$KVMLITE_ASSETS``, default
-  ``~/.cache/kvmlite/assets``) as ``vmlinuz`` and ``busybox``.
+  ``~/.cache/kvmlite/assets``) as ``vmlinuz`` and ``busybox``;
+* with ``--symbols``, the kernel's ``System.map`` comes too, for
+  ``kvmlite run --profile``.  Debian's image package ships a placeholder; the
+  real map is in ``linux-image-<abi>-cloud-amd64-dbg`` (about 280 MB to
+  download, of which only the map is kept).
 
 Tests call :func:`find_assets` and skip with its reason when nothing is cached.
 """
@@ -40,6 +44,8 @@ KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
 VMLINUZ_NAME = "vmlinuz"
 BUSYBOX_NAME = "busybox"
+SYSTEM_MAP_NAME = "System.map"
+SYSTEM_MAP_MEMBER = re.compile(r"^\.?/?usr/lib/debug/boot/System\.map-.+")
 KERNEL_MEMBER = re.compile(r"^\.?/?boot/vmlinuz-.+")
 BUSYBOX_MEMBER = re.compile(r"^\.?/?bin/busybox$")
 DEPENDS_IMAGE = re.compile(r"\b(linux-image-[0-9][^\s,(|]*-cloud-amd64)\b")
@@ -62,8 +68,7 @@ def find_assets(directory: Path | None = None) -> tuple[tuple[Path, Path] | None
     missing = [p.name for p in (vmlinuz, busybox) if not p.is_file()]
     if missing:
         return None, (
-            f"{' and '.join(missing)} not found in {directory} "
-            f"(run scripts/fetch-linux-assets.sh, or set {ENV_VAR})"
+            f"{' and '.join(missing)} not found in {directory} (run `kvmlite fetch-assets`, or set {ENV_VAR})"
         )
     return (vmlinuz, busybox), ""
 
@@ -125,11 +130,16 @@ def _extract_member(deb: Path, pattern: re.Pattern[str], dest: Path) -> str:
     raise AssetsError(f"{deb.name} holds no file matching {pattern.pattern}")
 
 
-def fetch_assets(directory: Path | None = None, force: bool = False) -> tuple[Path, Path]:
-    """Download and unpack the Debian cloud kernel and static busybox; return (vmlinuz, busybox)."""
+def fetch_assets(
+    directory: Path | None = None, force: bool = False, symbols: bool = False
+) -> tuple[Path, Path]:
+    """Download and unpack the Debian cloud kernel and static busybox; return (vmlinuz, busybox).
+
+    ``symbols``: also fetch the kernel's System.map (from its -dbg package).
+    """
     directory = directory or cache_dir()
     found, _ = find_assets(directory)
-    if found and not force:
+    if found and not force and (not symbols or (directory / SYSTEM_MAP_NAME).is_file()):
         return found
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
@@ -152,6 +162,11 @@ def fetch_assets(directory: Path | None = None, force: bool = False) -> tuple[Pa
         vmlinuz, busybox = directory / VMLINUZ_NAME, directory / BUSYBOX_NAME
         kernel_member = _extract_member(_deb_for(work, image_package), KERNEL_MEMBER, vmlinuz)
         _extract_member(_deb_for(work, BUSYBOX_PACKAGE), BUSYBOX_MEMBER, busybox)
+        if symbols:
+            dbg_package = f"{image_package}-dbg"
+            _apt_download([dbg_package], work)
+            _extract_member(_deb_for(work, dbg_package), SYSTEM_MAP_MEMBER, directory / SYSTEM_MAP_NAME)
+            (directory / SYSTEM_MAP_NAME).chmod(0o644)
         (directory / "SOURCE").write_text(f"{image_package} {kernel_member}\n{BUSYBOX_PACKAGE}\n")
     return vmlinuz, busybox
 
@@ -161,14 +176,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kvmlite fetch-assets", description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, help=f"cache directory (default ${ENV_VAR} or {DEFAULT_CACHE})")
     parser.add_argument("--force", action="store_true", help="download again even when cached")
+    parser.add_argument(
+        "--symbols",
+        action="store_true",
+        help="also keep the kernel's System.map, for run --profile (downloads the ~280 MB -dbg package)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        vmlinuz, busybox = fetch_assets(args.dir, args.force)
+        vmlinuz, busybox = fetch_assets(args.dir, args.force, args.symbols)
     except KvmliteError as err:
         sys.stderr.write(f"kvmlite: {err}\n")
         return 1
     sys.stdout.write(f"vmlinuz {vmlinuz}\nbusybox {busybox}\n")
+    system_map = vmlinuz.parent / SYSTEM_MAP_NAME
+    if system_map.is_file():
+        sys.stdout.write(f"symbols {system_map}\n")
     return 0
 
 
