@@ -14,7 +14,7 @@ from kvmlite.firmware.acpi import MAX_CPUS
 from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import MpState
 from kvmlite.kvm.system import CpuidEntry
-from kvmlite.vmm.cpu_setup import guest_cpuid
+from kvmlite.vmm.cpu_setup import MSR_IA32_TSC, MSR_LSTAR, MSR_MTRR_DEF_TYPE, boot_msrs, guest_cpuid
 from kvmlite.vmm.irqchip import KernelIrqChip
 from kvmlite.vmm.loop import VmControl
 from kvmlite.vmm.machine import SMP_NEEDS_KERNEL_IRQCHIP, Machine, MachineConfig
@@ -82,6 +82,20 @@ def test_intel_leaf_4_counts_the_cores_of_the_package() -> None:
 # --- configuration ---------------------------------------------------------------------------------------
 
 
+def test_kvm_signature_and_paravirt_feature_leaves_pass_through_unchanged() -> None:
+    signature = CpuidEntry(0x4000_0000, 0, 0, 0x4000_0001, 0x4B4D564B, 0x564B4D56, 0x4D)  # "KVMKVMKVM"
+    features = CpuidEntry(0x4000_0001, 0, 0, 0x0100_7EFB, 0, 0, 0)  # kvmclock (bit 3), stable bit (24)...
+    for vcpu in (0, 1):
+        out = guest_cpuid([*SUPPORTED, signature, features], vcpu, 2)
+        assert leaf(out, 0x4000_0000) == signature and leaf(out, 0x4000_0001) == features
+
+
+def test_boot_msrs_leave_out_what_kvm_does_not_save_but_always_enable_the_mtrrs() -> None:
+    assert boot_msrs(set()) == {MSR_MTRR_DEF_TYPE: 0x806}
+    msrs = boot_msrs({MSR_IA32_TSC, MSR_LSTAR, 0x1234})
+    assert msrs == {MSR_IA32_TSC: 0, MSR_LSTAR: 0, MSR_MTRR_DEF_TYPE: 0x806}
+
+
 @pytest.mark.parametrize("cpus", [0, MAX_CPUS + 1])
 def test_cpu_counts_out_of_range_are_a_config_error(cpus: int) -> None:
     with pytest.raises(ConfigError, match="--cpus"):
@@ -144,6 +158,9 @@ trampoline:
 .code16
     xor %ax, %ax
     mov %ax, %ds
+    mov $0x2FF, %ecx
+    rdmsr
+    mov %eax, 0x9008
     movl $1, 0x9000
     cli
 2:  hlt
@@ -157,6 +174,19 @@ SPIN_THEN_EXIT = (
     "1: pause\n   cmpl $1, 0x9004\n   jne 1b\n   mov $0xf4, %dx\n   mov $5, %eax\n   out %eax, %dx"
 )
 WATCHDOG_ROUNDS = 3
+#: The BSP exits with its MTRR default type register: (type | enable bit 11 moved to bit 3) << 1 | 1.
+READ_MTRR_THEN_EXIT = """
+    mov $0x2FF, %ecx
+    rdmsr
+    mov %eax, %ebx
+    and $7, %ebx
+    shr $11, %eax
+    and $1, %eax
+    shl $3, %eax
+    or %ebx, %eax
+    mov $0xf4, %dx
+    out %eax, %dx
+"""
 
 
 TEST_TIMEOUT_S = 60
@@ -203,6 +233,21 @@ def test_ap_started_by_init_sipi_runs_and_the_vm_stops_once_every_cpu_halts(tmp_
         assert status == 0 and info is not None
         assert info.message == "guest halted with interrupts disabled on every CPU"
         assert machine.memory.read(0x9000, 1) == b"\x01"  # the AP ran its trampoline
+    finally:
+        machine.close()
+
+
+@requires_kvm
+def test_every_vcpu_starts_with_the_firmware_msrs(tmp_path: Path) -> None:
+    machine = smp_machine(tmp_path, READ_MTRR_THEN_EXIT)
+    try:
+        for loop in machine.loops:
+            msrs = loop.vcpu.get_msrs([0x2FF, 0x174, 0xC000_0082])
+            assert msrs == {0x2FF: 0x806, 0x174: 0, 0xC000_0082: 0}
+        status = run_bounded(machine)
+        # the BSP read MTRRs enabled, write-back default (6 | 8 = 14), and so did the AP after its SIPI
+        assert status == (14 << 1) | 1, machine.control.stop_info
+        assert int.from_bytes(machine.memory.read(0x9008, 4), "little") == 0x806
     finally:
         machine.close()
 

@@ -34,6 +34,16 @@ SEL_CODE, SEL_DATA = 0x08, 0x10
 
 PTE_P, PTE_RW, PTE_PS = 1 << 0, 1 << 1, 1 << 7
 
+# MSRs a vCPU starts with (KVM's reset values leave the MTRRs disabled, which firmware would enable)
+MSR_IA32_TSC = 0x10
+MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP = 0x174, 0x175, 0x176
+MSR_IA32_MISC_ENABLE = 0x1A0
+MISC_ENABLE_FAST_STRING = 1 << 0
+MSR_MTRR_DEF_TYPE = 0x2FF
+MTRR_DEF_TYPE_ENABLE, MTRR_TYPE_WRBACK = 1 << 11, 6
+MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SYSCALL_MASK = 0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084
+MSR_KERNEL_GS_BASE = 0xC000_0102
+
 # CPUID
 CPUID_FLAG_SIGNIFICANT_INDEX = 1  # KVM_CPUID_FLAG_SIGNIFCANT_INDEX: the entry is per subleaf
 CPUID_1_EDX_HTT = 1 << 28  # leaf 1 EBX[23:16] (logical processors per package) is valid
@@ -94,6 +104,33 @@ def setup_cpu(regs: S.kvm_regs, sregs: S.kvm_sregs, memory: GuestMemory, result:
             sregs.efer = EFER_LME | EFER_LMA
     for name, value in result.regs.items():
         setattr(regs, "r" + name[1:] if name.startswith("e") else name, value)
+
+
+def boot_msrs(saved: set[int]) -> dict[int, int]:
+    """The MSR values every vCPU starts with, as firmware would leave them (all vCPUs alike).
+
+    The fast-system-call MSRs are zero; the TSC starts at 0 on every vCPU
+    (KVM treats writes close together as one synchronised TSC); string
+    operations are fast; the MTRRs are on with write-back as the default type,
+    so the kernel sees cacheable RAM and sets up PAT.  MSRs KVM does not list
+    in KVM_GET_MSR_INDEX_LIST (``saved``) are left out, except the
+    architectural MTRR default type, which KVM always emulates.
+    """
+    values = {
+        MSR_IA32_SYSENTER_CS: 0,
+        MSR_IA32_SYSENTER_ESP: 0,
+        MSR_IA32_SYSENTER_EIP: 0,
+        MSR_STAR: 0,
+        MSR_LSTAR: 0,
+        MSR_CSTAR: 0,
+        MSR_SYSCALL_MASK: 0,
+        MSR_KERNEL_GS_BASE: 0,
+        MSR_IA32_TSC: 0,
+        MSR_IA32_MISC_ENABLE: MISC_ENABLE_FAST_STRING,
+    }
+    out = {index: value for index, value in values.items() if index in saved}
+    out[MSR_MTRR_DEF_TYPE] = MTRR_DEF_TYPE_ENABLE | MTRR_TYPE_WRBACK
+    return out
 
 
 def _cache_sharing_bits(eax: int, ncpus: int) -> int:

@@ -44,7 +44,7 @@ from kvmlite.loaders import LoadResult, load_kernel
 from kvmlite.memory.bus import Bus
 from kvmlite.memory.guest import GuestMemory
 from kvmlite.vmm.console import SerialConsole, parse_serial_spec
-from kvmlite.vmm.cpu_setup import guest_cpuid, setup_cpu
+from kvmlite.vmm.cpu_setup import boot_msrs, guest_cpuid, setup_cpu
 from kvmlite.vmm.cpuid import apply_features, parse_feature_spec
 from kvmlite.vmm.irqchip import HALT_WATCH_INTERVAL_S, KernelIrqChip, UserspaceIrqChip
 from kvmlite.vmm.loop import STATUS_INTERRUPTED, STATUS_OK, VcpuLoop, VmControl
@@ -273,13 +273,17 @@ class Machine:
         assert self.load_result is not None, "load() first"
         if count > 1 and not isinstance(self.irqchip, KernelIrqChip):
             raise ConfigError(f"{count} vCPUs: {SMP_NEEDS_KERNEL_IRQCHIP}")
-        supported = self.vm.kvm.supported_cpuid() if self.backend_name == "kvm" else []
+        kvm = self.backend_name == "kvm"
+        supported = self.vm.kvm.supported_cpuid() if kvm else []
         if supported and self.config.cpu_features:
             supported = apply_features(supported, self.config.cpu_features)
+        msrs = boot_msrs(set(self.vm.kvm.msr_index_list())) if kvm else {}
         for i in range(count):
             vcpu = self.vm.create_vcpu(i)
             if supported:
                 vcpu.set_cpuid(guest_cpuid(supported, i, count))
+            if msrs:
+                vcpu.set_msrs(msrs)  # after the CPUID: KVM checks some MSRs against it
             if i == 0:
                 regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
                 setup_cpu(regs, sregs, self.memory, self.load_result)
