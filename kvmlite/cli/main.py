@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="hide (-name) or show (+name) CPUID features, e.g. -avx,-xsaves (names as in /proc/cpuinfo)",
     )
+    run.add_argument(
+        "--syscall-fix",
+        choices=["auto", "off"],
+        default="auto",
+        help="auto: where the host KVM leaves SYSCALL from ring 3 at CPL 3, complete it in kvmlite (auto)",
+    )
     run.add_argument("--trace", action="store_true", help="log every exit and POST code (port 0x80)")
     run.add_argument("--stats", action="store_true", help="print exit statistics to stderr at the end")
     run.add_argument(
@@ -155,6 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cpu_features=args.cpu_features,
         trace=args.trace,
         stats=args.stats,
+        syscall_fix=args.syscall_fix,
     )
     while True:
         machine = Machine.build(config)

@@ -64,6 +64,7 @@ class Ioctl(IntEnum):
     KVM_IRQFD = _iow(0x76, S.kvm_irqfd)
     KVM_CREATE_PIT2 = _iow(0x77, S.kvm_pit_config)
     KVM_IOEVENTFD = _iow(0x79, S.kvm_ioeventfd)
+    KVM_X86_SET_MSR_FILTER = _iow(0xC6, S.kvm_msr_filter)
     KVM_SET_CLOCK = _iow(0x7B, S.kvm_clock_data)
     KVM_GET_CLOCK = _ior(0x7C, S.kvm_clock_data)
     KVM_GET_PIT2 = _ior(0x9F, S.kvm_pit_state2)
@@ -260,6 +261,11 @@ class IoeventfdFlag(IntFlag):
     DATAMATCH = 1 << 0
     PIO = 1 << 1
     DEASSIGN = 1 << 2
+
+
+class MsrFilterFlag(IntFlag):
+    READ = 1 << 0
+    WRITE = 1 << 1
 
 
 class MsrExitReason(IntFlag):

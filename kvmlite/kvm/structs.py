@@ -350,6 +350,17 @@ class kvm_enable_cap(Struct):
     _fields_ = [("cap", u32), ("flags", u32), ("args", u64 * 4), ("pad", u8 * 64)]
 
 
+class kvm_msr_filter_range(Struct):
+    _fields_ = [("flags", u32), ("nmsrs", u32), ("base", u32), ("bitmap", C.c_void_p)]
+
+
+KVM_MSR_FILTER_MAX_RANGES = 16
+
+
+class kvm_msr_filter(Struct):
+    _fields_ = [("flags", u32), ("ranges", kvm_msr_filter_range * KVM_MSR_FILTER_MAX_RANGES)]
+
+
 class kvm_coalesced_mmio_zone(Struct):
     _fields_ = [("addr", u64), ("size", u32), ("pio", u32)]
 
@@ -502,6 +513,7 @@ ALL_STRUCTS: dict[str, type[C.Structure]] = {
         kvm_interrupt, kvm_translation, kvm_userspace_memory_region, kvm_irq_level, kvm_pit_config,
         kvm_pit_channel_state, kvm_pit_state2, kvm_pic_state, kvm_ioapic_state, kvm_irqchip, kvm_irqfd,
         kvm_ioeventfd, kvm_msi, kvm_dirty_log, kvm_clear_dirty_log, kvm_enable_cap,
+        kvm_msr_filter_range, kvm_msr_filter,
         kvm_coalesced_mmio_zone, kvm_clock_data, kvm_run,
     )
 }  # fmt: skip

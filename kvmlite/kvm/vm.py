@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING
 
 from kvmlite.kvm import structs as S
-from kvmlite.kvm.constants import Cap, Ioctl, IoeventfdFlag, IrqchipId, IrqfdFlag, MemFlag
+from kvmlite.kvm.constants import Cap, Ioctl, IoeventfdFlag, IrqchipId, IrqfdFlag, MemFlag, MsrExitReason
 from kvmlite.kvm.ioctl import ioctl
 
 if TYPE_CHECKING:
@@ -52,6 +52,26 @@ class Vm:
             ec,
             detail=f"capability {Cap(cap).name if cap in Cap._value2member_map_ else cap}",
         )
+
+    def set_msr_filter(self, denied: dict[int, int]) -> None:
+        """KVM_X86_SET_MSR_FILTER: guest accesses to the MSRs in ``denied`` exit to userspace.
+
+        ``denied`` maps an MSR index to the kinds of access to trap
+        (``MsrFilterFlag.READ``/``WRITE``, or both); every other MSR is left
+        to KVM.  The exits (``RdMsr``/``WrMsr``, reason FILTER) need
+        KVM_CAP_X86_USER_SPACE_MSR, enabled here.  An empty dict removes the
+        filter.  At most 16 MSRs (one range each).
+        """
+        if len(denied) > S.KVM_MSR_FILTER_MAX_RANGES:
+            raise ValueError(f"at most {S.KVM_MSR_FILTER_MAX_RANGES} MSRs can be filtered")
+        self.enable_cap(Cap.X86_USER_SPACE_MSR, int(MsrExitReason.FILTER))
+        filt = S.kvm_msr_filter(flags=0)  # KVM_MSR_FILTER_DEFAULT_ALLOW
+        self._msr_bitmaps = [ctypes.create_string_buffer(1) for _ in denied]  # one 0 bit: "deny"
+        for i, ((index, kinds), bitmap) in enumerate(zip(denied.items(), self._msr_bitmaps, strict=True)):
+            rng = filt.ranges[i]
+            rng.flags, rng.nmsrs, rng.base = int(kinds), 1, index
+            rng.bitmap = ctypes.cast(bitmap, ctypes.c_void_p)
+        ioctl(self.fd, Ioctl.KVM_X86_SET_MSR_FILTER, filt, detail=f"{len(denied)} MSRs")
 
     # --- memory -----------------------------------------------------------
     def set_user_memory_region(

@@ -50,6 +50,7 @@ from kvmlite.vmm.irqchip import HALT_WATCH_INTERVAL_S, KernelIrqChip, UserspaceI
 from kvmlite.vmm.loop import STATUS_INTERRUPTED, STATUS_OK, VcpuLoop, VmControl
 from kvmlite.vmm.rescue import Rescuer
 from kvmlite.vmm.stats import ExitStats
+from kvmlite.vmm.syscall_fix import SyscallRepair, host_drops_syscall_privilege
 from kvmlite.vmm.timers import Rescheduling, TimerService
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ class MachineConfig:
     on_reset: str = "exit"  # "exit" or "restart"
     stats: bool = False
     trace: bool = False
+    #: "auto": complete SYSCALLs the host leaves at CPL 3 (kvmlite.vmm.syscall_fix) where it does; "off".
+    syscall_fix: str = "auto"
     #: Library use: where the guest's serial output goes (overrides ``serial``).
     serial_out: Callable[[bytes], None] | None = None
 
@@ -101,6 +104,8 @@ class MachineConfig:
             raise ConfigError(f"unknown backend {self.backend!r} (choose kvm, emu or auto)")
         if self.irqchip not in ("kernel", "userspace", "auto"):
             raise ConfigError(f"unknown irqchip {self.irqchip!r} (choose kernel, userspace or auto)")
+        if self.syscall_fix not in ("auto", "off"):
+            raise ConfigError(f"--syscall-fix {self.syscall_fix!r}: choose auto or off")
         if self.on_reset not in ("exit", "restart"):
             raise ConfigError(f"--on-reset {self.on_reset!r}: choose exit or restart")
         parse_serial_spec(self.serial)
@@ -128,6 +133,7 @@ class Machine:
         self.timers = TimerService(self.lock)
         self.irqchip = self._make_irqchip(config.irqchip)
         self.loops: list[VcpuLoop] = []
+        self.syscall_repairs: list[SyscallRepair] = []
         self.serial: Serial16550 | None = None
         self.console: SerialConsole | None = None
         self.load_result: LoadResult | None = None
@@ -278,6 +284,9 @@ class Machine:
         if supported and self.config.cpu_features:
             supported = apply_features(supported, self.config.cpu_features)
         msrs = boot_msrs(set(self.vm.kvm.msr_index_list())) if kvm else {}
+        fix_syscalls = kvm and self.config.syscall_fix == "auto" and host_drops_syscall_privilege(self.vm.kvm)
+        if fix_syscalls:
+            SyscallRepair.trap_lstar_writes(self.vm)
         for i in range(count):
             vcpu = self.vm.create_vcpu(i)
             if supported:
@@ -297,6 +306,8 @@ class Machine:
             loop.intercept(E.SystemEventExit, self._system_events)
             if self.backend_name == "kvm":
                 loop.intercept(E.InternalErrorExit, Rescuer(loop, self.memory))
+            if fix_syscalls:
+                self.syscall_repairs.append(SyscallRepair(loop, self.memory))
             self.loops.append(loop)
 
     def _system_events(self, ex: E.SystemEventExit) -> bool:

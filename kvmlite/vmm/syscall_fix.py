@@ -1,0 +1,244 @@
+"""Finish the SYSCALLs a host KVM leaves half done.
+
+On some nested hosts (this project's kvm-pvm machines, docs/platform-notes.md)
+guest ring-3 code runs natively and a ``SYSCALL`` from it arrives at LSTAR
+with RCX and R11 set but the privilege level still 3.  An unmodified kernel
+then faults on its own entry code (its text is supervisor-only) and kills
+the process: Linux boots to its first user instruction and panics when init
+makes its first system call.
+
+kvmlite repairs this from outside, without changing the guest:
+
+* :func:`host_drops_syscall_privilege` detects the quirk once per process
+  with a tiny VM that executes ``SYSCALL`` at CPL 3;
+* :class:`SyscallRepair` traps the kernel's WRMSR to LSTAR (an MSR filter)
+  and, at that moment (Linux sets LSTAR after its IDT is in place), sets a
+  hardware breakpoint (KVM_SET_GUEST_DEBUG) on the guest's page-fault
+  handler, read from its IDT.  A page
+  fault whose exception frame says "user mode, RIP = LSTAR" is a SYSCALL
+  that never reached ring 0: the frame is dropped and the vCPU continues at
+  LSTAR the way ``SYSCALL`` defines it (CS and SS from STAR, RFLAGS masked
+  by SFMASK, the user's RSP kept).  Every other page fault goes on to the
+  handler: kvmlite steps over the breakpointed first instruction itself
+  (RFLAGS.RF is not honoured by a host that emulates ring 0).
+
+Each repaired call costs one exit.  On a host without the quirk nothing is
+attached and nothing costs anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+from typing import Any
+
+from kvmlite.errors import KvmliteError
+from kvmlite.kvm import exits as E
+from kvmlite.kvm.constants import GuestDebug, MsrFilterFlag
+from kvmlite.memory.guest import GuestMemory
+from kvmlite.vmm.loop import VcpuLoop
+
+log = logging.getLogger(__name__)
+
+MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_SFMASK = 0xC000_0080, 0xC000_0081, 0xC000_0082, 0xC000_0084
+EFER_SCE = 1 << 0
+VECTOR_PF = 14
+RFLAGS_RF = 1 << 16
+RFLAGS_FIXED = 1 << 1
+STATS_LABEL = "syscall (CPL 3)"
+RFLAGS_DF, RFLAGS_AC = 1 << 10, 1 << 18
+#: Instructions the breakpoint can be stepped over by hand: RFLAGS bits (cleared, set) besides RIP.
+STEP_OVER = {
+    "nop": (0, 0),
+    "endbr64": (0, 0),
+    "clac": (RFLAGS_AC, 0),
+    "stac": (0, RFLAGS_AC),
+    "cld": (RFLAGS_DF, 0),
+}
+_FRAME = struct.Struct("<6Q")  # error code, RIP, CS, RFLAGS, RSP, SS (a long-mode #PF frame)
+
+_probe_lock = threading.Lock()
+_probe_result: bool | None = None
+
+
+def host_drops_syscall_privilege(kvm: Any) -> bool:
+    """True if SYSCALL from CPL 3 reaches LSTAR still at CPL 3 on this host (tested once per process)."""
+    global _probe_result
+    with _probe_lock:
+        if _probe_result is None:
+            try:
+                _probe_result = _probe(kvm)
+            except KvmliteError as err:
+                log.debug("SYSCALL probe failed (%s): assuming a correct host", err)
+                _probe_result = False
+            if _probe_result:
+                log.info("this host's KVM leaves SYSCALL from ring 3 at CPL 3: kvmlite completes them")
+        return _probe_result
+
+
+def _probe(kvm: Any) -> bool:
+    """A long-mode VM whose ring-3 code executes SYSCALL; the LSTAR code reports its CPL with an OUT."""
+    from kvmlite.loaders.base import EntryMode, LoadResult
+    from kvmlite.vmm.cpu_setup import setup_cpu
+
+    code, handler, port = 0x10_0000, 0x10_0100, 0x10
+    memory = GuestMemory([(0, 4 << 20)])
+    vm = kvm.create_vm()
+    try:
+        vm.set_tss_addr()
+        vm.register_memory(memory)
+        memory.write(code, b"\x0f\x05\xf4")  # syscall; hlt
+        memory.write(handler, bytes([0xE6, port, 0xF4]))  # out port, al; hlt
+        vcpu = vm.create_vcpu(0)
+        regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+        setup_cpu(regs, sregs, memory, LoadResult("probe", code, EntryMode.LONG64, gdt=0x500))
+        _make_user_accessible(memory, sregs.cr3)
+        memory.write(0x500 + 0x18, struct.pack("<QQ", 0x00CF_F200_0000_FFFF, 0x00AF_FA00_0000_FFFF))
+        sregs.gdt.limit = 0x28 - 1
+        sregs.cs.selector, sregs.cs.dpl = 0x23, 3
+        sregs.ss.selector, sregs.ss.dpl = 0x1B, 3
+        sregs.efer |= EFER_SCE
+        vcpu.set_sregs(sregs)
+        regs.rsp, regs.rflags = 0x30_0000, RFLAGS_FIXED | (3 << 12)
+        vcpu.set_regs(regs)
+        # SYSRET selectors 0x10 (+16 = 0x20 user code), SYSCALL selectors 0x08 (kernel code, +8 data)
+        vcpu.set_msrs({MSR_STAR: (0x10 << 48) | (0x08 << 32), MSR_LSTAR: handler, MSR_SFMASK: 0})
+        for _ in range(4):
+            ex = vcpu.run()
+            if isinstance(ex, E.IoOut) and ex.port == port:
+                return vcpu.get_sregs().cs.dpl == 3
+            if not isinstance(ex, E.Interrupted):
+                return False
+        return False
+    finally:
+        vm.close()
+        memory.close()
+
+
+def _make_user_accessible(memory: GuestMemory, cr3: int) -> None:
+    """Set the U bit on every entry of kvmlite's identity tables (PML4, PDPT, the 2 MiB PDs)."""
+    pml4 = cr3 & ~0xFFF
+    memory.write_u64(pml4, memory.read_u64(pml4) | 4)
+    pdpt = memory.read_u64(pml4) & 0x000F_FFFF_FFFF_F000
+    for i in range(4):
+        memory.write_u64(pdpt + 8 * i, memory.read_u64(pdpt + 8 * i) | 4)
+        pd = memory.read_u64(pdpt + 8 * i) & 0x000F_FFFF_FFFF_F000
+        table = bytearray(memory.read(pd, 4096))
+        for j in range(512):
+            table[8 * j] |= 4
+        memory.write(pd, bytes(table))
+
+
+class SyscallRepair:
+    """Per vCPU: breakpoint the guest's #PF handler and turn faults at LSTAR from ring 3 into SYSCALLs."""
+
+    def __init__(self, loop: VcpuLoop, memory: GuestMemory) -> None:
+        self.loop = loop
+        self.vcpu = loop.vcpu
+        self.memory = memory
+        self.handler: int | None = None
+        self.repaired = 0
+        self.other_faults = 0
+        self._stepping = False
+        loop.intercept(E.Debug, self._on_debug)
+        loop.intercept(E.WrMsr, self._on_wrmsr)
+
+    @staticmethod
+    def trap_lstar_writes(vm: Any) -> None:
+        """Make the guest's WRMSR to LSTAR exit to kvmlite (once per VM, before any vCPU runs)."""
+        vm.set_msr_filter({MSR_LSTAR: MsrFilterFlag.WRITE})
+
+    # --- arming: find the #PF handler when the kernel sets up system calls ---------------------
+    def _on_wrmsr(self, ex: E.Exit) -> bool:
+        """The kernel writes LSTAR (trapped by the VM's MSR filter): apply it, then arm."""
+        assert isinstance(ex, E.WrMsr)
+        if ex.index != MSR_LSTAR:
+            return False
+        self.vcpu.set_msrs({MSR_LSTAR: ex.value})
+        try:
+            self._try_arm()
+        except KvmliteError as err:
+            log.warning("vcpu %d: cannot complete SYSCALLs for this guest: %s", self.vcpu.id, err)
+        return True
+
+    def _try_arm(self) -> None:
+        sregs = self.vcpu.get_sregs()
+        if sregs.idt.limit < VECTOR_PF * 16 + 15:
+            raise KvmliteError("its IDT has no page-fault gate yet when it sets LSTAR")
+        gate = self._read_linear(sregs.idt.base + VECTOR_PF * 16, 16)
+        low, mid, high = struct.unpack_from("<HxxxxHI", gate)
+        handler = low | (mid << 16) | (high << 32)
+        self.vcpu.set_guest_debug(GuestDebug.ENABLE | GuestDebug.USE_HW_BP, [handler])
+        self.handler = handler
+        log.info("vcpu %d: SYSCALL repair armed on the #PF handler at %#x", self.vcpu.id, handler)
+
+    def _read_linear(self, addr: int, size: int) -> bytes:
+        out = b""
+        while size:
+            chunk = min(size, 0x1000 - (addr & 0xFFF))
+            tr = self.vcpu.translate(addr)
+            if not tr.valid:
+                raise KvmliteError(f"guest address {addr:#x} is not mapped")
+            out += self.memory.read(tr.physical_address, chunk)
+            addr, size = addr + chunk, size - chunk
+        return out
+
+    # --- the repair ------------------------------------------------------------------------------
+    def _on_debug(self, ex: E.Exit) -> bool:
+        assert isinstance(ex, E.Debug)
+        if self._stepping:  # the handler's first instruction ran: put the breakpoint back
+            self._stepping = False
+            assert self.handler is not None
+            self.vcpu.set_guest_debug(GuestDebug.ENABLE | GuestDebug.USE_HW_BP, [self.handler])
+            return True
+        if self.handler is None or ex.pc != self.handler:
+            return False
+        regs = self.vcpu.get_regs()
+        _, rip, cs, rflags, rsp, _ = _FRAME.unpack(self._read_linear(regs.rsp, _FRAME.size))
+        msrs = self.vcpu.get_msrs([MSR_STAR, MSR_LSTAR, MSR_SFMASK])
+        if rip == msrs[MSR_LSTAR] and cs & 3 == 3:
+            self._enter_kernel(regs, rsp, rflags, msrs[MSR_STAR], msrs[MSR_LSTAR], msrs[MSR_SFMASK])
+            self.repaired += 1
+            self.loop.stats.rescues[STATS_LABEL] += 1
+        else:
+            self._step_over_breakpoint(regs)  # a real page fault: let the handler run
+            self.other_faults += 1
+        self.vcpu.set_regs(regs)
+        return True
+
+    def _step_over_breakpoint(self, regs: Any) -> None:
+        """Execute the handler's first instruction here, so resuming does not hit the breakpoint again.
+
+        RFLAGS.RF would do this on hardware, but a host that emulates ring 0
+        may ignore it.  Handlers begin with instructions that only move RIP
+        or change a flag (NOP padding, ENDBR64, CLAC/STAC, CLD); anything
+        else is single-stepped by KVM, with the breakpoint lifted for it.
+        """
+        from kvmlite.emulator.decoder import MODE_64, decode
+
+        insn = decode(self._read_linear(regs.rip, 16), MODE_64)
+        effect = STEP_OVER.get(insn.mnemonic)
+        if effect is None:
+            self._single_step()
+            return
+        clear, set_ = effect
+        regs.rip += insn.length
+        regs.rflags = (regs.rflags & ~clear) | set_
+
+    def _single_step(self) -> None:
+        self.vcpu.set_guest_debug(GuestDebug.ENABLE | GuestDebug.SINGLESTEP)
+        self._stepping = True
+
+    def _enter_kernel(self, regs: Any, rsp: int, rflags: int, star: int, lstar: int, sfmask: int) -> None:
+        """What SYSCALL does after saving RIP in RCX and RFLAGS in R11 (which the host did)."""
+        sregs = self.vcpu.get_sregs()
+        selector = (star >> 32) & 0xFFFC
+        cs, ss = sregs.cs, sregs.ss
+        cs.selector, cs.base, cs.limit, cs.type, cs.present = selector, 0, 0xFFFF_FFFF, 0xB, 1
+        cs.dpl, cs.db, cs.s, cs.l, cs.g, cs.unusable = 0, 0, 1, 1, 1, 0
+        ss.selector, ss.base, ss.limit, ss.type, ss.present = selector + 8, 0, 0xFFFF_FFFF, 0x3, 1
+        ss.dpl, ss.db, ss.s, ss.l, ss.g, ss.unusable = 0, 1, 1, 0, 1, 0
+        self.vcpu.set_sregs(sregs)
+        regs.rip, regs.rsp = lstar, rsp
+        regs.rflags = (rflags & ~sfmask & ~RFLAGS_RF) | RFLAGS_FIXED
