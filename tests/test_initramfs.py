@@ -292,3 +292,14 @@ def test_cached_assets_without_symbols_are_fetched_again_when_symbols_are_asked_
         assets.fetch_assets(tmp_path, symbols=True)
     (tmp_path / "System.map").write_text("ffffffff81000000 T _stext\n")
     assert assets.fetch_assets(tmp_path, symbols=True) == (tmp_path / "vmlinuz", tmp_path / "busybox")
+
+
+def test_uncompressed_archive_is_the_same_cpio(tmp_path: Path) -> None:
+    busybox = tmp_path / "busybox"
+    busybox.write_bytes(FAKE_ELF)
+    plain = initramfs.build_initramfs(busybox, applets=FEW_APPLETS, compress=False)
+    assert plain[:6] == b"070701"  # newc magic: the kernel unpacks it as it is
+    assert gzip.decompress(initramfs.build_initramfs(busybox, applets=FEW_APPLETS)) == plain
+    out = tmp_path / "initrd.cpio"
+    assert initramfs.main(["--busybox", str(busybox), "--no-compress", "-o", str(out)]) == 0
+    assert out.read_bytes()[:6] == b"070701"

@@ -25,18 +25,13 @@ from pathlib import Path
 
 import pytest
 
+from kvmlite.tools.assets import LINUX_TEST_CMDLINE
 from tests.conftest import requires_kvm
 
 ENABLED = os.environ.get("KVMLITE_LINUX_BOOT") == "1"
 BOOT_TIMEOUT_S = float(os.environ.get("KVMLITE_BOOT_TIMEOUT_S", "3600"))
 COMMAND_TIMEOUT_S = 120.0
 PROMPT = b"kvmlite# "
-# Features this project's host cannot run at ring 0 (its emulator raises #UD for VEX instructions,
-# fails on SSSE3+ arithmetic, and the guest sees the host's CPUID there whatever KVM_SET_CPUID2 says),
-# hidden by the kernel itself; harmless on any host.
-CLEARCPUID = "avx512f,avx2,avx,smap,xsaves,ssse3,sse4_1,sse4_2,pclmulqdq,aes"
-CMDLINE = f"console=ttyS0 quiet nowatchdog mitigations=off clearcpuid={CLEARCPUID}"
-
 pytestmark = [
     requires_kvm,
     pytest.mark.skipif(not ENABLED, reason="slow Linux boot: set KVMLITE_LINUX_BOOT=1 to run it"),
@@ -52,9 +47,9 @@ def linux(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
         pytest.skip(f"no kernel and busybox ({reason}): run `kvmlite fetch-assets`")
     vmlinuz, busybox = found
     out = tmp_path_factory.mktemp("linux")
-    vmlinux, initrd = out / "vmlinux", out / "initrd.gz"
+    vmlinux, initrd = out / "vmlinux", out / "initrd.cpio"
     vmlinux.write_bytes(extract_vmlinux.extract_vmlinux(vmlinuz.read_bytes()))
-    initrd.write_bytes(initramfs.build_initramfs(busybox))
+    initrd.write_bytes(initramfs.build_initramfs(busybox, compress=False))
     return vmlinuz, vmlinux, initrd
 
 
@@ -101,7 +96,16 @@ def test_linux_boots_to_a_shell_that_answers_and_powers_off(
 ) -> None:
     vmlinuz, vmlinux, initrd = linux
     kernel = vmlinux if path == "pvh" else vmlinuz
-    args = ["--kernel", str(kernel), "--initrd", str(initrd), "--cmdline", CMDLINE, "--memory", "256"]
+    args = [
+        "--kernel",
+        str(kernel),
+        "--initrd",
+        str(initrd),
+        "--cmdline",
+        LINUX_TEST_CMDLINE,
+        "--memory",
+        "128",
+    ]
     console = Console(*args, "--cpus", "2")
     try:
         console.expect(b"kvmlite-initramfs: ready", BOOT_TIMEOUT_S)
