@@ -33,7 +33,7 @@ import struct
 import threading
 from typing import Any
 
-from kvmlite.errors import KvmliteError
+from kvmlite.errors import KvmIoctlError, KvmliteError
 from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import GuestDebug, MsrFilterFlag
 from kvmlite.memory.guest import GuestMemory
@@ -155,7 +155,11 @@ class SyscallRepair:
         assert isinstance(ex, E.WrMsr)
         if ex.index != MSR_LSTAR:
             return False
-        self.vcpu.set_msrs({MSR_LSTAR: ex.value})
+        try:
+            self.vcpu.set_msrs({MSR_LSTAR: ex.value})
+        except KvmIoctlError:  # e.g. a non-canonical address: the #GP the CPU would raise
+            ex.fail()
+            return True
         try:
             self._try_arm()
         except KvmliteError as err:
