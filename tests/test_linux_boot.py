@@ -7,9 +7,14 @@ Run with::
 
 On a normal KVM host this takes seconds to a minute.  On this project's nested
 development machines every ring-0 instruction of the guest is emulated by the
-host (docs/platform-notes.md) and the boot takes well over 15 minutes, so
-the default test command leaves it out (``KVMLITE_LINUX_BOOT`` unset: skipped
-with that reason).  ``KVMLITE_BOOT_TIMEOUT_S`` raises the time allowed.
+host (docs/platform-notes.md): each boot takes 9 to 16 minutes (PVH alone
+about 9; both run side by side took 14 and 16 on 2026-11-25), together
+well over 15 minutes, so the default test command leaves them out
+(``KVMLITE_LINUX_BOOT`` unset: skipped with that reason).
+``KVMLITE_BOOT_TIMEOUT_S`` raises the time allowed.  There, kvmlite also
+completes every SYSCALL the host leaves at CPL 3 (kvmlite.vmm.syscall_fix)
+and emulates the instructions the host gives up on; without either the
+kernel panics at init's first system call or stops at ``cmpxchg16b``.
 """
 
 from __future__ import annotations
