@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,13 @@ def build_multiboot(tmp: Path, name: str, source: str) -> Path:
         capture_output=True,
     )
     return elf
+
+
+def kvmlite_run(*args: str) -> subprocess.CompletedProcess[str]:
+    """``kvmlite run ARGS --serial none`` in a subprocess, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "kvmlite", "run", *args, "--serial", "none"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

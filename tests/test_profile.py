@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from kvmlite.errors import ConfigError
 from kvmlite.loaders.elf import elf_symbols
 from kvmlite.vmm.profile import SymbolTable
-from tests.conftest import KVM_OK, build_multiboot
+from tests.conftest import KVM_OK, build_multiboot, kvmlite_run
 
 # Spends ten times as many instructions in `hot` as in `cold`, then writes 0x7f to isa-debug-exit:
 # kvmlite exits with status (0x7f << 1) | 1 = 255.
@@ -81,26 +80,8 @@ def test_profile_finds_the_hot_function(tmp_path: Path, backend: str) -> None:
     # about 0.6 s of guest work at the emulated speed of either backend on this project's hosts
     kernel = _guest(tmp_path, 200_000 if backend == "emu" else 400_000)
     profile = tmp_path / "profile.txt"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kvmlite",
-            "run",
-            "--kernel",
-            str(kernel),
-            "--backend",
-            backend,
-            "--serial",
-            "none",
-            "--profile",
-            str(profile),
-            "--profile-hz",
-            "1000",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = kvmlite_run(
+        "--kernel", str(kernel), "--backend", backend, "--profile", str(profile), "--profile-hz", "1000"
     )
     assert proc.returncode == 255, proc.stderr
     text = profile.read_text()
@@ -118,26 +99,8 @@ def test_profile_of_a_stripped_kernel_warns_and_reports_addresses(tmp_path: Path
     stripped = tmp_path / "stripped.elf"
     subprocess.run(["strip", "-o", str(stripped), str(kernel)], check=True)
     profile = tmp_path / "p.txt"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kvmlite",
-            "run",
-            "--kernel",
-            str(stripped),
-            "--backend",
-            "emu",
-            "--serial",
-            "none",
-            "--profile",
-            str(profile),
-            "--profile-hz",
-            "1000",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = kvmlite_run(
+        "--kernel", str(stripped), "--backend", "emu", "--profile", str(profile), "--profile-hz", "1000"
     )
     assert proc.returncode == 255, proc.stderr
     assert "no symbols" in proc.stderr
@@ -145,24 +108,8 @@ def test_profile_of_a_stripped_kernel_warns_and_reports_addresses(tmp_path: Path
 
 
 def test_missing_symbol_file_is_a_clear_error(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kvmlite",
-            "run",
-            "--backend",
-            "emu",
-            "--serial",
-            "none",
-            "--profile",
-            str(tmp_path / "p"),
-            "--symbols",
-            str(tmp_path / "nope.map"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = kvmlite_run(
+        "--backend", "emu", "--profile", str(tmp_path / "p"), "--symbols", str(tmp_path / "nope.map")
     )
     assert proc.returncode == 2
     assert "nope.map does not exist" in proc.stderr

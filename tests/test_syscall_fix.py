@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import KVM_OK, requires_kvm
+from tests.conftest import KVM_OK, kvmlite_run, requires_kvm
 
 #: Sets up what Linux has when init makes its first system call: its own GDT, TSS, IDT with a #PF gate,
 #: EFER.SCE/STAR/LSTAR/SFMASK, page tables whose first 2 MiB (the kernel, LSTAR) are supervisor-only and
@@ -192,23 +192,7 @@ def guest(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def run(kernel: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kvmlite",
-            "run",
-            "--kernel",
-            str(kernel),
-            "--serial",
-            "none",
-            "--stats",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return kvmlite_run("--kernel", str(kernel), "--stats", *args)
 
 
 BACKENDS = ["emu", pytest.param("kvm", marks=pytest.mark.skipif(not KVM_OK, reason="needs /dev/kvm"))]
