@@ -52,27 +52,36 @@ def _assets() -> tuple[Path, Path]:
     return vmlinux, initrd
 
 
+#: What QEMU prints when the host KVM gives up on an instruction; it then pauses the VM and waits forever.
+QEMU_STOPPED = b"KVM internal error"
+
+
 def _boot(cmd: list[str], cap: float) -> tuple[float, str]:
     """Seconds to the ready marker (or to the end of the run) and a sentence on how it ended."""
     from kvmlite.tools.initramfs import READY_MARKER
 
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None
-    seen = b""
+    assert proc.stdout is not None and proc.stderr is not None
+    seen, err = b"", b""
     try:
         while True:
             elapsed = time.monotonic() - start
             if elapsed > cap:
                 last = seen.decode(errors="replace").strip().splitlines()[-1:] or ["(nothing printed)"]
                 return elapsed, f"still booting after {cap:.0f} s; last line: {last[0][:100]}"
-            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-            if ready:
+            ready, _, _ = select.select([proc.stdout, proc.stderr], [], [], 1.0)
+            if proc.stderr in ready:
+                err += os.read(proc.stderr.fileno(), READ_CHUNK)
+                if QEMU_STOPPED in err:
+                    line = err[err.index(QEMU_STOPPED) :].split(b"\n")[0].decode(errors="replace")
+                    return elapsed, f"stopped by the host KVM: {line.strip()} (emulation failure)"
+            if proc.stdout in ready:
                 chunk = os.read(proc.stdout.fileno(), READ_CHUNK)
                 if not chunk:
                     proc.wait()
-                    err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-                    return elapsed, f"stopped with status {proc.returncode}: {err.splitlines()[-1:] or ''}"
+                    tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
+                    return elapsed, f"stopped with status {proc.returncode}: {tail[0]}"
                 seen += chunk
                 if READY_MARKER.encode() in seen:
                     return time.monotonic() - start, "reached the shell"
@@ -98,8 +107,9 @@ def measure(quick: bool) -> Result:
     qemu = ["qemu-system-x86_64", "-enable-kvm", "-m", str(MEMORY_MIB), "-nodefaults", "-no-reboot"]
     qemu += ["-display", "none", "-serial", "stdio", "-kernel", str(vmlinux), "-initrd", str(initrd)]
     theirs, their_end = _boot([*qemu, "-append", CMDLINE], cap)
+    both = our_end == their_end == "reached the shell"
     return Result(
-        "Linux boot to shell (PVH)",
+        "Linux boot to shell (PVH)" if both else "Linux boot (PVH), to the shell or to where each stopped",
         "s",
         [ours],
         [theirs],

@@ -128,6 +128,9 @@ def format_table(rows: list[Row]) -> str:
         lines.append(f"{head}  {line[-1]}")
         if i == 0:
             lines.append("-" * len(lines[0]))
+    notes = [f"  {row.result.name}: {row.result.note}" for row in rows if row.result and row.result.note]
+    if notes:
+        lines += ["", "notes:", *notes]
     return "\n".join(lines)
 
 
