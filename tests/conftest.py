@@ -49,6 +49,9 @@ def asm(tmp_path: Path):  # type: ignore[no-untyped-def]
     return _asm
 
 
+#: The multiboot v1 header (no flags) that build_multiboot's linker script puts first; guests start with it.
+MULTIBOOT_HEADER = '.section .multiboot, "a"\n.align 4\n.long 0x1BADB002, 0, -0x1BADB002\n'
+
 MULTIBOOT_LD = (
     "ENTRY(_start)\nSECTIONS { . = 0x100000; .text : { *(.multiboot) *(.text) } .bss : { *(.bss) } }\n"
 )

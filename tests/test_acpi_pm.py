@@ -9,7 +9,7 @@ import pytest
 from kvmlite.devices import acpi_pm as PM
 from kvmlite.firmware import acpi as A
 from kvmlite.vmm.machine import Machine, MachineConfig
-from tests.conftest import build_multiboot, requires_kvm
+from tests.conftest import MULTIBOOT_HEADER, build_multiboot, requires_kvm
 
 S5_SLEEP = (PM.S5_SLP_TYP << PM.SLP_TYP_SHIFT) | PM.SLP_EN
 
@@ -138,10 +138,9 @@ def test_tables_point_at_the_device(rec: Recorder) -> None:
 
 # --- in a VM -------------------------------------------------------------------------------------
 
-GUEST = """
-.section .multiboot
-.align 4
-.long 0x1BADB002, 0, -0x1BADB002
+GUEST = (
+    MULTIBOOT_HEADER
+    + """
 .text
 .globl _start
 _start:
@@ -152,6 +151,7 @@ _start:
 1:  hlt
     jmp 1b
 """
+)
 
 
 def run_guest(tmp_path: Path, port: int, value: int, width: str) -> Machine:

@@ -10,14 +10,13 @@ import pytest
 from kvmlite.errors import ConfigError
 from kvmlite.loaders.elf import elf_symbols
 from kvmlite.vmm.profile import SymbolTable
-from tests.conftest import KVM_OK, build_multiboot, kvmlite_run
+from tests.conftest import KVM_OK, MULTIBOOT_HEADER, build_multiboot, kvmlite_run
 
 # Spends ten times as many instructions in `hot` as in `cold`, then writes 0x7f to isa-debug-exit:
 # kvmlite exits with status (0x7f << 1) | 1 = 255.
-GUEST = """
-    .section .multiboot
-    .align 4
-    .long 0x1BADB002, 0, -0x1BADB002
+GUEST = (
+    MULTIBOOT_HEADER
+    + """
     .text
     .globl _start, hot, cold
 _start:
@@ -40,6 +39,7 @@ hot:
     jnz 2b
     ret
 """
+)
 
 
 def _guest(tmp_path: Path, loops: int) -> Path:

@@ -11,16 +11,15 @@ from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import InternalError
 from kvmlite.vmm.machine import Machine, MachineConfig
 from kvmlite.vmm.rescue import Rescuer
-from tests.conftest import build_multiboot, requires_kvm
+from tests.conftest import MULTIBOOT_HEADER, build_multiboot, requires_kvm
 
 pytestmark = requires_kvm
 
 # Five int3 traps at CPL 0 to a handler that counts and IRETs; then the count goes to COM1.
 # On this project's nested host KVM cannot emulate either int3 or the 32-bit IRET at CPL 0.
-TRAPS = r"""
-.section .multiboot, "a"
-.align 4
-.long 0x1BADB002, 0, -(0x1BADB002)
+TRAPS = (
+    MULTIBOOT_HEADER
+    + r"""
 .text
 .code32
 .globl _start
@@ -57,6 +56,7 @@ count: .long 0
 .skip 4096
 stack_top:
 """
+)
 
 
 def test_guest_trapping_at_cpl0_runs_to_its_end(tmp_path: Path) -> None:

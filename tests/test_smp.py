@@ -18,7 +18,7 @@ from kvmlite.vmm.cpu_setup import MSR_IA32_TSC, MSR_LSTAR, MSR_MTRR_DEF_TYPE, bo
 from kvmlite.vmm.irqchip import KernelIrqChip
 from kvmlite.vmm.loop import VmControl
 from kvmlite.vmm.machine import SMP_NEEDS_KERNEL_IRQCHIP, Machine, MachineConfig
-from tests.conftest import build_multiboot, requires_kvm
+from tests.conftest import MULTIBOOT_HEADER, build_multiboot, requires_kvm
 
 # --- CPUID topology (no KVM needed) -------------------------------------------------------------------
 
@@ -129,10 +129,9 @@ def test_more_vcpus_than_kvm_allows_is_a_config_error(monkeypatch: pytest.Monkey
 #: The BSP copies a real-mode trampoline to 0x8000, software-enables its LAPIC (SVR bit 8: this host's
 #: KVM sends no IPI from a disabled one, and every OS enables it first), sends INIT and a startup IPI
 #: (vector 8) to APIC ID 1, waits for the AP to write 1 at 0x9000, then runs BSP_TAIL.
-SMP_GUEST = """
-.section .multiboot
-.align 4
-.long 0x1BADB002, 0, -0x1BADB002
+SMP_GUEST = (
+    MULTIBOOT_HEADER
+    + """
 .text
 .globl _start
 _start:
@@ -168,6 +167,7 @@ trampoline:
 .code32
 trampoline_end:
 """
+)
 HALT = "cli\n1: hlt\n   jmp 1b"
 #: The BSP spins until the host writes 1 at 0x9004 (after some watchdog rounds), then exits with (5 << 1) | 1.
 SPIN_THEN_EXIT = (
@@ -281,8 +281,7 @@ def test_aps_never_started_do_not_keep_a_halted_bsp_running(tmp_path: Path) -> N
     elf = build_multiboot(
         tmp_path,
         "up",
-        ".section .multiboot\n.align 4\n.long 0x1BADB002, 0, -0x1BADB002\n.text\n"
-        ".globl _start\n_start:\n" + HALT,
+        MULTIBOOT_HEADER + ".text\n.globl _start\n_start:\n" + HALT,
     )
     machine = Machine.build(
         MachineConfig(kernel=elf, backend="kvm", memory_mib=16, cpus=2, serial_out=lambda b: None)
