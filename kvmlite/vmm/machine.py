@@ -50,7 +50,7 @@ from kvmlite.vmm.irqchip import HALT_WATCH_INTERVAL_S, KernelIrqChip, UserspaceI
 from kvmlite.vmm.loop import STATUS_INTERRUPTED, STATUS_OK, VcpuLoop, VmControl
 from kvmlite.vmm.rescue import Rescuer
 from kvmlite.vmm.stats import ExitStats
-from kvmlite.vmm.syscall_fix import SyscallRepair, host_drops_syscall_privilege
+from kvmlite.vmm.syscall_fix import SyscallRepair
 from kvmlite.vmm.timers import Rescheduling, TimerService
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,6 @@ class Machine:
         self.timers = TimerService(self.lock)
         self.irqchip = self._make_irqchip(config.irqchip)
         self.loops: list[VcpuLoop] = []
-        self.syscall_repairs: list[SyscallRepair] = []
         self.serial: Serial16550 | None = None
         self.console: SerialConsole | None = None
         self.load_result: LoadResult | None = None
@@ -284,9 +283,7 @@ class Machine:
         if supported and self.config.cpu_features:
             supported = apply_features(supported, self.config.cpu_features)
         msrs = boot_msrs(set(self.vm.kvm.msr_index_list())) if kvm else {}
-        fix_syscalls = kvm and self.config.syscall_fix == "auto" and host_drops_syscall_privilege(self.vm.kvm)
-        if fix_syscalls:
-            SyscallRepair.trap_lstar_writes(self.vm)
+        fix_syscalls = kvm and self.config.syscall_fix == "auto" and SyscallRepair.trap_lstar_writes(self.vm)
         for i in range(count):
             vcpu = self.vm.create_vcpu(i)
             if supported:
@@ -307,7 +304,7 @@ class Machine:
             if self.backend_name == "kvm":
                 loop.intercept(E.InternalErrorExit, Rescuer(loop, self.memory))
             if fix_syscalls:
-                self.syscall_repairs.append(SyscallRepair(loop, self.memory))
+                SyscallRepair(loop, self.memory, self.vm.kvm)  # lives on in the loop's intercepts
             self.loops.append(loop)
 
     def _system_events(self, ex: E.SystemEventExit) -> bool:

@@ -9,11 +9,11 @@ makes its first system call.
 
 kvmlite repairs this from outside, without changing the guest:
 
-* :func:`host_drops_syscall_privilege` detects the quirk once per process
-  with a tiny VM that executes ``SYSCALL`` at CPL 3;
-* :class:`SyscallRepair` traps the kernel's WRMSR to LSTAR (an MSR filter)
-  and, at that moment (Linux sets LSTAR after its IDT is in place), sets a
-  hardware breakpoint (KVM_SET_GUEST_DEBUG) on the guest's page-fault
+* :class:`SyscallRepair` traps the kernel's WRMSR to LSTAR (an MSR filter);
+  at the first such write :func:`host_drops_syscall_privilege` detects the
+  quirk, once per process, with a tiny VM that executes ``SYSCALL`` at CPL 3;
+* where the host has it, kvmlite then (Linux sets LSTAR after its IDT is in
+  place) sets a hardware breakpoint (KVM_SET_GUEST_DEBUG) on the guest's page-fault
   handler, read from its IDT.  A page
   fault whose exception frame says "user mode, RIP = LSTAR" is a SYSCALL
   that never reached ring 0: the frame is dropped and the vCPU continues at
@@ -133,25 +133,39 @@ def _make_user_accessible(memory: GuestMemory, cr3: int) -> None:
 class SyscallRepair:
     """Per vCPU: breakpoint the guest's #PF handler and turn faults at LSTAR from ring 3 into SYSCALLs."""
 
-    def __init__(self, loop: VcpuLoop, memory: GuestMemory) -> None:
+    def __init__(self, loop: VcpuLoop, memory: GuestMemory, kvm: Any) -> None:
         self.loop = loop
         self.vcpu = loop.vcpu
         self.memory = memory
+        self.kvm = kvm
         self.handler: int | None = None
-        self.repaired = 0
-        self.other_faults = 0
+        self.lstar = 0  # as the guest last wrote it
         self._stepping = False
         loop.intercept(E.Debug, self._on_debug)
         loop.intercept(E.WrMsr, self._on_wrmsr)
 
     @staticmethod
-    def trap_lstar_writes(vm: Any) -> None:
-        """Make the guest's WRMSR to LSTAR exit to kvmlite (once per VM, before any vCPU runs)."""
-        vm.set_msr_filter({MSR_LSTAR: MsrFilterFlag.WRITE})
+    def trap_lstar_writes(vm: Any) -> bool:
+        """Make the guest's WRMSR to LSTAR exit to kvmlite (once per VM, before any vCPU runs).
+
+        False where KVM has no MSR filters (before Linux 5.10): no repair is possible there, and the
+        hosts with the quirk have them.
+        """
+        try:
+            vm.set_msr_filter({MSR_LSTAR: MsrFilterFlag.WRITE})
+        except KvmIoctlError as err:
+            log.debug("no MSR filter (%s): SYSCALLs are left to the host", err)
+            return False
+        return True
 
     # --- arming: find the #PF handler when the kernel sets up system calls ---------------------
     def _on_wrmsr(self, ex: E.Exit) -> bool:
-        """The kernel writes LSTAR (trapped by the VM's MSR filter): apply it, then arm."""
+        """The kernel writes LSTAR (trapped by the VM's MSR filter): apply it, then arm if this host needs it.
+
+        The probe runs here, at the first LSTAR write of the process, so guests
+        that never set up SYSCALL (and every run on a correct host but this
+        one exit per vCPU) cost nothing at start-up.
+        """
         assert isinstance(ex, E.WrMsr)
         if ex.index != MSR_LSTAR:
             return False
@@ -159,6 +173,9 @@ class SyscallRepair:
             self.vcpu.set_msrs({MSR_LSTAR: ex.value})
         except KvmIoctlError:  # e.g. a non-canonical address: the #GP the CPU would raise
             ex.fail()
+            return True
+        self.lstar = ex.value
+        if not host_drops_syscall_privilege(self.kvm):
             return True
         try:
             self._try_arm()
@@ -200,14 +217,12 @@ class SyscallRepair:
             return False
         regs = self.vcpu.get_regs()
         _, rip, cs, rflags, rsp, _ = _FRAME.unpack(self._read_linear(regs.rsp, _FRAME.size))
-        msrs = self.vcpu.get_msrs([MSR_STAR, MSR_LSTAR, MSR_SFMASK])
-        if rip == msrs[MSR_LSTAR] and cs & 3 == 3:
-            self._enter_kernel(regs, rsp, rflags, msrs[MSR_STAR], msrs[MSR_LSTAR], msrs[MSR_SFMASK])
-            self.repaired += 1
+        if rip == self.lstar and cs & 3 == 3:
+            msrs = self.vcpu.get_msrs([MSR_STAR, MSR_SFMASK])
+            self._enter_kernel(regs, rsp, rflags, msrs[MSR_STAR], self.lstar, msrs[MSR_SFMASK])
             self.loop.stats.rescues[STATS_LABEL] += 1
         else:
             self._step_over_breakpoint(regs)  # a real page fault: let the handler run
-            self.other_faults += 1
         self.vcpu.set_regs(regs)
         return True
 
