@@ -114,3 +114,10 @@ def test_missing_symbol_file_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "nope.map does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_profile_rate_beyond_the_limit_is_a_clear_error(tmp_path: Path) -> None:
+    proc = kvmlite_run("--backend", "emu", "--profile", str(tmp_path / "p"), "--profile-hz", "20000")
+    assert proc.returncode == 2
+    assert "--profile-hz must be between 1 and 10000" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -184,10 +184,10 @@ def _profiler(machine: Any, args: argparse.Namespace) -> Any:
         symbols = SymbolTable.load(args.symbols)
     else:
         data = machine.config.kernel.read_bytes()
-        symbols = SymbolTable(elf_symbols(data)) if is_elf(data) else None
-        if not symbols:
+        found = elf_symbols(data) if is_elf(data) else []
+        symbols = SymbolTable(found) if found else None
+        if symbols is None:
             log.warning("--profile: the kernel has no symbols; give --symbols System.map for names")
-            symbols = None
     return Profiler(machine.loops, hz=args.profile_hz, symbols=symbols, output=args.profile)
 
 

@@ -301,7 +301,7 @@ class Machine:
             if self.config.trace:
                 loop.after_exit.append(_exit_tracer(vcpu.id))
             loop.intercept(E.SystemEventExit, self._system_events)
-            if self.backend_name == "kvm":
+            if kvm:
                 loop.intercept(E.InternalErrorExit, Rescuer(loop, self.memory))
             if fix_syscalls:
                 SyscallRepair(loop, self.memory, self.vm.kvm)  # lives on in the loop's intercepts
