@@ -32,7 +32,7 @@ GDT_CODE64 = 0x00AF_9A00_0000_FFFF  # long-mode code
 GDT_DATA = 0x00CF_9200_0000_FFFF  # base 0, limit 4G, read/write
 SEL_CODE, SEL_DATA = 0x08, 0x10
 
-PTE_P, PTE_RW, PTE_PS = 1 << 0, 1 << 1, 1 << 7
+PTE_P, PTE_RW, PTE_US, PTE_PS = 1 << 0, 1 << 1, 1 << 2, 1 << 7
 
 # MSRs a vCPU starts with (KVM's reset values leave the MTRRs disabled, which firmware would enable)
 MSR_IA32_TSC = 0x10
@@ -69,13 +69,14 @@ def _real(seg: S.kvm_segment, selector: int, code: bool) -> None:
     seg.present, seg.dpl, seg.s, seg.g, seg.db, seg.l, seg.unusable = 1, 0, 1, 0, 0, 0, 0
 
 
-def write_identity_page_tables(memory: GuestMemory) -> int:
-    """Map the first 4 GiB 1:1 with 2 MiB pages; returns CR3."""
-    memory.write_u64(L.BOOT_PML4, L.BOOT_PDPT | PTE_P | PTE_RW)
+def write_identity_page_tables(memory: GuestMemory, user: bool = False) -> int:
+    """Map the first 4 GiB 1:1 with 2 MiB pages (``user``: accessible from ring 3 too); returns CR3."""
+    flags = PTE_P | PTE_RW | (PTE_US if user else 0)
+    memory.write_u64(L.BOOT_PML4, L.BOOT_PDPT | flags)
     memory.fill(L.BOOT_PML4 + 8, 4096 - 8)
-    pdpt = b"".join(struct.pack("<Q", (L.BOOT_PD + i * 4096) | PTE_P | PTE_RW) for i in range(4))
+    pdpt = b"".join(struct.pack("<Q", (L.BOOT_PD + i * 4096) | flags) for i in range(4))
     memory.write(L.BOOT_PDPT, pdpt + bytes(4096 - len(pdpt)))
-    pds = b"".join(struct.pack("<Q", (i << 21) | PTE_P | PTE_RW | PTE_PS) for i in range(4 * 512))
+    pds = b"".join(struct.pack("<Q", (i << 21) | flags | PTE_PS) for i in range(4 * 512))
     memory.write(L.BOOT_PD, pds)
     return L.BOOT_PML4
 

@@ -37,11 +37,11 @@ from kvmlite.errors import KvmIoctlError, KvmliteError
 from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import GuestDebug, MsrFilterFlag
 from kvmlite.memory.guest import GuestMemory
+from kvmlite.vmm.cpu_setup import MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK, setup_cpu, write_identity_page_tables
 from kvmlite.vmm.loop import VcpuLoop
 
 log = logging.getLogger(__name__)
 
-MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_SFMASK = 0xC000_0080, 0xC000_0081, 0xC000_0082, 0xC000_0084
 EFER_SCE = 1 << 0
 VECTOR_PF = 14
 RFLAGS_RF = 1 << 16
@@ -80,7 +80,6 @@ def host_drops_syscall_privilege(kvm: Any) -> bool:
 def _probe(kvm: Any) -> bool:
     """A long-mode VM whose ring-3 code executes SYSCALL; the LSTAR code reports its CPL with an OUT."""
     from kvmlite.loaders.base import EntryMode, LoadResult
-    from kvmlite.vmm.cpu_setup import setup_cpu
 
     code, handler, port = 0x10_0000, 0x10_0100, 0x10
     memory = GuestMemory([(0, 4 << 20)])
@@ -93,7 +92,7 @@ def _probe(kvm: Any) -> bool:
         vcpu = vm.create_vcpu(0)
         regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
         setup_cpu(regs, sregs, memory, LoadResult("probe", code, EntryMode.LONG64, gdt=0x500))
-        _make_user_accessible(memory, sregs.cr3)
+        write_identity_page_tables(memory, user=True)  # the same tables, reachable from ring 3
         memory.write(0x500 + 0x18, struct.pack("<QQ", 0x00CF_F200_0000_FFFF, 0x00AF_FA00_0000_FFFF))
         sregs.gdt.limit = 0x28 - 1
         sregs.cs.selector, sregs.cs.dpl = 0x23, 3
@@ -103,7 +102,7 @@ def _probe(kvm: Any) -> bool:
         regs.rsp, regs.rflags = 0x30_0000, RFLAGS_FIXED | (3 << 12)
         vcpu.set_regs(regs)
         # SYSRET selectors 0x10 (+16 = 0x20 user code), SYSCALL selectors 0x08 (kernel code, +8 data)
-        vcpu.set_msrs({MSR_STAR: (0x10 << 48) | (0x08 << 32), MSR_LSTAR: handler, MSR_SFMASK: 0})
+        vcpu.set_msrs({MSR_STAR: (0x10 << 48) | (0x08 << 32), MSR_LSTAR: handler, MSR_SYSCALL_MASK: 0})
         for _ in range(4):
             ex = vcpu.run()
             if isinstance(ex, E.IoOut) and ex.port == port:
@@ -114,20 +113,6 @@ def _probe(kvm: Any) -> bool:
     finally:
         vm.close()
         memory.close()
-
-
-def _make_user_accessible(memory: GuestMemory, cr3: int) -> None:
-    """Set the U bit on every entry of kvmlite's identity tables (PML4, PDPT, the 2 MiB PDs)."""
-    pml4 = cr3 & ~0xFFF
-    memory.write_u64(pml4, memory.read_u64(pml4) | 4)
-    pdpt = memory.read_u64(pml4) & 0x000F_FFFF_FFFF_F000
-    for i in range(4):
-        memory.write_u64(pdpt + 8 * i, memory.read_u64(pdpt + 8 * i) | 4)
-        pd = memory.read_u64(pdpt + 8 * i) & 0x000F_FFFF_FFFF_F000
-        table = bytearray(memory.read(pd, 4096))
-        for j in range(512):
-            table[8 * j] |= 4
-        memory.write(pd, bytes(table))
 
 
 class SyscallRepair:
@@ -218,8 +203,8 @@ class SyscallRepair:
         regs = self.vcpu.get_regs()
         _, rip, cs, rflags, rsp, _ = _FRAME.unpack(self._read_linear(regs.rsp, _FRAME.size))
         if rip == self.lstar and cs & 3 == 3:
-            msrs = self.vcpu.get_msrs([MSR_STAR, MSR_SFMASK])
-            self._enter_kernel(regs, rsp, rflags, msrs[MSR_STAR], self.lstar, msrs[MSR_SFMASK])
+            msrs = self.vcpu.get_msrs([MSR_STAR, MSR_SYSCALL_MASK])
+            self._enter_kernel(regs, rsp, rflags, msrs[MSR_STAR], self.lstar, msrs[MSR_SYSCALL_MASK])
             self.loop.stats.rescues[STATS_LABEL] += 1
         else:
             self._step_over_breakpoint(regs)  # a real page fault: let the handler run
