@@ -15,7 +15,7 @@ from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import Cap, GuestDebug, MsrExitReason
 from kvmlite.loaders.base import EntryMode, LoadResult
 from kvmlite.memory import GuestMemory
-from kvmlite.vmm.cpu_setup import guest_cpuid, setup_cpu
+from kvmlite.vmm.cpu_setup import guest_cpuid, setup_cpu, write_identity_page_tables
 from tests.conftest import requires_kvm
 
 pytestmark = requires_kvm
@@ -148,12 +148,7 @@ def test_failed_ioctl_names_itself_and_carries_errno(kvm):
 
 def enter_ring3(vcpu: Vcpu, mem: GuestMemory) -> None:
     """Turn the long-mode set-up of make_vm into CPL 3: user pages, DPL-3 code and stack, IOPL 3."""
-    for table in (0x1000, 0x2000):
-        mem.write_u64(table, mem.read_u64(table) | 4)
-    for i in range(4):
-        mem.write_u64(0x2000 + 8 * i, mem.read_u64(0x2000 + 8 * i) | 4)
-    for i in range(4 * 512):
-        mem.write_u64(0x3000 + 8 * i, mem.read_u64(0x3000 + 8 * i) | 4)
+    write_identity_page_tables(mem, user=True)
     sregs = vcpu.get_sregs()
     sregs.cs.dpl, sregs.cs.selector = 3, 0x1B
     sregs.ss.dpl, sregs.ss.selector = 3, 0x23
