@@ -28,7 +28,7 @@ class LoadResult:
     regs: dict[str, int] = field(default_factory=dict)
     #: For real mode: the CS selector (base = selector << 4); entry is then the IP.
     cs: int = 0
-    #: Where the CPU set-up may put the flat GDT protected and long mode start with (24 bytes).
+    #: Where the CPU set-up may put the flat GDT protected and long mode start with (up to 40 bytes).
     gdt: int = 0x500
     #: Guest-physical [start, end) ranges the image occupies, for messages and overlap checks.
     loaded: list[tuple[int, int]] = field(default_factory=list)

@@ -5,6 +5,16 @@ pointing at a multiboot information structure holding mem_lower/mem_upper,
 a memory map, the command line as QEMU and GRUB pass it
 (``"<kernel path> <args>"``), the boot loader name and the modules.
 
+The rest of the entry state is what QEMU's multiboot option ROM leaves (it
+jumps to the kernel with ``jmp *%ecx`` while still on SeaBIOS's stack): ECX
+holds the entry address and ESP is :data:`~kvmlite.loaders.layout.MULTIBOOT_ENTRY_ESP`
+(0x6F08), so a kernel that calls a function before loading its own stack
+works as it does under QEMU and GRUB.  CR0, the GDT and the IDT register are
+set by :mod:`kvmlite.vmm.cpu_setup`; EDX, ESI, EDI and EBP hold firmware
+leftovers under QEMU (EDX varies with the RAM size) and are left as the
+vCPU's reset state gives them.  tests/test_multiboot_entry.py compares every
+register with QEMU's.
+
 The memory map and mem_upper follow what the same kernel sees under
 ``qemu-system-x86_64`` (SeaBIOS' e820 table), so a test kernel prints the same
 numbers under both.
@@ -64,6 +74,9 @@ BIOS_HIGH_RESERVED = 0x20000
 BIOS_ROM = (0xFFFC_0000, 0x4_0000)
 #: QEMU (7.1 and later) reserves the HyperTransport hole of AMD systems, just below 1 TiB.
 HT_HOLE = (0xFD_0000_0000, 0x3_0000_0000)
+
+#: Bytes below the entry ESP that a kernel loaded there would overwrite with its first pushes (a warning).
+ENTRY_STACK_CHECK = 0x400
 
 _HEADER = struct.Struct("<III")
 _AOUT = struct.Struct("<IIIII")
@@ -270,11 +283,22 @@ def load(
     except GuestMemoryError as err:
         raise MultibootError(f"does not fit in guest memory: {err}") from err
 
+    stack = (L.MULTIBOOT_ENTRY_ESP - ENTRY_STACK_CHECK, L.MULTIBOOT_ENTRY_ESP)
+    if any(start < stack[1] and stack[0] < stop for start, stop in loaded):
+        notes.append(
+            f"the kernel loads over {stack[0]:#x}..{stack[1]:#x}, where its entry stack is "
+            f"(ESP={L.MULTIBOOT_ENTRY_ESP:#x}, as under QEMU): it must load its own stack before any push"
+        )
     return LoadResult(
         format=fmt,
         entry=entry,
         mode=EntryMode.PROTECTED32,
-        regs={"eax": MULTIBOOT_BOOTLOADER_MAGIC, "ebx": block + BLOCK_INFO},
+        regs={
+            "eax": MULTIBOOT_BOOTLOADER_MAGIC,
+            "ebx": block + BLOCK_INFO,
+            "ecx": entry,
+            "esp": L.MULTIBOOT_ENTRY_ESP,
+        },
         gdt=block + BLOCK_GDT,
         loaded=loaded,
         notes=notes,

@@ -30,6 +30,10 @@ GDT_NULL = 0
 GDT_CODE32 = 0x00CF_9A00_0000_FFFF  # base 0, limit 4G, exec/read, DPL 0, 32-bit
 GDT_CODE64 = 0x00AF_9A00_0000_FFFF  # long-mode code
 GDT_DATA = 0x00CF_9200_0000_FFFF  # base 0, limit 4G, read/write
+GDT_CODE16 = 0x0000_9E00_0000_FFFF  # base 0, limit 64K, 16-bit exec/read conforming (QEMU's 0x18)
+GDT_DATA16 = 0x0000_9200_0000_FFFF  # base 0, limit 64K, 16-bit read/write (QEMU's 0x20)
+#: The real-mode IVT firmware leaves in the IDT register (base 0, 256 4-byte vectors).
+REAL_MODE_IDT_LIMIT = 0x3FF
 SEL_CODE, SEL_DATA = 0x08, 0x10
 
 PTE_P, PTE_RW, PTE_US, PTE_PS = 1 << 0, 1 << 1, 1 << 2, 1 << 7
@@ -81,6 +85,15 @@ def write_identity_page_tables(memory: GuestMemory, user: bool = False) -> int:
     return L.BOOT_PML4
 
 
+def _flat_segments(sregs: S.kvm_sregs, memory: GuestMemory, base: int, gdt: bytes, long: bool) -> None:
+    """Write ``gdt`` at ``base``, load it, and set CS (0x08) and the data segments (0x10) flat."""
+    memory.write(base, gdt)
+    sregs.gdt.base, sregs.gdt.limit = base, len(gdt) - 1
+    _flat(sregs.cs, SEL_CODE, code=True, long=long)
+    for name in ("ds", "es", "fs", "gs", "ss"):
+        _flat(getattr(sregs, name), SEL_DATA, code=False)
+
+
 def setup_cpu(regs: S.kvm_regs, sregs: S.kvm_sregs, memory: GuestMemory, result: LoadResult) -> None:
     """Fill ``regs``/``sregs`` (holding the reset state) so the vCPU starts at the loaded image."""
     regs.rflags = RFLAGS_RESERVED
@@ -89,20 +102,20 @@ def setup_cpu(regs: S.kvm_regs, sregs: S.kvm_sregs, memory: GuestMemory, result:
         _real(sregs.cs, result.cs, code=True)
         for name in ("ds", "es", "fs", "gs", "ss"):
             _real(getattr(sregs, name), 0, code=False)
+    elif result.mode is EntryMode.LONG64:
+        gdt = struct.pack("<QQQ", GDT_NULL, GDT_CODE64, GDT_DATA)
+        _flat_segments(sregs, memory, result.gdt, gdt, long=True)
+        sregs.cr0 = CR0_PE | CR0_ET | CR0_NE | CR0_PG | CR0_WP | CR0_MP
+        sregs.cr3 = write_identity_page_tables(memory)
+        sregs.cr4 = CR4_PAE
+        sregs.efer = EFER_LME | EFER_LMA
     else:
-        long = result.mode is EntryMode.LONG64
-        gdt = struct.pack("<QQQ", GDT_NULL, GDT_CODE64 if long else GDT_CODE32, GDT_DATA)
-        memory.write(result.gdt, gdt)
-        sregs.gdt.base, sregs.gdt.limit = result.gdt, len(gdt) - 1
-        _flat(sregs.cs, SEL_CODE, code=True, long=long)
-        for name in ("ds", "es", "fs", "gs", "ss"):
-            _flat(getattr(sregs, name), SEL_DATA, code=False)
-        sregs.cr0 = CR0_PE | CR0_ET | CR0_NE
-        if long:
-            sregs.cr3 = write_identity_page_tables(memory)
-            sregs.cr4 = CR4_PAE
-            sregs.cr0 |= CR0_PG | CR0_WP | CR0_MP
-            sregs.efer = EFER_LME | EFER_LMA
+        # As QEMU's multiboot option ROM leaves a multiboot kernel (and as the PVH spec asks):
+        # CR0 = PE|ET only, its five-entry GDT, and the real-mode IVT still in the IDT register.
+        gdt = struct.pack("<5Q", GDT_NULL, GDT_CODE32, GDT_DATA, GDT_CODE16, GDT_DATA16)
+        _flat_segments(sregs, memory, result.gdt, gdt, long=False)
+        sregs.cr0 = CR0_PE | CR0_ET
+        sregs.idt.base, sregs.idt.limit = 0, REAL_MODE_IDT_LIMIT
     for name, value in result.regs.items():
         setattr(regs, "r" + name[1:] if name.startswith("e") else name, value)
 
