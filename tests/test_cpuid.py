@@ -1,7 +1,7 @@
 import pytest
 
 from kvmlite.errors import ConfigError
-from kvmlite.kvm.system import CpuidEntry
+from kvmlite.kvm.cpuid import CpuidEntry
 from kvmlite.vmm.cpuid import FEATURES, apply_features, parse_feature_spec
 
 

@@ -13,7 +13,7 @@ from kvmlite.errors import ConfigError
 from kvmlite.firmware.acpi import MAX_CPUS
 from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import MpState
-from kvmlite.kvm.system import CpuidEntry
+from kvmlite.kvm.cpuid import CpuidEntry
 from kvmlite.vmm.cpu_setup import MSR_IA32_TSC, MSR_LSTAR, MSR_MTRR_DEF_TYPE, boot_msrs, guest_cpuid
 from kvmlite.vmm.irqchip import KernelIrqChip
 from kvmlite.vmm.loop import VmControl

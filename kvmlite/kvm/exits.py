@@ -11,6 +11,12 @@ The software backend returns the same classes, so a VMM loop is written once.
 
 from __future__ import annotations
 
+__all__ = [
+    "Debug", "Exit", "FailEntry", "Hlt", "InternalErrorExit", "Interrupted", "IoIn", "IoOut",
+    "IrqWindowOpen", "MmioRead", "MmioWrite", "RdMsr", "Shutdown", "SystemEvent", "SystemEventExit",
+    "Unsupported", "WrMsr",
+]
+
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -134,11 +140,18 @@ class SystemEventExit(Exit):
 
     reason: ClassVar[ExitReason] = ExitReason.SYSTEM_EVENT
 
-    def describe(self) -> str:
+    @property
+    def kind(self) -> SystemEvent | None:
+        """The event as :class:`SystemEvent` (``RESET``, ``SHUTDOWN``, ...); None for a type this
+        kvmlite does not know."""
         try:
-            return SystemEvent(self.type).name.lower()
+            return SystemEvent(self.type)
         except ValueError:
-            return f"system event {self.type}"
+            return None
+
+    def describe(self) -> str:
+        kind = self.kind
+        return kind.name.lower() if kind is not None else f"system event {self.type}"
 
 
 @dataclass(slots=True)

@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import ctypes
+import errno
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from kvmlite.errors import KvmIoctlError, KvmUnavailableError
 from kvmlite.kvm import structs as S
 from kvmlite.kvm.constants import KVM_API_VERSION, Cap, Ioctl
+from kvmlite.kvm.cpuid import CpuidEntry, cpuid_from_struct
 from kvmlite.kvm.ioctl import ioctl
-
-if TYPE_CHECKING:
-    from kvmlite.kvm.vm import Vm
+from kvmlite.kvm.vm import Vm
 
 DEFAULT_DEVICE = "/dev/kvm"
 _MAX_CPUID_ENTRIES = 256
 _MAX_MSRS = 1024
 
-
-@dataclass(frozen=True, slots=True)
-class CpuidEntry:
-    function: int
-    index: int
-    flags: int
-    eax: int
-    ebx: int
-    ecx: int
-    edx: int
 
 
 class Kvm:
@@ -86,13 +73,10 @@ class Kvm:
                 ioctl(self.fd, request, buf)
                 break
             except KvmIoctlError as err:
-                if err.errno != 7 or nent >= 4096:  # E2BIG: grow and retry
+                if err.errno != errno.E2BIG or nent >= 4096:  # the table is bigger: grow and retry
                     raise
                 nent *= 2
-        return [
-            CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
-            for e in buf.entries[: buf.nent]
-        ]
+        return cpuid_from_struct(buf)
 
     def supported_cpuid(self) -> list[CpuidEntry]:
         """KVM_GET_SUPPORTED_CPUID: what the host can offer a guest."""
@@ -113,15 +97,5 @@ class Kvm:
         return list(buf.indices[: buf.nmsrs])
 
     def create_vm(self) -> Vm:
-        from kvmlite.kvm.vm import Vm
+        return Vm(ioctl(self.fd, Ioctl.KVM_CREATE_VM, 0), self.vcpu_mmap_size(), self)
 
-        return Vm(self, ioctl(self.fd, Ioctl.KVM_CREATE_VM, 0))
-
-
-def cpuid_to_struct(entries: list[CpuidEntry]) -> ctypes.Structure:
-    """Build a ``kvm_cpuid2`` for KVM_SET_CPUID2 from entries."""
-    buf = S.cpuid2_with(len(entries))
-    for dst, e in zip(buf.entries, entries, strict=True):
-        dst.function, dst.index, dst.flags = e.function, e.index, e.flags
-        dst.eax, dst.ebx, dst.ecx, dst.edx = e.eax, e.ebx, e.ecx, e.edx
-    return buf

@@ -16,17 +16,13 @@ import signal
 import struct
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from kvmlite.errors import KvmIoctlError
 from kvmlite.kvm import exits as E
 from kvmlite.kvm import structs as S
 from kvmlite.kvm.constants import ExitReason, GuestDebug, Ioctl, MpState
+from kvmlite.kvm.cpuid import CpuidEntry, cpuid_from_struct, cpuid_to_struct
 from kvmlite.kvm.ioctl import ioctl
-from kvmlite.kvm.system import CpuidEntry, cpuid_to_struct
-
-if TYPE_CHECKING:
-    from kvmlite.kvm.vm import Vm
 
 #: The signal used to kick a vCPU thread out of KVM_RUN.
 KICK_SIGNAL = signal.SIGUSR1
@@ -36,13 +32,10 @@ _REASON_OFFSET = S.kvm_run.exit_reason.offset
 #: exit_reason and, 20 bytes on, the io union member: one unpack serves the commonest exit.
 _HEADER_IO = struct.Struct("<I20xBBHIQ")
 assert _REASON_OFFSET + 4 + 20 == _EXIT_OFFSET
-_IO = struct.Struct("<BBHIQ")  # direction, size, port, count, data_offset
 _MMIO = struct.Struct("<Q8sIB")  # phys_addr, data, len, is_write
 _MMIO_DATA = _EXIT_OFFSET + 8
 _KVM_RUN = int(Ioctl.KVM_RUN)
 _REASON_IO = int(ExitReason.IO)
-_REASON_MMIO = int(ExitReason.MMIO)
-_REASON_HLT = int(ExitReason.HLT)
 
 
 def _noop_handler(signum: int, frame: object) -> None:
@@ -68,8 +61,7 @@ def install_kick_handler() -> bool:
 class Vcpu:
     """One vCPU.  Made by :meth:`Vm.create_vcpu`."""
 
-    def __init__(self, vm: Vm, vcpu_id: int, fd: int, mmap_size: int) -> None:
-        self.vm = vm
+    def __init__(self, vcpu_id: int, fd: int, mmap_size: int) -> None:
         self.id = vcpu_id
         self.fd = fd
         self._mm = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -79,7 +71,6 @@ class Vcpu:
         self._thread_id: int | None = None
         self._can_signal = install_kick_handler()
         self._decoders = {
-            int(ExitReason.IO): self._exit_io,
             int(ExitReason.MMIO): self._exit_mmio,
             int(ExitReason.HLT): lambda: E.Hlt(),
             int(ExitReason.SHUTDOWN): lambda: E.Shutdown(),
@@ -123,13 +114,6 @@ class Vcpu:
         if decoder is None:
             return E.Unsupported(reason)
         return decoder()
-
-    def _exit_io(self) -> E.Exit:
-        direction, size, port, count, off = _IO.unpack_from(self._mm, _EXIT_OFFSET)
-        data = self._mv[off : off + size * count]
-        if direction:
-            return E.IoOut(port, size, count, data)
-        return E.IoIn(port, size, count, data)
 
     def _exit_mmio(self) -> E.Exit:
         addr, _, length, is_write = _MMIO.unpack_from(self._mm, _EXIT_OFFSET)
@@ -256,10 +240,7 @@ class Vcpu:
     def get_cpuid(self, max_entries: int = 256) -> list[CpuidEntry]:
         buf = S.cpuid2_with(max_entries)
         ioctl(self.fd, Ioctl.KVM_GET_CPUID2, buf)
-        return [
-            CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
-            for e in buf.entries[: buf.nent]
-        ]
+        return cpuid_from_struct(buf)
 
     def get_lapic(self) -> S.kvm_lapic_state:
         return self._get(Ioctl.KVM_GET_LAPIC, S.kvm_lapic_state)  # type: ignore[return-value]

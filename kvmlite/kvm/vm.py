@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 from kvmlite.kvm import structs as S
 from kvmlite.kvm.constants import Cap, Ioctl, IoeventfdFlag, IrqchipId, IrqfdFlag, MemFlag, MsrExitReason
 from kvmlite.kvm.ioctl import ioctl
+from kvmlite.kvm.vcpu import Vcpu
 
 if TYPE_CHECKING:
     from kvmlite.kvm.system import Kvm
-    from kvmlite.kvm.vcpu import Vcpu
 
 #: Where kvmlite puts the three pages of the real-mode TSS and the EPT identity map
 #: (just below the 4 GiB BIOS area, as QEMU does).
@@ -21,11 +21,17 @@ DEFAULT_IDENTITY_MAP_ADDR = 0xFFFB_C000
 
 
 class Vm:
-    """One VM.  Made by :meth:`Kvm.create_vm`."""
+    """One VM.  Made by :meth:`Kvm.create_vm`.
 
-    def __init__(self, kvm: Kvm, fd: int) -> None:
-        self.kvm = kvm
+    ``run_size`` is the size of each vCPU's ``kvm_run`` mapping (KVM_GET_VCPU_MMAP_SIZE);
+    ``kvm`` is the system it was made from, kept for the capability and CPUID queries a VMM
+    makes about it (the binding itself needs nothing from it).
+    """
+
+    def __init__(self, fd: int, run_size: int, kvm: Kvm) -> None:
         self.fd = fd
+        self.run_size = run_size
+        self.kvm = kvm
         self.vcpus: list[Vcpu] = []
         self._slots: dict[int, S.kvm_userspace_memory_region] = {}
         self.has_irqchip = False
@@ -207,9 +213,7 @@ class Vm:
 
     # --- vCPUs ------------------------------------------------------------
     def create_vcpu(self, vcpu_id: int) -> Vcpu:
-        from kvmlite.kvm.vcpu import Vcpu
-
         fd = ioctl(self.fd, Ioctl.KVM_CREATE_VCPU, vcpu_id, detail=f"vcpu {vcpu_id}")
-        vcpu = Vcpu(self, vcpu_id, fd, self.kvm.vcpu_mmap_size())
+        vcpu = Vcpu(vcpu_id, fd, self.run_size)
         self.vcpus.append(vcpu)
         return vcpu

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 
 from kvmlite.kvm import structs as S
-from kvmlite.kvm.system import CpuidEntry
+from kvmlite.kvm.cpuid import CpuidEntry
 from kvmlite.loaders import layout as L
 from kvmlite.loaders.base import EntryMode, LoadResult
 from kvmlite.memory.guest import GuestMemory

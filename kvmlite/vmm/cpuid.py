@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from kvmlite.errors import ConfigError
-from kvmlite.kvm.system import CpuidEntry
+from kvmlite.kvm.cpuid import CpuidEntry
 
 
 @dataclass(frozen=True)
