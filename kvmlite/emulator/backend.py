@@ -31,7 +31,7 @@ import logging
 import threading
 from typing import Any
 
-from kvmlite.emulator.cpu import CpuState
+from kvmlite.emulator.cpu import FLAG_IF, CpuState
 from kvmlite.emulator.executor import Executor
 from kvmlite.emulator.faults import TripleFault
 from kvmlite.emulator.mmu import Mmu
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 #: Instructions executed between looks at kicks, queued interrupts and window requests.
 SLICE = 256
-RFLAGS_IF = 1 << 9
 _RCX, _RSI, _RDI = 1, 6, 7
 
 
@@ -252,12 +251,12 @@ class EmuVcpu:
         return cpu.rip if cpu.code_bits == 64 else (cpu.segs[1].base + cpu.rip) & 0xFFFF_FFFF
 
     def _can_take_interrupt(self) -> bool:
-        return bool(self.cpu.rflags & RFLAGS_IF) and not self.cpu.interrupt_shadow
+        return bool(self.cpu.rflags & FLAG_IF) and not self.cpu.interrupt_shadow
 
     # --- the KVM-like interface ------------------------------------------------------------------
     @property
     def if_flag(self) -> bool:
-        return bool(self.cpu.rflags & RFLAGS_IF)
+        return bool(self.cpu.rflags & FLAG_IF)
 
     @property
     def ready_for_interrupt_injection(self) -> bool:

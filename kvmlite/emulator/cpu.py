@@ -20,73 +20,30 @@ import logging
 from dataclasses import dataclass, field
 
 from kvmlite.kvm.structs import kvm_dtable, kvm_regs, kvm_segment, kvm_sregs
+from kvmlite.x86 import RFLAGS_ARITH, Cr0, Cr4, Efer, Rflags, SegType, SysType
 
 log = logging.getLogger(__name__)
 
 MASK64 = (1 << 64) - 1
 
-# RFLAGS bits.
-FLAG_CF = 1 << 0
-FLAG_FIXED1 = 1 << 1  # always reads as 1
-FLAG_PF = 1 << 2
-FLAG_AF = 1 << 4
-FLAG_ZF = 1 << 6
-FLAG_SF = 1 << 7
-FLAG_TF = 1 << 8
-FLAG_IF = 1 << 9
-FLAG_DF = 1 << 10
-FLAG_OF = 1 << 11
-FLAG_IOPL = 3 << 12
-FLAG_NT = 1 << 14
-FLAG_RF = 1 << 16
-FLAG_VM = 1 << 17
-FLAG_AC = 1 << 18
-FLAG_VIF = 1 << 19
-FLAG_VIP = 1 << 20
-FLAG_ID = 1 << 21
-ARITH_FLAGS = FLAG_CF | FLAG_PF | FLAG_AF | FLAG_ZF | FLAG_SF | FLAG_OF
+# Plain-int aliases of kvmlite.x86's flags for the executor's hot paths (see that module).
+FLAG_CF, FLAG_FIXED1, FLAG_PF, FLAG_AF = int(Rflags.CF), int(Rflags.FIXED1), int(Rflags.PF), int(Rflags.AF)
+FLAG_ZF, FLAG_SF, FLAG_TF, FLAG_IF = int(Rflags.ZF), int(Rflags.SF), int(Rflags.TF), int(Rflags.IF)
+FLAG_DF, FLAG_OF, FLAG_IOPL, FLAG_NT = int(Rflags.DF), int(Rflags.OF), int(Rflags.IOPL), int(Rflags.NT)
+FLAG_RF, FLAG_VM, FLAG_AC, FLAG_VIF = int(Rflags.RF), int(Rflags.VM), int(Rflags.AC), int(Rflags.VIF)
+FLAG_VIP, FLAG_ID = int(Rflags.VIP), int(Rflags.ID)
+ARITH_FLAGS = int(RFLAGS_ARITH)
 
-# Control registers and EFER.
-CR0_PE = 1 << 0
-CR0_MP = 1 << 1
-CR0_EM = 1 << 2
-CR0_TS = 1 << 3
-CR0_ET = 1 << 4
-CR0_NE = 1 << 5
-CR0_WP = 1 << 16
-CR0_AM = 1 << 18
-CR0_NW = 1 << 29
-CR0_CD = 1 << 30
-CR0_PG = 1 << 31
-CR4_PAE = 1 << 5
-CR4_PGE = 1 << 7
-CR4_OSFXSR = 1 << 9
-CR4_FSGSBASE = 1 << 16
-CR4_OSXSAVE = 1 << 18
-EFER_SCE = 1 << 0
-EFER_LME = 1 << 8
-EFER_LMA = 1 << 10
-EFER_NXE = 1 << 11
+CR0_PE, CR0_MP, CR0_EM, CR0_TS = int(Cr0.PE), int(Cr0.MP), int(Cr0.EM), int(Cr0.TS)
+CR0_ET, CR0_NE, CR0_WP, CR0_AM = int(Cr0.ET), int(Cr0.NE), int(Cr0.WP), int(Cr0.AM)
+CR0_NW, CR0_CD, CR0_PG = int(Cr0.NW), int(Cr0.CD), int(Cr0.PG)
+CR4_TSD, CR4_DE, CR4_PAE, CR4_PGE = int(Cr4.TSD), int(Cr4.DE), int(Cr4.PAE), int(Cr4.PGE)
+CR4_OSFXSR, CR4_FSGSBASE, CR4_OSXSAVE = int(Cr4.OSFXSR), int(Cr4.FSGSBASE), int(Cr4.OSXSAVE)
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = int(Efer.SCE), int(Efer.LME), int(Efer.LMA), int(Efer.NXE)
 
 # Segment register indices (the SDM's Sreg encoding).
 ES, CS, SS, DS, FS, GS = range(6)
 SEG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")
-
-# MSRs the executor handles itself.
-MSR_IA32_TSC = 0x10
-MSR_IA32_APIC_BASE = 0x1B
-MSR_IA32_SYSENTER_CS = 0x174
-MSR_IA32_SYSENTER_ESP = 0x175
-MSR_IA32_SYSENTER_EIP = 0x176
-MSR_EFER = 0xC0000080
-MSR_STAR = 0xC0000081
-MSR_LSTAR = 0xC0000082
-MSR_CSTAR = 0xC0000083
-MSR_SFMASK = 0xC0000084
-MSR_FS_BASE = 0xC0000100
-MSR_GS_BASE = 0xC0000101
-MSR_KERNEL_GS_BASE = 0xC0000102
-MSR_TSC_AUX = 0xC0000103
 
 RESET_RFLAGS = FLAG_FIXED1
 RESET_CR0 = CR0_ET | CR0_NW | CR0_CD
@@ -94,10 +51,10 @@ RESET_CS_SELECTOR = 0xF000
 RESET_CS_BASE = 0xFFFF0000
 RESET_RIP = 0xFFF0
 REAL_MODE_LIMIT = 0xFFFF
-DATA_RW_ACCESSED = 0x3  # descriptor type: read/write data, accessed
-CODE_RX_ACCESSED = 0xB  # descriptor type: execute/read code, accessed
-LDT_TYPE = 0x2
-TSS_BUSY_TYPE = 0xB
+DATA_RW_ACCESSED = int(SegType.WRITABLE | SegType.ACCESSED)
+CODE_RX_ACCESSED = int(SegType.CODE | SegType.READABLE | SegType.ACCESSED)
+LDT_TYPE = int(SysType.LDT)
+TSS_BUSY_TYPE = int(SysType.TSS_BUSY)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from kvmlite.emulator.alu import MASK, SIGN, add, logic, sub, szp, to_signed
 from kvmlite.emulator.cpu import (
     ARITH_FLAGS,
     CR0_PE,
+    CR0_TS,
     CS,
     DS,
     ES,
@@ -55,7 +56,7 @@ from kvmlite.emulator.cpu import (
     SS,
     CpuState,
 )
-from kvmlite.emulator.faults import DE, GP, UD, GuestFault, gp
+from kvmlite.emulator.faults import DE, GP, NM, PF, UD, GuestFault, gp
 from kvmlite.emulator.faults import SS as VEC_SS
 from kvmlite.emulator.mmu import NonCanonicalAddress, PageFault
 from kvmlite.emulator.ops import ACCESS_FETCH, ACCESS_USER, ACCESS_WRITE, EmulatorOps
@@ -66,7 +67,6 @@ log = logging.getLogger(__name__)
 
 XMM_OFFSET = 160  # XMM0 in the XSAVE area's legacy region
 XSTATE_BV_OFFSET = 512
-CR0_TS_BIT = 1 << 3
 
 MAX_INSN = D.MAX_INSN_LENGTH
 PAGE_SIZE = 4096
@@ -126,7 +126,7 @@ class Executor(SystemMixin):
         except PageFault as fault:
             cpu.rip = start
             cpu.interrupt_shadow = shadow
-            self.deliver_exception(14, fault.error_code, fault.address)
+            self.deliver_exception(PF, fault.error_code, fault.address)
         except NonCanonicalAddress:
             cpu.rip = start
             cpu.interrupt_shadow = shadow
@@ -288,8 +288,8 @@ class Executor(SystemMixin):
         area[XSTATE_BV_OFFSET] |= 1 << 1  # SSE state no longer in its initial configuration
 
     def _sse_ready(self, insn: D.Instruction, aligned: bool = False) -> None:
-        if self.cpu.cr0 & CR0_TS_BIT:
-            raise GuestFault(7, reason="SSE with CR0.TS set")
+        if self.cpu.cr0 & CR0_TS:
+            raise GuestFault(NM, reason="SSE with CR0.TS set")
         if aligned:
             for op in insn.operands:
                 if op.kind == D.OP_MEM and self.ea(op) & 15:

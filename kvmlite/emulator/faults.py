@@ -17,31 +17,14 @@ The page-fault and non-canonical errors come from :mod:`kvmlite.emulator.mmu`
 from __future__ import annotations
 
 from kvmlite.errors import EmulatorError
+from kvmlite.x86 import Vector
 
-# Exception vectors (Intel SDM vol. 3, table 6-1).
-DE = 0  # divide error
-DB = 1  # debug
-NMI = 2
-BP = 3  # breakpoint (INT3)
-OF = 4  # overflow (INTO)
-BR = 5  # BOUND range exceeded
-UD = 6  # invalid opcode
-NM = 7  # device not available
-DF = 8  # double fault
-TS = 10  # invalid TSS
-NP = 11  # segment not present
-SS = 12  # stack-segment fault
-GP = 13  # general protection
-PF = 14  # page fault
-MF = 16  # x87 floating point
-AC = 17  # alignment check
-MC = 18  # machine check
-XM = 19  # SIMD floating point
+# Exception vectors (kvmlite.x86.Vector), under the short names the executor uses.
+DE, DB, NMI, BP, OF, BR = Vector.DE, Vector.DB, Vector.NMI, Vector.BP, Vector.OF, Vector.BR
+UD, NM, DF, TS, NP, SS = Vector.UD, Vector.NM, Vector.DF, Vector.TS, Vector.NP, Vector.SS
+GP, PF, MF, AC, MC, XM = Vector.GP, Vector.PF, Vector.MF, Vector.AC, Vector.MC, Vector.XM
 
-VECTOR_NAMES = {
-    DE: "#DE", DB: "#DB", NMI: "NMI", BP: "#BP", OF: "#OF", BR: "#BR", UD: "#UD", NM: "#NM", DF: "#DF",
-    TS: "#TS", NP: "#NP", SS: "#SS", GP: "#GP", PF: "#PF", MF: "#MF", AC: "#AC", MC: "#MC", XM: "#XM",
-}  # fmt: skip
+VECTOR_NAMES = {int(v): v.mnemonic for v in Vector}
 
 # Exceptions that push an error code (in protected and long mode).
 HAS_ERROR_CODE = frozenset({DF, TS, NP, SS, GP, PF, AC})

@@ -41,46 +41,24 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
 from kvmlite.errors import EmulatorError, KvmliteError
+from kvmlite.x86 import Cr0, Cr4, Efer, PfErr, Pte
 
 log = logging.getLogger(__name__)
 
-# --- control-register and EFER bits -----------------------------------------
-CR0_PE = 1 << 0
-CR0_WP = 1 << 16
-CR0_PG = 1 << 31
-CR4_PSE = 1 << 4
-CR4_PAE = 1 << 5
-CR4_PGE = 1 << 7
-CR4_LA57 = 1 << 12
-CR4_PCIDE = 1 << 17
-CR4_SMEP = 1 << 20
-CR4_SMAP = 1 << 21
-EFER_LME = 1 << 8
-EFER_LMA = 1 << 10
-EFER_NXE = 1 << 11
+# --- control-register, EFER, entry and error-code bits, as plain ints for the walker ---
+CR0_PE, CR0_WP, CR0_PG = int(Cr0.PE), int(Cr0.WP), int(Cr0.PG)
+CR4_PSE, CR4_PAE, CR4_PGE, CR4_LA57 = int(Cr4.PSE), int(Cr4.PAE), int(Cr4.PGE), int(Cr4.LA57)
+CR4_PCIDE, CR4_SMEP, CR4_SMAP = int(Cr4.PCIDE), int(Cr4.SMEP), int(Cr4.SMAP)
+EFER_LME, EFER_LMA, EFER_NXE = int(Efer.LME), int(Efer.LMA), int(Efer.NXE)
 
 #: MOV to CR3 with CR4.PCIDE=1: bit 63 of the source asks to keep the TLB.
 CR3_NOFLUSH = 1 << 63
 CR3_PCID_MASK = 0xFFF
 
-# --- paging-structure entry bits --------------------------------------------
-PTE_P = 1 << 0
-PTE_RW = 1 << 1
-PTE_US = 1 << 2
-PTE_PWT = 1 << 3
-PTE_PCD = 1 << 4
-PTE_A = 1 << 5
-PTE_D = 1 << 6
-PTE_PS = 1 << 7
-PTE_G = 1 << 8
-PTE_NX = 1 << 63
-
-# --- page-fault error code bits (SDM vol. 3, 4.7) ---------------------------
-PFEC_P = 1 << 0
-PFEC_W = 1 << 1
-PFEC_U = 1 << 2
-PFEC_RSVD = 1 << 3
-PFEC_ID = 1 << 4
+PTE_P, PTE_RW, PTE_US, PTE_PWT, PTE_PCD = int(Pte.P), int(Pte.RW), int(Pte.US), int(Pte.PWT), int(Pte.PCD)
+PTE_A, PTE_D, PTE_PS, PTE_G, PTE_NX = int(Pte.A), int(Pte.D), int(Pte.PS), int(Pte.G), int(Pte.NX)
+PFEC_P, PFEC_W, PFEC_U = int(PfErr.P), int(PfErr.W), int(PfErr.U)
+PFEC_RSVD, PFEC_ID = int(PfErr.RSVD), int(PfErr.ID)
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT

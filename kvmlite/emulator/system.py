@@ -25,13 +25,17 @@ from kvmlite.emulator import decoder as D
 from kvmlite.emulator import xstate
 from kvmlite.emulator.cpu import (
     CR0_CD,
+    CR0_EM,
     CR0_ET,
     CR0_NW,
     CR0_PE,
     CR0_PG,
     CR0_TS,
+    CR4_DE,
     CR4_FSGSBASE,
+    CR4_OSXSAVE,
     CR4_PAE,
+    CR4_TSD,
     CS,
     DS,
     EFER_LMA,
@@ -43,36 +47,26 @@ from kvmlite.emulator.cpu import (
     FLAG_IF,
     FLAG_IOPL,
     FLAG_NT,
+    FLAG_OF,
     FLAG_RF,
     FLAG_TF,
+    FLAG_VIF,
     FLAG_VM,
     FLAG_ZF,
     FS,
     GS,
-    MSR_CSTAR,
-    MSR_EFER,
-    MSR_FS_BASE,
-    MSR_GS_BASE,
-    MSR_IA32_APIC_BASE,
-    MSR_IA32_SYSENTER_CS,
-    MSR_IA32_SYSENTER_EIP,
-    MSR_IA32_SYSENTER_ESP,
-    MSR_IA32_TSC,
-    MSR_KERNEL_GS_BASE,
-    MSR_LSTAR,
-    MSR_SFMASK,
-    MSR_STAR,
-    MSR_TSC_AUX,
     SS,
     Segment,
 )
 from kvmlite.emulator.faults import (
     BP,
+    BR,
     CONTRIBUTORY,
     DB,
     DF,
     GP,
     HAS_ERROR_CODE,
+    NM,
     NP,
     OF,
     PF,
@@ -86,6 +80,7 @@ from kvmlite.emulator.faults import SS as VEC_SS
 from kvmlite.emulator.mmu import NonCanonicalAddress, PageFault
 from kvmlite.emulator.ops import ACCESS_READ, ACCESS_USER, ACCESS_WRITE
 from kvmlite.errors import UnsupportedInstruction
+from kvmlite.x86 import Efer, Msr
 
 if TYPE_CHECKING:
     from kvmlite.emulator.cpu import CpuState
@@ -114,14 +109,10 @@ TSS_IOMAP_OFFSET = 0x66
 TSS64_RSP0 = 4
 TSS64_IST1 = 0x24
 TSS32_ESP0 = 4
-CR4_TSD = 1 << 2
-CR4_DE = 1 << 3
 CR0_RESERVED_HIGH = 0xFFFFFFFF00000000
-EFER_WRITABLE = EFER_SCE | EFER_LME | (1 << 11) | (1 << 12) | (1 << 14) | (1 << 15)
+EFER_WRITABLE = int(Efer.SCE | Efer.LME | Efer.NXE | Efer.SVME | Efer.FFXSR | Efer.TCE)
 SFMASK_DEFAULT = 0
 FXSAVE_SIZE = 512
-CR4_OSXSAVE = 1 << 18
-MSR_IA32_XSS = 0xDA0
 XSAVE_HEADER_SIZE = 64
 MXCSR_OFFSET = 24
 DEFAULT_FCW = 0x037F
@@ -543,7 +534,7 @@ class SystemMixin:
         self._software_interrupt(BP)
 
     def op_into(self, insn: D.Instruction) -> None:
-        if self.cpu.rflags & (1 << 11):
+        if self.cpu.rflags & FLAG_OF:
             self._software_interrupt(OF)
 
     def op_int1(self, insn: D.Instruction) -> None:
@@ -560,7 +551,7 @@ class SystemMixin:
             flags = self.stack_peek(2 * size, size)
             self.set_reg(RSP, 2, cpu.gpr[RSP] + 3 * size)
             self.load_code_segment(cs)
-            mask = IRET_FLAGS & (0xFFFF if size == 2 else ~(FLAG_VM | 0x180000))
+            mask = IRET_FLAGS & (0xFFFF if size == 2 else ~(FLAG_VM | FLAG_AC | FLAG_VIF))
             cpu.rflags = (cpu.rflags & ~mask) | (flags & mask) | FLAG_FIXED1
             self.next_rip = ip & (0xFFFF if size == 2 else 0xFFFFFFFF)
             return
@@ -882,7 +873,7 @@ class SystemMixin:
         hi = to_signed(self.read(mem.seg, ea + half, half), half)
         v = to_signed(self.get(idx), half)
         if not lo <= v <= hi:
-            raise GuestFault(5, reason="BOUND range exceeded")
+            raise GuestFault(BR, reason="BOUND range exceeded")
 
     # ================================================================== control registers
     def _write_cr0(self, value: int) -> None:
@@ -1008,15 +999,15 @@ class SystemMixin:
     # ================================================================== MSRs, CPUID, time
     def read_msr(self, index: int) -> int:
         cpu = self.cpu
-        if index == MSR_EFER:
+        if index == Msr.EFER:
             return cpu.efer
-        if index == MSR_FS_BASE:
+        if index == Msr.FS_BASE:
             return cpu.segs[FS].base
-        if index == MSR_GS_BASE:
+        if index == Msr.GS_BASE:
             return cpu.segs[GS].base
-        if index == MSR_IA32_TSC:
+        if index == Msr.TSC:
             return self.ops.rdtsc() & MASK64
-        if index == MSR_IA32_APIC_BASE:
+        if index == Msr.APIC_BASE:
             return cpu.apic_base
         if index in _LOCAL_MSRS:
             return cpu.msrs.get(index, 0)
@@ -1024,7 +1015,7 @@ class SystemMixin:
 
     def write_msr(self, index: int, value: int) -> None:
         cpu = self.cpu
-        if index == MSR_EFER:
+        if index == Msr.EFER:
             if value & ~(EFER_WRITABLE | EFER_LMA):
                 raise gp(0, f"reserved EFER bits in {value:#x}")
             if cpu.cr0 & CR0_PG and (value ^ cpu.efer) & EFER_LME:
@@ -1032,16 +1023,16 @@ class SystemMixin:
             value = (value & ~EFER_LMA) | (cpu.efer & EFER_LMA)
             self.ops.paging_changed(cpu.cr0, cpu.cr3, cpu.cr4, value)
             cpu.efer = value
-        elif index in (MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_CSTAR):
+        elif index in (Msr.FS_BASE, Msr.GS_BASE, Msr.KERNEL_GS_BASE, Msr.LSTAR, Msr.CSTAR):
             if ((value + (1 << 47)) & MASK64) >> 48:
                 raise gp(0, f"non-canonical value {value:#x} for MSR {index:#x}")
-            if index == MSR_FS_BASE:
+            if index == Msr.FS_BASE:
                 cpu.segs[FS].base = value
-            elif index == MSR_GS_BASE:
+            elif index == Msr.GS_BASE:
                 cpu.segs[GS].base = value
             else:
                 cpu.msrs[index] = value
-        elif index == MSR_IA32_APIC_BASE:
+        elif index == Msr.APIC_BASE:
             cpu.apic_base = value
             self.ops.write_msr(index, value)
         elif index in _LOCAL_MSRS:
@@ -1076,10 +1067,10 @@ class SystemMixin:
 
     def op_rdtscp(self, insn: D.Instruction) -> None:
         self.op_rdtsc(insn)
-        self.cpu.gpr[RCX] = self.cpu.msrs.get(MSR_TSC_AUX, 0) & 0xFFFFFFFF
+        self.cpu.gpr[RCX] = self.cpu.msrs.get(Msr.TSC_AUX, 0) & 0xFFFFFFFF
 
     def op_rdpid(self, insn: D.Instruction) -> None:
-        self.put(insn.operands[0], self.cpu.msrs.get(MSR_TSC_AUX, 0))
+        self.put(insn.operands[0], self.cpu.msrs.get(Msr.TSC_AUX, 0))
 
     def op_rdpmc(self, insn: D.Instruction) -> None:
         raise gp(0, "RDPMC: no performance counters")
@@ -1134,8 +1125,8 @@ class SystemMixin:
     def op_swapgs(self, insn: D.Instruction) -> None:
         self.require_cpl0("SWAPGS")
         cpu = self.cpu
-        kernel = cpu.msrs.get(MSR_KERNEL_GS_BASE, 0)
-        cpu.msrs[MSR_KERNEL_GS_BASE] = cpu.segs[GS].base
+        kernel = cpu.msrs.get(Msr.KERNEL_GS_BASE, 0)
+        cpu.msrs[Msr.KERNEL_GS_BASE] = cpu.segs[GS].base
         cpu.segs[GS].base = kernel
 
     # ================================================================== fast system calls
@@ -1143,24 +1134,24 @@ class SystemMixin:
         cpu = self.cpu
         if not cpu.efer & EFER_SCE or not cpu.efer & EFER_LMA:
             raise GuestFault(UD, reason="SYSCALL with EFER.SCE clear or outside long mode")
-        star = cpu.msrs.get(MSR_STAR, 0)
+        star = cpu.msrs.get(Msr.STAR, 0)
         sel = (star >> 32) & 0xFFFC
         cpu.gpr[RCX] = self.next_rip
         cpu.gpr[R11] = cpu.rflags & ~FLAG_RF
-        cpu.rflags &= ~(cpu.msrs.get(MSR_SFMASK, SFMASK_DEFAULT) | FLAG_RF)
+        cpu.rflags &= ~(cpu.msrs.get(Msr.SFMASK, SFMASK_DEFAULT) | FLAG_RF)
         cpu.rflags |= FLAG_FIXED1
         cpu.segs[CS] = fast_call_code(sel, dpl=0, long=True)
         cpu.segs[SS] = fast_call_stack(sel + 8, dpl=0)
         cpu.cpl = 0
         self._refresh_mode()
-        self.next_rip = cpu.msrs.get(MSR_LSTAR if self.mode == 64 else MSR_CSTAR, 0)
+        self.next_rip = cpu.msrs.get(Msr.LSTAR if self.mode == 64 else Msr.CSTAR, 0)
 
     def op_sysret(self, insn: D.Instruction) -> None:
         cpu = self.cpu
         if not cpu.efer & EFER_SCE or not cpu.efer & EFER_LMA or self.mode != 64:
             raise GuestFault(UD, reason="SYSRET outside 64-bit mode or with EFER.SCE clear")
         self.require_cpl0("SYSRET")
-        star = cpu.msrs.get(MSR_STAR, 0)
+        star = cpu.msrs.get(Msr.STAR, 0)
         base_sel = (star >> 48) & 0xFFFF
         to64 = insn.opsize == 8
         rip = cpu.gpr[RCX]
@@ -1189,7 +1180,7 @@ class SystemMixin:
         cpu = self.cpu
         if not cpu.cr0 & CR0_PE:
             raise gp(0, "SYSENTER in real mode")
-        cs_sel = cpu.msrs.get(MSR_IA32_SYSENTER_CS, 0) & 0xFFFC
+        cs_sel = cpu.msrs.get(Msr.SYSENTER_CS, 0) & 0xFFFC
         if cs_sel == 0:
             raise gp(0, "SYSENTER with IA32_SYSENTER_CS = 0")
         long_mode = bool(cpu.efer & EFER_LMA)
@@ -1197,8 +1188,8 @@ class SystemMixin:
         cpu.segs[CS] = fast_call_code(cs_sel, dpl=0, long=long_mode)
         cpu.segs[SS] = fast_call_stack(cs_sel + 8, dpl=0)
         cpu.cpl = 0
-        esp = cpu.msrs.get(MSR_IA32_SYSENTER_ESP, 0)
-        eip = cpu.msrs.get(MSR_IA32_SYSENTER_EIP, 0)
+        esp = cpu.msrs.get(Msr.SYSENTER_ESP, 0)
+        eip = cpu.msrs.get(Msr.SYSENTER_EIP, 0)
         cpu.gpr[RSP] = esp if long_mode else esp & 0xFFFFFFFF
         self._refresh_mode()
         self.next_rip = eip if long_mode else eip & 0xFFFFFFFF
@@ -1206,7 +1197,7 @@ class SystemMixin:
     def op_sysexit(self, insn: D.Instruction) -> None:
         cpu = self.cpu
         self.require_cpl0("SYSEXIT")
-        cs_base = cpu.msrs.get(MSR_IA32_SYSENTER_CS, 0) & 0xFFFC
+        cs_base = cpu.msrs.get(Msr.SYSENTER_CS, 0) & 0xFFFC
         if not cpu.cr0 & CR0_PE or cs_base == 0:
             raise gp(0, "SYSEXIT outside protected mode or with IA32_SYSENTER_CS = 0")
         to64 = insn.opsize == 8
@@ -1231,8 +1222,8 @@ class SystemMixin:
     def _check_fpu_area(self, insn: D.Instruction, align: int) -> tuple[int, int]:
         op = insn.operands[0]
         off = self.ea(op)
-        if self.cpu.cr0 & (CR0_TS | (1 << 2)):
-            raise GuestFault(7, reason="FPU unavailable (CR0.TS/EM)")
+        if self.cpu.cr0 & (CR0_TS | CR0_EM):
+            raise GuestFault(NM, reason="FPU unavailable (CR0.TS/EM)")
         if off & (align - 1):
             raise gp(0, "misaligned FXSAVE/XSAVE area")
         return op.seg, off
@@ -1267,12 +1258,12 @@ class SystemMixin:
         self, insn: D.Instruction, supervisor: bool
     ) -> tuple[int, int, int, list[xstate.Component]]:
         if not self.cpu.cr4 & CR4_OSXSAVE:
-            raise GuestFault(6, reason="XSAVE family with CR4.OSXSAVE clear")
+            raise GuestFault(UD, reason="XSAVE family with CR4.OSXSAVE clear")
         if supervisor and self.cpu.cpl:
             raise gp(0, "XSAVES/XRSTORS at CPL > 0")
         seg, off = self._check_fpu_area(insn, 64)
         gpr = self.cpu.gpr
-        enabled = self.cpu.xcr0 | (self.cpu.msrs.get(MSR_IA32_XSS, 0) if supervisor else 0)
+        enabled = self.cpu.xcr0 | (self.cpu.msrs.get(Msr.XSS, 0) if supervisor else 0)
         rfbm = (((gpr[RDX] & 0xFFFFFFFF) << 32) | (gpr[RAX] & 0xFFFFFFFF)) & enabled
         return seg, off, rfbm, xstate.layout(self.ops.cpuid, enabled)
 
@@ -1345,14 +1336,14 @@ class SystemMixin:
 _FAR_PTR_SEGMENT = {"les": ES, "lds": DS, "lss": SS, "lfs": FS, "lgs": GS}
 _LOCAL_MSRS = frozenset(
     {
-        MSR_STAR,
-        MSR_LSTAR,
-        MSR_CSTAR,
-        MSR_SFMASK,
-        MSR_KERNEL_GS_BASE,
-        MSR_TSC_AUX,
-        MSR_IA32_SYSENTER_CS,
-        MSR_IA32_SYSENTER_ESP,
-        MSR_IA32_SYSENTER_EIP,
+        Msr.STAR,
+        Msr.LSTAR,
+        Msr.CSTAR,
+        Msr.SFMASK,
+        Msr.KERNEL_GS_BASE,
+        Msr.TSC_AUX,
+        Msr.SYSENTER_CS,
+        Msr.SYSENTER_ESP,
+        Msr.SYSENTER_EIP,
     }
 )
