@@ -312,6 +312,14 @@ class EmuVcpu:
     def get_mp_state(self) -> MpState:
         return MpState.RUNNABLE
 
+    def translate(self, linear_address: int) -> S.kvm_translation:
+        """KVM_TRANSLATE's answer from a walk of the guest's page tables (``valid`` and the address only)."""
+        tr = S.kvm_translation(linear_address=linear_address)
+        gpa = self.ops.mmu.debug_translate(linear_address)
+        if gpa is not None:
+            tr.physical_address, tr.valid = gpa, 1
+        return tr
+
     def close(self) -> None:
         pass
 

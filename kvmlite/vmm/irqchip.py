@@ -54,7 +54,7 @@ class UserspaceIrqChip:
         self._vcpu: Any = None
         self._vcpu_thread: int | None = None
         self.injected = 0
-        control.on_stop.append(self._wake)
+        control.wakers.append(self._wake)
 
     def line(self, irq: int) -> IrqLine:
         pic = self.pic
@@ -100,7 +100,7 @@ class UserspaceIrqChip:
 
     def _wait_for_interrupt(self, loop: VcpuLoop) -> None:
         with self.cond:
-            while not self.pic.intr_level and not self.control.stopping:
+            while not self.pic.intr_level and not self.control.attention:
                 self.cond.wait()
 
     def _wake(self) -> None:

@@ -14,8 +14,14 @@ A hook that cares about one kind of exit uses :meth:`VcpuLoop.intercept`
 instead (the emulation-failure rescue, system events): it runs only for that
 exit type, so the common exits pay nothing for it.
 
-A clean stop from another thread goes through :class:`VmControl`, which kicks
-every vCPU out of KVM_RUN (immediate_exit + signal).  A guest that
+:class:`VmControl` is the VM's control from any thread: ``stop()`` ends the
+run; ``pause()``/``resume()``/``run_paused(fn)`` park every vCPU at a
+consistent point (out of KVM_RUN, the last exit completed, see its
+docstring) so that registers, guest memory and devices can be read and
+changed.  Both kick every vCPU out of KVM_RUN (immediate_exit + signal); the
+loop tests one flag, ``control.attention``, per exit.  Each loop owns its
+vCPU's guest-debug settings (``loop.debug``, :mod:`kvmlite.vmm.debug`), and
+guest-virtual memory is read through :mod:`kvmlite.vmm.vmem`.  A guest that
 triple-faults, fails VM entry or hits a KVM internal error stops the VM with
 a readable register dump, never a traceback.
 """
@@ -27,15 +33,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from kvmlite.errors import KvmliteError
 from kvmlite.kvm import exits as E
 from kvmlite.memory.bus import Bus
+from kvmlite.vmm.debug import GuestDebugSettings
 from kvmlite.vmm.dump import format_state
 from kvmlite.vmm.stats import ExitStats
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Exit statuses of kvmlite (QEMU's debug-exit statuses are odd: (v << 1) | 1).
 STATUS_OK = 0
@@ -69,30 +77,132 @@ class StopInfo:
 
 
 class VmControl:
-    """Shared by every vCPU loop of one VM: the stop request and who to kick."""
+    """Shared by every vCPU loop of one VM: stop, pause and resume, and who to kick.
+
+    Pause (for a debugger, a monitor, a snapshot)::
+
+        control.pause()            # returns once every vCPU loop is parked
+        regs = vcpu.get_regs()     # any vCPU ioctl, guest memory, devices: nothing runs
+        control.resume()
+
+        value = control.run_paused(lambda: read_something())   # the same, as one call
+
+    Guarantees while paused: no vCPU is inside KVM_RUN (or the emulator) and
+    none is handling an exit; every exit that was being handled has been
+    completed (the loop re-enters KVM_RUN once with ``immediate_exit`` set, so
+    KVM finishes a pending IN, MMIO read or MSR access and returns without
+    running guest code), so the registers read are the architectural state and
+    registers written are what the guest runs with.  A vCPU halted in the
+    userspace irqchip's wait stays halted after the resume; one halted inside
+    KVM (in-kernel irqchip) is kicked out and re-enters its halt on resume.
+    Devices and timers keep running: interrupts raised meanwhile stay pending
+    in the interrupt controllers and are delivered after the resume.
+
+    Pauses nest: each :meth:`pause` needs its :meth:`resume`, and the vCPUs
+    run again after the last one.  :meth:`pause` may be called from a vCPU
+    thread (from an exit hook): it then waits for the other vCPUs only, and
+    the calling vCPU parks as soon as its hook returns.  A :meth:`stop` ends
+    every pause.  vCPU ioctls from other threads block while that vCPU is in
+    KVM_RUN, so they belong inside a pause (or in the vCPU's own thread).
+    """
 
     def __init__(self) -> None:
         self.stopping = False
+        #: True while a stop or a pause is requested: the one flag a vCPU loop tests per exit.
+        self.attention = False
         self.stop_info: StopInfo | None = None
         self.stopped = threading.Event()
         self.vcpus: list[VcpuLike] = []
-        #: Called once the stop is requested (wake sleepers: halted vCPUs, console threads).
+        #: Called once the stop is requested (restore the terminal, close sockets).
         self.on_stop: list[Callable[[], None]] = []
+        #: Called on a stop and on a pause: wake whatever a vCPU thread may be sleeping on (a halt).
+        self.wakers: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._pauses = 0
+        self._running: set[int] = set()  # thread ids of loops inside VcpuLoop.run
+        self._parked: set[int] = set()
 
     def stop(self, status: int, message: str = "", vcpu: int | None = None, reset: bool = False) -> None:
-        """Ask every vCPU to stop; the first request's status wins."""
+        """Ask every vCPU to stop; the first request's status wins.  Ends any pause."""
         with self._lock:
             if self.stop_info is None:
                 self.stop_info = StopInfo(status, message, vcpu, reset)
                 if message:
                     log.info("stopping: %s (status %d)", message, status)
-            self.stopping = True
+            self.stopping = self.attention = True
+            self._changed.notify_all()
         for v in self.vcpus:
             v.kick()
         for callback in self.on_stop:
             callback()
+        for wake in self.wakers:
+            wake()
         self.stopped.set()
+
+    # --- pause -----------------------------------------------------------------------
+    def pause(self, timeout: float | None = None) -> bool:
+        """Stop every vCPU at a consistent point and wait for it (see the class docstring).
+
+        True once every running vCPU loop is parked (or the VM is stopping);
+        False if ``timeout`` seconds passed first, in which case the pause is
+        still requested and still needs its :meth:`resume`.
+        """
+        me = threading.get_ident()
+        with self._lock:
+            self._pauses += 1
+            self.attention = True
+        for v in self.vcpus:
+            v.kick()
+        for wake in self.wakers:
+            wake()
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: self.stopping or not (self._running - self._parked - {me}), timeout
+            )
+
+    def resume(self) -> None:
+        """End one :meth:`pause`; the vCPUs run again when no pause is left."""
+        with self._lock:
+            if self._pauses == 0:
+                raise KvmliteError("resume() without a pause()")
+            self._pauses -= 1
+            self.attention = self.stopping or self._pauses > 0
+            self._changed.notify_all()
+
+    def run_paused(self, fn: Callable[[], T]) -> T:
+        """Pause, call ``fn`` and resume (also when ``fn`` raises); ``fn``'s result."""
+        self.pause()
+        try:
+            return fn()
+        finally:
+            self.resume()
+
+    @property
+    def paused(self) -> bool:
+        """A pause is in effect and every running vCPU loop is parked."""
+        with self._lock:
+            return self._pauses > 0 and not (self._running - self._parked)
+
+    # --- the loops' side ------------------------------------------------------------------
+    def park(self) -> None:
+        """Called by a vCPU loop at a consistent point: block while a pause is in effect."""
+        me = threading.get_ident()
+        with self._changed:
+            self._parked.add(me)
+            self._changed.notify_all()
+            while self._pauses and not self.stopping:
+                self._changed.wait()
+            self._parked.discard(me)
+
+    def loop_started(self) -> None:
+        with self._lock:
+            self._running.add(threading.get_ident())
+
+    def loop_ended(self) -> None:
+        with self._changed:
+            self._running.discard(threading.get_ident())
+            self._changed.notify_all()
 
 
 Hook = Callable[[], None]
@@ -118,6 +228,8 @@ class VcpuLoop:
         self.mmio = mmio
         self.timing = timing
         self.stats = ExitStats()
+        #: The one writer of this vCPU's KVM_SET_GUEST_DEBUG (see kvmlite.vmm.debug).
+        self.debug = GuestDebugSettings(vcpu)
         self.before_run: list[Hook] = []
         self.after_exit: list[ExitHook] = []
         #: Called on HLT; blocks until an interrupt is due or the VM stops.  None: a HLT ends the VM.
@@ -148,6 +260,7 @@ class VcpuLoop:
     def run(self) -> None:
         """Run until the VM stops.  Any kvmlite error stops the VM with a message instead of escaping."""
         self.vcpu.bind_thread()
+        self.control.loop_started()
         try:
             self._loop()
         except KvmliteError as err:
@@ -158,6 +271,7 @@ class VcpuLoop:
                 STATUS_GUEST_CRASH, f"vcpu {self.vcpu.id}: internal VMM error (see log)", self.vcpu.id
             )
         finally:
+            self.control.loop_ended()
             self.stats.ended_ns = time.perf_counter_ns()
 
     def _loop(self) -> None:
@@ -170,7 +284,16 @@ class VcpuLoop:
         timing = self.timing
         clock = time.perf_counter_ns
         stats = self.stats
-        while not control.stopping:
+        ex: E.Exit | None = None
+        while True:
+            if control.attention:  # a stop or a pause: the only test the hot path pays for
+                if control.stopping:
+                    return
+                ex = self._settle(ex)
+                if control.stopping:
+                    return
+                control.park()
+                continue
             for hook in before_run:
                 hook()
             if timing:
@@ -187,6 +310,23 @@ class VcpuLoop:
                 handlers[kind](ex)
             if timing:
                 counter.ns += clock() - t1
+
+    def _settle(self, ex: E.Exit | None) -> E.Exit | None:
+        """Bring the vCPU to a consistent state before it parks; the last exit seen.
+
+        KVM completes an exit (the data of an IN or MMIO read, an MSR access,
+        the next round of a string instruction) only at the next KVM_RUN.
+        Entering once with ``immediate_exit`` set (a kick from this thread)
+        has it do that and return at once, without running guest code.
+        """
+        vcpu = self.vcpu
+        while ex is not None and type(ex) is not E.Interrupted and not self.control.stopping:
+            vcpu.kick()
+            ex = vcpu.run()
+            self.stats.by_reason[type(ex).__name__].count += 1
+            if not (self.after_exit and any(h(ex) for h in self.after_exit)):
+                self._handlers[type(ex)](ex)
+        return ex
 
     def handle(self, ex: E.Exit) -> None:
         """Give an exit to its handler (for hooks that produce exits of their own)."""
@@ -242,7 +382,11 @@ class VcpuLoop:
         if not self.vcpu.if_flag:
             self.control.stop(STATUS_OK, "guest halted with interrupts disabled", self.vcpu.id)
         elif self.on_halt is not None:
-            self.on_halt(self)
+            control = self.control
+            self.on_halt(self)  # returns on an interrupt, a stop or a pause
+            while control.attention and not control.stopping:
+                control.park()  # halted: nothing is pending in the vCPU
+                self.on_halt(self)  # and still halted after the resume
         else:
             self.control.stop(
                 STATUS_OK,

@@ -35,10 +35,12 @@ from typing import Any
 
 from kvmlite.errors import KvmIoctlError, KvmliteError
 from kvmlite.kvm import exits as E
-from kvmlite.kvm.constants import GuestDebug, MsrFilterFlag
+from kvmlite.kvm.constants import MsrFilterFlag
 from kvmlite.memory.guest import GuestMemory
 from kvmlite.vmm.cpu_setup import MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK, setup_cpu, write_identity_page_tables
+from kvmlite.vmm.debug import HwBreakpoint
 from kvmlite.vmm.loop import VcpuLoop
+from kvmlite.vmm.vmem import read_virtual
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ VECTOR_PF = 14
 RFLAGS_RF = 1 << 16
 RFLAGS_FIXED = 1 << 1
 STATS_LABEL = "syscall (CPL 3)"
+DEBUG_USER = "syscall-fix"  # its name in the vCPU's guest-debug settings
 RFLAGS_DF, RFLAGS_AC = 1 << 10, 1 << 18
 #: Instructions the breakpoint can be stepped over by hand: RFLAGS bits (cleared, set) besides RIP.
 STEP_OVER = {
@@ -172,23 +175,15 @@ class SyscallRepair:
         sregs = self.vcpu.get_sregs()
         if sregs.idt.limit < VECTOR_PF * 16 + 15:
             raise KvmliteError("its IDT has no page-fault gate yet when it sets LSTAR")
-        gate = self._read_linear(sregs.idt.base + VECTOR_PF * 16, 16)
+        gate = read_virtual(self.vcpu, self.memory, sregs.idt.base + VECTOR_PF * 16, 16)
         low, mid, high = struct.unpack_from("<HxxxxHI", gate)
         handler = low | (mid << 16) | (high << 32)
-        self.vcpu.set_guest_debug(GuestDebug.ENABLE | GuestDebug.USE_HW_BP, [handler])
+        self._watch(handler)
         self.handler = handler
         log.info("vcpu %d: SYSCALL repair armed on the #PF handler at %#x", self.vcpu.id, handler)
 
-    def _read_linear(self, addr: int, size: int) -> bytes:
-        out = b""
-        while size:
-            chunk = min(size, 0x1000 - (addr & 0xFFF))
-            tr = self.vcpu.translate(addr)
-            if not tr.valid:
-                raise KvmliteError(f"guest address {addr:#x} is not mapped")
-            out += self.memory.read(tr.physical_address, chunk)
-            addr, size = addr + chunk, size - chunk
-        return out
+    def _watch(self, handler: int) -> None:
+        self.loop.debug.request(DEBUG_USER, hw=[HwBreakpoint(handler)])
 
     # --- the repair ------------------------------------------------------------------------------
     def _on_debug(self, ex: E.Exit) -> bool:
@@ -196,12 +191,13 @@ class SyscallRepair:
         if self._stepping:  # the handler's first instruction ran: put the breakpoint back
             self._stepping = False
             assert self.handler is not None
-            self.vcpu.set_guest_debug(GuestDebug.ENABLE | GuestDebug.USE_HW_BP, [self.handler])
+            self._watch(self.handler)
             return True
         if self.handler is None or ex.pc != self.handler:
             return False
         regs = self.vcpu.get_regs()
-        _, rip, cs, rflags, rsp, _ = _FRAME.unpack(self._read_linear(regs.rsp, _FRAME.size))
+        frame = read_virtual(self.vcpu, self.memory, regs.rsp, _FRAME.size)
+        _, rip, cs, rflags, rsp, _ = _FRAME.unpack(frame)
         if rip == self.lstar and cs & 3 == 3:
             msrs = self.vcpu.get_msrs([MSR_STAR, MSR_SYSCALL_MASK])
             self._enter_kernel(regs, rsp, rflags, msrs[MSR_STAR], self.lstar, msrs[MSR_SYSCALL_MASK])
@@ -221,7 +217,7 @@ class SyscallRepair:
         """
         from kvmlite.emulator.decoder import MODE_64, decode
 
-        insn = decode(self._read_linear(regs.rip, 16), MODE_64)
+        insn = decode(read_virtual(self.vcpu, self.memory, regs.rip, 16), MODE_64)
         effect = STEP_OVER.get(insn.mnemonic)
         if effect is None:
             self._single_step()
@@ -231,7 +227,7 @@ class SyscallRepair:
         regs.rflags = (regs.rflags & ~clear) | set_
 
     def _single_step(self) -> None:
-        self.vcpu.set_guest_debug(GuestDebug.ENABLE | GuestDebug.SINGLESTEP)
+        self.loop.debug.request(DEBUG_USER, single_step=True)
         self._stepping = True
 
     def _enter_kernel(self, regs: Any, rsp: int, rflags: int, star: int, lstar: int, sfmask: int) -> None:
