@@ -3,14 +3,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
-# QEMU is the reference VMM the guest tests compare against; install it where we may (root + apt).
-if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+# QEMU is the reference VMM the guest tests compare against, iasl (acpica-tools) checks the ACPI tables;
+# install what is missing where we may (root + apt).
+missing=()
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+command -v iasl >/dev/null 2>&1 || missing+=(acpica-tools)
+if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && [ -z "${KVMLITE_NO_APT:-}" ]; then
-    echo "installing qemu-system-x86 (reference VMM for comparison tests; KVMLITE_NO_APT=1 skips this)"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null) \
-      || echo "could not install QEMU: the QEMU comparison tests will skip"
+    echo "installing ${missing[*]} (QEMU: reference VMM; acpica-tools: iasl; KVMLITE_NO_APT=1 skips this)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+      || echo "could not install ${missing[*]}: the tests that need them will skip"
   else
-    echo "qemu-system-x86_64 not found: the QEMU comparison tests will skip"
+    echo "${missing[*]} not installed: the QEMU comparison and iasl tests will skip"
   fi
 fi
 python3 -m ruff check kvmlite tests bench guests

@@ -34,6 +34,17 @@ PIT interrupt ever arrives.  The one override kept is QEMU's for the SCI:
 IRQ 9 -> GSI 9, level-triggered, active high (without it Linux assumes the
 ACPI default for the SCI, level active-low, and KVM's IOAPIC would see the
 line inverted).
+
+Checking them
+-------------
+``tests/test_acpi.py`` has iasl (acpica-tools) disassemble every table and
+compile it again with its warnings on: the tables must come back byte for byte.
+A Linux built without ``CONFIG_PCI`` prints ``ACPI Error: AE_BAD_PARAMETER,
+During Region initialization`` and runs without ACPI (so halts instead of
+powering off) whatever the tables say: its ACPICA still installs a default
+handler for the PCI_Config space, which it was built without
+(``acpi_ev_install_space_handler`` in Linux 6.1).  kvmlite's microVM kernel
+configuration (``kvmlite/tools/microvm.config``) has PCI for that reason too.
 """
 
 from __future__ import annotations
