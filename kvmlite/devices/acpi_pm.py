@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from kvmlite.devices.base import IrqLine, no_irq
+from kvmlite.devices.base import DeviceState, IrqLine, checked_state, no_irq, warn_once
+from kvmlite.errors import DeviceError
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,22 @@ RCR_RST_CPU = 1 << 2
 RCR_FULL_RST = 1 << 3
 
 
+@dataclass
+class AcpiPmState(DeviceState):
+    """PM1_STS, PM1_EN and PM1_CNT (the SCI level follows from the first two)."""
+
+    status: int = 0
+    enable: int = 0
+    control: int = SCI_EN
+
+
+@dataclass
+class ResetControlState(DeviceState):
+    """The reset-type bits kept in the reset control register."""
+
+    value: int = 0
+
+
 class AcpiPm:
     """PM1a event block (status, enable) and control block, on :data:`PM_BLOCK_LEN` ports.
 
@@ -98,6 +117,7 @@ class AcpiPm:
         self.enable = 0
         self.control = SCI_EN
         self._sci_level = False
+        self._warned: set[str] = set()
 
     # --- bus interface -----------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
@@ -146,7 +166,8 @@ class AcpiPm:
                 log.info("ACPI: the guest entered S5 (soft off)")
                 self.power_off()
             else:
-                log.warning("ACPI: the guest asked for sleep type %d, which kvmlite does not offer", slp_typ)
+                msg = "ACPI: the guest asked for sleep type %d, which kvmlite does not offer"
+                warn_once(log, self._warned, msg, slp_typ)
                 self.status |= WAK_STS  # as if it had woken at once
 
     def _update_sci(self) -> None:
@@ -165,8 +186,22 @@ class AcpiPm:
     def sci_level(self) -> bool:
         return self._sci_level
 
-    def state(self) -> dict[str, int]:
-        return {"status": self.status, "enable": self.enable, "control": self.control}
+    def state(self) -> AcpiPmState:
+        return AcpiPmState(status=self.status, enable=self.enable, control=self.control)
+
+    @classmethod
+    def from_state(cls, state: AcpiPmState, /, **injected: Any) -> AcpiPm:
+        """Rebuild from :meth:`state`; the SCI is raised again if a status bit is enabled."""
+        st = checked_state(state, AcpiPmState, "ACPI PM")
+        dev = cls(**injected)
+        try:
+            dev.status = int(st.status) & 0xFFFF
+            dev.enable = int(st.enable) & PM1_EN_MASK
+            dev.control = SCI_EN | (int(st.control) & PM1_CNT_STORED)
+        except (TypeError, ValueError) as err:
+            raise DeviceError(f"ACPI PM: invalid snapshot state: {err!r}") from err
+        dev._update_sci()
+        return dev
 
 
 class ResetControl:
@@ -193,5 +228,15 @@ class ResetControl:
             log.info("ACPI: reset through the reset control register (%#04x)", value)
             self.reset()
 
-    def state(self) -> dict[str, int]:
-        return {"value": self.value}
+    def state(self) -> ResetControlState:
+        return ResetControlState(value=self.value)
+
+    @classmethod
+    def from_state(cls, state: ResetControlState, /, **injected: Any) -> ResetControl:
+        st = checked_state(state, ResetControlState, "reset control")
+        dev = cls(**injected)
+        try:
+            dev.value = int(st.value) & (RCR_SYS_RST | RCR_FULL_RST)
+        except (TypeError, ValueError) as err:
+            raise DeviceError(f"reset control: invalid snapshot state: {err!r}") from err
+        return dev

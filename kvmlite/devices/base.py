@@ -11,14 +11,25 @@ Devices that keep time (PIT, RTC, UART transmit pacing) expose
 :meth:`TimedDevice.next_deadline` and :meth:`TimedDevice.tick`; the VMM's
 timer service calls ``tick(now)`` at or after the deadline.  No device
 busy-waits or sleeps.
+
+Snapshots: ``state()`` returns a :class:`DeviceState` (a dataclass of plain
+values holding what the guest can observe, nothing of the host side), and
+``cls.from_state(state, **injected)`` rebuilds the device with new callables.
+Every field has a default, so a record written before a field existed still
+loads; ``version`` says which layout wrote it (Firecracker's versioned device
+states, vm-superio's ``SerialState``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, Self, TypeVar, runtime_checkable
+
+from kvmlite.errors import DeviceError
 
 #: Raise (True) or lower (False) an interrupt line.  Edge-triggered users
 #: pulse it: ``irq(True); irq(False)``.
@@ -69,6 +80,41 @@ class TimedDevice(Protocol):
         ...
 
 
+@dataclass
+class DeviceState:
+    """Base of every device's snapshot record.  A subclass that changes its layout raises the
+    default of ``version``; :func:`checked_state` refuses records newer than the code."""
+
+    version: int = 1
+
+
+StateT = TypeVar("StateT", bound=DeviceState)
+
+
+def checked_state(state: object, cls: type[StateT], device: str) -> StateT:
+    """``state`` if it is a ``cls`` record this kvmlite can read; otherwise a :class:`DeviceError`."""
+    if not isinstance(state, cls):
+        raise DeviceError(f"{device}: snapshot state is a {type(state).__name__}, not a {cls.__name__}")
+    current = next(f.default for f in dataclasses.fields(cls) if f.name == "version")
+    if not isinstance(state.version, int) or not 1 <= state.version <= current:
+        version = state.version
+        raise DeviceError(f"{device}: snapshot state version {version!r}; this kvmlite reads 1-{current}")
+    return state
+
+
+def state_from_attrs(obj: object, cls: type[StateT], **given: Any) -> StateT:
+    """A ``cls`` record whose fields (bar ``version`` and those ``given``) are ``obj``'s
+    attributes of the same names."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "version" and f.name not in given]
+    return cls(**{name: getattr(obj, name) for name in names}, **given)
+
+
 @runtime_checkable
 class Snapshottable(Protocol):
-    def state(self) -> dict[str, Any]: ...
+    """A device that can be saved and rebuilt: ``type(d).from_state(d.state(), **injected)``
+    behaves, register for register, like ``d``."""
+
+    def state(self) -> DeviceState: ...
+
+    @classmethod
+    def from_state(cls, state: Any, /, **injected: Any) -> Self: ...

@@ -8,9 +8,19 @@ binaries give the same exit status under both.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kvmlite.devices.base import DeviceState, checked_state
 
 DEFAULT_PORT = 0xF4
 DEFAULT_WIDTH = 4
+
+
+@dataclass
+class DebugExitState(DeviceState):
+    """Nothing the guest can change: the port only ends the VM.  The record exists so that
+    every device snapshots the same way."""
 
 
 class DebugExit:
@@ -27,5 +37,11 @@ class DebugExit:
         value &= (1 << (8 * min(size, self.width))) - 1
         self.on_exit((value << 1) | 1)
 
-    def state(self) -> dict[str, int]:
-        return {"width": self.width}
+    def state(self) -> DebugExitState:
+        return DebugExitState()
+
+    @classmethod
+    def from_state(cls, state: DebugExitState, /, **injected: Any) -> DebugExit:
+        """Rebuild from :meth:`state`; the port width is configuration, passed in ``injected``."""
+        checked_state(state, DebugExitState, "debug-exit")
+        return cls(**injected)

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import logging
 import struct
+from dataclasses import dataclass, field
 from typing import Any
 
+from kvmlite.devices.base import DeviceState, checked_state
 from kvmlite.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,17 @@ ID_TRADITIONAL = 0x01  # bit 0: the port interface; bit 1 (DMA) stays clear
 FILE_NAME_SIZE = 56  # including the terminating NUL
 FILE_DIR_HEADER = struct.Struct(">I")
 FILE_DIR_ENTRY = struct.Struct(">IHH56s")
+
+
+@dataclass
+class FwCfgState(DeviceState):
+    """Every item the guest can read (by selector), the file directory's names, and the
+    current selector and read offset."""
+
+    selector: int = FW_CFG_SIGNATURE
+    offset: int = 0
+    items: dict[int, bytes] = field(default_factory=dict)
+    files: dict[str, int] = field(default_factory=dict)
 
 
 class FwCfg:
@@ -166,24 +179,23 @@ class FwCfg:
 
     # ---------------------------------------------------------------- snapshots
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "selector": self.selector,
-            "offset": self.offset,
-            "items": {key: data for key, data in self.items.items()},
-            "files": dict(self.files),
-        }
+    def state(self) -> FwCfgState:
+        return FwCfgState(
+            selector=self.selector, offset=self.offset, items=dict(self.items), files=dict(self.files)
+        )
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], **injected: Any) -> FwCfg:
+    def from_state(cls, state: FwCfgState, /, **injected: Any) -> FwCfg:
+        """Rebuild from :meth:`state`: every item and file as they were, and the read position."""
+        st = checked_state(state, FwCfgState, "fw_cfg")
         dev = cls(**injected)
         try:
-            dev.items = {int(k): bytes(v) for k, v in state["items"].items()}
-            dev.files = {str(k): int(v) for k, v in state["files"].items()}
-            dev.selector = int(state["selector"]) & 0xFFFF
-            dev.offset = int(state["offset"])
+            dev.items = {int(k): bytes(v) for k, v in st.items.items()}
+            dev.files = {str(k): int(v) for k, v in st.files.items()}
+            dev.selector = int(st.selector) & 0xFFFF
+            dev.offset = int(st.offset)
             if dev.offset < 0 or any(sel not in dev.items for sel in dev.files.values()):
                 raise ValueError("offset negative or file without data")
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+        except (TypeError, ValueError, AttributeError) as err:
             raise DeviceError(f"fw_cfg: invalid snapshot state: {err!r}") from err
         return dev

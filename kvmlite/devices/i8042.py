@@ -30,9 +30,10 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from kvmlite.devices.base import IrqLine, no_irq, warn_once
+from kvmlite.devices.base import DeviceState, IrqLine, checked_state, no_irq, warn_once
 from kvmlite.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,42 @@ AUX_NO_DEVICE = 0xFE
 # Port 0x92 (system control port A)
 PORT_A_RESET = 0x01
 PORT_A_A20 = 0x02
+
+
+@dataclass
+class I8042State(DeviceState):
+    """The controller's command byte, RAM, status flags, output port, output buffer and queues,
+    and the keyboard's mode (the IRQ levels follow from them)."""
+
+    ctr: int = DEFAULT_CTR
+    ram: bytes = bytes(32)
+    status_flags: int = STR_UNLOCKED | STR_SYS
+    output_port: int = DEFAULT_OUTPUT_PORT
+    pending_cmd: int | None = None
+    obuf: int | None = None
+    obuf_aux: bool = False
+    ctrl_queue: bytes = b""
+    kbd_queue: bytes = b""
+    aux_queue: bytes = b""
+    kbd_scanning: bool = True
+    kbd_pending_cmd: int | None = None
+    kbd_leds: int = 0
+    kbd_scanset: int = 2
+    kbd_last: int = KBD_REPLY_ACK
+
+
+@dataclass
+class PortA20ResetState(DeviceState):
+    """Port 0x92's value (A20 on, as firmware leaves it)."""
+
+    value: int = PORT_A_A20
+
+
+@dataclass
+class PostCodeState(DeviceState):
+    """The last POST code written (None: never written, reads all ones)."""
+
+    last: int | None = None
 
 
 class I8042:
@@ -333,7 +370,7 @@ class I8042:
         if (old ^ value) & OUT_A20:
             a20 = bool(value & OUT_A20)
             if not a20:
-                log.warning("i8042: guest disabled A20; the address wrap is not emulated")
+                warn_once(log, self._warned, "i8042: guest disabled A20; the address wrap is not emulated")
             if self._on_a20 is not None:
                 self._on_a20(a20)
         if not value & OUT_RESET:
@@ -343,7 +380,7 @@ class I8042:
 
     def _do_reset(self) -> None:
         if self._reset is None:
-            log.warning("i8042: reset requested but no reset handler is connected")
+            warn_once(log, self._warned, "i8042: reset requested but no reset handler is connected")
         else:
             self._reset()
 
@@ -407,51 +444,52 @@ class I8042:
 
     # ---------------------------------------------------------------- snapshots
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "ctr": self.ctr,
-            "ram": bytes(self.ram),
-            "status_flags": self.status_flags,
-            "output_port": self.output_port,
-            "pending_cmd": self.pending_cmd,
-            "obuf": self.obuf,
-            "obuf_aux": self.obuf_aux,
-            "ctrl_queue": bytes(self.ctrl_queue),
-            "kbd_queue": bytes(self.kbd_queue),
-            "aux_queue": bytes(self.aux_queue),
-            "kbd_scanning": self.kbd_scanning,
-            "kbd_pending_cmd": self.kbd_pending_cmd,
-            "kbd_leds": self.kbd_leds,
-            "kbd_scanset": self.kbd_scanset,
-            "kbd_last": self.kbd_last,
-        }
+    def state(self) -> I8042State:
+        return I8042State(
+            ctr=self.ctr,
+            ram=bytes(self.ram),
+            status_flags=self.status_flags,
+            output_port=self.output_port,
+            pending_cmd=self.pending_cmd,
+            obuf=self.obuf,
+            obuf_aux=self.obuf_aux,
+            ctrl_queue=bytes(self.ctrl_queue),
+            kbd_queue=bytes(self.kbd_queue),
+            aux_queue=bytes(self.aux_queue),
+            kbd_scanning=self.kbd_scanning,
+            kbd_pending_cmd=self.kbd_pending_cmd,
+            kbd_leds=self.kbd_leds,
+            kbd_scanset=self.kbd_scanset,
+            kbd_last=self.kbd_last,
+        )
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], **injected: Any) -> I8042:
+    def from_state(cls, state: I8042State, /, **injected: Any) -> I8042:
+        """Rebuild from :meth:`state`; the output buffer's interrupt is raised again if due."""
+        st = checked_state(state, I8042State, "i8042")
         dev = cls(**injected)
         try:
-            dev.ctr = int(state["ctr"]) & 0xFF
-            ram = bytes(state["ram"])
+            dev.ctr = int(st.ctr) & 0xFF
+            ram = bytes(st.ram)
             if len(ram) != len(dev.ram):
                 raise ValueError(f"ram is {len(ram)} bytes")
             dev.ram[:] = ram
-            dev.status_flags = int(state["status_flags"]) & (STR_SYS | STR_CMD | STR_UNLOCKED | STR_TIMEOUT)
-            dev.output_port = int(state["output_port"]) & 0xFF
-            dev.pending_cmd = None if state["pending_cmd"] is None else int(state["pending_cmd"]) & 0xFF
-            dev.obuf = None if state["obuf"] is None else int(state["obuf"]) & 0xFF
-            dev.obuf_aux = bool(state["obuf_aux"])
-            dev.ctrl_queue.extend(bytes(state["ctrl_queue"]))
-            dev.kbd_queue.extend(bytes(state["kbd_queue"]))
-            dev.aux_queue.extend(bytes(state["aux_queue"]))
-            dev.kbd_scanning = bool(state["kbd_scanning"])
-            kpc = state["kbd_pending_cmd"]
-            dev.kbd_pending_cmd = None if kpc is None else int(kpc) & 0xFF
-            dev.kbd_leds = int(state["kbd_leds"]) & 0x07
-            dev.kbd_scanset = int(state["kbd_scanset"])
+            dev.status_flags = int(st.status_flags) & (STR_SYS | STR_CMD | STR_UNLOCKED | STR_TIMEOUT)
+            dev.output_port = int(st.output_port) & 0xFF
+            dev.pending_cmd = None if st.pending_cmd is None else int(st.pending_cmd) & 0xFF
+            dev.obuf = None if st.obuf is None else int(st.obuf) & 0xFF
+            dev.obuf_aux = bool(st.obuf_aux)
+            dev.ctrl_queue.extend(bytes(st.ctrl_queue))
+            dev.kbd_queue.extend(bytes(st.kbd_queue))
+            dev.aux_queue.extend(bytes(st.aux_queue))
+            dev.kbd_scanning = bool(st.kbd_scanning)
+            dev.kbd_pending_cmd = None if st.kbd_pending_cmd is None else int(st.kbd_pending_cmd) & 0xFF
+            dev.kbd_leds = int(st.kbd_leds) & 0x07
+            dev.kbd_scanset = int(st.kbd_scanset)
             if dev.kbd_scanset not in (1, 2, 3):
                 raise ValueError(f"scan code set {dev.kbd_scanset}")
-            dev.kbd_last = int(state["kbd_last"]) & 0xFF
-        except (KeyError, TypeError, ValueError) as err:
+            dev.kbd_last = int(st.kbd_last) & 0xFF
+        except (TypeError, ValueError) as err:
             raise DeviceError(f"i8042: invalid snapshot state: {err!r}") from err
         dev._refill()
         return dev
@@ -492,25 +530,26 @@ class PortA20Reset:
         self.value = value & 0xFF & ~PORT_A_RESET
         if (old ^ self.value) & PORT_A_A20:
             if not self.a20:
-                log.warning("port 0x92: guest disabled A20; the address wrap is not emulated")
+                warn_once(log, self._warned, "port 0x92: guest disabled A20; address wrap is not emulated")
             if self._on_a20 is not None:
                 self._on_a20(self.a20)
         if value & PORT_A_RESET:
             log.info("port 0x92: guest requested a fast reset")
             if self._reset is None:
-                log.warning("port 0x92: reset requested but no reset handler is connected")
+                warn_once(log, self._warned, "port 0x92: reset requested but no reset handler is connected")
             else:
                 self._reset()
 
-    def state(self) -> dict[str, Any]:
-        return {"value": self.value}
+    def state(self) -> PortA20ResetState:
+        return PortA20ResetState(value=self.value)
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], **injected: Any) -> PortA20Reset:
+    def from_state(cls, state: PortA20ResetState, /, **injected: Any) -> PortA20Reset:
+        st = checked_state(state, PortA20ResetState, "port 0x92")
         dev = cls(**injected)
         try:
-            dev.value = int(state["value"]) & 0xFF & ~PORT_A_RESET
-        except (KeyError, TypeError, ValueError) as err:
+            dev.value = int(st.value) & 0xFF & ~PORT_A_RESET
+        except (TypeError, ValueError) as err:
             raise DeviceError(f"port 0x92: invalid snapshot state: {err!r}") from err
         return dev
 
@@ -537,15 +576,15 @@ class PostCodePort:
         if self._on_code is not None:
             self._on_code(value)
 
-    def state(self) -> dict[str, Any]:
-        return {"last": self.last}
+    def state(self) -> PostCodeState:
+        return PostCodeState(last=self.last)
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], **injected: Any) -> PostCodePort:
+    def from_state(cls, state: PostCodeState, /, **injected: Any) -> PostCodePort:
+        st = checked_state(state, PostCodeState, "port 0x80")
         dev = cls(**injected)
         try:
-            last = state["last"]
-            dev.last = None if last is None else int(last)
-        except (KeyError, TypeError, ValueError) as err:
+            dev.last = None if st.last is None else int(st.last)
+        except (TypeError, ValueError) as err:
             raise DeviceError(f"port 0x80: invalid snapshot state: {err!r}") from err
         return dev

@@ -23,10 +23,12 @@ A request that vanishes between INT and INTA yields the spurious IRQ 7 (or
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
-from kvmlite.devices.base import IrqLine, no_irq, warn_once
+from kvmlite.devices.base import DeviceState, IrqLine, checked_state, no_irq, state_from_attrs, warn_once
 from kvmlite.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,37 @@ ELCR_SLAVE_MASK = 0xDE
 
 # Initialisation sequence state
 _READY, _WANT_ICW2, _WANT_ICW3, _WANT_ICW4 = range(4)
+
+
+@dataclass
+class PicChipState(DeviceState):
+    """One 8259A: input levels, IRR/ISR/IMR, the ELCR, and the modes ICW1-4/OCW2-3 chose."""
+
+    lines: int = 0
+    elcr: int = 0
+    irr: int = 0
+    isr: int = 0
+    imr: int = 0
+    vector_base: int = 0
+    priority_add: int = 0
+    read_isr: bool = False
+    poll: bool = False
+    special_mask: bool = False
+    auto_eoi: bool = False
+    rotate_on_auto_eoi: bool = False
+    special_fully_nested: bool = False
+    ltim: bool = False
+    single: bool = False
+    want_icw4: bool = False
+    init_state: int = _READY
+
+
+@dataclass
+class PicState(DeviceState):
+    """The master and slave of a :class:`Pic8259Pair` (the INT level follows from them)."""
+
+    master: PicChipState = field(default_factory=PicChipState)
+    slave: PicChipState = field(default_factory=PicChipState)
 
 
 class Pic8259:
@@ -229,7 +262,8 @@ class Pic8259:
         self.irr = self.lines & self.level_mask
         self.init_state = _WANT_ICW2
         if self.single:
-            log.warning("pic %s: ICW1 asks for single mode; the cascade is wired anyway", self.name)
+            msg = "pic %s: ICW1 asks for single mode; the cascade is wired anyway"
+            warn_once(log, self._warned, msg, self.name)
 
     def _write_data(self, value: int) -> None:
         state = self.init_state
@@ -246,7 +280,8 @@ class Pic8259:
             self.init_state = _WANT_ICW4 if self.want_icw4 else _READY
         else:
             if not value & ICW4_UPM:
-                log.warning("pic %s: ICW4 %#x selects 8080 mode; treating as 8086 mode", self.name, value)
+                msg = "pic %s: ICW4 %#x selects 8080 mode; treating as 8086 mode"
+                warn_once(log, self._warned, msg, self.name, value)
             self.auto_eoi = bool(value & ICW4_AEOI)
             self.special_fully_nested = bool(value & ICW4_SFNM)
             self.init_state = _READY
@@ -282,36 +317,17 @@ class Pic8259:
             self.rotate_on_auto_eoi = False
         # OCW2_NOP: nothing
 
-    _FIELDS = (
-        "lines",
-        "elcr",
-        "irr",
-        "isr",
-        "imr",
-        "vector_base",
-        "priority_add",
-        "read_isr",
-        "poll",
-        "special_mask",
-        "auto_eoi",
-        "rotate_on_auto_eoi",
-        "special_fully_nested",
-        "ltim",
-        "single",
-        "want_icw4",
-        "init_state",
-    )
+    def state(self) -> PicChipState:
+        return state_from_attrs(self, PicChipState)
 
-    def state(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in self._FIELDS}
-
-    def load_state(self, state: dict[str, Any]) -> None:
+    def load_state(self, state: PicChipState) -> None:
         try:
-            for f in self._FIELDS:
-                cur = getattr(self, f)
-                v = state[f]
-                setattr(self, f, bool(v) if isinstance(cur, bool) else int(v) & 0xFF)
-        except (KeyError, TypeError, ValueError) as err:
+            for f in dataclasses.fields(PicChipState):
+                if f.name == "version":
+                    continue
+                v = getattr(state, f.name)
+                setattr(self, f.name, bool(v) if isinstance(f.default, bool) else int(v) & 0xFF)
+        except (AttributeError, TypeError, ValueError) as err:
             raise DeviceError(f"pic {self.name}: invalid snapshot state: {err!r}") from err
         if self.init_state not in (_READY, _WANT_ICW2, _WANT_ICW3, _WANT_ICW4):
             raise DeviceError(f"pic {self.name}: invalid init_state {self.init_state}")
@@ -415,16 +431,15 @@ class Pic8259Pair:
             self._intr_level = level
             self._intr(level)
 
-    def state(self) -> dict[str, Any]:
-        return {"master": self.master.state(), "slave": self.slave.state(), "intr_level": self._intr_level}
+    def state(self) -> PicState:
+        return PicState(master=self.master.state(), slave=self.slave.state())
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], **injected: Any) -> Pic8259Pair:
+    def from_state(cls, state: PicState, /, **injected: Any) -> Pic8259Pair:
+        """Rebuild from :meth:`state`; the INT line is driven to the level the registers give."""
+        st = checked_state(state, PicState, "pic")
         pair = cls(**injected)
-        try:
-            pair.master.load_state(state["master"])
-            pair.slave.load_state(state["slave"])
-        except (KeyError, TypeError) as err:
-            raise DeviceError(f"pic: invalid snapshot state: {err!r}") from err
+        pair.master.load_state(checked_state(st.master, PicChipState, "pic master"))
+        pair.slave.load_state(checked_state(st.slave, PicChipState, "pic slave"))
         pair._update()
         return pair

@@ -25,10 +25,21 @@ count is treated as if the count were even when reading it back.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
-from kvmlite.devices.base import Clock, IrqLine, monotonic_ns, no_irq, warn_once
+from kvmlite.devices.base import (
+    Clock,
+    DeviceState,
+    IrqLine,
+    checked_state,
+    monotonic_ns,
+    no_irq,
+    state_from_attrs,
+    warn_once,
+)
 from kvmlite.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -88,6 +99,42 @@ def _to_bcd(value: int) -> int:
     return sum(((value // 10**i) % 10) << (4 * i) for i in range(4))
 
 
+@dataclass
+class PitChannelState(DeviceState):
+    """One counter: its programming, count, latches and byte pointers, and how far it has
+    counted (``elapsed_ns`` since it was loaded, so it resumes in phase on another clock)."""
+
+    mode: int = 0
+    mode_bits: int = 0
+    bcd: bool = False
+    rw: int = RW_WORD
+    count: int = 0x10000
+    armed: bool = False
+    triggered: bool = False
+    frozen_ticks: int | None = None
+    gate: bool = True
+    null_count: bool = True
+    latched_count: int | None = None
+    latched_bytes: int = 0
+    latched_status: int | None = None
+    read_msb_next: bool = False
+    write_msb_next: bool = False
+    write_lsb: int = 0
+    elapsed_ns: int = 0
+
+
+@dataclass
+class PitState(DeviceState):
+    """The three counters, port 0x61's writable bits, and the last channel 0 edge delivered."""
+
+    channels: list[PitChannelState] = field(
+        default_factory=lambda: [PitChannelState(), PitChannelState(), PitChannelState(gate=False)]
+    )
+    speaker: bool = False
+    port61_bits: int = 0
+    irq_after_ticks: int = 0
+
+
 class PitChannel:
     """One 8254 counter."""
 
@@ -110,6 +157,7 @@ class PitChannel:
         self.read_msb_next = False
         self.write_msb_next = False
         self.write_lsb = 0
+        self._warned: set[str] = set()
 
     # ---------------------------------------------------------------- time
 
@@ -247,7 +295,8 @@ class PitChannel:
         else:
             n = raw or 0x10000
         if self.mode in (2, 3) and n == 1:
-            log.warning("pit: channel %d count 1 is illegal in mode %d; using 2", self.index, self.mode)
+            msg = "pit: channel %d count 1 is illegal in mode %d; using 2"
+            warn_once(log, self._warned, msg, self.index, self.mode)
             n = 2
         self.count = n
         self.armed = True
@@ -277,33 +326,13 @@ class PitChannel:
                 self.frozen_ticks = d
         self.gate = gate
 
-    _FIELDS = (
-        "mode",
-        "mode_bits",
-        "bcd",
-        "rw",
-        "count",
-        "armed",
-        "triggered",
-        "frozen_ticks",
-        "gate",
-        "null_count",
-        "latched_count",
-        "latched_bytes",
-        "latched_status",
-        "read_msb_next",
-        "write_msb_next",
-        "write_lsb",
-    )
+    def state(self, now: int) -> PitChannelState:
+        return state_from_attrs(self, PitChannelState, elapsed_ns=now - self.start_ns)
 
-    def state(self, now: int) -> dict[str, Any]:
-        st = {f: getattr(self, f) for f in self._FIELDS}
-        st["elapsed_ns"] = now - self.start_ns
-        return st
-
-    def load_state(self, st: dict[str, Any], now: int) -> None:
-        for f in self._FIELDS:
-            setattr(self, f, st[f])
+    def load_state(self, st: PitChannelState, now: int) -> None:
+        for f in dataclasses.fields(PitChannelState):
+            if f.name not in ("version", "elapsed_ns"):
+                setattr(self, f.name, getattr(st, f.name))
         if (
             not 0 <= int(self.mode) <= 5
             or not 0 <= int(self.mode_bits) <= 7
@@ -311,7 +340,7 @@ class PitChannel:
             or self.rw not in (1, 2, 3)
         ):
             raise ValueError(f"channel {self.index}: mode {self.mode} count {self.count} rw {self.rw}")
-        self.start_ns = now - int(st["elapsed_ns"])
+        self.start_ns = now - int(st.elapsed_ns)
 
 
 class Pit8254:
@@ -426,28 +455,28 @@ class Pit8254:
 
     # ---------------------------------------------------------------- snapshots
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> PitState:
         now = self._clock()
-        return {
-            "channels": [ch.state(now) for ch in self.channels],
-            "speaker": self.speaker,
-            "port61_bits": self.port61_bits,
-            "irq_after_ticks": self._irq_after_ticks,
-            "missed_irqs": self.missed_irqs,
-        }
+        return PitState(
+            channels=[ch.state(now) for ch in self.channels],
+            speaker=self.speaker,
+            port61_bits=self.port61_bits,
+            irq_after_ticks=self._irq_after_ticks,
+        )
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], **injected: Any) -> Pit8254:
+    def from_state(cls, state: PitState, /, **injected: Any) -> Pit8254:
+        """Rebuild from :meth:`state`; each counter keeps its phase against the new clock."""
+        st = checked_state(state, PitState, "pit")
         pit = cls(**injected)
         now = pit._clock()
         try:
-            for ch, st in zip(pit.channels, state["channels"], strict=True):
-                ch.load_state(st, now)
-            pit.speaker = bool(state["speaker"])
-            pit.port61_bits = int(state["port61_bits"]) & P61_WRITABLE
-            pit._irq_after_ticks = int(state["irq_after_ticks"])
-            pit.missed_irqs = int(state["missed_irqs"])
-        except (KeyError, TypeError, ValueError) as err:
+            for ch, chst in zip(pit.channels, st.channels, strict=True):
+                ch.load_state(checked_state(chst, PitChannelState, f"pit channel {ch.index}"), now)
+            pit.speaker = bool(st.speaker)
+            pit.port61_bits = int(st.port61_bits) & P61_WRITABLE
+            pit._irq_after_ticks = int(st.irq_after_ticks)
+        except (TypeError, ValueError) as err:
             raise DeviceError(f"pit: invalid snapshot state: {err!r}") from err
         pit._schedule(now)
         return pit

@@ -30,10 +30,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kvmlite.devices.base import Clock, IrqLine, monotonic_ns, no_irq, warn_once
+from kvmlite.devices.base import Clock, DeviceState, IrqLine, checked_state, monotonic_ns, no_irq, warn_once
 from kvmlite.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,19 @@ def periodic_period_ns(rate: int) -> int | None:
     # Rates 1 and 2 select the same taps as 8 and 9 on a 32.768 kHz base.
     shift = rate + 6 if rate < 3 else rate - 1
     return (1 << shift) * NS_PER_S // TIME_BASE_HZ
+
+
+@dataclass
+class RtcState(DeviceState):
+    """The 128 CMOS bytes (clock registers A-D included), the index port, and the clock as an
+    offset from the host's wall clock plus the periodic interrupt's phase."""
+
+    cmos: bytes = bytes(CMOS_SIZE)
+    index: int = 0
+    nmi_masked: bool = False
+    halted: bool = False
+    rtc_minus_wall_ns: int = 0
+    periodic_phase_ns: int = 0
 
 
 class CmosRtc:
@@ -249,7 +263,7 @@ class CmosRtc:
                 tzinfo=UTC,
             )
         except ValueError as err:
-            log.warning("rtc: guest set an invalid date/time (%s); keeping the old time", err)
+            warn_once(log, self._warned, "rtc: guest set an invalid date (%s); old time kept", err)
             return None
         return (dt - _EPOCH) // timedelta(seconds=1)
 
@@ -474,45 +488,45 @@ class CmosRtc:
 
     # ---------------------------------------------------------------- snapshots
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> RtcState:
         now = self._clock()
         self._advance(now)
         if self._halted:
             rtc_minus_wall = 0
         else:
             rtc_minus_wall = self._rtc_ns(now) - int(self._now() * NS_PER_S)
-        return {
-            "cmos": bytes(self.cmos),
-            "index": self.index,
-            "nmi_masked": self.nmi_masked,
-            "halted": self._halted,
-            "rtc_minus_wall_ns": rtc_minus_wall,
-            "periodic_phase_ns": now - self._periodic_anchor,
-            "irq_level": self._irq_level,
-        }
+        return RtcState(
+            cmos=bytes(self.cmos),
+            index=self.index,
+            nmi_masked=self.nmi_masked,
+            halted=self._halted,
+            rtc_minus_wall_ns=rtc_minus_wall,
+            periodic_phase_ns=now - self._periodic_anchor,
+        )
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], **injected: Any) -> CmosRtc:
-        """Rebuild from :meth:`state`; the clock keeps its offset from the host's wall clock."""
+    def from_state(cls, state: RtcState, /, **injected: Any) -> CmosRtc:
+        """Rebuild from :meth:`state`; the clock keeps its offset from the host's wall clock, and
+        IRQ 8 is driven high again if register C says an interrupt is pending."""
+        st = checked_state(state, RtcState, "rtc")
         rtc = cls(**injected)
         now = rtc._clock()
         try:
-            cmos = bytes(state["cmos"])
+            cmos = bytes(st.cmos)
             if len(cmos) != CMOS_SIZE:
                 raise ValueError(f"cmos is {len(cmos)} bytes, not {CMOS_SIZE}")
             rtc.cmos[:] = cmos
-            rtc.index = int(state["index"]) & INDEX_MASK
-            rtc.nmi_masked = bool(state["nmi_masked"])
-            rtc._halted = bool(state["halted"])
+            rtc.index = int(st.index) & INDEX_MASK
+            rtc.nmi_masked = bool(st.nmi_masked)
+            rtc._halted = bool(st.halted)
             rtc._base_mono = now
-            rtc._base_rtc_ns = int(rtc._now() * NS_PER_S) + int(state["rtc_minus_wall_ns"])
+            rtc._base_rtc_ns = int(rtc._now() * NS_PER_S) + int(st.rtc_minus_wall_ns)
             rtc._update_checked_ns = rtc._base_rtc_ns
-            rtc._periodic_anchor = now - int(state["periodic_phase_ns"])
+            rtc._periodic_anchor = now - int(st.periodic_phase_ns)
             rtc._periodic_checked = now
-            irq_level = bool(state["irq_level"])
-        except (KeyError, TypeError, ValueError) as err:
+        except (TypeError, ValueError) as err:
             raise DeviceError(f"rtc: invalid snapshot state: {err!r}") from err
-        if irq_level:
+        if rtc.cmos[REG_C] & C_IRQF:
             rtc._irq_level = True
             rtc._irq8(True)
         return rtc

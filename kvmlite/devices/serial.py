@@ -36,9 +36,10 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from kvmlite.devices.base import IrqLine, no_irq
+from kvmlite.devices.base import DeviceState, IrqLine, checked_state, no_irq
 from kvmlite.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,26 @@ HOST_MODEM_LINES = MSR_DCD | MSR_DSR | MSR_CTS
 #: Such bytes are kept rather than lost, up to this bound, which protects
 #: the host from a guest that writes forever while the host never drains.
 TX_BACKLOG_LIMIT = 1 << 20
+
+
+@dataclass
+class SerialState(DeviceState):
+    """What the guest can see of a 16550A: its registers and both FIFOs (vm-superio's
+    ``SerialState``).  The interrupt level follows from them; whether the host is holding
+    output back is the host's business and is not saved."""
+
+    divisor: int = DEFAULT_DIVISOR
+    ier: int = 0
+    lcr: int = 0
+    mcr: int = 0
+    scr: int = 0
+    fcr: int = 0
+    lsr_errors: int = 0
+    msr_deltas: int = 0
+    msr_lines: int = HOST_MODEM_LINES
+    thri_pending: bool = False
+    rx: bytes = b""
+    tx: bytes = b""
 
 
 class Serial16550:
@@ -449,55 +470,55 @@ class Serial16550:
 
     # ------------------------------------------------------------------ snapshots
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "divisor": self.divisor,
-            "ier": self.ier,
-            "lcr": self.lcr,
-            "mcr": self.mcr,
-            "scr": self.scr,
-            "fcr": self.fcr,
-            "lsr_errors": self.lsr_errors,
-            "msr_deltas": self.msr_deltas,
-            "msr_lines": self.msr_lines,
-            "thri_pending": self.thri_pending,
-            "rx": bytes(self.rx),
-            "tx": bytes(self.tx),
-            "tx_busy": self._tx_busy,
-            "irq_level": self._irq_level,
-        }
+    def state(self) -> SerialState:
+        return SerialState(
+            divisor=self.divisor,
+            ier=self.ier,
+            lcr=self.lcr,
+            mcr=self.mcr,
+            scr=self.scr,
+            fcr=self.fcr,
+            lsr_errors=self.lsr_errors,
+            msr_deltas=self.msr_deltas,
+            msr_lines=self.msr_lines,
+            thri_pending=self.thri_pending,
+            rx=bytes(self.rx),
+            tx=bytes(self.tx),
+        )
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], **injected: Any) -> Serial16550:
+    def from_state(cls, state: SerialState, /, **injected: Any) -> Serial16550:
         """Rebuild from :meth:`state`; ``injected`` are the constructor's callables.
 
-        A line that was high is driven high again, so a freshly built
-        interrupt controller sees the level it had.
+        The interrupt line is driven to the level the registers give, so a
+        freshly built interrupt controller sees the level it had.  Bytes that
+        were waiting in the TX FIFO go out to ``out`` at once: the host side of
+        the new device is not busy until its wrapper says so.
         """
+        st = checked_state(state, SerialState, "serial")
         dev = cls(**injected)
         try:
-            dev.divisor = int(state["divisor"]) & 0xFFFF
-            dev.ier = int(state["ier"]) & IER_MASK
-            dev.lcr = int(state["lcr"]) & 0xFF
-            dev.mcr = int(state["mcr"]) & MCR_MASK
-            dev.scr = int(state["scr"]) & 0xFF
-            dev.fcr = int(state["fcr"]) & (FCR_ENABLE_FIFO | FCR_TRIGGER_MASK)
-            dev.lsr_errors = int(state["lsr_errors"]) & LSR_ERRORS
-            dev.msr_deltas = int(state["msr_deltas"]) & MSR_DELTAS
-            dev.msr_lines = int(state["msr_lines"]) & MSR_LINES
-            dev.thri_pending = bool(state["thri_pending"])
-            rx = bytes(state["rx"])
-            tx = bytes(state["tx"])
-            dev._tx_busy = bool(state["tx_busy"])
-            irq_level = bool(state["irq_level"])
-        except (KeyError, TypeError, ValueError) as err:
+            dev.divisor = int(st.divisor) & 0xFFFF
+            dev.ier = int(st.ier) & IER_MASK
+            dev.lcr = int(st.lcr) & 0xFF
+            dev.mcr = int(st.mcr) & MCR_MASK
+            dev.scr = int(st.scr) & 0xFF
+            dev.fcr = int(st.fcr) & (FCR_ENABLE_FIFO | FCR_TRIGGER_MASK)
+            dev.lsr_errors = int(st.lsr_errors) & LSR_ERRORS
+            dev.msr_deltas = int(st.msr_deltas) & MSR_DELTAS
+            dev.msr_lines = int(st.msr_lines) & MSR_LINES
+            dev.thri_pending = bool(st.thri_pending)
+            rx = bytes(st.rx)
+            tx = bytes(st.tx)
+        except (TypeError, ValueError) as err:
             raise DeviceError(f"serial: invalid snapshot state: {err!r}") from err
         if len(rx) > dev._rx_capacity:
             raise DeviceError(f"serial: snapshot RX FIFO holds {len(rx)} bytes, more than {dev._rx_capacity}")
+        if len(tx) > TX_BACKLOG_LIMIT:
+            raise DeviceError(f"serial: snapshot TX FIFO holds {len(tx)} bytes, more than {TX_BACKLOG_LIMIT}")
         dev.rx.extend(rx)
         dev.tx.extend(tx)
-        if irq_level:
-            dev._irq_level = True
-            dev._irq(True)
         dev._update_irq()
+        if dev.tx:
+            dev.set_tx_busy(False)
         return dev

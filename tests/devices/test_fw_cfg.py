@@ -157,3 +157,5 @@ def test_state_round_trip_keeps_position_and_files() -> None:
 def test_from_state_rejects_garbage() -> None:
     with pytest.raises(DeviceError):
         FwCfg.from_state({"items": {}, "files": {"x": 0x20}, "selector": 0, "offset": 0})
+    with pytest.raises(DeviceError):
+        FwCfg.from_state(f.FwCfgState(files={"x": 0x20}))

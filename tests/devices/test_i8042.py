@@ -9,30 +9,11 @@ import pytest
 from kvmlite.devices import i8042 as k
 from kvmlite.devices.i8042 import I8042, PortA20Reset, PostCodePort
 from kvmlite.errors import DeviceError
+from tests.devices.conftest import Calls, Line
 
 
-class Line:
-    def __init__(self) -> None:
-        self.levels: list[bool] = []
-
-    def __call__(self, level: bool) -> None:
-        self.levels.append(level)
-
-    @property
-    def high(self) -> bool:
-        return bool(self.levels) and self.levels[-1]
-
-
-class Resets:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self) -> None:
-        self.count += 1
-
-
-def make() -> tuple[I8042, Line, Line, Resets]:
-    irq1, irq12, resets = Line(), Line(), Resets()
+def make() -> tuple[I8042, Line, Line, Calls]:
+    irq1, irq12, resets = Line(), Line(), Calls()
     return I8042(reset=resets, irq1=irq1, irq12=irq12), irq1, irq12, resets
 
 
@@ -229,7 +210,7 @@ def test_i8042_reset_command_calls_reset() -> None:
 
 def test_output_port_write_controls_a20_and_reset() -> None:
     a20: list[bool] = []
-    resets = Resets()
+    resets = Calls()
     dev = I8042(reset=resets, on_a20=a20.append)
     cmd(dev, k.CMD_READ_OUTPUT)
     assert drain(dev)[0] & 0x03 == 0x03
@@ -276,11 +257,13 @@ def test_i8042_state_round_trip() -> None:
 def test_i8042_from_state_rejects_garbage() -> None:
     with pytest.raises(DeviceError):
         I8042.from_state({"ctr": 1})
+    with pytest.raises(DeviceError):
+        I8042.from_state(k.I8042State(kbd_scanset=7))
 
 
 def test_port92_fast_reset_and_a20() -> None:
     a20: list[bool] = []
-    resets = Resets()
+    resets = Calls()
     port = PortA20Reset(reset=resets, on_a20=a20.append)
     assert port.read(0, 1) == k.PORT_A_A20
     port.write(0, 1, 0x00)

@@ -7,18 +7,7 @@ import pytest
 from kvmlite.devices import pic as p
 from kvmlite.devices.pic import Pic8259, Pic8259Pair
 from kvmlite.errors import DeviceError
-
-
-class Line:
-    def __init__(self) -> None:
-        self.levels: list[bool] = []
-
-    def __call__(self, level: bool) -> None:
-        self.levels.append(level)
-
-    @property
-    def high(self) -> bool:
-        return bool(self.levels) and self.levels[-1]
+from tests.devices.conftest import Line
 
 
 def init_chip(chip: Pic8259, base: int, icw3: int, icw4: int = 0x01, icw1: int = 0x11) -> None:
@@ -331,3 +320,7 @@ def test_state_round_trip() -> None:
 def test_from_state_rejects_garbage() -> None:
     with pytest.raises(DeviceError):
         Pic8259Pair.from_state({"master": {}})
+    with pytest.raises(DeviceError):
+        Pic8259Pair.from_state(p.PicState(master=p.PicChipState(init_state=9)))
+    with pytest.raises(DeviceError):
+        Pic8259Pair.from_state(p.PicState(version=99))

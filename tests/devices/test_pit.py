@@ -7,33 +7,15 @@ import pytest
 from kvmlite.devices import pit as p
 from kvmlite.devices.pit import Pit8254
 from kvmlite.errors import DeviceError
+from tests.devices.conftest import FakeClock, Line
 
 
-class FakeClock:
-    def __init__(self, start: int = 1_000_000_000) -> None:
-        self.now = start
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance_ticks(self, ticks: int) -> None:
-        self.now += p._ticks_to_ns(ticks)
+def advance_ticks(clock: FakeClock, ticks: int) -> None:
+    clock.advance(p._ticks_to_ns(ticks))
 
 
-class Pulses:
-    def __init__(self) -> None:
-        self.levels: list[bool] = []
-
-    def __call__(self, level: bool) -> None:
-        self.levels.append(level)
-
-    @property
-    def count(self) -> int:
-        return self.levels.count(True)
-
-
-def make() -> tuple[Pit8254, FakeClock, Pulses]:
-    clock, irq = FakeClock(), Pulses()
+def make() -> tuple[Pit8254, FakeClock, Line]:
+    clock, irq = FakeClock(), Line()
     return Pit8254(irq0=irq, clock=clock), clock, irq
 
 
@@ -68,7 +50,7 @@ def test_pit_mode2_period_matches_divisor() -> None:
     first = pit.next_deadline()
     assert first == t0 + p._ticks_to_ns(divisor)
     run_until(pit, clock, t0 + p._ticks_to_ns(divisor * 10))
-    assert irq.count == 10
+    assert irq.raised == 10
     assert irq.levels == [True, False] * 10  # pulses, for an edge-triggered PIC
     assert pit.next_deadline() == t0 + p._ticks_to_ns(divisor * 11)
 
@@ -80,7 +62,7 @@ def test_periodic_late_ticks_are_coalesced() -> None:
     start = clock.now
     clock.now = start + p._ticks_to_ns(1050)  # host slept through ten periods
     pit.tick(clock.now)
-    assert irq.count == 1
+    assert irq.raised == 1
     assert pit.missed_irqs == 9
     assert pit.next_deadline() == start + p._ticks_to_ns(1100)
 
@@ -92,7 +74,7 @@ def test_tick_before_deadline_does_nothing() -> None:
     deadline = pit.next_deadline()
     assert deadline is not None
     pit.tick(deadline - 1)
-    assert irq.count == 0
+    assert irq.raised == 0
 
 
 def test_mode0_fires_once_at_terminal_count() -> None:
@@ -100,11 +82,11 @@ def test_mode0_fires_once_at_terminal_count() -> None:
     ctl(pit, 0x30)  # channel 0, LSB/MSB, mode 0: Linux's one-shot clockevent
     load_word(pit, 0, 500)
     run_until(pit, clock, clock.now + p._ticks_to_ns(5000))
-    assert irq.count == 1
+    assert irq.raised == 1
     assert pit.next_deadline() is None
     load_word(pit, 0, 10)  # re-arm
     run_until(pit, clock, clock.now + p._ticks_to_ns(20))
-    assert irq.count == 2
+    assert irq.raised == 2
 
 
 def test_no_deadline_until_count_written() -> None:
@@ -127,7 +109,7 @@ def test_mode0_status_out_low_while_counting_then_high() -> None:
     ctl(pit, 0xE2)
     status = pit.read(0, 1)
     assert not status & (p.STATUS_OUT | p.STATUS_NULL_COUNT)
-    clock.advance_ticks(100)
+    advance_ticks(clock, 100)
     ctl(pit, 0xE2)
     assert pit.read(0, 1) & p.STATUS_OUT
 
@@ -136,7 +118,7 @@ def test_counter_counts_down_at_pit_frequency() -> None:
     pit, clock, _ = make()
     ctl(pit, 0x30)
     load_word(pit, 0, 0xFFFF)
-    clock.advance_ticks(1000)
+    advance_ticks(clock, 1000)
     ctl(pit, 0x00)  # latch channel 0
     assert read_word(pit, 0) == 0xFFFF - 1000
 
@@ -145,9 +127,9 @@ def test_latched_count_is_frozen_until_read() -> None:
     pit, clock, _ = make()
     ctl(pit, 0x34)
     load_word(pit, 0, 50000)
-    clock.advance_ticks(100)
+    advance_ticks(clock, 100)
     ctl(pit, 0x00)
-    clock.advance_ticks(100)
+    advance_ticks(clock, 100)
     ctl(pit, 0x00)  # a second latch before reading is ignored
     assert read_word(pit, 0) == 50000 - 100
     assert read_word(pit, 0) == 50000 - 200  # live again
@@ -157,7 +139,7 @@ def test_lsb_only_and_msb_only_access() -> None:
     pit, clock, _ = make()
     ctl(pit, 0x10)  # channel 0, LSB only, mode 0
     pit.write(0, 1, 200)
-    clock.advance_ticks(50)
+    advance_ticks(clock, 50)
     assert pit.read(0, 1) == 150
     ctl(pit, 0x20)  # MSB only
     pit.write(0, 1, 0x12)
@@ -169,7 +151,7 @@ def test_bcd_count() -> None:
     pit, clock, _ = make()
     ctl(pit, 0x31)  # mode 0, BCD
     load_word(pit, 0, 0x1234)
-    clock.advance_ticks(34)
+    advance_ticks(clock, 34)
     ctl(pit, 0x00)
     assert read_word(pit, 0) == 0x1200
     ctl(pit, 0x35)  # mode 2 BCD, count 0 means 10000
@@ -188,7 +170,7 @@ def test_readback_status_then_count() -> None:
     pit, clock, _ = make()
     ctl(pit, 0x74)  # channel 1, LSB/MSB, mode 2
     load_word(pit, 1, 1000)
-    clock.advance_ticks(10)
+    advance_ticks(clock, 10)
     ctl(pit, 0xC4)  # read-back count and status of channel 1
     status = pit.read(1, 1)
     assert status & 0x3F == 0x34
@@ -205,7 +187,7 @@ def test_mode3_square_wave_out_and_period() -> None:
     assert ch.out(t0 + p._ticks_to_ns(10))
     assert not ch.out(t0 + p._ticks_to_ns(60))
     run_until(pit, clock, t0 + p._ticks_to_ns(300))
-    assert irq.count == 3
+    assert irq.raised == 3
 
 
 def test_mode4_strobe_once() -> None:
@@ -216,7 +198,7 @@ def test_mode4_strobe_once() -> None:
     assert ch.out(clock.now)
     assert not ch.out(clock.now + p._ticks_to_ns(10))
     run_until(pit, clock, clock.now + p._ticks_to_ns(100))
-    assert irq.count == 1
+    assert irq.raised == 1
 
 
 def test_port61_gate_starts_channel2_and_out2_reads_back() -> None:
@@ -227,9 +209,9 @@ def test_port61_gate_starts_channel2_and_out2_reads_back() -> None:
     ctl(pit, 0xB0)  # channel 2, LSB/MSB, mode 0
     load_word(pit, 2, 1000)
     assert not port.read(0, 1) & p.P61_OUT2
-    clock.advance_ticks(999)
+    advance_ticks(clock, 999)
     assert not port.read(0, 1) & p.P61_OUT2
-    clock.advance_ticks(1)
+    advance_ticks(clock, 1)
     assert port.read(0, 1) & p.P61_OUT2
     assert port.read(0, 1) & 0x03 == 0x01
 
@@ -241,12 +223,12 @@ def test_channel2_gate_low_pauses_mode0() -> None:
     load_word(pit, 2, 1000)
     assert read_word(pit, 2) == 1000  # gate low: not counting
     port.write(0, 1, 0x01)
-    clock.advance_ticks(100)
+    advance_ticks(clock, 100)
     port.write(0, 1, 0x00)
-    clock.advance_ticks(500)
+    advance_ticks(clock, 500)
     assert read_word(pit, 2) == 900
     port.write(0, 1, 0x01)
-    clock.advance_ticks(50)
+    advance_ticks(clock, 50)
     assert read_word(pit, 2) == 850
 
 
@@ -255,11 +237,11 @@ def test_mode1_one_shot_triggered_by_gate_edge() -> None:
     port = pit.port61
     ctl(pit, 0xB2)  # channel 2 mode 1
     load_word(pit, 2, 100)
-    clock.advance_ticks(500)
+    advance_ticks(clock, 500)
     assert port.read(0, 1) & p.P61_OUT2  # untriggered: high
     port.write(0, 1, 0x01)
     assert not port.read(0, 1) & p.P61_OUT2
-    clock.advance_ticks(100)
+    advance_ticks(clock, 100)
     assert port.read(0, 1) & p.P61_OUT2
 
 
@@ -291,10 +273,10 @@ def test_state_round_trip_keeps_phase_across_clocks() -> None:
     pit, clock, _ = make()
     ctl(pit, 0x34)
     load_word(pit, 0, 1000)
-    clock.advance_ticks(250)
+    advance_ticks(clock, 250)
     st = pit.state()
     other = FakeClock(start=5_000_000_000)
-    irq = Pulses()
+    irq = Line()
     copy = Pit8254.from_state(st, irq0=irq, clock=other)
     ctl(copy, 0x00)
     assert read_word(copy, 0) == 750
@@ -302,12 +284,16 @@ def test_state_round_trip_keeps_phase_across_clocks() -> None:
     assert deadline is not None
     assert abs(deadline - (other.now + p._ticks_to_ns(750))) <= 2
     run_until(copy, other, deadline)
-    assert irq.count == 1
+    assert irq.raised == 1
 
 
 def test_from_state_rejects_garbage() -> None:
     with pytest.raises(DeviceError):
         Pit8254.from_state({"channels": []})
+    with pytest.raises(DeviceError):
+        Pit8254.from_state(p.PitState(channels=[]))
+    with pytest.raises(DeviceError):
+        Pit8254.from_state(p.PitState(channels=[p.PitChannelState(count=0)] * 3))
 
 
 def test_pit_irq0_pulses_reach_the_cpu_through_the_pic() -> None:
@@ -346,4 +332,4 @@ def test_mode_6_and_7_behave_as_2_and_3_but_status_echoes_them() -> None:
     ctl(pit, 0xE2)
     assert pit.read(0, 1) & 0x3F == 0x3C
     run_until(pit, clock, clock.now + p._ticks_to_ns(300))
-    assert irq.count == 3
+    assert irq.raised == 3

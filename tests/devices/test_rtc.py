@@ -10,34 +10,16 @@ import pytest
 from kvmlite.devices import rtc as r
 from kvmlite.devices.rtc import CmosRtc
 from kvmlite.errors import DeviceError
+from tests.devices.conftest import FakeClock, Line
 
 # 2024-02-29 13:59:58 UTC (a Thursday), half a second into that second.
 WALL = datetime(2024, 2, 29, 13, 59, 58, tzinfo=UTC).timestamp() + 0.5
 S = 1_000_000_000
 
 
-class FakeClock:
-    def __init__(self, start: int = 7 * S) -> None:
-        self.now = start
-
-    def __call__(self) -> int:
-        return self.now
-
-
-class Line:
-    def __init__(self) -> None:
-        self.levels: list[bool] = []
-
-    def __call__(self, level: bool) -> None:
-        self.levels.append(level)
-
-    @property
-    def high(self) -> bool:
-        return bool(self.levels) and self.levels[-1]
-
 
 def make(memory_size: int = 0, wall: float = WALL) -> tuple[CmosRtc, FakeClock, Line]:
-    clock, line = FakeClock(), Line()
+    clock, line = FakeClock(7 * S), Line()
     rtc = CmosRtc(irq8=line, memory_size=memory_size, now=lambda: wall, clock=clock)
     return rtc, clock, line
 
@@ -318,6 +300,8 @@ def test_state_round_trip_keeps_offset_from_wall_clock() -> None:
 def test_from_state_rejects_garbage() -> None:
     with pytest.raises(DeviceError):
         CmosRtc.from_state({"cmos": b"\0" * 3})
+    with pytest.raises(DeviceError):
+        CmosRtc.from_state(r.RtcState(cmos=b"\0" * 3))
     with pytest.raises(DeviceError):
         CmosRtc(memory_size=-1)
 
