@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from kvmlite.devices import acpi_pm as PM
 from kvmlite.errors import ConfigError
 from kvmlite.firmware import acpi as A
 from kvmlite.loaders import bootparams as B
 from kvmlite.loaders import bzimage, pvh
 from kvmlite.loaders.multiboot import E820_RESERVED, e820_map
 from kvmlite.memory.guest import GuestMemory
+from kvmlite.vmm import layout as L
 from tests.test_bzimage import make_bzimage
 from tests.test_pvh import make_vmlinux
 
@@ -106,15 +106,15 @@ def test_fadt_describes_the_pm_device_the_sci_and_the_reset_register(memory: Gue
     assert struct.unpack_from("<H", fadt, 46)[0] == 9  # SCI_INT
     assert struct.unpack_from("<I", fadt, 48)[0] == 0  # no SMI_CMD: always in ACPI mode
     pm1a_evt, _, pm1a_cnt = struct.unpack_from("<III", fadt, 56)
-    assert (pm1a_evt, pm1a_cnt) == (PM.PM_BASE, PM.PM_BASE + PM.PM1_CNT_OFFSET)
+    assert (pm1a_evt, pm1a_cnt) == (L.PM1_EVT_BLK, L.PM1_CNT_BLK) == (0x600, 0x604)
     assert (fadt[88], fadt[89]) == (4, 2)  # PM1_EVT_LEN, PM1_CNT_LEN
     flags = struct.unpack_from("<I", fadt, 112)[0]
     assert flags & A.FADT_RESET_REG_SUP
     assert struct.unpack_from("<BBBBQ", fadt, 116) == (1, 8, 0, 1, 0xCF9)  # SystemIO, byte, port 0xcf9
     assert fadt[128] == 0x06
     assert struct.unpack_from("<Q", fadt, 140)[0] == struct.unpack_from("<I", fadt, 40)[0]  # X_DSDT == DSDT
-    assert struct.unpack_from("<BBBBQ", fadt, 148) == (1, 32, 0, 2, PM.PM_BASE)  # X_PM1a_EVT_BLK
-    assert struct.unpack_from("<BBBBQ", fadt, 172) == (1, 16, 0, 2, PM.PM_BASE + 4)  # X_PM1a_CNT_BLK
+    assert struct.unpack_from("<BBBBQ", fadt, 148) == (1, 32, 0, 2, L.PM1_EVT_BLK)  # X_PM1a_EVT_BLK
+    assert struct.unpack_from("<BBBBQ", fadt, 172) == (1, 16, 0, 2, L.PM1_CNT_BLK)  # X_PM1a_CNT_BLK
 
 
 def test_dsdt_is_exactly_the_s5_package_in_aml(memory: GuestMemory) -> None:

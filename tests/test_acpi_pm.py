@@ -8,10 +8,11 @@ import pytest
 
 from kvmlite.devices import acpi_pm as PM
 from kvmlite.firmware import acpi as A
+from kvmlite.vmm import layout as L
 from kvmlite.vmm.machine import Machine, MachineConfig
 from tests.conftest import MULTIBOOT_HEADER, build_multiboot, requires_kvm
 
-S5_SLEEP = (PM.S5_SLP_TYP << PM.SLP_TYP_SHIFT) | PM.SLP_EN
+S5_SLEEP = (L.S5_SLP_TYP << PM.SLP_TYP_SHIFT) | PM.SLP_EN
 
 
 class Recorder:
@@ -34,7 +35,7 @@ def rec() -> Recorder:
 
 @pytest.fixture
 def pm(rec: Recorder) -> PM.AcpiPm:
-    return PM.AcpiPm(power_off=rec.power_off, sci=rec.sci.append)
+    return PM.AcpiPm(power_off=rec.power_off, s5_slp_typ=L.S5_SLP_TYP, sci=rec.sci.append)
 
 
 # --- PM1_CNT ------------------------------------------------------------------------------------------
@@ -47,7 +48,7 @@ def test_slp_en_with_the_s5_type_powers_off(pm: PM.AcpiPm, rec: Recorder) -> Non
 
 def test_linux_sequence_type_first_then_slp_en_powers_off_once(pm: PM.AcpiPm, rec: Recorder) -> None:
     # acpi_hw_legacy_sleep writes SLP_TYP alone, then SLP_TYP | SLP_EN
-    pm.write(PM.REG_PM1_CNT, 2, PM.S5_SLP_TYP << PM.SLP_TYP_SHIFT | PM.SCI_EN)
+    pm.write(PM.REG_PM1_CNT, 2, L.S5_SLP_TYP << PM.SLP_TYP_SHIFT | PM.SCI_EN)
     assert rec.power_offs == 0
     pm.write(PM.REG_PM1_CNT, 2, S5_SLEEP | PM.SCI_EN)
     assert rec.power_offs == 1
@@ -59,9 +60,9 @@ def test_a_byte_write_to_the_high_half_of_pm1_cnt_also_sleeps(pm: PM.AcpiPm, rec
 
 
 def test_s5_type_without_slp_en_does_nothing(pm: PM.AcpiPm, rec: Recorder) -> None:
-    pm.write(PM.REG_PM1_CNT, 2, PM.S5_SLP_TYP << PM.SLP_TYP_SHIFT)
+    pm.write(PM.REG_PM1_CNT, 2, L.S5_SLP_TYP << PM.SLP_TYP_SHIFT)
     assert rec.power_offs == 0
-    assert pm.read(PM.REG_PM1_CNT, 2) == PM.SCI_EN | (PM.S5_SLP_TYP << PM.SLP_TYP_SHIFT)
+    assert pm.read(PM.REG_PM1_CNT, 2) == PM.SCI_EN | (L.S5_SLP_TYP << PM.SLP_TYP_SHIFT)
 
 
 def test_other_sleep_types_are_refused_and_report_a_wake(pm: PM.AcpiPm, rec: Recorder) -> None:
@@ -129,8 +130,8 @@ def test_reset_type_alone_is_stored_without_resetting(rec: Recorder) -> None:
 
 def test_tables_point_at_the_device(rec: Recorder) -> None:
     fadt = A.build_fadt(A.AcpiPlatform(), dsdt_addr=0, facs_addr=0)
-    assert int.from_bytes(fadt[56:60], "little") == PM.PM_BASE
-    assert fadt[128] == PM.RESET_VALUE
+    assert int.from_bytes(fadt[56:60], "little") == L.PM1_EVT_BLK
+    assert fadt[128] == L.RESET_VALUE
     rcr = PM.ResetControl(reset=rec.reset)
     rcr.write(0, 1, fadt[128])
     assert rec.resets == 1
@@ -173,7 +174,7 @@ def run_guest(tmp_path: Path, port: int, value: int, width: str) -> Machine:
 
 @requires_kvm
 def test_guest_writing_s5_to_pm1_cnt_powers_the_vm_off_with_status_0(tmp_path: Path) -> None:
-    machine = run_guest(tmp_path, PM.PM_BASE + PM.PM1_CNT_OFFSET, S5_SLEEP, "out %ax, %dx")
+    machine = run_guest(tmp_path, L.PM1_CNT_BLK, S5_SLEEP, "out %ax, %dx")
     info = machine.control.stop_info
     assert info is not None and info.status == 0 and info.message == "guest powered off (ACPI S5)"
     assert not machine.reset_requested
@@ -181,7 +182,7 @@ def test_guest_writing_s5_to_pm1_cnt_powers_the_vm_off_with_status_0(tmp_path: P
 
 @requires_kvm
 def test_guest_writing_the_fadt_reset_value_to_0xcf9_requests_a_reset(tmp_path: Path) -> None:
-    machine = run_guest(tmp_path, PM.RESET_PORT, PM.RESET_VALUE, "out %al, %dx")
+    machine = run_guest(tmp_path, L.RESET_PORT, L.RESET_VALUE, "out %al, %dx")
     assert machine.reset_requested
 
 

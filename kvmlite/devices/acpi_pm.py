@@ -7,14 +7,18 @@ writing its S5 sleep type with SLP_EN set into ``PM1_CNT`` (Linux's
 in an injected callable (``power_off()``, ``reset()``): the device owns no
 policy, the machine decides what a power-off means.
 
-Register blocks, in I/O space (placed where QEMU's PIIX4 PM puts them)::
+Registers, at the offsets the device sees (:mod:`kvmlite.vmm.layout` places
+the blocks where QEMU's PIIX4 PM has them, 0x600 and 0x604, and the reset
+register at 0xCF9)::
 
-    PM1a_EVT_BLK  0x600  +0 PM1_STS  (16 bits, write 1 to clear)
-                         +2 PM1_EN   (16 bits)
-    PM1a_CNT_BLK  0x604  +0 PM1_CNT  (16 bits: SCI_EN, SLP_TYP, SLP_EN)
-    RESET_REG     0xCF9      one byte: bit 2 (RST_CPU) set resets
+    PM1a_EVT_BLK  +0 PM1_STS  (16 bits, write 1 to clear)
+                  +2 PM1_EN   (16 bits)
+    PM1a_CNT_BLK  +4 PM1_CNT  (16 bits: SCI_EN, SLP_TYP, SLP_EN)
+    RESET_REG     +0          one byte: bit 2 (RST_CPU) set resets
 
-Both blocks are served by one :class:`AcpiPm` of :data:`PM_BLOCK_LEN` ports.
+Both PM1 blocks are served by one :class:`AcpiPm`; the sleep type that means
+S5 is the machine's choice (``s5_slp_typ``, what its DSDT announces).
+
 The system is always in ACPI mode: the FADT has no SMI_CMD port, so ``SCI_EN``
 reads as 1 and cannot be cleared (what the ACPI specification asks of such
 hardware).  The SCI (a level interrupt) is raised while a status bit is set
@@ -33,19 +37,6 @@ from kvmlite.devices.base import DeviceState, IrqLine, checked_state, no_irq, wa
 from kvmlite.errors import DeviceError
 
 log = logging.getLogger(__name__)
-
-# --- placement (the FADT describes these; kvmlite.firmware.acpi imports them) ----------
-PM_BASE = 0x600
-PM1_EVT_OFFSET = 0  # PM1a_EVT_BLK = PM_BASE
-PM1_EVT_LEN = 4
-PM1_CNT_OFFSET = 4  # PM1a_CNT_BLK = PM_BASE + 4
-PM1_CNT_LEN = 2
-PM_BLOCK_LEN = PM1_CNT_OFFSET + PM1_CNT_LEN
-SCI_IRQ = 9
-RESET_PORT = 0xCF9
-RESET_VALUE = 0x06  # SYS_RST | RST_CPU: the FADT's RESET_VALUE
-#: SLP_TYP the DSDT's \_S5_ package announces (any value but 0 would do: 0 is what a cleared register holds).
-S5_SLP_TYP = 5
 
 # --- register offsets inside the block -----------------------------------------------------
 REG_PM1_STS = 0
@@ -74,7 +65,7 @@ SLP_EN = 1 << 13  # write-only
 #: Bits that keep what the guest wrote (SCI_EN is forced on, the write-only bits read 0).
 PM1_CNT_STORED = BM_RLD | SLP_TYP_MASK
 
-# --- reset control register (port 0xCF9) -----------------------------------------------------
+# --- reset control register -----------------------------------------------------
 RCR_SYS_RST = 1 << 1
 RCR_RST_CPU = 1 << 2
 RCR_FULL_RST = 1 << 3
@@ -97,7 +88,7 @@ class ResetControlState(DeviceState):
 
 
 class AcpiPm:
-    """PM1a event block (status, enable) and control block, on :data:`PM_BLOCK_LEN` ports.
+    """PM1a event block (status, enable) at offsets 0-3 and control block at offsets 4-5.
 
     Accesses of any width and alignment inside the block are split into the
     bytes of the 16-bit registers they touch, so a 32-bit read of the event
@@ -107,8 +98,8 @@ class AcpiPm:
     def __init__(
         self,
         power_off: Callable[[], None],
+        s5_slp_typ: int,
         sci: IrqLine = no_irq,
-        s5_slp_typ: int = S5_SLP_TYP,
     ) -> None:
         self.power_off = power_off
         self.sci = sci

@@ -52,16 +52,20 @@ from __future__ import annotations
 import logging
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from kvmlite.devices import acpi_pm as PM
 from kvmlite.errors import ConfigError, GuestMemoryError, KvmliteError
 from kvmlite.memory.guest import GuestMemory
+from kvmlite.vmm import layout as L
+
+if TYPE_CHECKING:
+    from kvmlite.vmm.registry import DeviceRegistry
 
 log = logging.getLogger(__name__)
 
 # --- placement --------------------------------------------------------------------------------
-TABLES_BASE = 0xF_0000  # reserved in the e820 map
-TABLES_END = 0x10_0000
+TABLES_BASE = L.ACPI_TABLES_BASE  # reserved in the e820 map
+TABLES_END = L.ACPI_TABLES_END
 RSDP_ALIGN = 16
 TABLE_ALIGN = 16
 FACS_ALIGN = 64  # the FACS must be 64-byte aligned
@@ -110,8 +114,6 @@ GAS_SYSTEM_IO = 1
 GAS_ACCESS_BYTE, GAS_ACCESS_WORD = 1, 2
 
 # --- MADT ---------------------------------------------------------------------------------------
-LAPIC_ADDRESS = 0xFEE0_0000
-IOAPIC_ADDRESS = 0xFEC0_0000
 MADT_PCAT_COMPAT = 1 << 0  # dual 8259s present (KVM's in-kernel PIC)
 MADT_LOCAL_APIC, MADT_IO_APIC, MADT_INT_OVERRIDE, MADT_LAPIC_NMI = 0, 1, 2, 4
 LAPIC_ENABLED = 1 << 0
@@ -137,15 +139,39 @@ _FACS = struct.Struct("<4sIIIIIQB3sI24s")
 
 @dataclass(frozen=True)
 class AcpiPlatform:
-    """What the tables describe: the CPUs and where kvmlite's devices sit."""
+    """What the tables describe: the CPUs and where the machine's devices sit.
+
+    The defaults are :mod:`kvmlite.vmm.layout`'s; a machine describes what it
+    really attached with :meth:`from_registry`.
+    """
 
     cpus: int = 1
-    pm1_evt_blk: int = PM.PM_BASE + PM.PM1_EVT_OFFSET
-    pm1_cnt_blk: int = PM.PM_BASE + PM.PM1_CNT_OFFSET
-    sci_irq: int = PM.SCI_IRQ
-    reset_port: int = PM.RESET_PORT
-    reset_value: int = PM.RESET_VALUE
-    s5_slp_typ: int = PM.S5_SLP_TYP
+    pm1_evt_blk: int = L.PM1_EVT_BLK
+    pm1_evt_len: int = L.PM1_EVT_LEN
+    pm1_cnt_blk: int = L.PM1_CNT_BLK
+    pm1_cnt_len: int = L.PM1_CNT_LEN
+    sci_irq: int = L.IRQ_SCI
+    reset_port: int = L.RESET_PORT
+    reset_value: int = L.RESET_VALUE
+    s5_slp_typ: int = L.S5_SLP_TYP
+    lapic_address: int = L.LAPIC_ADDRESS
+    ioapic_address: int = L.IOAPIC_ADDRESS
+
+    @classmethod
+    def from_registry(cls, registry: DeviceRegistry, cpus: int) -> AcpiPlatform:
+        """The platform as attached: the PM blocks, SCI and reset register where the builder put them."""
+        pm, reset = registry["acpi-pm"], registry["reset-control"]
+        evt, cnt = pm.slot("pm1_evt"), pm.slot("pm1_cnt")
+        return cls(
+            cpus=cpus,
+            pm1_evt_blk=evt.base,
+            pm1_evt_len=evt.length,
+            pm1_cnt_blk=cnt.base,
+            pm1_cnt_len=cnt.length,
+            sci_irq=pm.irqs[0],
+            reset_port=reset.pio[0].base,
+            s5_slp_typ=pm.device.s5_slp_typ,
+        )
 
     def validate(self) -> None:
         if not 1 <= self.cpus <= MAX_CPUS:
@@ -302,7 +328,7 @@ def build_fadt(platform: AcpiPlatform, dsdt_addr: int, facs_addr: int) -> bytes:
             ),
             # PM1a/b_EVT_BLK, PM1a/b_CNT_BLK, PM2_CNT_BLK, PM_TMR_BLK, GPE0/1_BLK
             struct.pack("<IIIIIIII", evt, 0, cnt, 0, 0, 0, 0, 0),
-            struct.pack("<BBBBBBBB", PM.PM1_EVT_LEN, PM.PM1_CNT_LEN, 0, 0, 0, 0, 0, 0),
+            struct.pack("<BBBBBBBB", platform.pm1_evt_len, platform.pm1_cnt_len, 0, 0, 0, 0, 0, 0),
             struct.pack(
                 "<HHHHBBBBBHBI",
                 P_LVL2_LAT_NONE,
@@ -321,9 +347,9 @@ def build_fadt(platform: AcpiPlatform, dsdt_addr: int, facs_addr: int) -> bytes:
             gas(platform.reset_port, 8, GAS_ACCESS_BYTE),  # RESET_REG
             struct.pack("<BHB", platform.reset_value, 0, FADT_MINOR_REVISION),  # + ARM_BOOT_ARCH
             struct.pack("<QQ", 0, dsdt_addr),  # X_FIRMWARE_CTRL (FIRMWARE_CTRL is used), X_DSDT
-            gas(evt, 8 * PM.PM1_EVT_LEN, GAS_ACCESS_WORD),  # X_PM1a_EVT_BLK
+            gas(evt, 8 * platform.pm1_evt_len, GAS_ACCESS_WORD),  # X_PM1a_EVT_BLK
             gas(0, 0, 0),  # X_PM1b_EVT_BLK
-            gas(cnt, 8 * PM.PM1_CNT_LEN, GAS_ACCESS_WORD),  # X_PM1a_CNT_BLK
+            gas(cnt, 8 * platform.pm1_cnt_len, GAS_ACCESS_WORD),  # X_PM1a_CNT_BLK
             gas(0, 0, 0) * 5,  # X_PM1b_CNT, X_PM2_CNT, X_PM_TMR, X_GPE0, X_GPE1
             gas(0, 0, 0) * 2,  # SLEEP_CONTROL_REG, SLEEP_STATUS_REG (hardware-reduced only)
             HYPERVISOR_VENDOR,
@@ -338,7 +364,7 @@ def build_madt(platform: AcpiPlatform) -> bytes:
     """Local APIC per CPU (APIC ID = vCPU index), the IOAPIC (ID = CPU count), the SCI override, LINT1 NMI."""
     n = platform.cpus
     entries = [struct.pack("<BBBBI", MADT_LOCAL_APIC, 8, i, i, LAPIC_ENABLED) for i in range(n)]
-    entries.append(struct.pack("<BBBBII", MADT_IO_APIC, 12, n, 0, IOAPIC_ADDRESS, 0))
+    entries.append(struct.pack("<BBBBII", MADT_IO_APIC, 12, n, 0, platform.ioapic_address, 0))
     # no IRQ 0 -> GSI 2 override: KVM's default routing puts the PIT on pin 0 (see the module docstring)
     entries.append(
         struct.pack(
@@ -352,7 +378,7 @@ def build_madt(platform: AcpiPlatform) -> bytes:
         )
     )
     entries.append(struct.pack("<BBBHB", MADT_LAPIC_NMI, 6, ALL_PROCESSORS, 0, LINT1))
-    body = struct.pack("<II", LAPIC_ADDRESS, MADT_PCAT_COMPAT) + b"".join(entries)
+    body = struct.pack("<II", platform.lapic_address, MADT_PCAT_COMPAT) + b"".join(entries)
     return sdt(b"APIC", MADT_REVISION, body)
 
 

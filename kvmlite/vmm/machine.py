@@ -2,7 +2,10 @@
 
 :class:`Machine` is the explicit builder (the Firecracker shape): ``attach_*``
 methods put each device on its bus and wire its interrupt line; nothing
-attaches itself at import time.  ``Machine.run()`` starts one thread per
+attaches itself at import time.  Every device goes through :meth:`Machine.place`,
+which records it in :attr:`Machine.devices` (:mod:`kvmlite.vmm.registry`);
+where it goes comes from :mod:`kvmlite.vmm.layout`, fixed PC addresses or
+:attr:`Machine.allocator`.  ``Machine.run()`` starts one thread per
 vCPU plus the timer service and returns the exit status:
 
 * 0 - the guest stopped cleanly (HLT with interrupts off on every vCPU,
@@ -24,12 +27,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvmlite.devices.acpi_pm import PM_BASE, PM_BLOCK_LEN, RESET_PORT, SCI_IRQ, AcpiPm, ResetControl
+from kvmlite.devices.acpi_pm import REG_PM1_CNT, REG_PM1_STS, AcpiPm, ResetControl
+from kvmlite.devices.base import Device
 from kvmlite.devices.debug_exit import DebugExit
 from kvmlite.devices.fw_cfg import FwCfg
 from kvmlite.devices.i8042 import I8042, PortA20Reset, PostCodePort
@@ -43,27 +47,20 @@ from kvmlite.kvm.constants import Cap
 from kvmlite.loaders import LoadResult, load_kernel
 from kvmlite.memory.bus import Bus
 from kvmlite.memory.guest import GuestMemory
+from kvmlite.vmm import layout as L
 from kvmlite.vmm.console import SerialConsole, parse_serial_spec
 from kvmlite.vmm.cpu_setup import boot_msrs, guest_cpuid, setup_cpu
 from kvmlite.vmm.cpuid import apply_features, parse_feature_spec
 from kvmlite.vmm.irqchip import HALT_WATCH_INTERVAL_S, KernelIrqChip, UserspaceIrqChip
+from kvmlite.vmm.layout import Range, SystemAllocator
 from kvmlite.vmm.loop import STATUS_INTERRUPTED, STATUS_OK, VcpuLoop, VmControl
+from kvmlite.vmm.registry import BusSlot, DeviceRecord, DeviceRegistry
 from kvmlite.vmm.rescue import Rescuer
 from kvmlite.vmm.stats import ExitStats
 from kvmlite.vmm.syscall_fix import SyscallRepair
 from kvmlite.vmm.timers import Rescheduling, TimerService
 
 log = logging.getLogger(__name__)
-
-# The PC's fixed I/O map
-PIC_MASTER, PIC_SLAVE, ELCR = 0x20, 0xA0, 0x4D0
-PIT_PORT, PORT_B = 0x40, 0x61
-I8042_DATA, I8042_CMD, PORT_A = 0x60, 0x64, 0x92
-RTC_PORT, POST_PORT, DEBUG_EXIT_PORT = 0x70, 0x80, 0xF4
-FW_CFG_PORT = 0x510
-COM1_PORT, COM1_IRQ = 0x3F8, 4
-IRQ_PIT, IRQ_KEYBOARD, IRQ_RTC, IRQ_MOUSE = 0, 1, 8, 12
-SERIAL_PORTS = 8
 
 MIB = 1 << 20
 MIN_MEMORY_MIB = 2
@@ -121,7 +118,7 @@ class Machine:
         self.lock = threading.RLock()  # the device lock: buses, timers and console threads share it
         self.pio = Bus("pio", self.lock)
         self.mmio = Bus("mmio", self.lock)
-        self.memory = GuestMemory.for_pc(config.memory_mib * MIB)
+        self.memory = GuestMemory.for_pc(config.memory_mib * MIB, L.PCI_HOLE)
         self.backend_name, self.vm = self._open_backend(config.backend)
         try:
             self._check_cpus(config)
@@ -132,6 +129,10 @@ class Machine:
         self.vm.register_memory(self.memory)
         self.timers = TimerService(self.lock)
         self.irqchip = self._make_irqchip(config.irqchip)
+        #: Every device the builder attached (name, type, bus ranges, IRQs), in attach order.
+        self.devices = DeviceRegistry()
+        #: Where devices with no fixed PC address get their ports, MMIO ranges and GSIs.
+        self.allocator = SystemAllocator(kernel_irqchip=isinstance(self.irqchip, KernelIrqChip))
         self.loops: list[VcpuLoop] = []
         self.serial: Serial16550 | None = None
         self.console: SerialConsole | None = None
@@ -193,41 +194,105 @@ class Machine:
         """The guest entered ACPI S5."""
         self.control.stop(STATUS_OK, "guest powered off (ACPI S5)")
 
+    # --- the builder: one attach_* per device, each recorded in the registry ------------------
+    def place(
+        self,
+        name: str,
+        type_: str,
+        device: Any,
+        pio: Sequence[BusSlot] = (),
+        mmio: Sequence[BusSlot] = (),
+        irqs: Sequence[int] = (),
+        handlers: dict[str, Device] | None = None,
+    ) -> DeviceRecord:
+        """Put ``device`` on the buses at its slots and record it as ``name`` in :attr:`devices`.
+
+        A slot whose name is in ``handlers`` is served by that object instead
+        of ``device`` (a register block with its own state machine, or a
+        wrapper such as :class:`~kvmlite.vmm.timers.Rescheduling`).  All or
+        nothing: if one slot overlaps, none stays on a bus.
+        """
+        record = self.devices.add(DeviceRecord(name, type_, device, list(pio), list(mmio), list(irqs)))
+        handlers = handlers or {}
+        placed: list[tuple[Bus, int]] = []
+        try:
+            for bus, slots in ((self.pio, record.pio), (self.mmio, record.mmio)):
+                for slot in slots:
+                    label = f"{name} {slot.name}" if slot.name else name
+                    bus.insert(handlers.get(slot.name, device), slot.base, slot.length, label, slot.offset)
+                    placed.append((bus, slot.base))
+        except KvmliteError:
+            for bus, base in placed:
+                bus.remove(base)
+            self.devices.remove(name)
+            raise
+        return record
+
     def attach_acpi(self) -> AcpiPm:
-        """ACPI PM1 registers, the 0xCF9 reset register, and the tables describing them and the CPUs."""
-        pm = AcpiPm(power_off=self.power_off, sci=self.irqchip.line(SCI_IRQ))
-        self.pio.insert(pm, PM_BASE, PM_BLOCK_LEN, name="acpi pm1")
-        self.pio.insert(ResetControl(reset=self.request_reset), RESET_PORT, 1, name="reset control")
-        self.rsdp = write_tables(self.memory, AcpiPlatform(cpus=self.config.cpus))
+        """ACPI PM1 registers and the 0xCF9 reset register; :meth:`load` writes the tables describing them."""
+        pm = AcpiPm(power_off=self.power_off, s5_slp_typ=L.S5_SLP_TYP, sci=self.irqchip.line(L.IRQ_SCI))
+        evt = slot(L.PM1_EVT_BLK, L.PM1_EVT_LEN, "pm1_evt", offset=REG_PM1_STS)
+        cnt = slot(L.PM1_CNT_BLK, L.PM1_CNT_LEN, "pm1_cnt", offset=REG_PM1_CNT)
+        self.place("acpi-pm", "PIIX4_PM", pm, pio=[evt, cnt], irqs=[L.IRQ_SCI])
+        reset = ResetControl(reset=self.request_reset)
+        self.place("reset-control", "rcr", reset, pio=[slot(L.RESET_PORT, 1)])
         self.acpi_pm = pm
         return pm
+
+    def write_acpi_tables(self) -> int:
+        """Write the ACPI tables for the devices attached so far; returns the RSDP's address."""
+        platform = AcpiPlatform.from_registry(self.devices, self.config.cpus)
+        self.rsdp = write_tables(self.memory, platform)
+        return self.rsdp
 
     def attach_interrupt_controllers(self) -> None:
         """PIC pair and PIT in userspace, or nothing here when KVM has them in the kernel."""
         chip = self.irqchip
         if isinstance(chip, UserspaceIrqChip):
             pic = chip.pic
-            self.pio.insert(pic.master, PIC_MASTER, 2, name="pic master")
-            self.pio.insert(pic.slave, PIC_SLAVE, 2, name="pic slave")
-            self.pio.insert(pic.elcr, ELCR, 2, name="elcr")
-            pit = Pit8254(irq0=chip.line(IRQ_PIT))
+            pics = [slot(L.PIC_MASTER, 2, "master"), slot(L.PIC_SLAVE, 2, "slave"), slot(L.ELCR, 2, "elcr")]
+            self.place(
+                "pic",
+                "isa-i8259",
+                pic,
+                pio=pics,
+                handlers={"master": pic.master, "slave": pic.slave, "elcr": pic.elcr},
+            )
+            pit = Pit8254(irq0=chip.line(L.IRQ_PIT))
             self.timers.add(pit)
-            self.pio.insert(Rescheduling(pit, self.timers), PIT_PORT, 4, name="pit")
-            self.pio.insert(pit.port61, PORT_B, 1, name="port 0x61")
+            self.place(
+                "pit",
+                "isa-pit",
+                pit,
+                pio=[slot(L.PIT_PORT, 4, "pit"), slot(L.PORT_B, 1, "port61")],
+                irqs=[L.IRQ_PIT],
+                handlers={"pit": Rescheduling(pit, self.timers), "port61": pit.port61},
+            )
 
     def attach_rtc(self) -> CmosRtc:
-        rtc = CmosRtc(irq8=self.irqchip.line(IRQ_RTC), memory_size=self.memory.size)
+        rtc = CmosRtc(
+            irq8=self.irqchip.line(L.IRQ_RTC), memory_size=self.memory.size, low_ram_limit=L.PCI_HOLE
+        )
         self.timers.add(rtc)
-        self.pio.insert(Rescheduling(rtc, self.timers), RTC_PORT, 2, name="cmos/rtc")
+        self.place(
+            "rtc",
+            "mc146818rtc",
+            rtc,
+            pio=[slot(L.RTC_PORT, 2, "rtc")],
+            irqs=[L.IRQ_RTC],
+            handlers={"rtc": Rescheduling(rtc, self.timers)},
+        )
         return rtc
 
     def attach_keyboard_controller(self) -> I8042:
         kbc = I8042(
-            reset=self.request_reset, irq1=self.irqchip.line(IRQ_KEYBOARD), irq12=self.irqchip.line(IRQ_MOUSE)
+            reset=self.request_reset,
+            irq1=self.irqchip.line(L.IRQ_KEYBOARD),
+            irq12=self.irqchip.line(L.IRQ_MOUSE),
         )
-        self.pio.insert(kbc, I8042_DATA, 1, name="i8042 data")
-        self.pio.insert(kbc, I8042_CMD, 1, name="i8042 command", offset=4)
-        self.pio.insert(PortA20Reset(reset=self.request_reset), PORT_A, 1, name="port 0x92")
+        ports = [slot(L.I8042_DATA, 1, "data"), slot(L.I8042_CMD, 1, "command", offset=4)]
+        self.place("i8042", "i8042", kbc, pio=ports, irqs=[L.IRQ_KEYBOARD, L.IRQ_MOUSE])
+        self.place("port92", "port92", PortA20Reset(reset=self.request_reset), pio=[slot(L.PORT_A, 1)])
         return kbc
 
     def attach_post_port(self) -> PostCodePort:
@@ -237,30 +302,33 @@ class Machine:
                 log.info("POST code %#04x", code)
 
         port = PostCodePort(on_code=on_code)
-        self.pio.insert(port, POST_PORT, 1, name="post codes")
+        self.place("post", "post-codes", port, pio=[slot(L.POST_PORT, 1)])
         return port
 
     def attach_fw_cfg(self) -> FwCfg:
         fw = FwCfg(ram_size=self.memory.size, nb_cpus=self.config.cpus, cmdline=self.config.cmdline)
-        self.pio.insert(fw, FW_CFG_PORT, 2, name="fw_cfg")
+        self.place("fw_cfg", "fw_cfg_io", fw, pio=[slot(L.FW_CFG_PORT, 2)])
         return fw
 
-    def attach_serial(self, port: int = COM1_PORT, irq: int = COM1_IRQ) -> Serial16550:
+    def attach_serial(self, port: int = L.COM_PORTS[0], irq: int = L.COM_IRQS[0]) -> Serial16550:
         console = SerialConsole(self.config.serial, self.lock, self.control)
         sink = self.config.serial_out or console.write
         serial = Serial16550(irq=self.irqchip.line(irq), out=sink, on_rx_space=console.rx_space_available)
         console.bind(serial)
-        self.pio.insert(serial, port, SERIAL_PORTS, name=f"serial@{port:#x}")
+        name = self.devices.unique_name("serial")
+        self.place(name, "isa-serial", serial, pio=[slot(port, L.SERIAL_PORT_LEN)], irqs=[irq])
         self.serial, self.console = serial, console
         return serial
 
-    def attach_debug_exit(self, port: int = DEBUG_EXIT_PORT) -> DebugExit:
+    def attach_debug_exit(self, port: int = L.DEBUG_EXIT_PORT) -> DebugExit:
         dev = DebugExit(lambda status: self.control.stop(status, "guest wrote to the debug-exit port"))
-        self.pio.insert(dev, port, 1, name="isa-debug-exit")
+        self.place("debug-exit", "isa-debug-exit", dev, pio=[slot(port, 1)])
         return dev
 
     def load(self) -> LoadResult:
         cfg = self.config
+        if "acpi-pm" in self.devices:
+            self.write_acpi_tables()
         self.load_result = load_kernel(self.memory, cfg.kernel, cfg.cmdline, cfg.initrds, rsdp=self.rsdp)
         log.info("loaded %s (%s), entry %#x", cfg.kernel, self.load_result.format, self.load_result.entry)
         for note in self.load_result.notes:
@@ -318,13 +386,13 @@ class Machine:
         """The standard PC: interrupt controllers, PIT, RTC, i8042, COM1, fw_cfg, debug-exit, ACPI, vCPUs."""
         machine = cls(config)
         machine.attach_interrupt_controllers()
-        machine.attach_acpi()
         machine.attach_rtc()
         machine.attach_keyboard_controller()
         machine.attach_post_port()
         machine.attach_fw_cfg()
         machine.attach_serial()
         machine.attach_debug_exit()
+        machine.attach_acpi()
         machine.load()
         machine.create_vcpus(config.cpus)
         return machine
@@ -372,6 +440,11 @@ class Machine:
             self.console.close()
         self.vm.close()
         self.memory.close()
+
+
+def slot(base: int, length: int, name: str = "", offset: int = 0) -> BusSlot:
+    """A :class:`BusSlot` of ``length`` ports or bytes at ``base``."""
+    return BusSlot(Range(base, length), name, offset)
 
 
 def _exit_tracer(vcpu_id: int) -> Callable[[E.Exit], bool]:
