@@ -108,14 +108,7 @@ def machine():  # type: ignore[no-untyped-def]
 
 
 def test_every_attached_device_is_in_the_registry_where_the_bus_has_it(machine: Machine) -> None:
-    machine.attach_interrupt_controllers()
-    machine.attach_rtc()
-    machine.attach_keyboard_controller()
-    machine.attach_post_port()
-    machine.attach_fw_cfg()
-    machine.attach_serial()
-    machine.attach_debug_exit()
-    machine.attach_acpi()
+    machine.attach_pc_devices()
     names = [r.name for r in machine.devices]
     assert names == [
         "pic", "pit", "rtc", "i8042", "port92", "post", "fw_cfg", "serial0", "debug-exit", "acpi-pm",

@@ -381,18 +381,22 @@ class Machine:
             return True
         return False
 
+    def attach_pc_devices(self) -> None:
+        """The standard PC's devices, in the order the registry lists them."""
+        self.attach_interrupt_controllers()
+        self.attach_rtc()
+        self.attach_keyboard_controller()
+        self.attach_post_port()
+        self.attach_fw_cfg()
+        self.attach_serial()
+        self.attach_debug_exit()
+        self.attach_acpi()
+
     @classmethod
     def build(cls, config: MachineConfig) -> Machine:
         """The standard PC: interrupt controllers, PIT, RTC, i8042, COM1, fw_cfg, debug-exit, ACPI, vCPUs."""
         machine = cls(config)
-        machine.attach_interrupt_controllers()
-        machine.attach_rtc()
-        machine.attach_keyboard_controller()
-        machine.attach_post_port()
-        machine.attach_fw_cfg()
-        machine.attach_serial()
-        machine.attach_debug_exit()
-        machine.attach_acpi()
+        machine.attach_pc_devices()
         machine.load()
         machine.create_vcpus(config.cpus)
         return machine
