@@ -17,6 +17,7 @@ from kvmlite.devices.pit import Pit8254
 from kvmlite.devices.rtc import CmosRtc
 from kvmlite.devices.serial import Serial16550
 from kvmlite.errors import DeviceError
+from kvmlite.vmm import layout as L
 from tests.devices.conftest import Calls, FakeClock, Line
 
 #: Each device class with what its constructor needs injected.
@@ -29,7 +30,7 @@ DEVICES: list[tuple[type, dict[str, object]]] = [
     (PortA20Reset, {}),
     (PostCodePort, {}),
     (FwCfg, {}),
-    (PM.AcpiPm, {"power_off": Calls()}),
+    (PM.AcpiPm, {"power_off": Calls(), "s5_slp_typ": L.S5_SLP_TYP}),
     (PM.ResetControl, {"reset": Calls()}),
     (DebugExit, {"on_exit": print}),
 ]
@@ -49,13 +50,13 @@ def test_every_device_snapshots_to_a_typed_record(cls: type, injected: dict[str,
 
 def test_acpi_pm_round_trip_keeps_registers_sci_and_sleep() -> None:
     off, sci = Calls(), Line()
-    pm = PM.AcpiPm(power_off=off, sci=sci)
+    pm = PM.AcpiPm(power_off=off, s5_slp_typ=L.S5_SLP_TYP, sci=sci)
     pm.write(PM.REG_PM1_EN, 2, PM.PWRBTN_EN)
-    pm.write(PM.REG_PM1_CNT, 2, PM.S5_SLP_TYP << PM.SLP_TYP_SHIFT)  # type first, as Linux does
+    pm.write(PM.REG_PM1_CNT, 2, L.S5_SLP_TYP << PM.SLP_TYP_SHIFT)  # type first, as Linux does
     pm.press_power_button()
     assert sci.high
     off2, sci2 = Calls(), Line()
-    copy = PM.AcpiPm.from_state(pm.state(), power_off=off2, sci=sci2)
+    copy = PM.AcpiPm.from_state(pm.state(), power_off=off2, s5_slp_typ=L.S5_SLP_TYP, sci=sci2)
     assert sci2.high  # the SCI is raised again for a fresh interrupt controller
     for offset in (PM.REG_PM1_STS, PM.REG_PM1_EN, PM.REG_PM1_CNT):
         assert copy.read(offset, 2) == pm.read(offset, 2)
@@ -66,11 +67,13 @@ def test_acpi_pm_round_trip_keeps_registers_sci_and_sleep() -> None:
 
 
 def test_acpi_pm_from_state_drops_bits_that_do_not_exist() -> None:
-    copy = PM.AcpiPm.from_state(PM.AcpiPmState(enable=0xFFFF, control=0), power_off=Calls())
+    copy = PM.AcpiPm.from_state(
+        PM.AcpiPmState(enable=0xFFFF, control=0), power_off=Calls(), s5_slp_typ=L.S5_SLP_TYP
+    )
     assert copy.read(PM.REG_PM1_EN, 2) == PM.PM1_EN_MASK
     assert copy.read(PM.REG_PM1_CNT, 2) & PM.SCI_EN  # always in ACPI mode
     with pytest.raises(DeviceError):
-        PM.AcpiPm.from_state(PM.AcpiPmState(status="x"), power_off=Calls())  # type: ignore[arg-type]
+        PM.AcpiPm.from_state(PM.AcpiPmState(status="x"), power_off=Calls(), s5_slp_typ=5)  # type: ignore[arg-type]
 
 
 def test_reset_control_round_trip_keeps_the_reset_type() -> None:

@@ -20,7 +20,7 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def test_unsupported_sleep_type_warns_once(caplog: pytest.LogCaptureFixture) -> None:
-    pm = PM.AcpiPm(power_off=Calls())
+    pm = PM.AcpiPm(power_off=Calls(), s5_slp_typ=5)
     with caplog.at_level(logging.DEBUG):
         for _ in range(REPEATS):
             pm.write(PM.REG_PM1_CNT, 2, (3 << PM.SLP_TYP_SHIFT) | PM.SLP_EN)
