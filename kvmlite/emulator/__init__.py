@@ -4,7 +4,7 @@ Layers, from data to behaviour::
 
     opcodes.py   opcode maps as data (SDM operand notation, flags, groups)
     decoder.py   decode(code, mode) -> Instruction          (no CPU state)
-    cpu.py       CpuState: registers, segments, CRs; <-> kvm_regs/kvm_sregs
+    cpu.py       CpuState: registers, segments.Segment caches, CRs; <-> kvm_regs/kvm_sregs
     ops.py       EmulatorOps: memory (linear), ports, MSRs, CPUID, halt;
                  PagedOps: the same over physical accessors + mmu.Mmu
     alu.py       arithmetic with exact flags
@@ -12,7 +12,7 @@ Layers, from data to behaviour::
     system.py    descriptors, exceptions/interrupts, far transfers, CR/MSR...
     faults.py    GuestFault (#DE #UD #GP #PF ...), TripleFault
     mmu.py       page walks and the software TLB (used through ops)
-    segments.py  descriptor/segment helpers of the MMU work
+    segments.py  descriptors, gates, segment loads and per-access checks (Segment)
 
 Typical use::
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from kvmlite.kvm.structs import kvm_dtable, kvm_regs, kvm_segment, kvm_sregs
+from kvmlite.emulator.segments import Segment, TableRegister
+from kvmlite.kvm.structs import kvm_dtable, kvm_regs, kvm_sregs
 from kvmlite.x86 import RFLAGS_ARITH, Cr0, Cr4, Efer, Rflags, SegType, SysType
 
 log = logging.getLogger(__name__)
@@ -50,78 +51,10 @@ RESET_CR0 = CR0_ET | CR0_NW | CR0_CD
 RESET_CS_SELECTOR = 0xF000
 RESET_CS_BASE = 0xFFFF0000
 RESET_RIP = 0xFFF0
-REAL_MODE_LIMIT = 0xFFFF
 DATA_RW_ACCESSED = int(SegType.WRITABLE | SegType.ACCESSED)
 CODE_RX_ACCESSED = int(SegType.CODE | SegType.READABLE | SegType.ACCESSED)
 LDT_TYPE = int(SysType.LDT)
 TSS_BUSY_TYPE = int(SysType.TSS_BUSY)
-
-
-@dataclass
-class Segment:
-    """A segment register: the visible selector and the hidden descriptor cache.
-
-    ``limit`` is in bytes (granularity already applied), as in ``kvm_segment``.
-    ``type`` is the 4-bit descriptor type, ``s`` the code/data (1) vs system
-    (0) bit.
-    """
-
-    selector: int = 0
-    base: int = 0
-    limit: int = REAL_MODE_LIMIT
-    type: int = DATA_RW_ACCESSED
-    s: int = 1
-    dpl: int = 0
-    present: int = 1
-    db: int = 0
-    l: int = 0  # noqa: E741 - the SDM's name for the 64-bit code bit
-    g: int = 0
-    avl: int = 0
-    unusable: int = 0
-
-    def to_kvm(self) -> kvm_segment:
-        seg = kvm_segment()
-        seg.base = self.base & MASK64
-        seg.limit = self.limit & 0xFFFFFFFF
-        seg.selector = self.selector & 0xFFFF
-        seg.type = self.type
-        seg.present = self.present
-        seg.dpl = self.dpl
-        seg.db = self.db
-        seg.s = self.s
-        seg.l = self.l
-        seg.g = self.g
-        seg.avl = self.avl
-        seg.unusable = self.unusable
-        return seg
-
-    @classmethod
-    def from_kvm(cls, seg: kvm_segment) -> Segment:
-        return cls(
-            selector=seg.selector,
-            base=seg.base,
-            limit=seg.limit,
-            type=seg.type,
-            s=seg.s,
-            dpl=seg.dpl,
-            present=seg.present,
-            db=seg.db,
-            l=seg.l,
-            g=seg.g,
-            avl=seg.avl,
-            unusable=seg.unusable,
-        )
-
-    def copy(self) -> Segment:
-        return Segment(**self.__dict__)
-
-
-@dataclass
-class DescriptorTable:
-    """GDTR or IDTR: a linear base and a byte limit."""
-
-    base: int = 0
-    limit: int = 0xFFFF
 
 
 @dataclass
@@ -134,8 +67,8 @@ class CpuState:
     segs: list[Segment] = field(default_factory=lambda: [Segment() for _ in range(6)])
     ldtr: Segment = field(default_factory=lambda: Segment(type=LDT_TYPE, s=0))
     tr: Segment = field(default_factory=lambda: Segment(type=TSS_BUSY_TYPE, s=0))
-    gdtr: DescriptorTable = field(default_factory=DescriptorTable)
-    idtr: DescriptorTable = field(default_factory=lambda: DescriptorTable(0, 0x3FF))
+    gdtr: TableRegister = field(default_factory=TableRegister)
+    idtr: TableRegister = field(default_factory=lambda: TableRegister(0, 0x3FF))
     cr0: int = RESET_CR0
     cr2: int = 0
     cr3: int = 0
@@ -216,8 +149,8 @@ class CpuState:
         cpu.segs = [Segment.from_kvm(getattr(sregs, name)) for name in SEG_NAMES]
         cpu.tr = Segment.from_kvm(sregs.tr)
         cpu.ldtr = Segment.from_kvm(sregs.ldt)
-        cpu.gdtr = DescriptorTable(sregs.gdt.base, sregs.gdt.limit)
-        cpu.idtr = DescriptorTable(sregs.idt.base, sregs.idt.limit)
+        cpu.gdtr = TableRegister(sregs.gdt.base, sregs.gdt.limit)
+        cpu.idtr = TableRegister(sregs.idt.base, sregs.idt.limit)
         cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4 = sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4
         cpu.cr8 = sregs.cr8
         cpu.efer = sregs.efer
@@ -255,8 +188,8 @@ class CpuState:
             segs=[s.copy() for s in self.segs],
             ldtr=self.ldtr.copy(),
             tr=self.tr.copy(),
-            gdtr=DescriptorTable(self.gdtr.base, self.gdtr.limit),
-            idtr=DescriptorTable(self.idtr.base, self.idtr.limit),
+            gdtr=TableRegister(self.gdtr.base, self.gdtr.limit),
+            idtr=TableRegister(self.idtr.base, self.idtr.limit),
             cr0=self.cr0,
             cr2=self.cr2,
             cr3=self.cr3,
@@ -279,7 +212,7 @@ _KVM_GPR_ORDER = (
 )  # fmt: skip  # the SDM's register numbering, not kvm_regs' field order
 
 
-def _dtable(table: DescriptorTable) -> kvm_dtable:
+def _dtable(table: TableRegister) -> kvm_dtable:
     out = kvm_dtable()
     out.base = table.base & MASK64
     out.limit = table.limit & 0xFFFF

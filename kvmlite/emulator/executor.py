@@ -60,6 +60,7 @@ from kvmlite.emulator.faults import DE, GP, NM, PF, UD, GuestFault, gp
 from kvmlite.emulator.faults import SS as VEC_SS
 from kvmlite.emulator.mmu import NonCanonicalAddress, PageFault
 from kvmlite.emulator.ops import ACCESS_FETCH, ACCESS_USER, ACCESS_WRITE, EmulatorOps
+from kvmlite.emulator.segments import RIGHT_READ, RIGHT_WRITE
 from kvmlite.emulator.system import SystemMixin
 from kvmlite.errors import DecodeError, UnsupportedInstruction
 
@@ -211,20 +212,14 @@ class Executor(SystemMixin):
                 raise GuestFault(VEC_SS if seg == SS else GP, 0, reason=f"non-canonical address {lin:#x}")
             return lin
         s = cpu.segs[seg]
-        if s.type & 0xC == 0x4 and s.s:  # expand-down data segment
-            top = 0xFFFFFFFF if s.db else 0xFFFF
-            if offset <= s.limit or offset + size - 1 > top:
-                raise GuestFault(VEC_SS if seg == SS else GP, 0, reason="expand-down segment limit")
-        elif offset + size - 1 > s.limit:
-            raise GuestFault(
-                VEC_SS if seg == SS else GP, 0, reason=f"offset {offset:#x} beyond {SEG_NAME[seg]} limit"
-            )
         if cpu.cr0 & CR0_PE and not cpu.rflags & FLAG_VM:
-            if s.unusable:
-                raise GuestFault(GP, 0, reason=f"{SEG_NAME[seg]} is unusable")
-            if write and (s.type & 0xA) != 0x2:
-                raise GuestFault(VEC_SS if seg == SS else GP, 0, reason=f"write to read-only {SEG_NAME[seg]}")
-        return (s.base + offset) & 0xFFFFFFFF
+            need = RIGHT_WRITE if write else RIGHT_READ
+            if s.rights & need and s.lo <= offset and offset + size - 1 <= s.hi and not s.unusable:
+                return (s.base + offset) & 0xFFFFFFFF
+            return s.linear(offset, size, ACCESS_WRITE if write else 0, seg == SS)  # raises the fault
+        if s.lo <= offset and offset + size - 1 <= s.hi:
+            return (s.base + offset) & 0xFFFFFFFF
+        return s.linear_real(offset, size, seg == SS)  # raises #GP/#SS
 
     def read(self, seg: int, offset: int, size: int) -> int:
         lin = self.linear(seg, offset, size)
@@ -1228,9 +1223,6 @@ class Executor(SystemMixin):
         raise GuestFault(UD, reason="UD2")
 
     op_ud0 = op_ud1 = op_ud2
-
-
-SEG_NAME = ("es", "cs", "ss", "ds", "fs", "gs")
 
 
 def _signed(v: int, mask: int) -> int:

@@ -27,24 +27,33 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import Any
 
+from kvmlite.emulator.faults import GuestFault
 from kvmlite.emulator.mmu import Access
-from kvmlite.errors import EmulatorError
+from kvmlite.errors import EmulatorError, UnsupportedInstruction
+from kvmlite.kvm.structs import kvm_segment
+from kvmlite.x86 import (
+    SEG_TYPE_CODE_RX_ACCESSED,
+    SEG_TYPE_DATA_RW_ACCESSED,
+    SegType,
+    Selector,
+    SysType,
+    Vector,
+)
 
 log = logging.getLogger(__name__)
 
-# --- exception vectors raised here --------------------------------------------
-VEC_TS = 10
-VEC_NP = 11
-VEC_SS = 12
-VEC_GP = 13
+# Plain-int aliases of kvmlite.x86's descriptor bits (compared on every segment load).
+TYPE_ACCESSED, TYPE_CODE = int(SegType.ACCESSED), int(SegType.CODE)
+TYPE_WRITABLE = TYPE_READABLE = int(SegType.WRITABLE)  # data: writable; code: readable
+TYPE_EXPAND_DOWN = TYPE_CONFORMING = int(SegType.EXPAND_DOWN)  # data: expand-down; code: conforming
+TYPE_DATA_RW_ACCESSED, TYPE_CODE_RX_ACCESSED = SEG_TYPE_DATA_RW_ACCESSED, SEG_TYPE_CODE_RX_ACCESSED
 
-# --- selector fields -----------------------------------------------------------
-SEL_RPL_MASK = 0x3
-SEL_TI = 0x4
+SEL_RPL_MASK = int(Selector.RPL)
+SEL_TI = int(Selector.TI)
 SEL_INDEX_SHIFT = 3
 #: Selector bits that go into a fault's error code (index and TI; RPL replaced by EXT/IDT).
 SEL_ERROR_MASK = 0xFFFC
@@ -52,52 +61,31 @@ SEL_ERROR_MASK = 0xFFFC
 ERR_EXT = 0x1
 ERR_IDT = 0x2
 
-# --- descriptor fields -----------------------------------------------------------
 DESC_SIZE = 8
 DESC_SIZE_WIDE = 16
 DESC_ACCESS_BYTE = 5  # type, S, DPL, P
 DESC_FLAGS_BYTE = 6  # limit 19:16, AVL, L, D/B, G
-TYPE_ACCESSED = 0x1
-TYPE_WRITABLE = 0x2  # data segments
-TYPE_READABLE = 0x2  # code segments
-TYPE_EXPAND_DOWN = 0x4  # data segments
-TYPE_CONFORMING = 0x4  # code segments
-TYPE_CODE = 0x8
 
-#: Common code/data types, as in ``kvm_segment.type``.
-TYPE_DATA_RW = TYPE_WRITABLE
-TYPE_DATA_RW_ACCESSED = TYPE_WRITABLE | TYPE_ACCESSED
-TYPE_CODE_RX_ACCESSED = TYPE_CODE | TYPE_READABLE | TYPE_ACCESSED
-
-# System descriptor and gate types (S = 0).
-SYS_TSS16_AVAIL = 0x1
-SYS_LDT = 0x2
-SYS_TSS16_BUSY = 0x3
-SYS_CALL_GATE16 = 0x4
-SYS_TASK_GATE = 0x5
-SYS_INT_GATE16 = 0x6
-SYS_TRAP_GATE16 = 0x7
-SYS_TSS_AVAIL = 0x9
-SYS_TSS_BUSY = 0xB
-SYS_CALL_GATE = 0xC
-SYS_INT_GATE = 0xE
-SYS_TRAP_GATE = 0xF
 GATE_TYPES = frozenset(
     (
-        SYS_CALL_GATE16,
-        SYS_TASK_GATE,
-        SYS_INT_GATE16,
-        SYS_TRAP_GATE16,
-        SYS_CALL_GATE,
-        SYS_INT_GATE,
-        SYS_TRAP_GATE,
+        SysType.CALL_GATE16,
+        SysType.TASK_GATE,
+        SysType.INT_GATE16,
+        SysType.TRAP_GATE16,
+        SysType.CALL_GATE,
+        SysType.INT_GATE,
+        SysType.TRAP_GATE,
     )
 )
 #: Gates whose offset is only 16 bits wide.
-GATE16_TYPES = frozenset((SYS_CALL_GATE16, SYS_INT_GATE16, SYS_TRAP_GATE16))
+GATE16_TYPES = frozenset((SysType.CALL_GATE16, SysType.INT_GATE16, SysType.TRAP_GATE16))
 #: What an IDT entry may hold in protected mode, and in long mode.
-IDT_GATE_TYPES = frozenset((SYS_TASK_GATE, SYS_INT_GATE16, SYS_TRAP_GATE16, SYS_INT_GATE, SYS_TRAP_GATE))
-IDT_GATE_TYPES_LONG = frozenset((SYS_INT_GATE, SYS_TRAP_GATE))
+IDT_GATE_TYPES = frozenset(
+    (SysType.TASK_GATE, SysType.INT_GATE16, SysType.TRAP_GATE16, SysType.INT_GATE, SysType.TRAP_GATE)
+)
+IDT_GATE_TYPES_LONG = frozenset((SysType.INT_GATE, SysType.TRAP_GATE))
+#: System descriptors a far JMP/CALL may name (a gate or a TSS: task switches and call gates).
+FAR_TRANSFER_SYSTEM_TYPES = GATE_TYPES | {SysType.TSS16_AVAIL, SysType.TSS_AVAIL}
 
 LIMIT_LOW_MASK = 0xFFFF
 LIMIT_HIGH_MASK = 0xF
@@ -121,23 +109,20 @@ class SegReg(IntEnum):
     GS = 5
 
 
-class SegmentFault(EmulatorError):
-    """A segmentation check failed: deliver exception ``vector`` with ``error_code``."""
-
-    NAMES = {VEC_TS: "#TS", VEC_NP: "#NP", VEC_SS: "#SS", VEC_GP: "#GP"}
+class SegmentFault(GuestFault):
+    """A segmentation check failed: the guest gets exception ``vector`` with ``error_code``."""
 
     def __init__(self, vector: int, error_code: int, reason: str) -> None:
-        self.vector = vector
-        self.error_code = error_code
         self.reason = reason
-        super().__init__(f"{self.NAMES.get(vector, vector)}({error_code:#x}): {reason}")
+        super().__init__(vector, error_code, reason=reason)
 
 
-class TableRegister(NamedTuple):
+@dataclass
+class TableRegister:
     """GDTR or IDTR: a linear base and a byte limit (the last valid offset)."""
 
-    base: int
-    limit: int
+    base: int = 0
+    limit: int = 0xFFFF
 
 
 @dataclass(frozen=True)
@@ -271,17 +256,17 @@ class Segment:
     """
 
     __slots__ = (
-        "_hi",
-        "_lo",
-        "_ok",
         "avl",
         "base",
         "db",
         "dpl",
         "g",
+        "hi",
         "l",
         "limit",
+        "lo",
         "present",
+        "rights",
         "s",
         "selector",
         "type",
@@ -310,7 +295,7 @@ class Segment:
         self.type = type & 0xF
         self.s, self.dpl, self.present = s, dpl & 3, present
         self.db, self.l, self.g, self.avl, self.unusable = db, l, g, avl, unusable
-        self._lo, self._hi, self._ok = self._derive()
+        self.lo, self.hi, self.rights = self._derive()
 
     def _derive(self) -> tuple[int, int, int]:
         """Valid offsets [lo, hi] and a bit set of the allowed Access kinds (bit 0 read)."""
@@ -321,9 +306,9 @@ class Segment:
         if not self.s:
             ok = 0
         elif self.type & TYPE_CODE:
-            ok = _OK_FETCH | (_OK_READ if self.type & TYPE_READABLE else 0)
+            ok = RIGHT_FETCH | (RIGHT_READ if self.type & TYPE_READABLE else 0)
         else:
-            ok = _OK_READ | (_OK_WRITE if self.type & TYPE_WRITABLE else 0)
+            ok = RIGHT_READ | (RIGHT_WRITE if self.type & TYPE_WRITABLE else 0)
         return lo, hi, ok
 
     @classmethod
@@ -349,9 +334,14 @@ class Segment:
         return cls(selector, (selector & MASK16) << REAL_MODE_SHIFT, REAL_MODE_LIMIT, kind)
 
     @classmethod
-    def null(cls, selector: int = 0, dpl: int = 0) -> Segment:
-        """A register loaded with a null selector: any access through it faults outside 64-bit mode."""
-        return cls(selector, 0, 0, 0, s=False, dpl=dpl, present=False, unusable=True)
+    def null(cls, selector: int = 0, dpl: int = 0, db: bool = False) -> Segment:
+        """A register loaded with a null selector: any access through it faults outside 64-bit mode.
+
+        The hidden part keeps a plain data type (as KVM reports such registers);
+        ``unusable`` is what makes accesses fault.  ``dpl``/``db`` matter for a
+        null SS in 64-bit mode, whose DPL is the CPL it was loaded at.
+        """
+        return cls(selector, 0, REAL_MODE_LIMIT, s=True, dpl=dpl, present=False, db=db, unusable=True)
 
     @classmethod
     def from_kvm(cls, seg: Any) -> Segment:
@@ -371,12 +361,21 @@ class Segment:
             unusable=bool(seg.unusable),
         )
 
-    def to_kvm(self, seg: Any) -> Any:
-        """Fill a ``kvm_segment`` (or any object with those attributes) and return it."""
+    def to_kvm(self, seg: Any = None) -> Any:
+        """Fill a ``kvm_segment`` (a new one by default, or any object with those attributes)."""
+        if seg is None:
+            seg = kvm_segment()
         seg.selector, seg.base, seg.limit, seg.type = self.selector, self.base, self.limit, self.type
         seg.s, seg.dpl, seg.present, seg.db = int(self.s), self.dpl, int(self.present), int(self.db)
         seg.l, seg.g, seg.avl, seg.unusable = int(self.l), int(self.g), int(self.avl), int(self.unusable)
         return seg
+
+    def copy(self, **changes: int) -> Segment:
+        """A copy, with the ``kvm_segment`` fields named in ``changes`` replaced."""
+        fields = {name: getattr(self, name) for name in _PUBLIC_FIELDS}
+        fields.update(changes)
+        head = (fields.pop("selector"), fields.pop("base"), fields.pop("limit"), fields.pop("type"))
+        return Segment(*head, **fields)  # type: ignore[arg-type]
 
     def as_dict(self) -> dict[str, int]:
         """The ``kvm_segment`` fields as ints, e.g. ``cpu.Segment(**seg.as_dict())``."""
@@ -407,9 +406,9 @@ class Segment:
         otherwise.  ``offset`` is already truncated to the address size.
         """
         if (
-            self._ok & _ACCESS_NEED[access]
-            and self._lo <= offset
-            and offset + size - 1 <= self._hi
+            self.rights & _ACCESS_NEED[access]
+            and self.lo <= offset
+            and offset + size - 1 <= self.hi
             and not self.unusable
         ):
             return (self.base + offset) & MASK32
@@ -417,22 +416,22 @@ class Segment:
 
     def linear_real(self, offset: int, size: int, stack: bool = False) -> int:
         """Real and virtual-8086 mode: only the (cached) limit is checked, never the type."""
-        if self._lo <= offset and offset + size - 1 <= self._hi:
+        if self.lo <= offset and offset + size - 1 <= self.hi:
             return (self.base + offset) & MASK32
         return self._fail(offset, size, Access.READ, stack, check_type=False)
 
     def _fail(self, offset: int, size: int, access: int, stack: bool, check_type: bool) -> int:
-        vector = VEC_SS if stack else VEC_GP
+        vector = Vector.SS if stack else Vector.GP
         if check_type:
             if self.unusable:
                 raise SegmentFault(vector, 0, f"access through a null segment (selector {self.selector:#x})")
-            if not self._ok & _ACCESS_NEED[access]:
+            if not self.rights & _ACCESS_NEED[access]:
                 kind = _KIND_NAMES[_ACCESS_NEED[access]]
                 raise SegmentFault(vector, 0, f"{kind} not allowed by segment type {self.type:#x}")
         raise SegmentFault(
             vector,
             0,
-            f"{size}-byte access at offset {offset:#x} outside segment limits [{self._lo:#x}, {self._hi:#x}]",
+            f"{size}-byte access at offset {offset:#x} outside segment limits [{self.lo:#x}, {self.hi:#x}]",
         )
 
 
@@ -450,15 +449,16 @@ _PUBLIC_FIELDS = (
     "avl",
     "unusable",
 )
-_OK_READ = 1
-_OK_WRITE = 2
-_OK_FETCH = 4
+#: Bits of :attr:`Segment.rights`: the kinds of access the segment's type allows.
+RIGHT_READ = 1
+RIGHT_WRITE = 2
+RIGHT_FETCH = 4
 # The right each Access value needs, indexed by the value itself (an IntFlag
 # indexes a tuple at C speed, whereas ``access & mask`` builds a new flag).
 _ACCESS_NEED = tuple(
-    _OK_FETCH if a & Access.FETCH else _OK_WRITE if a & Access.WRITE else _OK_READ for a in range(16)
+    RIGHT_FETCH if a & Access.FETCH else RIGHT_WRITE if a & Access.WRITE else RIGHT_READ for a in range(16)
 )
-_KIND_NAMES = {_OK_READ: "read", _OK_WRITE: "write", _OK_FETCH: "instruction fetch"}
+_KIND_NAMES = {RIGHT_READ: "read", RIGHT_WRITE: "write", RIGHT_FETCH: "instruction fetch"}
 
 
 def linear64(base: int, offset: int, size: int, stack: bool = False) -> int:
@@ -471,7 +471,7 @@ def linear64(base: int, offset: int, size: int, stack: bool = False) -> int:
     for addr in (first, last):
         top = addr >> (CANONICAL_BITS - 1)
         if top and top != MASK64 >> (CANONICAL_BITS - 1):
-            raise SegmentFault(VEC_SS if stack else VEC_GP, 0, f"non-canonical address {addr:#x}")
+            raise SegmentFault(Vector.SS if stack else Vector.GP, 0, f"non-canonical address {addr:#x}")
     return first
 
 
@@ -487,13 +487,13 @@ def descriptor_address(
     offset = (selector >> SEL_INDEX_SHIFT) << SEL_INDEX_SHIFT
     if selector & SEL_TI:
         if ldtr is None or ldtr.unusable:
-            raise SegmentFault(VEC_GP, err, f"selector {selector:#x} refers to the LDT but none is loaded")
+            raise SegmentFault(Vector.GP, err, f"selector {selector:#x} refers to the LDT but none is loaded")
         base, limit = ldtr.base, ldtr.limit
     else:
         base, limit = gdtr.base, gdtr.limit
     if offset + size - 1 > limit:
         table = "LDT" if selector & SEL_TI else "GDT"
-        raise SegmentFault(VEC_GP, err, f"selector {selector:#x} lies beyond the {table} limit {limit:#x}")
+        raise SegmentFault(Vector.GP, err, f"selector {selector:#x} lies beyond the {table} limit {limit:#x}")
     return base + offset
 
 
@@ -528,14 +528,14 @@ def read_idt_gate(
     err = (vector << SEL_INDEX_SHIFT) | ERR_IDT | (ERR_EXT if external else 0)
     offset = vector * size
     if not 0 <= vector <= 0xFF or offset + size - 1 > idtr.limit:
-        raise SegmentFault(VEC_GP, err, f"vector {vector:#x} lies beyond the IDT limit {idtr.limit:#x}")
+        raise SegmentFault(Vector.GP, err, f"vector {vector:#x} lies beyond the IDT limit {idtr.limit:#x}")
     raw = read_linear(idtr.base + offset, size)
     try:
         gate = Gate.from_bytes(raw)
     except EmulatorError as exc:
-        raise SegmentFault(VEC_GP, err, f"IDT entry {vector:#x}: {exc}") from exc
+        raise SegmentFault(Vector.GP, err, f"IDT entry {vector:#x}: {exc}") from exc
     if gate.type not in (IDT_GATE_TYPES_LONG if long_mode else IDT_GATE_TYPES):
-        raise SegmentFault(VEC_GP, err, f"IDT entry {vector:#x} has gate type {gate.type:#x}")
+        raise SegmentFault(Vector.GP, err, f"IDT entry {vector:#x} has gate type {gate.type:#x}")
     return gate
 
 
@@ -571,51 +571,60 @@ def load_segment(
     name = reg.name
     if not selector & ~SEL_RPL_MASK:  # null selector: index 0 in the GDT
         if reg is SegReg.CS:
-            raise SegmentFault(VEC_GP, 0, "null selector loaded into CS")
+            raise SegmentFault(Vector.GP, 0, "null selector loaded into CS")
         if reg is SegReg.SS and not (mode64 and cpl != 3 and rpl == cpl):
-            raise SegmentFault(VEC_GP, 0, "null selector loaded into SS")
-        return Segment.null(selector, dpl=cpl if reg is SegReg.SS else 0)
+            raise SegmentFault(Vector.GP, 0, "null selector loaded into SS")
+        stack = reg is SegReg.SS
+        return Segment.null(selector, dpl=cpl if stack else 0, db=stack and mode64)
     addr, desc = read_descriptor(read_linear, selector, gdtr, ldtr)
     if not desc.s:
-        raise SegmentFault(VEC_GP, err, f"{name} loaded with system descriptor type {desc.type:#x}")
+        if reg is SegReg.CS and desc.type in FAR_TRANSFER_SYSTEM_TYPES:
+            raise UnsupportedInstruction(f"far transfer through system descriptor {selector:#x} (gate/TSS)")
+        raise SegmentFault(Vector.GP, err, f"{name} loaded with system descriptor type {desc.type:#x}")
     code = bool(desc.type & TYPE_CODE)
     if reg is SegReg.SS:
         if rpl != cpl or desc.dpl != cpl:
             raise SegmentFault(
-                VEC_GP, err, f"SS selector {selector:#x}: RPL {rpl}, DPL {desc.dpl}, CPL {cpl}"
+                Vector.GP, err, f"SS selector {selector:#x}: RPL {rpl}, DPL {desc.dpl}, CPL {cpl}"
             )
         if code or not desc.type & TYPE_WRITABLE:
-            raise SegmentFault(VEC_GP, err, f"SS selector {selector:#x} is not a writable data segment")
+            raise SegmentFault(Vector.GP, err, f"SS selector {selector:#x} is not a writable data segment")
         if not desc.present:
-            raise SegmentFault(VEC_SS, err, f"SS segment {selector:#x} not present")
+            raise SegmentFault(Vector.SS, err, f"SS segment {selector:#x} not present")
     elif reg is SegReg.CS:
         if not code:
-            raise SegmentFault(VEC_GP, err, f"CS selector {selector:#x} is not a code segment")
+            raise SegmentFault(Vector.GP, err, f"CS selector {selector:#x} is not a code segment")
         if desc.type & TYPE_CONFORMING:
             if desc.dpl > cpl:
-                raise SegmentFault(VEC_GP, err, f"conforming code {selector:#x}: DPL {desc.dpl} > CPL {cpl}")
+                raise SegmentFault(Vector.GP, err, f"conforming {selector:#x}: DPL {desc.dpl} > CPL {cpl}")
         elif rpl > cpl or desc.dpl != cpl:
-            raise SegmentFault(VEC_GP, err, f"code {selector:#x}: RPL {rpl}, DPL {desc.dpl}, CPL {cpl}")
+            raise SegmentFault(Vector.GP, err, f"code {selector:#x}: RPL {rpl}, DPL {desc.dpl}, CPL {cpl}")
         if long_mode and desc.l and desc.db:
-            raise SegmentFault(VEC_GP, err, f"code {selector:#x} has both L and D set")
+            raise SegmentFault(Vector.GP, err, f"code {selector:#x} has both L and D set")
         if not desc.present:
-            raise SegmentFault(VEC_NP, err, f"code segment {selector:#x} not present")
+            raise SegmentFault(Vector.NP, err, f"code segment {selector:#x} not present")
         selector = (selector & ~SEL_RPL_MASK) | cpl  # CS.RPL always equals CPL
     else:
         if code and not desc.type & TYPE_READABLE:
-            raise SegmentFault(VEC_GP, err, f"{name} loaded with execute-only code {selector:#x}")
+            raise SegmentFault(Vector.GP, err, f"{name} loaded with execute-only code {selector:#x}")
         if (not code or not desc.type & TYPE_CONFORMING) and max(rpl, cpl) > desc.dpl:
             raise SegmentFault(
-                VEC_GP, err, f"{name} selector {selector:#x}: RPL {rpl}, CPL {cpl} > DPL {desc.dpl}"
+                Vector.GP, err, f"{name} selector {selector:#x}: RPL {rpl}, CPL {cpl} > DPL {desc.dpl}"
             )
         if not desc.present:
-            raise SegmentFault(VEC_NP, err, f"{name} segment {selector:#x} not present")
-    if not desc.type & TYPE_ACCESSED:
-        desc = Descriptor(
-            desc.base, desc.limit, desc.type | TYPE_ACCESSED, desc.s, desc.dpl, desc.present,
-            desc.avl, desc.l, desc.db, desc.g,
-        )  # fmt: skip
-        if write_linear is not None:
-            write_linear(addr + DESC_ACCESS_BYTE, bytes((desc.to_bytes()[DESC_ACCESS_BYTE],)))
+            raise SegmentFault(Vector.NP, err, f"{name} segment {selector:#x} not present")
+    desc = mark_accessed(write_linear, addr, desc)
     log.debug("%s <- %#x: base %#x limit %#x type %#x", name, selector, desc.base, desc.byte_limit, desc.type)
     return Segment.from_descriptor(selector, desc)
+
+
+def mark_accessed(
+    write_linear: Callable[[int, bytes], None] | None, addr: int, desc: Descriptor
+) -> Descriptor:
+    """Set the Accessed flag of the descriptor at ``addr`` in memory (when clear), as a segment load does."""
+    if desc.type & TYPE_ACCESSED:
+        return desc
+    desc = replace(desc, type=desc.type | TYPE_ACCESSED)
+    if write_linear is not None:
+        write_linear(addr + DESC_ACCESS_BYTE, desc.to_bytes()[DESC_ACCESS_BYTE : DESC_ACCESS_BYTE + 1])
+    return desc

@@ -22,7 +22,7 @@ import os
 from typing import TYPE_CHECKING
 
 from kvmlite.emulator import decoder as D
-from kvmlite.emulator import xstate
+from kvmlite.emulator import segments, xstate
 from kvmlite.emulator.cpu import (
     CR0_CD,
     CR0_EM,
@@ -56,7 +56,6 @@ from kvmlite.emulator.cpu import (
     FS,
     GS,
     SS,
-    Segment,
 )
 from kvmlite.emulator.faults import (
     BP,
@@ -76,11 +75,20 @@ from kvmlite.emulator.faults import (
     TripleFault,
     gp,
 )
-from kvmlite.emulator.faults import SS as VEC_SS
 from kvmlite.emulator.mmu import NonCanonicalAddress, PageFault
 from kvmlite.emulator.ops import ACCESS_READ, ACCESS_USER, ACCESS_WRITE
+from kvmlite.emulator.segments import (
+    TYPE_ACCESSED,
+    TYPE_CODE,
+    TYPE_CONFORMING,
+    TYPE_READABLE,
+    TYPE_WRITABLE,
+    Descriptor,
+    Segment,
+    SegReg,
+)
 from kvmlite.errors import UnsupportedInstruction
-from kvmlite.x86 import Efer, Msr
+from kvmlite.x86 import Efer, Msr, SysType
 
 if TYPE_CHECKING:
     from kvmlite.emulator.cpu import CpuState
@@ -93,18 +101,7 @@ RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
 R11 = 11
 MASK_BY_SIZE = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: MASK64}
 
-# Descriptor bits.
-DESC_TYPE_ACCESSED = 0x1
-DESC_CODE = 0x8
-DESC_CONFORMING = 0x4
-DESC_WRITABLE = 0x2
-DESC_READABLE = 0x2
-SYS_LDT = 0x2
-SYS_TSS_AVAIL = 0x9
-SYS_TSS_BUSY = 0xB
-GATE_TASK = 0x5
-GATE_INT16, GATE_TRAP16 = 0x6, 0x7
-GATE_INT32, GATE_TRAP32 = 0xE, 0xF
+TSS_BUSY_BIT = 0x2  # the bit LTR sets in an available TSS descriptor type
 TSS_IOMAP_OFFSET = 0x66
 TSS64_RSP0 = 4
 TSS64_IST1 = 0x24
@@ -138,30 +135,6 @@ def fast_call_code(selector: int, dpl: int, long: bool) -> Segment:
 def fast_call_stack(selector: int, dpl: int) -> Segment:
     """The flat stack segment those instructions load with it."""
     return Segment(selector=selector, base=0, limit=0xFFFFFFFF, type=0x3, s=1, dpl=dpl, db=1, g=1)
-
-
-def segment_from_descriptor(selector: int, raw: int) -> Segment:
-    """Decode an 8-byte segment descriptor into a :class:`Segment` cache."""
-    limit = (raw & 0xFFFF) | ((raw >> 32) & 0xF0000)
-    base = ((raw >> 16) & 0xFFFFFF) | ((raw >> 32) & 0xFF000000)
-    access = (raw >> 40) & 0xFF
-    flags = (raw >> 52) & 0xF
-    g = (flags >> 3) & 1
-    if g:
-        limit = (limit << 12) | 0xFFF
-    return Segment(
-        selector=selector,
-        base=base,
-        limit=limit,
-        type=access & 0xF,
-        s=(access >> 4) & 1,
-        dpl=(access >> 5) & 3,
-        present=access >> 7,
-        avl=flags & 1,
-        l=(flags >> 1) & 1,
-        db=(flags >> 2) & 1,
-        g=g,
-    )
 
 
 class SystemMixin:
@@ -217,7 +190,7 @@ class SystemMixin:
         if not cpu.rflags & FLAG_VM and cpu.cpl <= (cpu.rflags & FLAG_IOPL) >> 12:
             return
         tr = cpu.tr
-        if tr.type not in (SYS_TSS_AVAIL, SYS_TSS_BUSY) or tr.limit < TSS_IOMAP_OFFSET + 1:
+        if tr.type not in (SysType.TSS_AVAIL, SysType.TSS_BUSY) or tr.limit < TSS_IOMAP_OFFSET + 1:
             raise gp(0, f"port {port:#x} denied: no I/O bitmap")
         base = self._sys_read(tr.base + TSS_IOMAP_OFFSET, 2)
         byte = base + port // 8
@@ -228,81 +201,53 @@ class SystemMixin:
             raise gp(0, f"port {port:#x} denied by the I/O bitmap")
 
     # ================================================================== descriptors
-    def read_descriptor(self, selector: int, exc: int = GP) -> tuple[int, int]:
-        """(raw 8-byte descriptor, its linear address) for a selector; #GP(sel) if outside the table."""
-        cpu = self.cpu
-        index = selector & ~7
-        if selector & 4:
-            if cpu.ldtr.unusable or cpu.ldtr.selector & ~3 == 0:
-                raise GuestFault(exc, selector & ~3, reason="selector in an absent LDT")
-            base, limit = cpu.ldtr.base, cpu.ldtr.limit
-        else:
-            base, limit = cpu.gdtr.base, cpu.gdtr.limit
-        if index + 7 > limit:
-            raise GuestFault(exc, selector & ~3, reason=f"selector {selector:#x} beyond the table limit")
-        addr = base + index
-        return self._sys_read(addr, 8), addr
+    def _sys_read_bytes(self, lin: int, size: int) -> bytes:
+        return self.ops.read_linear(lin & self._lin_mask(), size, ACCESS_READ)
 
-    def _set_accessed(self, addr: int, raw: int) -> None:
-        if not (raw >> 40) & DESC_TYPE_ACCESSED:
-            self._sys_write(addr + 5, 1, ((raw >> 40) & 0xFF) | DESC_TYPE_ACCESSED)
+    def _sys_write_bytes(self, lin: int, data: bytes) -> None:
+        self.ops.write_linear(lin & self._lin_mask(), data, ACCESS_WRITE)
+
+    def _ldt(self) -> Segment | None:
+        """LDTR when it holds a table (a null selector in LDTR means there is none)."""
+        ldtr = self.cpu.ldtr
+        return None if ldtr.unusable or not ldtr.selector & ~3 else ldtr
+
+    def read_descriptor(self, selector: int) -> tuple[int, Descriptor]:
+        """(linear address, descriptor) for a selector; #GP(selector) if outside its table."""
+        return segments.read_descriptor(self._sys_read_bytes, selector, self.cpu.gdtr, self._ldt())
 
     def load_segment(self, seg: int, selector: int) -> None:
-        """MOV/POP to a data segment register or SS, with the protected-mode checks."""
+        """MOV/POP to a data segment register or SS, with the protected-mode checks (:mod:`.segments`)."""
         cpu = self.cpu
         selector &= 0xFFFF
-        if not cpu.cr0 & CR0_PE or cpu.rflags & FLAG_VM:
-            s = cpu.segs[seg]
-            s.selector = selector
-            s.base = selector << 4
-            s.unusable = 0
-            s.present = 1
-            if cpu.rflags & FLAG_VM:
-                s.limit, s.dpl, s.type, s.s, s.db, s.g = 0xFFFF, 3, 3, 1, 0, 0
+        if not cpu.cr0 & CR0_PE:
+            s = cpu.segs[seg]  # real mode: only selector and base change (limits stay: "unreal" mode)
+            s.selector, s.base, s.unusable, s.present = selector, selector << 4, False, True
             return
-        rpl = selector & 3
-        if selector & ~3 == 0:
-            if seg == SS and not (self.mode == 64 and cpu.cpl < 3 and rpl == cpu.cpl):
-                raise gp(0, "null selector loaded into SS")
-            cpu.segs[seg] = Segment(
-                selector=selector,
-                unusable=1,
-                present=0,
-                dpl=rpl if seg == SS else 0,
-                db=1 if seg == SS and self.mode == 64 else 0,
-            )
+        if cpu.rflags & FLAG_VM:
+            cpu.segs[seg] = Segment(selector, selector << 4, 0xFFFF, dpl=3)
             return
-        raw, addr = self.read_descriptor(selector)
-        new = segment_from_descriptor(selector, raw)
-        err = selector & ~3
-        if seg == SS:
-            if (
-                rpl != cpu.cpl
-                or new.dpl != cpu.cpl
-                or not new.s
-                or new.type & DESC_CODE
-                or not new.type & DESC_WRITABLE
-            ):
-                raise gp(err, f"selector {selector:#x} is not a writable data segment at CPL {cpu.cpl}")
-            if not new.present:
-                raise GuestFault(VEC_SS, err, reason=f"stack segment {selector:#x} not present")
-        else:
-            if not new.s or (new.type & DESC_CODE and not new.type & DESC_READABLE):
-                raise gp(err, f"selector {selector:#x} is not a data or readable code segment")
-            if not (new.type & DESC_CODE and new.type & DESC_CONFORMING) and new.dpl < max(cpu.cpl, rpl):
-                raise gp(err, f"selector {selector:#x}: DPL {new.dpl} below CPL/RPL")
-            if not new.present:
-                raise GuestFault(NP, err, reason=f"segment {selector:#x} not present")
-        self._set_accessed(addr, raw)
-        new.type |= DESC_TYPE_ACCESSED
-        if seg in (FS, GS) and self.mode == 64:
-            new.base &= 0xFFFFFFFF
-        cpu.segs[seg] = new
+        cpu.segs[seg] = segments.load_segment(
+            self._sys_read_bytes,
+            self._sys_write_bytes,
+            seg,  # type: ignore[arg-type]
+            selector,
+            cpu.cpl,
+            cpu.gdtr,
+            self._ldt(),
+            long_mode=bool(cpu.efer & EFER_LMA),
+            mode64=self.mode == 64,
+        )
         if seg == SS:
             cpu.interrupt_shadow = True
 
     def load_code_segment(self, selector: int, new_cpl: int | None = None) -> Segment:
-        """Check and load CS for a far transfer; returns the new cache. CPL becomes ``new_cpl``."""
+        """Check and load CS for a far transfer; returns the new cache.
+
+        Without ``new_cpl`` (far JMP/CALL, RETF/IRET to the same level) the
+        SDM's checks of :func:`.segments.load_segment` apply; a return to an
+        outer level passes the CPL it returns to (the RPL of the selector).
+        """
         cpu = self.cpu
         selector &= 0xFFFF
         if not cpu.cr0 & CR0_PE or cpu.rflags & FLAG_VM:
@@ -310,32 +255,47 @@ class SystemMixin:
             cs.selector = selector
             cs.base = selector << 4
             return cs
-        if selector & ~3 == 0:
-            raise gp(0, "null selector loaded into CS")
-        raw, addr = self.read_descriptor(selector)
-        new = segment_from_descriptor(selector, raw)
-        err = selector & ~3
-        if not new.s:
-            raise UnsupportedInstruction(f"far transfer through system descriptor {selector:#x} (gate/TSS)")
-        if not new.type & DESC_CODE:
-            raise gp(err, f"selector {selector:#x} is not a code segment")
-        if not new.present:
-            raise GuestFault(NP, err, reason=f"code segment {selector:#x} not present")
-        cpl = cpu.cpl if new_cpl is None else new_cpl
         if new_cpl is None:
-            if new.type & DESC_CONFORMING:
-                if new.dpl > cpu.cpl:
-                    raise gp(err, "conforming code segment DPL above CPL")
-            elif new.dpl != cpu.cpl or (selector & 3) > cpu.cpl:
-                raise gp(err, f"code segment DPL {new.dpl} != CPL {cpu.cpl}")
-        self._set_accessed(addr, raw)
-        new.type |= DESC_TYPE_ACCESSED
-        new.selector = (selector & ~3) | cpl
-        new.dpl = new.dpl if new.type & DESC_CONFORMING else cpl
+            new = segments.load_segment(
+                self._sys_read_bytes,
+                self._sys_write_bytes,
+                SegReg.CS,
+                selector,
+                cpu.cpl,
+                cpu.gdtr,
+                self._ldt(),
+                long_mode=bool(cpu.efer & EFER_LMA),
+            )
+            cpl = cpu.cpl
+        else:
+            if selector & ~3 == 0:
+                raise gp(0, "null selector loaded into CS")
+            addr, desc = self.read_descriptor(selector)
+            err = selector & ~3
+            if not desc.s:
+                raise UnsupportedInstruction(f"far return through system descriptor {selector:#x}")
+            if not desc.type & TYPE_CODE:
+                raise gp(err, f"selector {selector:#x} is not a code segment")
+            if not desc.present:
+                raise GuestFault(NP, err, reason=f"code segment {selector:#x} not present")
+            desc = segments.mark_accessed(self._sys_write_bytes, addr, desc)
+            cpl = new_cpl
+            new = Segment.from_descriptor((selector & ~3) | cpl, desc)
+        if not new.type & TYPE_CONFORMING:
+            new.dpl = cpl
         cpu.segs[CS] = new
         cpu.cpl = cpl
         self._refresh_mode()
         return new
+
+    def null_outer_data_segments(self) -> None:
+        """After RETF/IRET to an outer level: data registers the new CPL may not use become null."""
+        cpu = self.cpu
+        for seg in (ES, DS, FS, GS):
+            s = cpu.segs[seg]
+            conforming_code = s.type & TYPE_CODE and s.type & TYPE_CONFORMING
+            if s.dpl < cpu.cpl and not conforming_code and not s.unusable:
+                cpu.segs[seg] = Segment.null()
 
     # ================================================================== event delivery
     def inject_interrupt(self, vector: int) -> None:
@@ -397,44 +357,31 @@ class SystemMixin:
         if cpu.rflags & FLAG_VM:
             raise UnsupportedInstruction("interrupts in virtual-8086 mode are not implemented")
         long_mode = bool(cpu.efer & EFER_LMA)
-        entry = 16 if long_mode else 8
-        idt = cpu.idtr
-        if vector * entry + entry - 1 > idt.limit:
-            raise gp(vector * 8 + 2 + (0 if soft else ext), f"vector {vector} beyond the IDT limit")
-        gate = self._sys_read(idt.base + vector * entry, 8)
-        gtype = (gate >> 40) & 0xF
-        gdpl = (gate >> 45) & 3
-        if soft and gdpl < cpu.cpl:
-            raise gp(vector * 8 + 2, f"INT {vector}: gate DPL {gdpl} < CPL {cpu.cpl}")
-        if not (gate >> 47) & 1:
+        gate = segments.read_idt_gate(
+            self._sys_read_bytes, cpu.idtr, vector, long_mode=long_mode, external=not soft
+        )
+        if soft and gate.dpl < cpu.cpl:
+            raise gp(vector * 8 + 2, f"INT {vector}: gate DPL {gate.dpl} < CPL {cpu.cpl}")
+        if not gate.present:
             raise GuestFault(NP, vector * 8 + 2 + ext, reason=f"IDT gate {vector} not present")
-        if gtype == GATE_TASK:
+        gtype = gate.type
+        if gtype == SysType.TASK_GATE:
             raise UnsupportedInstruction(f"task gate in IDT entry {vector}")
-        if long_mode and gtype not in (GATE_INT32, GATE_TRAP32):
-            raise gp(vector * 8 + 2 + ext, f"IDT entry {vector} is not a 64-bit gate")
-        if gtype not in (GATE_INT16, GATE_TRAP16, GATE_INT32, GATE_TRAP32):
-            raise gp(vector * 8 + 2 + ext, f"IDT entry {vector} has type {gtype:#x}")
-        selector = (gate >> 16) & 0xFFFF
-        offset = (gate & 0xFFFF) | (((gate >> 48) & 0xFFFF) << 16)
-        ist = 0
-        if long_mode:
-            high = self._sys_read(idt.base + vector * 16 + 8, 8)
-            offset |= (high & 0xFFFFFFFF) << 32
-            ist = (gate >> 32) & 7
+        selector, offset, ist = gate.selector, gate.offset, gate.ist
         if selector & ~3 == 0:
             raise gp(ext, "IDT gate with a null code selector")
-        raw, _addr = self.read_descriptor(selector)
-        target = segment_from_descriptor(selector, raw)
-        if not target.s or not target.type & DESC_CODE or target.dpl > cpu.cpl:
+        _, desc = self.read_descriptor(selector)
+        target = Segment.from_descriptor(selector, desc)
+        if not target.s or not target.type & TYPE_CODE or target.dpl > cpu.cpl:
             raise gp((selector & ~3) + ext, f"IDT gate {vector}: bad target code segment {selector:#x}")
         if not target.present:
             raise GuestFault(NP, (selector & ~3) + ext, reason=f"code segment {selector:#x} not present")
-        new_cpl = cpu.cpl if target.type & DESC_CONFORMING else target.dpl
+        new_cpl = cpu.cpl if target.type & TYPE_CONFORMING else target.dpl
         old_cs = cpu.segs[CS].selector
         old_ss = cpu.segs[SS].selector
         old_rsp = cpu.gpr[RSP]
         old_flags = cpu.rflags
-        gate32 = gtype >= GATE_INT32
+        gate32 = gtype >= SysType.INT_GATE
         if long_mode:
             if not target.l or target.db:
                 raise gp((selector & ~3) + ext, "64-bit IDT gate to a non-64-bit code segment")
@@ -452,7 +399,7 @@ class SystemMixin:
                 rsp = (rsp - 8) & MASK64
                 self._stack_write(rsp, 8, value, new_cpl)
             if new_cpl != cpu.cpl:
-                cpu.segs[SS] = Segment(selector=new_cpl, unusable=1, present=0, dpl=new_cpl, db=1)
+                cpu.segs[SS] = Segment.null(new_cpl, dpl=new_cpl, db=True)
             cpu.gpr[RSP] = rsp
         else:
             size = 4 if gate32 else 2
@@ -460,9 +407,12 @@ class SystemMixin:
                 tss_off = TSS32_ESP0 + 8 * new_cpl
                 esp = self._sys_read(cpu.tr.base + tss_off, 4)
                 ss_sel = self._sys_read(cpu.tr.base + tss_off + 4, 2)
-                ss_raw, _ = self.read_descriptor(ss_sel, TS)
-                new_ss = segment_from_descriptor(ss_sel, ss_raw)
-                if (ss_sel & 3) != new_cpl or new_ss.dpl != new_cpl or new_ss.type & DESC_CODE:
+                try:
+                    _, ss_desc = self.read_descriptor(ss_sel)
+                except GuestFault as err:  # a bad stack selector in the TSS is the TSS's fault
+                    raise GuestFault(TS, err.error_code, reason=str(err)) from err
+                new_ss = Segment.from_descriptor(ss_sel, ss_desc)
+                if (ss_sel & 3) != new_cpl or new_ss.dpl != new_cpl or new_ss.type & TYPE_CODE:
                     raise GuestFault(TS, ss_sel & ~3, reason="bad ring stack in the TSS")
                 stack_base, stack_mask = new_ss.base, 0xFFFFFFFF if new_ss.db else 0xFFFF
                 frame = [old_ss, old_rsp]
@@ -486,12 +436,12 @@ class SystemMixin:
             if not gate32:
                 offset &= 0xFFFF
         target.selector = (selector & ~3) | new_cpl
-        target.type |= DESC_TYPE_ACCESSED
+        target.type |= TYPE_ACCESSED
         cpu.segs[CS] = target
         cpu.cpl = new_cpl
         cpu.rip = offset
         cpu.rflags &= ~(FLAG_TF | FLAG_NT | FLAG_RF | FLAG_VM)
-        if gtype in (GATE_INT16, GATE_INT32):
+        if gtype in (SysType.INT_GATE16, SysType.INT_GATE):
             cpu.rflags &= ~FLAG_IF
         self._refresh_mode()
 
@@ -595,10 +545,7 @@ class SystemMixin:
             mask &= 0xFFFF
         cpu.rflags = (cpu.rflags & ~mask) | (flags & mask) | FLAG_FIXED1
         if rpl > old_cpl:
-            for seg in (ES, DS, FS, GS):
-                s = cpu.segs[seg]
-                if s.dpl < rpl and not (s.type & DESC_CODE and s.type & DESC_CONFORMING) and not s.unusable:
-                    cpu.segs[seg] = Segment(selector=0, unusable=1, present=0)
+            self.null_outer_data_segments()
         self._refresh_mode()
         self.next_rip = ip & (MASK64 if self.mode == 64 else 0xFFFFFFFF if size >= 4 else 0xFFFF)
 
@@ -618,7 +565,7 @@ class SystemMixin:
             self.load_code_segment(selector)
         else:
             cs = cpu.segs[CS]
-            cpu.segs[CS] = Segment(**{**cs.__dict__, "selector": selector, "base": selector << 4})
+            cpu.segs[CS] = cs.copy(selector=selector, base=selector << 4)
         try:
             self.branch(offset, opsize if self.mode != 64 else 8)
         except BaseException:
@@ -665,6 +612,7 @@ class SystemMixin:
             self.load_segment(SS, new_ss)
             self.set_reg(RSP, size if size > 2 else 2, new_sp + extra)
             self.branch(ip, size)
+            self.null_outer_data_segments()
             return
         ss_size = 8 if self.mode == 64 else (4 if pm and cpu.segs[SS].db else 2)
         self._far_jump(cs_sel, ip, size)
@@ -738,16 +686,16 @@ class SystemMixin:
         self.write(seg, off, 2, table.limit)  # type: ignore[attr-defined]
         self.write(seg, off + 2, 8 if self.mode == 64 else 4, table.base)  # type: ignore[attr-defined]
 
-    def _load_system_segment(self, selector: int, want: tuple[int, ...]) -> tuple[Segment, int, int]:
-        raw, addr = self.read_descriptor(selector)
-        new = segment_from_descriptor(selector, raw)
-        if new.s or new.type not in want:
+    def _load_system_segment(self, selector: int, want: tuple[int, ...]) -> tuple[Segment, int, Descriptor]:
+        addr, desc = self.read_descriptor(selector)
+        if desc.s or desc.type not in want:
             raise gp(selector & ~3, f"selector {selector:#x} is not the expected system descriptor")
-        if not new.present:
+        if not desc.present:
             raise GuestFault(NP, selector & ~3, reason=f"system segment {selector:#x} not present")
+        new = Segment.from_descriptor(selector, desc)
         if self.cpu.efer & EFER_LMA:
             new.base |= self._sys_read(addr + 8, 4) << 32
-        return new, addr, raw
+        return new, addr, desc
 
     def op_lldt(self, insn: D.Instruction) -> None:
         self.require_cpl0("LLDT")
@@ -755,9 +703,9 @@ class SystemMixin:
             raise GuestFault(UD, reason="LLDT in real mode")
         sel = self.get(insn.operands[0]) & 0xFFFF
         if sel & ~3 == 0:
-            self.cpu.ldtr = Segment(selector=sel, unusable=1, type=SYS_LDT, s=0)
+            self.cpu.ldtr = Segment(sel, type=SysType.LDT, s=False, unusable=True)
             return
-        new, _, _ = self._load_system_segment(sel, (SYS_LDT,))
+        new, _, _ = self._load_system_segment(sel, (SysType.LDT,))
         self.cpu.ldtr = new
 
     def op_ltr(self, insn: D.Instruction) -> None:
@@ -767,9 +715,10 @@ class SystemMixin:
         sel = self.get(insn.operands[0]) & 0xFFFF
         if sel & ~3 == 0 or sel & 4:
             raise gp(sel & ~3, "LTR needs a GDT selector")
-        new, addr, raw = self._load_system_segment(sel, (SYS_TSS_AVAIL, 0x1))
-        self._sys_write(addr + 5, 1, ((raw >> 40) & 0xFF) | 0x2)  # mark busy
-        new.type |= 0x2
+        new, addr, desc = self._load_system_segment(sel, (SysType.TSS_AVAIL, SysType.TSS16_AVAIL))
+        busy = desc.to_bytes()[segments.DESC_ACCESS_BYTE] | TSS_BUSY_BIT
+        self._sys_write(addr + segments.DESC_ACCESS_BYTE, 1, busy)
+        new.type |= TSS_BUSY_BIT
         self.cpu.tr = new
 
     def op_sldt(self, insn: D.Instruction) -> None:
@@ -802,22 +751,22 @@ class SystemMixin:
         dst, src = insn.operands
         sel = self.get(src) & 0xFFFF
         try:
-            raw, _ = self.read_descriptor(sel)
+            _, desc = self.read_descriptor(sel)
         except GuestFault:
             self.set_flags(0, FLAG_ZF)
             return
         if sel & ~3 == 0:
             self.set_flags(0, FLAG_ZF)
             return
-        seg = segment_from_descriptor(sel, raw)
-        conforming_code = seg.s and seg.type & DESC_CODE and seg.type & DESC_CONFORMING
-        if not conforming_code and (seg.dpl < cpu.cpl or seg.dpl < (sel & 3)):
+        conforming_code = desc.s and desc.type & TYPE_CODE and desc.type & TYPE_CONFORMING
+        if not conforming_code and (desc.dpl < cpu.cpl or desc.dpl < (sel & 3)):
             self.set_flags(0, FLAG_ZF)
             return
         if lsl:
-            self.put(dst, seg.limit)
+            self.put(dst, desc.byte_limit)
         else:
-            self.put(dst, raw >> 32 & 0x00FFFF00 if dst.size > 2 else raw >> 32 & 0xFF00)
+            rights = int.from_bytes(desc.to_bytes()[4:8], "little")  # access byte and flags nibble
+            self.put(dst, rights & 0x00FFFF00 if dst.size > 2 else rights & 0xFF00)
         self.set_flags(FLAG_ZF, FLAG_ZF)
 
     def op_lar(self, insn: D.Instruction) -> None:
@@ -832,14 +781,13 @@ class SystemMixin:
         ok = False
         if sel & ~3:
             try:
-                raw, _ = self.read_descriptor(sel)
-                seg = segment_from_descriptor(sel, raw)
+                _, seg = self.read_descriptor(sel)
                 if seg.s:
                     if write:
-                        ok = not seg.type & DESC_CODE and bool(seg.type & DESC_WRITABLE)
+                        ok = not seg.type & TYPE_CODE and bool(seg.type & TYPE_WRITABLE)
                     else:
-                        ok = not seg.type & DESC_CODE or bool(seg.type & DESC_READABLE)
-                    conforming = seg.type & DESC_CODE and seg.type & DESC_CONFORMING
+                        ok = not seg.type & TYPE_CODE or bool(seg.type & TYPE_READABLE)
+                    conforming = seg.type & TYPE_CODE and seg.type & TYPE_CONFORMING
                     if not conforming and (seg.dpl < cpu.cpl or seg.dpl < (sel & 3)):
                         ok = False
             except GuestFault:
@@ -1160,17 +1108,7 @@ class SystemMixin:
         cs_sel = ((base_sel + 16) if to64 else base_sel) | 3
         cpu.segs[CS] = fast_call_code(cs_sel, dpl=3, long=to64)
         ss = cpu.segs[SS]
-        cpu.segs[SS] = Segment(
-            **{
-                **ss.__dict__,
-                "selector": (base_sel + 8) | 3,
-                "dpl": 3,
-                "unusable": 0,
-                "present": 1,
-                "type": 0x3,
-                "s": 1,
-            }
-        )
+        cpu.segs[SS] = ss.copy(selector=(base_sel + 8) | 3, dpl=3, unusable=0, present=1, type=0x3, s=1)
         cpu.rflags = (cpu.gpr[R11] & 0x3C7FD7) | FLAG_FIXED1
         cpu.cpl = 3
         self._refresh_mode()

@@ -8,10 +8,11 @@ can also provoke page faults.
 
 from __future__ import annotations
 
-from kvmlite.emulator.cpu import CS, DS, ES, FS, GS, SS, CpuState, Segment
+from kvmlite.emulator.cpu import CS, DS, ES, FS, GS, SS, CpuState
 from kvmlite.emulator.executor import Executor
 from kvmlite.emulator.mmu import PageFault
 from kvmlite.emulator.ops import EmulatorOps
+from kvmlite.emulator.segments import Segment
 
 MEM_SIZE = 1 << 21
 PF_WRITE = 2

@@ -678,6 +678,47 @@ def test_protected_mode_int_from_ring3_switches_stack_and_iret_returns(asm: Asm)
     assert cpu.gpr[RCX] == 42
 
 
+@pytest.mark.parametrize("insn", ["retf", "iretd"])
+def test_return_to_ring3_nulls_data_segments_the_new_cpl_may_not_use(asm: Asm, insn: str) -> None:
+    """SDM RET/IRET (issue 17): DS, ES, GS holding DPL-0 data become null in ring 3; FS (DPL 3) stays."""
+    flags = "pushfd" if insn == "iretd" else ""
+    code = asm(f"""
+        mov ax, 0x10
+        mov ds, ax
+        mov es, ax
+        mov gs, ax
+        mov ax, 0x23
+        mov fs, ax
+        push 0x23
+        push 0x7000
+        {flags}
+        push 0x1B
+        push offset ring3
+        {insn}
+    ring3:
+        mov ebx, ds
+        hlt
+    """, 32, CODE)  # fmt: skip
+    ex, ops = make(32, code, rip=CODE, rsp=STACK)
+    gdt = {1: 0x00CF9A000000FFFF, 2: 0x00CF92000000FFFF, 3: 0x00CFFA000000FFFF, 4: 0x00CFF2000000FFFF}
+    for index, desc in gdt.items():
+        ops.put(GDT + 8 * index, 8, desc)
+    cpu = ex.cpu
+    cpu.gdtr.base, cpu.gdtr.limit = GDT, 0xFF
+    cpu.gpr[RBX] = 0xFFFF
+    for _ in range(12):
+        ex.step()
+        if cpu.cpl == 3:
+            break
+    assert cpu.cpl == 3 and cpu.segs[CS].selector == 0x1B and cpu.segs[SS].selector == 0x23
+    for seg in (0, 3, 5):  # ES, DS, GS
+        assert cpu.segs[seg].unusable and cpu.segs[seg].selector == 0, seg
+    assert not cpu.segs[4].unusable and cpu.segs[4].selector == 0x23  # FS: DPL 3 data stays
+    ex.step()
+    assert cpu.gpr[RBX] == 0  # MOV from DS reads the null selector
+    assert cpu.gpr[RSP] == 0x7000
+
+
 def test_in_at_ring3_without_iopl_is_denied_by_the_tss_bitmap(asm: Asm) -> None:
     ex, ops = setup(asm, "in al, 0x60")
     _long_mode_idt(ex, ops)

@@ -22,6 +22,7 @@ from kvmlite.emulator.segments import (
     read_idt_gate,
 )
 from kvmlite.errors import EmulatorError
+from kvmlite.x86 import SysType, Vector
 
 FLAT_CODE32 = 0x00CF_9A00_0000_FFFF  # the classic flat ring-0 code descriptor
 FLAT_DATA32 = 0x00CF_9200_0000_FFFF
@@ -84,7 +85,7 @@ def test_scattered_base_and_limit_fields_reassemble() -> None:
 
 
 def test_wide_system_descriptor_carries_upper_base() -> None:
-    tss = Descriptor(0xFFFF_8000_1234_5678, 0x67, sg.SYS_TSS_AVAIL, False, 0, True)
+    tss = Descriptor(0xFFFF_8000_1234_5678, 0x67, SysType.TSS_AVAIL, False, 0, True)
     d = Descriptor.from_bytes(tss.to_bytes(wide=True))
     assert d == tss and d.is_system
 
@@ -101,14 +102,14 @@ def test_64bit_interrupt_gate_parses_offset_and_ist() -> None:
     raw[0:2] = (0x5678).to_bytes(2, "little")
     raw[2:4] = (0x10).to_bytes(2, "little")
     raw[4] = 2  # IST 2
-    raw[5] = 0x80 | (3 << 5) | sg.SYS_INT_GATE
+    raw[5] = 0x80 | (3 << 5) | SysType.INT_GATE
     raw[6:8] = (0x1234).to_bytes(2, "little")
     raw[8:12] = (0xFFFF_FFFF).to_bytes(4, "little")
     g = Gate.from_bytes(bytes(raw))
     assert (g.selector, g.offset, g.type, g.dpl, g.ist) == (
         0x10,
         0xFFFF_FFFF_1234_5678,
-        sg.SYS_INT_GATE,
+        SysType.INT_GATE,
         3,
         2,
     )
@@ -120,11 +121,11 @@ def test_call_gate_param_count_and_16bit_gate_offset() -> None:
     raw[0:2] = (0x5678).to_bytes(2, "little")
     raw[2:4] = (0x08).to_bytes(2, "little")
     raw[4] = 5
-    raw[5] = 0x80 | sg.SYS_CALL_GATE
+    raw[5] = 0x80 | SysType.CALL_GATE
     raw[6:8] = (0x1234).to_bytes(2, "little")
     call = Gate.from_bytes(bytes(raw))
     assert (call.offset, call.param_count) == (0x1234_5678, 5)
-    raw[5] = 0x80 | sg.SYS_CALL_GATE16
+    raw[5] = 0x80 | SysType.CALL_GATE16
     assert Gate.from_bytes(bytes(raw)).offset == 0x5678
 
 
@@ -144,12 +145,12 @@ def test_expand_up_limit_covers_every_byte() -> None:
     seg = Segment(0x10, 0x1000, 0xFF, sg.TYPE_DATA_RW_ACCESSED)
     assert seg.linear(0xFC, 4) == 0x10FC
     exc = fault_of(seg.linear, 0xFD, 4)
-    assert (exc.vector, exc.error_code) == (sg.VEC_GP, 0)
+    assert (exc.vector, exc.error_code) == (Vector.GP, 0)
 
 
 def test_stack_access_beyond_limit_is_ss_fault() -> None:
     seg = Segment(0x10, 0, 0xFF, sg.TYPE_DATA_RW_ACCESSED)
-    assert fault_of(seg.linear, 0x100, 2, W, stack=True).vector == sg.VEC_SS
+    assert fault_of(seg.linear, 0x100, 2, W, stack=True).vector == Vector.SS
 
 
 @pytest.mark.parametrize(
@@ -164,7 +165,7 @@ def test_stack_access_beyond_limit_is_ss_fault() -> None:
 def test_type_forbids_access(type_: int, access: Access) -> None:
     seg = Segment(0x10, 0, 0xFFFF, type_)
     exc = fault_of(seg.linear, 0, 1, access)
-    assert (exc.vector, exc.error_code) == (sg.VEC_GP, 0)
+    assert (exc.vector, exc.error_code) == (Vector.GP, 0)
 
 
 def test_type_allows_access() -> None:
@@ -189,7 +190,7 @@ def test_expand_down_segment_valid_above_limit() -> None:
 def test_null_segment_faults_on_any_access() -> None:
     seg = Segment.null(0x3)
     exc = fault_of(seg.linear, 0, 1)
-    assert (exc.vector, exc.error_code) == (sg.VEC_GP, 0)
+    assert (exc.vector, exc.error_code) == (Vector.GP, 0)
     assert "null" in exc.reason
 
 
@@ -206,8 +207,8 @@ def test_linear64_checks_canonical_bytes() -> None:
     assert linear64(0xFFFF_8000_0000_0000, 0x10, 8) == 0xFFFF_8000_0000_0010
     assert linear64(0, 0x7FFF_FFFF_FFF8, 8) == 0x7FFF_FFFF_FFF8
     exc = fault_of(linear64, 0, 0x7FFF_FFFF_FFFC, 8)  # last bytes cross into the hole
-    assert (exc.vector, exc.error_code) == (sg.VEC_GP, 0)
-    assert fault_of(linear64, 0, 0x8000_0000_0000, 1, stack=True).vector == sg.VEC_SS
+    assert (exc.vector, exc.error_code) == (Vector.GP, 0)
+    assert fault_of(linear64, 0, 0x8000_0000_0000, 1, stack=True).vector == Vector.SS
 
 
 def test_kvm_segment_round_trip() -> None:
@@ -246,20 +247,20 @@ GDTR = TableRegister(GDT_BASE, 0x1F)  # four entries
 
 
 def test_descriptor_address_in_gdt_and_ldt() -> None:
-    ldtr = Segment(0, LDT_BASE, 0xF, sg.SYS_LDT, s=False)
+    ldtr = Segment(0, LDT_BASE, 0xF, SysType.LDT, s=False)
     assert descriptor_address(0x10, GDTR, None) == GDT_BASE + 0x10
     assert descriptor_address(0x0F, GDTR, ldtr) == LDT_BASE + 8
 
 
 def test_selector_beyond_gdt_limit_is_gp_with_selector() -> None:
     exc = fault_of(descriptor_address, 0x23, GDTR, None)
-    assert (exc.vector, exc.error_code) == (sg.VEC_GP, 0x20)
+    assert (exc.vector, exc.error_code) == (Vector.GP, 0x20)
 
 
 def test_ldt_selector_without_ldt_is_gp() -> None:
     exc = fault_of(descriptor_address, 0x0C, GDTR, None)
-    assert (exc.vector, exc.error_code) == (sg.VEC_GP, 0x0C)
-    stale = Segment(0, LDT_BASE, 0xFFFF, sg.SYS_LDT, s=False, unusable=True)  # LDTR loaded with null
+    assert (exc.vector, exc.error_code) == (Vector.GP, 0x0C)
+    stale = Segment(0, LDT_BASE, 0xFFFF, SysType.LDT, s=False, unusable=True)  # LDTR loaded with null
     assert fault_of(descriptor_address, 0x0C, GDTR, stale).error_code == 0x0C
 
 
@@ -297,7 +298,7 @@ def test_null_selector_makes_data_register_unusable(mem: Memory) -> None:
 )
 def test_null_selector_into_cs_or_ss_is_gp0(mem: Memory, reg: SegReg, mode64: bool, cpl: int) -> None:
     exc = fault_of(load_segment, mem.read, mem.write, reg, cpl, cpl, GDTR, mode64=mode64)
-    assert (exc.vector, exc.error_code) == (sg.VEC_GP, 0)
+    assert (exc.vector, exc.error_code) == (Vector.GP, 0)
 
 
 def test_null_ss_allowed_in_64bit_mode_below_ring3(mem: Memory) -> None:
@@ -309,11 +310,11 @@ def test_null_ss_allowed_in_64bit_mode_below_ring3(mem: Memory) -> None:
     ("descriptor", "selector", "cpl", "vector"),
     [
         (desc(0x3, dpl=0), 0x18, 0, None),
-        (desc(0x3, dpl=0), 0x1B, 0, sg.VEC_GP),  # RPL != CPL
-        (desc(0x3, dpl=3), 0x18, 0, sg.VEC_GP),  # DPL != CPL
-        (desc(0x1, dpl=0), 0x18, 0, sg.VEC_GP),  # read-only data
-        (desc(0xB, dpl=0), 0x18, 0, sg.VEC_GP),  # code
-        (desc(0x3, dpl=0, present=False), 0x18, 0, sg.VEC_SS),
+        (desc(0x3, dpl=0), 0x1B, 0, Vector.GP),  # RPL != CPL
+        (desc(0x3, dpl=3), 0x18, 0, Vector.GP),  # DPL != CPL
+        (desc(0x1, dpl=0), 0x18, 0, Vector.GP),  # read-only data
+        (desc(0xB, dpl=0), 0x18, 0, Vector.GP),  # code
+        (desc(0x3, dpl=0, present=False), 0x18, 0, Vector.SS),
     ],
 )
 def test_ss_load_rules(mem: Memory, descriptor: bytes, selector: int, cpl: int, vector: int | None) -> None:
@@ -329,13 +330,13 @@ def test_ss_load_rules(mem: Memory, descriptor: bytes, selector: int, cpl: int, 
     ("descriptor", "selector", "cpl", "vector"),
     [
         (desc(0x3, dpl=3), 0x1B, 3, None),
-        (desc(0x3, dpl=0), 0x18, 3, sg.VEC_GP),  # CPL > DPL
-        (desc(0x3, dpl=0), 0x1B, 0, sg.VEC_GP),  # RPL > DPL
+        (desc(0x3, dpl=0), 0x18, 3, Vector.GP),  # CPL > DPL
+        (desc(0x3, dpl=0), 0x1B, 0, Vector.GP),  # RPL > DPL
         (desc(0xF, dpl=0), 0x1B, 3, None),  # conforming readable code: no privilege check
-        (desc(0xB, dpl=0), 0x1B, 3, sg.VEC_GP),  # non-conforming code is checked
-        (desc(0x9, dpl=3), 0x1B, 3, sg.VEC_GP),  # execute-only code
-        (desc(sg.SYS_LDT, s=False), 0x18, 0, sg.VEC_GP),  # system descriptor
-        (desc(0x3, dpl=3, present=False), 0x1B, 3, sg.VEC_NP),
+        (desc(0xB, dpl=0), 0x1B, 3, Vector.GP),  # non-conforming code is checked
+        (desc(0x9, dpl=3), 0x1B, 3, Vector.GP),  # execute-only code
+        (desc(SysType.LDT, s=False), 0x18, 0, Vector.GP),  # system descriptor
+        (desc(0x3, dpl=3, present=False), 0x1B, 3, Vector.NP),
     ],
 )
 def test_data_register_load_rules(
@@ -353,13 +354,13 @@ def test_data_register_load_rules(
     ("descriptor", "selector", "cpl", "vector"),
     [
         (desc(0xB, dpl=0), 0x18, 0, None),
-        (desc(0xB, dpl=0), 0x18, 3, sg.VEC_GP),  # non-conforming: DPL must equal CPL
-        (desc(0xB, dpl=3), 0x1B, 0, sg.VEC_GP),
-        (desc(0xB, dpl=0), 0x1B, 0, sg.VEC_GP),  # non-conforming: RPL must not exceed CPL
+        (desc(0xB, dpl=0), 0x18, 3, Vector.GP),  # non-conforming: DPL must equal CPL
+        (desc(0xB, dpl=3), 0x1B, 0, Vector.GP),
+        (desc(0xB, dpl=0), 0x1B, 0, Vector.GP),  # non-conforming: RPL must not exceed CPL
         (desc(0xF, dpl=0), 0x18, 3, None),  # conforming: DPL <= CPL
-        (desc(0xF, dpl=3), 0x18, 0, sg.VEC_GP),
-        (desc(0x3, dpl=0), 0x18, 0, sg.VEC_GP),  # data
-        (desc(0xB, dpl=0, present=False), 0x18, 0, sg.VEC_NP),
+        (desc(0xF, dpl=3), 0x18, 0, Vector.GP),
+        (desc(0x3, dpl=0), 0x18, 0, Vector.GP),  # data
+        (desc(0xB, dpl=0, present=False), 0x18, 0, Vector.NP),
     ],
 )
 def test_code_segment_load_rules(
@@ -378,12 +379,12 @@ def test_code_with_l_and_d_is_refused_in_long_mode(mem: Memory) -> None:
     mem.put(GDT_BASE + 0x18, Descriptor(0, 0xF_FFFF, 0xB, True, 0, True, l=True, db=True, g=True).to_bytes())
     assert load_segment(mem.read, None, SegReg.CS, 0x18, 0, GDTR).l
     exc = fault_of(load_segment, mem.read, None, SegReg.CS, 0x18, 0, GDTR, long_mode=True)
-    assert exc.vector == sg.VEC_GP
+    assert exc.vector == Vector.GP
 
 
 def test_load_from_ldt(mem: Memory) -> None:
     mem.put(LDT_BASE + 8, desc(0x3, dpl=3))
-    ldtr = Segment(0, LDT_BASE, 0xF, sg.SYS_LDT, s=False)
+    ldtr = Segment(0, LDT_BASE, 0xF, SysType.LDT, s=False)
     seg = load_segment(mem.read, mem.write, SegReg.DS, 0x0F, 3, GDTR, ldtr)
     assert seg.base == 0x10_0000 and seg.dpl == 3
 
@@ -393,13 +394,13 @@ def test_idt_gate_read_and_limit() -> None:
     mem = Memory()
     raw = bytearray(16)
     raw[2:4] = (0x8).to_bytes(2, "little")
-    raw[5] = 0x80 | sg.SYS_INT_GATE
+    raw[5] = 0x80 | SysType.INT_GATE
     mem.put(0x3000 + 14 * 16, bytes(raw))
     idtr = TableRegister(0x3000, 16 * 32 - 1)
     gate = read_idt_gate(mem.read, idtr, 14, long_mode=True, external=False)
-    assert gate.selector == 0x8 and gate.type == sg.SYS_INT_GATE
+    assert gate.selector == 0x8 and gate.type == SysType.INT_GATE
     exc = fault_of(read_idt_gate, mem.read, idtr, 32, long_mode=True, external=True)
-    assert (exc.vector, exc.error_code) == (sg.VEC_GP, (32 << 3) | 2 | 1)
+    assert (exc.vector, exc.error_code) == (Vector.GP, (32 << 3) | 2 | 1)
 
 
 def test_idt_entry_that_is_not_a_gate_is_gp() -> None:
@@ -407,4 +408,4 @@ def test_idt_entry_that_is_not_a_gate_is_gp() -> None:
     mem.put(0x3000 + 3 * 8, FLAT_CODE32)
     idtr = TableRegister(0x3000, 0x7FF)
     exc = fault_of(read_idt_gate, mem.read, idtr, 3, long_mode=False, external=False)
-    assert (exc.vector, exc.error_code) == (sg.VEC_GP, (3 << 3) | 2)
+    assert (exc.vector, exc.error_code) == (Vector.GP, (3 << 3) | 2)
