@@ -210,7 +210,7 @@ def test_the_repair_is_what_makes_it_work_where_the_host_drops_the_privilege_cha
     from kvmlite.vmm.syscall_fix import STATS_LABEL, host_drops_syscall_privilege
 
     with Kvm() as kvm:
-        quirky = host_drops_syscall_privilege(kvm)
+        quirky = host_drops_syscall_privilege(kvm.create_vm)
     unrepaired = run(guest, "--backend", "kvm", "--syscall-fix", "off")
     repaired = run(guest, "--backend", "kvm")
     if quirky:

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from collections.abc import Iterable
 
+from kvmlite.backend import BackendCaps, unsupported
 from kvmlite.emulator.cpu import FLAG_IF, CpuState
 from kvmlite.emulator.executor import Executor
 from kvmlite.emulator.faults import TripleFault
@@ -39,13 +40,31 @@ from kvmlite.emulator.ops import EmulatorOps, PagedOps
 from kvmlite.errors import EmulatorError, GuestMemoryError
 from kvmlite.kvm import exits as E
 from kvmlite.kvm import structs as S
-from kvmlite.kvm.constants import InternalError, MpState
+from kvmlite.kvm.constants import GuestDebug, InternalError, MpState
+from kvmlite.kvm.cpuid import CpuidEntry
 from kvmlite.memory.guest import GuestMemory
+from kvmlite.x86 import Msr
 
 log = logging.getLogger(__name__)
 
 #: Instructions executed between looks at kicks, queued interrupts and window requests.
 SLICE = 256
+BACKEND = "emu"
+#: What the software backend can do (kvmlite.backend): one vCPU fed by kvmlite's own PIC.
+CAPS = BackendCaps(
+    name=BACKEND,
+    max_vcpus=1,
+    in_kernel_irqchip=False,
+    guest_debug=True,
+    watchpoints=False,
+    msr_filter=False,
+    host_cpuid=False,
+    fpu_state=False,
+    lapic_state=False,
+    rescue_emulation=False,
+)
+DR6_FIXED = 0xFFFF_0FF0
+DR6_BS = 1 << 14
 _RCX, _RSI, _RDI = 1, 6, 7
 
 
@@ -191,6 +210,10 @@ class EmuVcpu:
         self._window_requested = False
         self._last_exit: E.Exit | None = None
         self._thread_id: int | None = None
+        self._debug_flags = 0
+        self._breakpoints: list[int] = []  # linear addresses of the execution breakpoints, DR0 first
+        self._dr7 = 0
+        self._resume_over: int | None = None  # the breakpoint just reported: not again until it ran (RF)
 
     # --- running ---------------------------------------------------------------------------
     def run(self) -> E.Exit:
@@ -208,7 +231,10 @@ class EmuVcpu:
                     return self._exit(E.Shutdown())
             if self._window_requested and self._pending_vector is None and self._can_take_interrupt():
                 return self._exit(E.IrqWindowOpen())
-            for _ in range(SLICE):
+            debugging = self._debug_flags
+            for _ in range(1 if debugging else SLICE):
+                if debugging and (stop := self._breakpoint_here()) is not None:
+                    return self._exit(stop)
                 shadow = cpu.interrupt_shadow
                 ops.start_instruction()
                 try:
@@ -224,6 +250,10 @@ class EmuVcpu:
                 except EmulatorError as err:
                     return self._exit(self._internal(str(err)))
                 ops.instruction_done()
+                if debugging:
+                    self._resume_over = None
+                    if debugging & GuestDebug.SINGLESTEP:
+                        return self._exit(E.Debug(1, self._rip_linear(), DR6_FIXED | DR6_BS, self._dr7))
                 if cpu.halted:
                     cpu.halted = False  # as with KVM's userspace irqchip: RIP is past HLT, the VMM waits
                     return self._exit(E.Hlt())
@@ -304,13 +334,41 @@ class EmuVcpu:
             self.ops.paging_changed(cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer)
             self.ops.cr3_written(cpu.cr3)
 
-    def set_cpuid(self, entries: list[Any]) -> None:
+    def set_cpuid(self, entries: list[CpuidEntry]) -> None:
         self.cpuid.clear()
         for e in entries:
             self.cpuid[(e.function, e.index)] = (e.eax, e.ebx, e.ecx, e.edx)
 
     def get_mp_state(self) -> MpState:
         return MpState.RUNNABLE
+
+    def set_mp_state(self, state: MpState) -> None:
+        if state != MpState.RUNNABLE:
+            unsupported(BACKEND, f"put a vCPU in MP state {state.name}")
+
+    def get_cpuid(self, max_entries: int = 256) -> list[CpuidEntry]:
+        return [CpuidEntry(f, i, 0, *regs) for (f, i), regs in self.cpuid.items()][:max_entries]
+
+    def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
+        """The MSRs the emulator keeps (EFER and its ``msrs``); the others are left out, as KVM does."""
+        msrs = self.cpu.msrs
+        out = {}
+        for index in indices:
+            if index == Msr.EFER:
+                out[index] = self.cpu.efer
+            elif index in msrs:
+                out[index] = msrs[index]
+        return out
+
+    def set_msrs(self, values: dict[int, int]) -> int:
+        for index, value in values.items():
+            if index == Msr.EFER:
+                sregs = self.get_sregs()
+                sregs.efer = value
+                self.set_sregs(sregs)
+            else:
+                self.cpu.msrs[index] = value
+        return len(values)
 
     def translate(self, linear_address: int) -> S.kvm_translation:
         """KVM_TRANSLATE's answer from a walk of the guest's page tables (``valid`` and the address only)."""
@@ -320,6 +378,76 @@ class EmuVcpu:
             tr.physical_address, tr.valid = gpa, 1
         return tr
 
+    # --- guest debugging: single-step, execution breakpoints, int3 ------------------------------
+    def set_guest_debug(self, flags: int, hw_breakpoints: Iterable[int] = (), dr7: int = 0) -> None:
+        """KVM_SET_GUEST_DEBUG's meaning for execution: stops before a breakpointed instruction,
+        after each instruction when single-stepping, and at an ``int3`` with USE_SW_BP.  Data
+        watchpoints are refused (BackendCaps.watchpoints)."""
+        addrs = list(hw_breakpoints)[:4]
+        if not dr7:
+            for i in range(len(addrs)):
+                dr7 |= 2 << (2 * i)
+        if dr7 & 0xFFFF_0000:  # an R/W or LEN field other than "execute, 1 byte"
+            unsupported(BACKEND, "watch data accesses (hardware watchpoints)")
+        enabled = flags & GuestDebug.ENABLE
+        self._debug_flags = int(flags) if enabled else 0
+        use_hw = enabled and flags & GuestDebug.USE_HW_BP
+        self._breakpoints = [a if use_hw and dr7 & (3 << (2 * i)) else -1 for i, a in enumerate(addrs)]
+        self._dr7 = dr7 if use_hw else 0
+        self._resume_over = None
+
+    def _breakpoint_here(self) -> E.Debug | None:
+        """The debug exit due before the next instruction, if any."""
+        rip = self._rip_linear()
+        if rip == self._resume_over:
+            return None
+        if rip in self._breakpoints:
+            self._resume_over = rip
+            return E.Debug(1, rip, DR6_FIXED | (1 << self._breakpoints.index(rip)), self._dr7)
+        if self._debug_flags & GuestDebug.USE_SW_BP:
+            try:
+                opcode = self.ops.read_linear(rip, 1, 4)
+            except Exception:  # unmapped: the instruction fetch itself raises the guest's #PF
+                return None
+            if opcode == b"\xcc":
+                self._resume_over = rip
+                return E.Debug(3, rip, DR6_FIXED, self._dr7)
+        return None
+
+    # --- what the emulator does not have -----------------------------------------------------------
+    def nmi(self) -> None:
+        unsupported(BACKEND, "inject an NMI")
+
+    def get_fpu(self) -> S.kvm_fpu:
+        return unsupported(BACKEND, "read the FPU state (kvm_fpu)")  # type: ignore[no-any-return]
+
+    def set_fpu(self, fpu: S.kvm_fpu) -> None:
+        unsupported(BACKEND, "load an FPU state (kvm_fpu)")
+
+    def get_xsave(self) -> S.kvm_xsave:
+        return unsupported(BACKEND, "read the XSAVE state")  # type: ignore[no-any-return]
+
+    def set_xsave(self, xs: S.kvm_xsave) -> None:
+        unsupported(BACKEND, "load an XSAVE state")
+
+    def get_xcrs(self) -> S.kvm_xcrs:
+        return unsupported(BACKEND, "read the XCRs")  # type: ignore[no-any-return]
+
+    def set_xcrs(self, xcrs: S.kvm_xcrs) -> None:
+        unsupported(BACKEND, "load the XCRs")
+
+    def get_lapic(self) -> S.kvm_lapic_state:
+        return unsupported(BACKEND, "read a local APIC (it has none)")  # type: ignore[no-any-return]
+
+    def set_lapic(self, lapic: S.kvm_lapic_state) -> None:
+        unsupported(BACKEND, "load a local APIC (it has none)")
+
+    def get_vcpu_events(self) -> S.kvm_vcpu_events:
+        return unsupported(BACKEND, "read pending vCPU events")  # type: ignore[no-any-return]
+
+    def set_vcpu_events(self, events: S.kvm_vcpu_events) -> None:
+        unsupported(BACKEND, "load vCPU events")
+
     def close(self) -> None:
         pass
 
@@ -327,7 +455,7 @@ class EmuVcpu:
 class EmuVm:
     """The software backend's VM: guest memory and emulated vCPUs."""
 
-    backend = "emu"
+    backend = BACKEND
 
     def __init__(self) -> None:
         self.memory: GuestMemory | None = None
@@ -345,3 +473,28 @@ class EmuVm:
 
     def close(self) -> None:
         self.vcpus.clear()
+
+    # --- the backend protocol ---------------------------------------------------------------------
+    def capabilities(self) -> BackendCaps:
+        return CAPS
+
+    def supported_cpuid(self) -> list[CpuidEntry]:
+        return []  # the emulator answers CPUID from its own table unless the VMM sets one
+
+    def msr_index_list(self) -> list[int]:
+        return []
+
+    def new_vm(self) -> EmuVm:
+        return EmuVm()
+
+    def set_msr_filter(self, denied: dict[int, int]) -> None:
+        unsupported(BACKEND, "trap MSR accesses (MSR filters)")
+
+    def create_irqchip(self) -> None:
+        unsupported(BACKEND, "provide an in-kernel irqchip")
+
+    def create_pit2(self, speaker_dummy: bool = True) -> None:
+        unsupported(BACKEND, "provide an in-kernel PIT")
+
+    def irq_line(self, irq: int, level: bool) -> None:
+        unsupported(BACKEND, "drive in-kernel interrupt lines")

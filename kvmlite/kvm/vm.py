@@ -6,18 +6,22 @@ import ctypes
 import os
 from typing import TYPE_CHECKING
 
+from kvmlite.backend import BackendCaps
 from kvmlite.kvm import structs as S
 from kvmlite.kvm.constants import Cap, Ioctl, IoeventfdFlag, IrqchipId, IrqfdFlag, MemFlag, MsrExitReason
 from kvmlite.kvm.ioctl import ioctl
 from kvmlite.kvm.vcpu import Vcpu
 
 if TYPE_CHECKING:
+    from kvmlite.kvm.cpuid import CpuidEntry
     from kvmlite.kvm.system import Kvm
 
 #: Where kvmlite puts the three pages of the real-mode TSS and the EPT identity map
 #: (just below the 4 GiB BIOS area, as QEMU does).
 DEFAULT_TSS_ADDR = 0xFFFB_D000
 DEFAULT_IDENTITY_MAP_ADDR = 0xFFFB_C000
+#: KVM's documented vCPU limit when it reports neither KVM_CAP_MAX_VCPUS nor KVM_CAP_NR_VCPUS.
+KVM_DEFAULT_MAX_VCPUS = 4
 
 
 class Vm:
@@ -36,6 +40,9 @@ class Vm:
         self._slots: dict[int, S.kvm_userspace_memory_region] = {}
         self.has_irqchip = False
         self.has_pit = False
+        #: close() also closes ``kvm`` (set by whoever opened the system for this VM alone).
+        self.owns_system = False
+        self._caps: BackendCaps | None = None
 
     def close(self) -> None:
         for vcpu in self.vcpus:
@@ -43,6 +50,8 @@ class Vm:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self.owns_system:
+            self.kvm.close()
 
     def check_extension(self, cap: Cap | int) -> int:
         """Per-VM capability check (KVM_CAP_CHECK_EXTENSION_VM), falling back to the system one."""
@@ -217,3 +226,32 @@ class Vm:
         vcpu = Vcpu(vcpu_id, fd, self.run_size)
         self.vcpus.append(vcpu)
         return vcpu
+
+    # --- the backend protocol (kvmlite.backend.VmBackend) ----------------------------------------
+    def capabilities(self) -> BackendCaps:
+        """What this host's KVM offers, from its capabilities (asked once)."""
+        if self._caps is None:
+            has = self.kvm.check_extension
+            self._caps = BackendCaps(
+                name="kvm",
+                max_vcpus=has(Cap.MAX_VCPUS) or has(Cap.NR_VCPUS) or KVM_DEFAULT_MAX_VCPUS,
+                in_kernel_irqchip=bool(has(Cap.IRQCHIP) and has(Cap.PIT2)),
+                guest_debug=bool(has(Cap.SET_GUEST_DEBUG)),
+                watchpoints=bool(has(Cap.SET_GUEST_DEBUG)),
+                msr_filter=bool(has(Cap.X86_MSR_FILTER)),
+                host_cpuid=True,
+                fpu_state=True,
+                lapic_state=True,
+                rescue_emulation=True,
+            )
+        return self._caps
+
+    def supported_cpuid(self) -> list[CpuidEntry]:
+        return self.kvm.supported_cpuid()
+
+    def msr_index_list(self) -> list[int]:
+        return self.kvm.msr_index_list()
+
+    def new_vm(self) -> Vm:
+        """Another, empty VM on the same /dev/kvm (a probe of the host's behaviour)."""
+        return self.kvm.create_vm()

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from kvmlite.backend import VcpuBackend, VmBackend
 from kvmlite.devices.base import IrqLine
 from kvmlite.devices.pic import Pic8259Pair
 from kvmlite.kvm import exits as E
@@ -51,7 +52,7 @@ class UserspaceIrqChip:
         self.cond = threading.Condition(lock)
         self.control = control
         self.pic = Pic8259Pair(intr=self._intr)
-        self._vcpu: Any = None
+        self._vcpu: VcpuBackend | None = None
         self._vcpu_thread: int | None = None
         self.injected = 0
         control.wakers.append(self._wake)
@@ -82,6 +83,7 @@ class UserspaceIrqChip:
 
     def _inject(self) -> None:
         vcpu = self._vcpu
+        assert vcpu is not None, "attach() first"
         if self._vcpu_thread is None:
             self._vcpu_thread = threading.get_ident()
         if not self.pic.intr_level:
@@ -113,7 +115,7 @@ class KernelIrqChip:
 
     mode = "kernel"
 
-    def __init__(self, vm: Any, control: VmControl) -> None:
+    def __init__(self, vm: VmBackend, control: VmControl) -> None:
         self.vm = vm
         self.control = control
         self._watch_lock = threading.Lock()

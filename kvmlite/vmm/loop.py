@@ -33,8 +33,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
+from kvmlite.backend import VcpuBackend
 from kvmlite.errors import KvmliteError
 from kvmlite.kvm import exits as E
 from kvmlite.memory.bus import Bus
@@ -50,22 +51,6 @@ STATUS_OK = 0
 STATUS_BAD_INPUT = 2
 STATUS_GUEST_CRASH = 4
 STATUS_INTERRUPTED = 130
-
-
-class VcpuLike(Protocol):
-    """What the loop needs of a vCPU; the KVM and the software backends both provide it."""
-
-    id: int
-
-    def run(self) -> E.Exit: ...
-    def kick(self) -> None: ...
-    def clear_kick(self) -> None: ...
-    def bind_thread(self) -> None: ...
-    def get_regs(self) -> Any: ...
-    def get_sregs(self) -> Any: ...
-
-    @property
-    def if_flag(self) -> bool: ...
 
 
 @dataclass
@@ -112,7 +97,7 @@ class VmControl:
         self.attention = False
         self.stop_info: StopInfo | None = None
         self.stopped = threading.Event()
-        self.vcpus: list[VcpuLike] = []
+        self.vcpus: list[VcpuBackend] = []
         #: Called once the stop is requested (restore the terminal, close sockets).
         self.on_stop: list[Callable[[], None]] = []
         #: Called on a stop and on a pause: wake whatever a vCPU thread may be sleeping on (a halt).
@@ -214,7 +199,7 @@ class VcpuLoop:
 
     def __init__(
         self,
-        vcpu: VcpuLike,
+        vcpu: VcpuBackend,
         control: VmControl,
         pio: Bus,
         mmio: Bus,

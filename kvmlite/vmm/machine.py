@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvmlite.backend import VmBackend, open_backend
 from kvmlite.devices.acpi_pm import REG_PM1_CNT, REG_PM1_STS, AcpiPm, ResetControl
 from kvmlite.devices.base import Device
 from kvmlite.devices.debug_exit import DebugExit
@@ -40,10 +41,9 @@ from kvmlite.devices.i8042 import I8042, PortA20Reset, PostCodePort
 from kvmlite.devices.pit import Pit8254
 from kvmlite.devices.rtc import CmosRtc
 from kvmlite.devices.serial import Serial16550
-from kvmlite.errors import ConfigError, KvmliteError, KvmUnavailableError
+from kvmlite.errors import ConfigError, KvmliteError
 from kvmlite.firmware.acpi import MAX_CPUS, AcpiPlatform, write_tables
 from kvmlite.kvm import exits as E
-from kvmlite.kvm.constants import Cap
 from kvmlite.loaders import LoadResult, load_kernel
 from kvmlite.memory.bus import Bus
 from kvmlite.memory.guest import GuestMemory
@@ -65,8 +65,6 @@ log = logging.getLogger(__name__)
 MIB = 1 << 20
 MIN_MEMORY_MIB = 2
 MAX_MEMORY_MIB = 64 * 1024
-#: KVM's documented vCPU limit when it reports neither KVM_CAP_MAX_VCPUS nor KVM_CAP_NR_VCPUS.
-KVM_DEFAULT_MAX_VCPUS = 4
 SMP_NEEDS_KERNEL_IRQCHIP = "SMP needs the in-kernel irqchip (the KVM backend with --irqchip kernel or auto)"
 
 
@@ -105,6 +103,8 @@ class MachineConfig:
             raise ConfigError(f"--syscall-fix {self.syscall_fix!r}: choose auto or off")
         if self.on_reset not in ("exit", "restart"):
             raise ConfigError(f"--on-reset {self.on_reset!r}: choose exit or restart")
+        if self.cpus > 1 and (self.backend == "emu" or self.irqchip == "userspace"):
+            raise ConfigError(f"--cpus {self.cpus}: {SMP_NEEDS_KERNEL_IRQCHIP}")
         parse_serial_spec(self.serial)
 
 
@@ -119,16 +119,21 @@ class Machine:
         self.pio = Bus("pio", self.lock)
         self.mmio = Bus("mmio", self.lock)
         self.memory = GuestMemory.for_pc(config.memory_mib * MIB, L.PCI_HOLE)
-        self.backend_name, self.vm = self._open_backend(config.backend)
         try:
-            self._check_cpus(config)
-        except KvmliteError:
+            self.vm: VmBackend = open_backend(config.backend)
+        except BaseException:
+            self.memory.close()
+            raise
+        self.caps = self.vm.capabilities()
+        self.timers = TimerService(self.lock)
+        try:
+            self._check_backend(config)
+            self.vm.register_memory(self.memory)
+            self.irqchip = self._make_irqchip(config.irqchip)
+        except BaseException:
             self.vm.close()
             self.memory.close()
             raise
-        self.vm.register_memory(self.memory)
-        self.timers = TimerService(self.lock)
-        self.irqchip = self._make_irqchip(config.irqchip)
         #: Every device the builder attached (name, type, bus ranges, IRQs), in attach order.
         self.devices = DeviceRegistry()
         #: Where devices with no fixed PC address get their ports, MMIO ranges and GSIs.
@@ -142,46 +147,21 @@ class Machine:
         self.rsdp = 0  # guest-physical address of the ACPI RSDP once attach_acpi() ran
 
     # --- construction -------------------------------------------------------------
-    def _open_backend(self, choice: str) -> tuple[str, Any]:
-        if choice in ("kvm", "auto"):
-            from kvmlite.kvm import Kvm
-
-            try:
-                kvm = Kvm()
-            except KvmUnavailableError as err:
-                if choice == "kvm":
-                    raise
-                log.warning("%s: using the software backend (the guest runs on kvmlite's emulator)", err)
-            else:
-                vm = kvm.create_vm()
-                vm.set_tss_addr()
-                vm.set_identity_map_addr()
-                return "kvm", vm
-        from kvmlite.emulator.backend import EmuVm
-
-        return "emu", EmuVm()
-
-    def _check_cpus(self, config: MachineConfig) -> None:
-        """SMP only with the in-kernel irqchip, and no more vCPUs than this host's KVM allows."""
-        if config.cpus == 1:
-            return
-        if self.backend_name != "kvm" or config.irqchip == "userspace":
+    def _check_backend(self, config: MachineConfig) -> None:
+        """What the configuration asks of the backend that opened (``auto`` may have fallen back)."""
+        caps = self.caps
+        if config.cpus > 1 and not caps.in_kernel_irqchip:
             raise ConfigError(f"--cpus {config.cpus}: {SMP_NEEDS_KERNEL_IRQCHIP}")
-        limit = (
-            self.vm.kvm.check_extension(Cap.MAX_VCPUS)
-            or self.vm.kvm.check_extension(Cap.NR_VCPUS)
-            or KVM_DEFAULT_MAX_VCPUS
-        )
-        if config.cpus > limit:
-            raise ConfigError(f"--cpus {config.cpus}: this host's KVM runs at most {limit} vCPUs per VM")
+        if config.cpus > caps.max_vcpus:
+            raise ConfigError(
+                f"--cpus {config.cpus}: the {caps.name} backend runs at most {caps.max_vcpus} vCPUs per VM"
+            )
+        if config.irqchip == "kernel" and not caps.in_kernel_irqchip:
+            raise ConfigError(f"--irqchip kernel: the {caps.name} backend has no in-kernel irqchip")
 
     def _make_irqchip(self, choice: str) -> UserspaceIrqChip | KernelIrqChip:
-        if choice == "auto":
-            choice = "kernel" if self.backend_name == "kvm" else "userspace"
-        if choice == "kernel":
-            if self.backend_name != "kvm":
-                raise ConfigError("--irqchip kernel needs the KVM backend")
-            chip: UserspaceIrqChip | KernelIrqChip = KernelIrqChip(self.vm, self.control)
+        if choice == "kernel" or (choice == "auto" and self.caps.in_kernel_irqchip):
+            chip = KernelIrqChip(self.vm, self.control)
             self.timers.every(HALT_WATCH_INTERVAL_S, chip.watchdog)
             return chip
         return UserspaceIrqChip(self.lock, self.control)
@@ -344,16 +324,16 @@ class Machine:
         start it at the SIPI vector, so nothing here must touch their state.
         """
         assert self.load_result is not None, "load() first"
-        if count > 1 and not isinstance(self.irqchip, KernelIrqChip):
-            raise ConfigError(f"{count} vCPUs: {SMP_NEEDS_KERNEL_IRQCHIP}")
-        kvm = self.backend_name == "kvm"
-        supported = self.vm.kvm.supported_cpuid() if kvm else []
+        caps, vm = self.caps, self.vm
+        supported = vm.supported_cpuid() if caps.host_cpuid else []
         if supported and self.config.cpu_features:
             supported = apply_features(supported, self.config.cpu_features)
-        msrs = boot_msrs(set(self.vm.kvm.msr_index_list())) if kvm else {}
-        fix_syscalls = kvm and self.config.syscall_fix == "auto" and SyscallRepair.trap_lstar_writes(self.vm)
+        msrs = boot_msrs(set(vm.msr_index_list())) if caps.host_cpuid else {}
+        fix_syscalls = (
+            caps.msr_filter and self.config.syscall_fix == "auto" and SyscallRepair.trap_lstar_writes(vm)
+        )
         for i in range(count):
-            vcpu = self.vm.create_vcpu(i)
+            vcpu = vm.create_vcpu(i)
             if supported:
                 vcpu.set_cpuid(guest_cpuid(supported, i, count))
             if msrs:
@@ -369,10 +349,10 @@ class Machine:
             if self.config.trace:
                 loop.after_exit.append(_exit_tracer(vcpu.id))
             loop.intercept(E.SystemEventExit, self._system_events)
-            if kvm:
+            if caps.rescue_emulation:
                 loop.intercept(E.InternalErrorExit, Rescuer(loop, self.memory))
             if fix_syscalls:
-                SyscallRepair(loop, self.memory, self.vm.kvm)  # lives on in the loop's intercepts
+                SyscallRepair(loop, self.memory, vm)  # lives on in the loop's intercepts
             self.loops.append(loop)
 
     def _system_events(self, ex: E.SystemEventExit) -> bool:
@@ -396,9 +376,13 @@ class Machine:
     def build(cls, config: MachineConfig) -> Machine:
         """The standard PC: interrupt controllers, PIT, RTC, i8042, COM1, fw_cfg, debug-exit, ACPI, vCPUs."""
         machine = cls(config)
-        machine.attach_pc_devices()
-        machine.load()
-        machine.create_vcpus(config.cpus)
+        try:
+            machine.attach_pc_devices()
+            machine.load()
+            machine.create_vcpus(config.cpus)
+        except BaseException:
+            machine.close()
+            raise
         return machine
 
     # --- running --------------------------------------------------------------------

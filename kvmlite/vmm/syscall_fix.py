@@ -31,8 +31,10 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any
 
+from kvmlite.backend import VmBackend
 from kvmlite.errors import KvmIoctlError, KvmliteError
 from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import MsrFilterFlag
@@ -65,13 +67,16 @@ _probe_lock = threading.Lock()
 _probe_result: bool | None = None
 
 
-def host_drops_syscall_privilege(kvm: Any) -> bool:
-    """True if SYSCALL from CPL 3 reaches LSTAR still at CPL 3 on this host (tested once per process)."""
+def host_drops_syscall_privilege(new_vm: Callable[[], Any]) -> bool:
+    """True if SYSCALL from CPL 3 reaches LSTAR still at CPL 3 on this host (tested once per process).
+
+    ``new_vm`` makes the probe's KVM VM (``VmBackend.new_vm`` or ``Kvm.create_vm``).
+    """
     global _probe_result
     with _probe_lock:
         if _probe_result is None:
             try:
-                _probe_result = _probe(kvm)
+                _probe_result = _probe(new_vm)
             except KvmliteError as err:
                 log.debug("SYSCALL probe failed (%s): assuming a correct host", err)
                 _probe_result = False
@@ -80,13 +85,13 @@ def host_drops_syscall_privilege(kvm: Any) -> bool:
         return _probe_result
 
 
-def _probe(kvm: Any) -> bool:
+def _probe(new_vm: Callable[[], Any]) -> bool:
     """A long-mode VM whose ring-3 code executes SYSCALL; the LSTAR code reports its CPL with an OUT."""
     from kvmlite.loaders.base import EntryMode, LoadResult
 
     code, handler, port = 0x10_0000, 0x10_0100, 0x10
     memory = GuestMemory([(0, 4 << 20)])
-    vm = kvm.create_vm()
+    vm = new_vm()
     try:
         vm.set_tss_addr()
         vm.register_memory(memory)
@@ -121,11 +126,11 @@ def _probe(kvm: Any) -> bool:
 class SyscallRepair:
     """Per vCPU: breakpoint the guest's #PF handler and turn faults at LSTAR from ring 3 into SYSCALLs."""
 
-    def __init__(self, loop: VcpuLoop, memory: GuestMemory, kvm: Any) -> None:
+    def __init__(self, loop: VcpuLoop, memory: GuestMemory, vm: VmBackend) -> None:
         self.loop = loop
         self.vcpu = loop.vcpu
         self.memory = memory
-        self.kvm = kvm
+        self.vm = vm
         self.handler: int | None = None
         self.lstar = 0  # as the guest last wrote it
         self._stepping = False
@@ -133,7 +138,7 @@ class SyscallRepair:
         loop.intercept(E.WrMsr, self._on_wrmsr)
 
     @staticmethod
-    def trap_lstar_writes(vm: Any) -> bool:
+    def trap_lstar_writes(vm: VmBackend) -> bool:
         """Make the guest's WRMSR to LSTAR exit to kvmlite (once per VM, before any vCPU runs).
 
         False where KVM has no MSR filters (before Linux 5.10): no repair is possible there, and the
@@ -163,7 +168,7 @@ class SyscallRepair:
             ex.fail()
             return True
         self.lstar = ex.value
-        if not host_drops_syscall_privilege(self.kvm):
+        if not host_drops_syscall_privilege(self.vm.new_vm):
             return True
         try:
             self._try_arm()
