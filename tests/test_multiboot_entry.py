@@ -59,7 +59,9 @@ QEMU_ENTRY = {
     "mbi_flags": 0x24F,  # memory, boot device, cmdline, modules, mmap, boot loader name
 }
 
-_PUTC = """
+#: putc (AL), puts (ESI), puthex (EDX as 8 hex digits) to COM1, and exit (through 0xf4); shared with
+#: tests/test_cli_qemu.py's guests.
+GUEST_LIB = """
 putc:                       # AL to COM1 once the THR is empty; keeps every register
     push %edx
     push %eax
@@ -82,6 +84,22 @@ puts:                       # the string at ESI
     jmp 1b
 2:  pop %eax
     pop %esi
+    ret
+puthex:
+    push %ecx
+    push %eax
+    mov $8, %ecx
+1:  rol $4, %edx
+    mov %dl, %al
+    and $0xf, %al
+    add $'0', %al
+    cmp $'9', %al
+    jbe 2f
+    add $('a' - '9' - 1), %al
+2:  call putc
+    loop 1b
+    pop %eax
+    pop %ecx
     ret
 exit:
     mov $EXIT_VALUE, %eax
@@ -159,21 +177,12 @@ next:                       # "name=hex8" per saved register
     call putc
     mov (%edi), %edx
     add $4, %edi
-    mov $8, %ecx
-2:  rol $4, %edx
-    mov %dl, %al
-    and $0xf, %al
-    add $'0', %al
-    cmp $'9', %al
-    jbe 3f
-    add $('a' - '9' - 1), %al
-3:  call putc
-    loop 2b
+    call puthex
     mov $'\\n', %al
     call putc
     jmp next
 """
-    + _PUTC
+    + GUEST_LIB
     + "names:\n"
     + "".join(f'    .asciz "{name}"\n' for name in _NAMES)
     + """    .byte 0
@@ -208,7 +217,7 @@ greet:
 hello: .asciz "called greet on the loader's stack\\n"
 done: .asciz "returned from greet\\n"
 """
-    + _PUTC
+    + GUEST_LIB
     + """
 .bss
 .align 16

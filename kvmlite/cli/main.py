@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: where the host KVM leaves SYSCALL from ring 3 at CPL 3, complete it in kvmlite (auto)",
     )
+    run.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="add an optional device by QEMU's name: pc-testdev (repeatable)",
+    )
     run.add_argument("--trace", action="store_true", help="log every exit and POST code (port 0x80)")
     run.add_argument("--stats", action="store_true", help="print exit statistics to stderr at the end")
     run.add_argument(
@@ -107,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="count", default=0, dest="run_verbose", help=argparse.SUPPRESS)
 
     sub.add_parser("info", help="show the host's KVM API version and capabilities")
+    sub.add_parser("qemu", help="run a guest from a QEMU command line (kvmlite qemu -help)")
     # the file-format tools parse their own arguments (see main()); listed here for --help
     sub.add_parser("extract-vmlinux", help="recover the ELF vmlinux from a bzImage")
     sub.add_parser("initramfs", help="build a busybox initramfs (gzip'd cpio)")
@@ -162,6 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         trace=args.trace,
         stats=args.stats,
         syscall_fix=args.syscall_fix,
+        extra_devices=list(args.device),
     )
     while True:
         machine = Machine.build(config)
@@ -262,6 +271,10 @@ def _join_feature_spec(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "qemu":
+        from kvmlite.cli import qemu
+
+        return qemu.main(argv[1:])
     if argv and argv[0] in TOOLS:
         _setup_logging(0)
         try:

@@ -14,6 +14,7 @@ Guest-physical map (below 4 GiB)::
       0xE000_0000  ECAM           PCI Express enhanced configuration (MCFG), 1 MiB per bus
       0xFEC0_0000  IOAPIC
       0xFEE0_0000  LAPIC
+      0xFF00_0000  PC_TESTDEV_IOMEM  QEMU's pc-testdev window (only with --device pc-testdev)
       0xFFFC_0000  BIOS ROM area (reserved in the e820 map)
 
 I/O ports: the ISA devices at their fixed PC addresses (below), the PCI
@@ -54,6 +55,8 @@ RESET_VALUE = 0x06  # SYS_RST | RST_CPU: the FADT's RESET_VALUE
 #: which is what a cleared register holds).
 S5_SLP_TYP = 5
 PCI_CONFIG_ADDRESS, PCI_CONFIG_DATA = 0xCF8, 0xCFC  # PCI configuration mechanism #1
+#: QEMU's pc-testdev (kvm-unit-tests), only on request: scratch/flush ports at 0xE0, IRQ ports at 0x2000.
+PC_TESTDEV_PORT, PC_TESTDEV_IRQ_PORT = 0xE0, 0x2000
 #: I/O space handed out to PCI I/O BARs.
 PCI_IO_BASE, PCI_IO_END = 0xC000, 0x1_0000
 
@@ -78,6 +81,7 @@ ECAM_BUSES = 256
 ECAM_SIZE = ECAM_BUSES * ECAM_BUS_SIZE
 IOAPIC_ADDRESS, IOAPIC_SIZE = 0xFEC0_0000, 0x1000
 LAPIC_ADDRESS, LAPIC_SIZE = 0xFEE0_0000, 0x1000
+PC_TESTDEV_IOMEM = 0xFF00_0000
 BIOS_ROM_BASE, BIOS_ROM_SIZE = 0xFFFC_0000, 0x4_0000
 #: Where the ACPI tables go: the BIOS area the e820 map reserves.
 ACPI_TABLES_BASE, ACPI_TABLES_END = 0xF_0000, 0x10_0000

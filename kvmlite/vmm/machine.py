@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmlite.backend import VmBackend, open_backend
+from kvmlite.devices import pc_testdev
 from kvmlite.devices.acpi_pm import REG_PM1_CNT, REG_PM1_STS, AcpiPm, ResetControl
 from kvmlite.devices.base import Device
 from kvmlite.devices.debug_exit import DebugExit
@@ -65,6 +66,8 @@ log = logging.getLogger(__name__)
 MIB = 1 << 20
 MIN_MEMORY_MIB = 2
 MAX_MEMORY_MIB = 64 * 1024
+#: Devices a MachineConfig may ask for by name, beyond the standard PC's.
+OPTIONAL_DEVICES = ("pc-testdev",)
 SMP_NEEDS_KERNEL_IRQCHIP = "SMP needs the in-kernel irqchip (the KVM backend with --irqchip kernel or auto)"
 
 
@@ -87,6 +90,8 @@ class MachineConfig:
     syscall_fix: str = "auto"
     #: Library use: where the guest's serial output goes (overrides ``serial``).
     serial_out: Callable[[bytes], None] | None = None
+    #: Devices attached only on request, by QEMU's names: "pc-testdev" (see OPTIONAL_DEVICES).
+    extra_devices: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         parse_feature_spec(self.cpu_features)
@@ -106,6 +111,9 @@ class MachineConfig:
         if self.cpus > 1 and (self.backend == "emu" or self.irqchip == "userspace"):
             raise ConfigError(f"--cpus {self.cpus}: {SMP_NEEDS_KERNEL_IRQCHIP}")
         parse_serial_spec(self.serial)
+        for name in self.extra_devices:
+            if name not in OPTIONAL_DEVICES:
+                raise ConfigError(f"unknown device {name!r} (kvmlite adds: {', '.join(OPTIONAL_DEVICES)})")
 
 
 class Machine:
@@ -305,6 +313,18 @@ class Machine:
         self.place("debug-exit", "isa-debug-exit", dev, pio=[slot(port, 1)])
         return dev
 
+    def attach_pc_testdev(self) -> pc_testdev.PcTestdev:
+        """QEMU's pc-testdev (kvm-unit-tests): scratch and flush ports, IRQ ports, the iomem window."""
+        T = pc_testdev
+        isa_irqs = L.IOAPIC_PINS if isinstance(self.irqchip, KernelIrqChip) else 16  # the PICs' 16 lines
+        dev = T.PcTestdev([self.irqchip.line(i) for i in range(isa_irqs)], T.host_page_flusher(self.memory))
+        ports = slot(L.PC_TESTDEV_PORT, T.IOPORT_LEN)
+        irqs = slot(L.PC_TESTDEV_IRQ_PORT, T.IRQ_LINES, "irq", offset=T.IRQ_OFFSET)
+        iomem = slot(L.PC_TESTDEV_IOMEM, T.IOMEM_LEN, "iomem")
+        handlers: dict[str, Device] = {"iomem": dev.iomem}
+        self.place("pc-testdev", "pc-testdev", dev, pio=[ports, irqs], mmio=[iomem], handlers=handlers)
+        return dev
+
     def load(self) -> LoadResult:
         cfg = self.config
         if "acpi-pm" in self.devices:
@@ -378,6 +398,8 @@ class Machine:
         machine = cls(config)
         try:
             machine.attach_pc_devices()
+            if "pc-testdev" in config.extra_devices:
+                machine.attach_pc_testdev()
             machine.load()
             machine.create_vcpus(config.cpus)
         except BaseException:
