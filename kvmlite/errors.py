@@ -20,12 +20,18 @@ caller (and the CLI) can catch one class and print one clear sentence::
 
 Lower-level errors are wrapped with ``raise ... from err`` so the cause stays
 visible in a debugger while the message stays readable.
+
+An expected error ends a command with one sentence on stderr and :data:`STATUS_BAD_INPUT`.
 """
 
 from __future__ import annotations
 
 import errno as _errno
 import os
+
+#: The exit status of a command that stops on a :class:`KvmliteError` (bad input): never 1,
+#: which is Python's own status for an uncaught exception.
+STATUS_BAD_INPUT = 2
 
 
 class KvmliteError(Exception):

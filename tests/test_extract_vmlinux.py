@@ -121,9 +121,9 @@ def test_main_writes_the_vmlinux_and_reports_errors(tmp_path: Path, capsys: pyte
     assert extract_vmlinux.main([str(src), "-o", str(out)]) == 0
     assert out.read_bytes() == FAKE_VMLINUX
     src.write_bytes(b"garbage")
-    assert extract_vmlinux.main([str(src), "-o", str(out)]) == 1
+    assert extract_vmlinux.main([str(src), "-o", str(out)]) == 2
     assert "too short" in capsys.readouterr().err
-    assert extract_vmlinux.main([str(tmp_path / "absent"), "-o", str(out)]) == 1
+    assert extract_vmlinux.main([str(tmp_path / "absent"), "-o", str(out)]) == 2
 
 
 FOUND, MISSING = assets.find_assets()

@@ -174,7 +174,7 @@ def test_main_writes_the_archive_and_reports_bad_add_specs(tmp_path: Path, capsy
     out = tmp_path / "initrd.cpio.gz"
     assert initramfs.main(["--busybox", str(busybox), "-o", str(out)]) == 0
     assert "init" in read_newc(gzip.decompress(out.read_bytes()))
-    assert initramfs.main(["--busybox", str(busybox), "--add", "nocolon", "-o", str(out)]) == 1
+    assert initramfs.main(["--busybox", str(busybox), "--add", "nocolon", "-o", str(out)]) == 2
     assert "expected SRC:DST" in capsys.readouterr().err
 
 

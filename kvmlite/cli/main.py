@@ -16,11 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kvmlite.errors import ConfigError, KvmliteError, KvmUnavailableError
+from kvmlite.errors import STATUS_BAD_INPUT, ConfigError, KvmliteError, KvmUnavailableError
 
 log = logging.getLogger("kvmlite")
 
-STATUS_BAD_INPUT = 2
 STATUS_NO_BACKEND = 3
 
 

@@ -110,7 +110,10 @@ class FwCfg:
 
     def set_cmdline(self, cmdline: bytes | str) -> None:
         """Kernel command line, stored NUL terminated with its size (including the NUL), as QEMU does."""
-        raw = cmdline.encode() if isinstance(cmdline, str) else bytes(cmdline)
+        try:
+            raw = cmdline.encode() if isinstance(cmdline, str) else bytes(cmdline)
+        except UnicodeEncodeError as err:
+            raise DeviceError(f"fw_cfg: the command line is not UTF-8 (at character {err.start})") from None
         if b"\0" in raw:
             raise DeviceError("fw_cfg: command line contains a NUL byte")
         data = raw + b"\0" if raw else b""

@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from kvmlite.errors import LoaderError
+from kvmlite.files import mib, read_bounded
 from kvmlite.loaders import bootsector, bzimage, elf64, multiboot, pvh
-from kvmlite.loaders.base import EntryMode, LoadResult
+from kvmlite.loaders.base import EntryMode, LoadResult, encode_cmdline
 from kvmlite.loaders.elf import ELFCLASS64, is_elf
 from kvmlite.memory.guest import GuestMemory
 
@@ -50,20 +51,20 @@ def load_kernel(
 
     ``rsdp``: where the ACPI tables start, for the boot protocols that carry it (Linux also scans for it).
     """
+    encode_cmdline(cmdline)  # every format below carries it as UTF-8: refuse it once, here
     if data is None:
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise LoaderError(f"cannot read kernel {path}: {err.strerror}") from err
+        bound = f"the guest's {mib(memory.size)} of RAM"
+        data = read_bounded(path, "kernel", memory.size, LoaderError, bound)
     if not data:
         raise LoaderError(f"kernel {path} is empty")
     fmt = detect_format(data)
     modules: list[tuple[str, bytes]] = []
-    for initrd in initrds or []:
-        try:
-            modules.append((str(initrd), initrd.read_bytes()))
-        except OSError as err:
-            raise LoaderError(f"cannot read initrd {initrd}: {err.strerror}") from err
+    room = memory.size - len(data)
+    for initrd_path in initrds or []:
+        bound = f"the {mib(room)} of guest RAM left by the kernel and earlier initrds"
+        contents = read_bounded(initrd_path, "initrd", room, LoaderError, bound)
+        modules.append((str(initrd_path), contents))
+        room -= len(contents)
     if fmt == "multiboot":
         return multiboot.load(memory, data, str(path), cmdline, modules)
     # Linux takes one initrd; several cpio archives concatenated are one initrd to it

@@ -12,6 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from kvmlite.errors import LoaderError
+
+
+def encode_cmdline(cmdline: str) -> bytes:
+    """The kernel command line as the bytes a boot protocol carries (UTF-8); a :class:`LoaderError`
+    if it cannot be (a non-UTF-8 argument reaches Python as surrogates)."""
+    try:
+        return cmdline.encode()
+    except UnicodeEncodeError as err:
+        raise LoaderError(f"the kernel command line is not valid UTF-8 (at character {err.start})") from None
+
 
 class EntryMode(Enum):
     REAL = "real"  # 16-bit real mode, CS:IP from the result

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from kvmlite.errors import BzImageError, GuestMemoryError
 from kvmlite.loaders import bootparams as B
 from kvmlite.loaders import layout as L
-from kvmlite.loaders.base import EntryMode, LoadResult
+from kvmlite.loaders.base import EntryMode, LoadResult, encode_cmdline
 from kvmlite.loaders.multiboot import E820_RAM, e820_map
 from kvmlite.memory.guest import PAGE_SIZE, GuestMemory
 
@@ -257,7 +257,7 @@ def load(
             f"(have {memory.size // MIB} MiB)"
         )
 
-    raw_cmdline = cmdline.encode()
+    raw_cmdline = encode_cmdline(cmdline)
     limit = int(hdr.cmdline_size) if image.version >= B.PROTO_MIN else B.DEFAULT_CMDLINE_SIZE
     if len(raw_cmdline) > limit:
         raise BzImageError(f"command line of {len(raw_cmdline)} bytes exceeds the kernel's limit of {limit}")

@@ -51,6 +51,8 @@ class ElfImage:
             if seg.type != PT_NOTE:
                 continue
             pos, end = seg.offset, seg.offset + seg.filesz
+            if end > len(data):
+                raise ElfError(f"note segment at {pos:#x}+{seg.filesz:#x} lies beyond the end of the file")
             while pos + 12 <= end:
                 namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
                 name_off = pos + 12

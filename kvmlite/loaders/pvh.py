@@ -37,7 +37,7 @@ import logging
 
 from kvmlite.errors import ElfError, GuestMemoryError
 from kvmlite.loaders import layout as L
-from kvmlite.loaders.base import EntryMode, LoadResult
+from kvmlite.loaders.base import EntryMode, LoadResult, encode_cmdline
 from kvmlite.loaders.elf import EM_386, EM_X86_64, ElfImage, parse_elf
 from kvmlite.loaders.multiboot import E820_RAM, e820_map
 from kvmlite.memory.guest import PAGE_SIZE, GuestMemory
@@ -154,7 +154,7 @@ def load(
     segments = elf.load_segments()
     if not segments:
         raise ElfError("the PVH kernel has no loadable segments")
-    raw_cmdline = cmdline.encode()
+    raw_cmdline = encode_cmdline(cmdline)
     if len(raw_cmdline) + 1 > CMDLINE_MAX:
         raise ElfError(
             f"command line of {len(raw_cmdline)} bytes exceeds the {CMDLINE_MAX - 1} kvmlite reserves for it"

@@ -37,7 +37,7 @@ class GuestAddress(int):
     def __add__(self, other: int) -> GuestAddress:
         return GuestAddress(int(self) + int(other))
 
-    def __sub__(self, other: int) -> GuestAddress:  # type: ignore[override]
+    def __sub__(self, other: int) -> GuestAddress:
         return GuestAddress(int(self) - int(other))
 
     def __repr__(self) -> str:
@@ -66,7 +66,14 @@ class GuestRegion:
                 f"region at {int(self.start):#x} of {self.size:#x} bytes is not page aligned and non-empty"
             )
         self.start = GuestAddress(self.start)
-        self.mm = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            self.mm = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except OSError as err:
+            available = _host_available_bytes()
+            host = f" (the host has {available >> 20} MiB available)" if available is not None else ""
+            raise GuestMemoryError(
+                f"cannot map {self.size >> 20} MiB of guest RAM at {int(self.start):#x}: {err.strerror}{host}"
+            ) from None
         self.view = memoryview(self.mm)
         self.host_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.mm))
 
@@ -77,6 +84,18 @@ class GuestRegion:
 
     def contains(self, gpa: int) -> bool:
         return self.start <= gpa < self.end
+
+
+def _host_available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo, for messages; None where there is no such file."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 class GuestMemory:
@@ -193,13 +212,13 @@ class GuestMemory:
         return self.read(gpa, 1)[0]
 
     def read_u16(self, gpa: int) -> int:
-        return _U16.unpack(self.read(gpa, 2))[0]
+        return int.from_bytes(self.read(gpa, 2), "little")
 
     def read_u32(self, gpa: int) -> int:
-        return _U32.unpack(self.read(gpa, 4))[0]
+        return int.from_bytes(self.read(gpa, 4), "little")
 
     def read_u64(self, gpa: int) -> int:
-        return _U64.unpack(self.read(gpa, 8))[0]
+        return int.from_bytes(self.read(gpa, 8), "little")
 
     def write_u8(self, gpa: int, value: int) -> None:
         self.write(gpa, bytes((value & 0xFF,)))

@@ -34,7 +34,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from kvmlite.errors import KvmliteError
+from kvmlite.errors import STATUS_BAD_INPUT, KvmliteError
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         vmlinuz, busybox = fetch_assets(args.dir, args.force, args.symbols)
     except KvmliteError as err:
         sys.stderr.write(f"kvmlite: {err}\n")
-        return 1
+        return STATUS_BAD_INPUT
     sys.stdout.write(f"vmlinuz {vmlinuz}\nbusybox {busybox}\n")
     system_map = vmlinuz.parent / SYSTEM_MAP_NAME
     if system_map.is_file():

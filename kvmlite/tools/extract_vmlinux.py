@@ -34,7 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from kvmlite.errors import BzImageError, KvmliteError
+from kvmlite.errors import STATUS_BAD_INPUT, BzImageError, KvmliteError
+from kvmlite.files import read_bounded
 from kvmlite.loaders import bootparams as B
 from kvmlite.loaders import bzimage
 from kvmlite.loaders.elf import ELF_MAGIC
@@ -56,6 +57,8 @@ LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
 LZ4_LEGACY_BLOCK = 8 << 20  # every legacy block but the last decompresses to 8 MiB
 SIZE_TRAILER = 4
 TOOL_TIMEOUT = 120  # seconds
+#: The largest bzImage read: Linux images are tens of MiB; the bound stops /dev/zero and the like.
+MAX_BZIMAGE = 256 << 20
 MAX_SCAN_CANDIDATES = 64  # a scan gives up after this many false starts
 
 
@@ -251,14 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, required=True, help="where to write the ELF vmlinux")
     args = parser.parse_args(argv)
     try:
-        vmlinux = extract_vmlinux(args.bzimage.read_bytes())
+        vmlinux = extract_vmlinux(read_bounded(args.bzimage, "bzImage", MAX_BZIMAGE, BzImageError))
         args.output.write_bytes(vmlinux)
     except KvmliteError as err:
         sys.stderr.write(f"kvmlite: {args.bzimage}: {err}\n")
-        return 1
+        return STATUS_BAD_INPUT
     except OSError as err:
         sys.stderr.write(f"kvmlite: {err.filename}: {err.strerror}\n")
-        return 1
+        return STATUS_BAD_INPUT
     log.info("wrote %s (%d bytes)", args.output, len(vmlinux))
     return 0
 

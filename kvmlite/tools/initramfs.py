@@ -40,7 +40,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from kvmlite.errors import KvmliteError
+from kvmlite.errors import STATUS_BAD_INPUT, KvmliteError
+from kvmlite.files import read_bounded
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ FIRST_INO = 721  # where gen_init_cpio starts; any value works
 FIXED_MTIME = 0
 MAX_FIELD = 0xFFFF_FFFF
 GZIP_LEVEL = 9
+#: The largest file taken into an archive (busybox, init, --add): far above what an initramfs
+#: for a test VM holds, and a bound on what a mistaken path (/dev/zero) can cost.
+MAX_MEMBER = 256 << 20
 
 CONSOLE_MAJOR, CONSOLE_MINOR = 5, 1
 DIR_MODE = 0o755
@@ -194,7 +198,8 @@ def _add_host_path(entries: dict[str, Entry], src: Path, name: str) -> None:
             for child in sorted(src.iterdir()):
                 _add_host_path(entries, child, f"{name}/{child.name}")
         elif stat.S_ISREG(st.st_mode):
-            _put(entries, name, Entry(stat.S_IFREG | stat.S_IMODE(st.st_mode), src.read_bytes()))
+            data = read_bounded(src, "file", MAX_MEMBER, InitramfsError)
+            _put(entries, name, Entry(stat.S_IFREG | stat.S_IMODE(st.st_mode), data))
         else:
             raise InitramfsError(f"{src} is neither a file, a directory nor a symlink")
     except OSError as err:
@@ -212,10 +217,7 @@ def build_entries(
     for d in BASE_DIRS:
         _put(entries, d, Entry(stat.S_IFDIR | DIR_MODE))
     _put(entries, "dev/console", Entry(stat.S_IFCHR | CONSOLE_MODE, rdev=(CONSOLE_MAJOR, CONSOLE_MINOR)))
-    try:
-        busybox_bytes = busybox.read_bytes()
-    except OSError as err:
-        raise InitramfsError(f"cannot read busybox {busybox}: {err.strerror}") from err
+    busybox_bytes = read_bounded(busybox, "busybox", MAX_MEMBER, InitramfsError)
     if busybox_bytes[:4] != b"\x7fELF":
         raise InitramfsError(f"{busybox} is not an ELF executable: give a static busybox binary")
     _put(entries, BUSYBOX_PATH, Entry(stat.S_IFREG | EXEC_MODE, busybox_bytes))
@@ -224,10 +226,7 @@ def build_entries(
             raise InitramfsError(f"bad applet name {applet!r}")
         _put(entries, f"{APPLET_DIR}/{applet}", Entry(stat.S_IFLNK | 0o777, b"busybox"))
     if init is not None:
-        try:
-            init_bytes = init.read_bytes()
-        except OSError as err:
-            raise InitramfsError(f"cannot read init {init}: {err.strerror}") from err
+        init_bytes = read_bounded(init, "init", MAX_MEMBER, InitramfsError)
     else:
         init_bytes = DEFAULT_INIT.encode()
     _put(entries, "init", Entry(stat.S_IFREG | EXEC_MODE, init_bytes))
@@ -280,10 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         args.output.write_bytes(data)
     except KvmliteError as err:
         sys.stderr.write(f"kvmlite: {err}\n")
-        return 1
+        return STATUS_BAD_INPUT
     except OSError as err:
         sys.stderr.write(f"kvmlite: cannot write {args.output}: {err.strerror}\n")
-        return 1
+        return STATUS_BAD_INPUT
     log.info("wrote %s (%d bytes)", args.output, len(data))
     return 0
 
