@@ -18,4 +18,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 python3 -m ruff check kvmlite tests bench guests
+python3 -m mypy  # the packages and strictness in pyproject.toml's [tool.mypy]
 python3 -m pytest -q "$@"

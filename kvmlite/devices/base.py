@@ -95,7 +95,7 @@ def checked_state(state: object, cls: type[StateT], device: str) -> StateT:
     """``state`` if it is a ``cls`` record this kvmlite can read; otherwise a :class:`DeviceError`."""
     if not isinstance(state, cls):
         raise DeviceError(f"{device}: snapshot state is a {type(state).__name__}, not a {cls.__name__}")
-    current = next(f.default for f in dataclasses.fields(cls) if f.name == "version")
+    current = cls().version  # every field has a default
     if not isinstance(state.version, int) or not 1 <= state.version <= current:
         version = state.version
         raise DeviceError(f"{device}: snapshot state version {version!r}; this kvmlite reads 1-{current}")

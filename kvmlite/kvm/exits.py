@@ -208,7 +208,7 @@ class Unsupported(Exit):
     code: int
 
     @property
-    def reason(self) -> ExitReason:
+    def reason(self) -> ExitReason:  # type: ignore[override]  # the one reason that is per instance
         try:
             return ExitReason(self.code)
         except ValueError:

@@ -26,8 +26,8 @@ def ioctl(fd: int, request: Ioctl, arg: Any = 0, detail: str = "") -> int:
         ret = _libc_ioctl(fd, int(request), arg)
         if ret < 0:
             raise KvmIoctlError(request.name, ctypes.get_errno(), detail)
-        return ret
+        return int(ret)
     try:
-        return fcntl.ioctl(fd, request, arg)
+        return int(fcntl.ioctl(fd, request, arg))
     except OSError as err:
         raise KvmIoctlError(request.name, err.errno or 0, detail) from None

@@ -16,6 +16,7 @@ import signal
 import struct
 import threading
 from collections.abc import Iterable
+from typing import TypeVar
 
 from kvmlite.errors import KvmIoctlError
 from kvmlite.kvm import exits as E
@@ -23,6 +24,8 @@ from kvmlite.kvm import structs as S
 from kvmlite.kvm.constants import ExitReason, GuestDebug, Ioctl, MpState
 from kvmlite.kvm.cpuid import CpuidEntry, cpuid_from_struct, cpuid_to_struct
 from kvmlite.kvm.ioctl import ioctl
+
+_StructT = TypeVar("_StructT", bound=S.Struct)
 
 #: The signal used to kick a vCPU thread out of KVM_RUN.
 KICK_SIGNAL = signal.SIGUSR1
@@ -191,25 +194,25 @@ class Vcpu:
         self.kvm_run.immediate_exit = 0
 
     # --- state -------------------------------------------------------------------
-    def _get(self, request: Ioctl, cls: type[S.Struct]) -> S.Struct:
+    def _get(self, request: Ioctl, cls: type[_StructT]) -> _StructT:
         obj = cls()
         ioctl(self.fd, request, obj, detail=f"vcpu {self.id}")
         return obj
 
     def get_regs(self) -> S.kvm_regs:
-        return self._get(Ioctl.KVM_GET_REGS, S.kvm_regs)  # type: ignore[return-value]
+        return self._get(Ioctl.KVM_GET_REGS, S.kvm_regs)
 
     def set_regs(self, regs: S.kvm_regs) -> None:
         ioctl(self.fd, Ioctl.KVM_SET_REGS, regs, detail=f"vcpu {self.id}")
 
     def get_sregs(self) -> S.kvm_sregs:
-        return self._get(Ioctl.KVM_GET_SREGS, S.kvm_sregs)  # type: ignore[return-value]
+        return self._get(Ioctl.KVM_GET_SREGS, S.kvm_sregs)
 
     def set_sregs(self, sregs: S.kvm_sregs) -> None:
         ioctl(self.fd, Ioctl.KVM_SET_SREGS, sregs, detail=f"vcpu {self.id}")
 
     def get_fpu(self) -> S.kvm_fpu:
-        return self._get(Ioctl.KVM_GET_FPU, S.kvm_fpu)  # type: ignore[return-value]
+        return self._get(Ioctl.KVM_GET_FPU, S.kvm_fpu)
 
     def set_fpu(self, fpu: S.kvm_fpu) -> None:
         ioctl(self.fd, Ioctl.KVM_SET_FPU, fpu, detail=f"vcpu {self.id}")
@@ -243,38 +246,38 @@ class Vcpu:
         return cpuid_from_struct(buf)
 
     def get_lapic(self) -> S.kvm_lapic_state:
-        return self._get(Ioctl.KVM_GET_LAPIC, S.kvm_lapic_state)  # type: ignore[return-value]
+        return self._get(Ioctl.KVM_GET_LAPIC, S.kvm_lapic_state)
 
     def set_lapic(self, lapic: S.kvm_lapic_state) -> None:
         ioctl(self.fd, Ioctl.KVM_SET_LAPIC, lapic)
 
     def get_vcpu_events(self) -> S.kvm_vcpu_events:
-        return self._get(Ioctl.KVM_GET_VCPU_EVENTS, S.kvm_vcpu_events)  # type: ignore[return-value]
+        return self._get(Ioctl.KVM_GET_VCPU_EVENTS, S.kvm_vcpu_events)
 
     def set_vcpu_events(self, events: S.kvm_vcpu_events) -> None:
         ioctl(self.fd, Ioctl.KVM_SET_VCPU_EVENTS, events)
 
     def get_mp_state(self) -> MpState:
         st = self._get(Ioctl.KVM_GET_MP_STATE, S.kvm_mp_state)
-        return MpState(st.mp_state)  # type: ignore[attr-defined]
+        return MpState(st.mp_state)
 
     def set_mp_state(self, state: MpState) -> None:
         ioctl(self.fd, Ioctl.KVM_SET_MP_STATE, S.kvm_mp_state(int(state)))
 
     def get_debugregs(self) -> S.kvm_debugregs:
-        return self._get(Ioctl.KVM_GET_DEBUGREGS, S.kvm_debugregs)  # type: ignore[return-value]
+        return self._get(Ioctl.KVM_GET_DEBUGREGS, S.kvm_debugregs)
 
     def set_debugregs(self, dr: S.kvm_debugregs) -> None:
         ioctl(self.fd, Ioctl.KVM_SET_DEBUGREGS, dr)
 
     def get_xsave(self) -> S.kvm_xsave:
-        return self._get(Ioctl.KVM_GET_XSAVE, S.kvm_xsave)  # type: ignore[return-value]
+        return self._get(Ioctl.KVM_GET_XSAVE, S.kvm_xsave)
 
     def set_xsave(self, xs: S.kvm_xsave) -> None:
         ioctl(self.fd, Ioctl.KVM_SET_XSAVE, xs)
 
     def get_xcrs(self) -> S.kvm_xcrs:
-        return self._get(Ioctl.KVM_GET_XCRS, S.kvm_xcrs)  # type: ignore[return-value]
+        return self._get(Ioctl.KVM_GET_XCRS, S.kvm_xcrs)
 
     def set_xcrs(self, xcrs: S.kvm_xcrs) -> None:
         ioctl(self.fd, Ioctl.KVM_SET_XCRS, xcrs)

@@ -15,6 +15,7 @@ from kvmlite.kvm.vcpu import Vcpu
 if TYPE_CHECKING:
     from kvmlite.kvm.cpuid import CpuidEntry
     from kvmlite.kvm.system import Kvm
+    from kvmlite.memory.guest import GuestMemory
 
 #: Where kvmlite puts the three pages of the real-mode TSS and the EPT identity map
 #: (just below the 4 GiB BIOS area, as QEMU does).
@@ -105,10 +106,10 @@ class Vm:
         else:
             self._slots.pop(slot, None)
 
-    def register_memory(self, memory: object, log_dirty: bool = False) -> None:
+    def register_memory(self, memory: GuestMemory, log_dirty: bool = False) -> None:
         """Register every region of a :class:`~kvmlite.memory.GuestMemory` as consecutive slots."""
         flags = MemFlag.LOG_DIRTY_PAGES if log_dirty else 0
-        for slot, region in enumerate(memory):  # type: ignore[call-overload]
+        for slot, region in enumerate(memory):
             ro = MemFlag.READONLY if region.readonly else 0
             self.set_user_memory_region(slot, region.start, region.size, region.host_addr, int(flags | ro))
 
