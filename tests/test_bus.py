@@ -64,3 +64,29 @@ def test_a_device_split_across_ranges_sees_its_own_offsets():
     bus.write(0x64, 1, 0xAA)
     bus.read(0x60, 1)
     assert dev.log == [("w", 4, 1, 0xAA), ("r", 0, 1)]
+
+
+def test_an_address_space_scan_keeps_the_bus_bounded(caplog):
+    """A guest touching 131072 distinct unclaimed pages (and every address of a big
+    claimed window) grows neither the counters, the caches nor the log without bound."""
+    bus = Bus("mmio")
+    bus.insert(Recorder(), 0x1000_0000, 0x100_0000, name="window")
+    with caplog.at_level(logging.DEBUG, logger="kvmlite.memory.bus"):
+        for i in range(1 << 17):
+            bus.read(0xE000_0000 + i * 8, 4)
+            bus.write(0xF000_0000 + i * 4096, 4, i)
+            bus.read(0x1000_0000 + (i * 16 % 0x100_0000), 4)
+    assert len(bus.unclaimed) <= 5000  # MAX_UNCLAIMED_PLACES, and the overflow buckets
+    assert sum(bus.unclaimed.values()) == 2 << 17  # every access still counted
+    assert bus.unclaimed[("read", 0xE000_0000)] == 512  # per page: 512 reads 8 bytes apart
+    assert max(len(bus._cache), len(bus._readers), len(bus._writers)) <= 5000
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) <= 20
+    assert len(caplog.records) <= 5000
+
+
+def test_unclaimed_ports_are_counted_per_port():
+    bus = Bus("pio")
+    bus.read(0x81, 1)
+    bus.read(0x82, 1)
+    assert bus.unclaimed[("read", 0x81)] == bus.unclaimed[("read", 0x82)] == 1

@@ -1,8 +1,13 @@
 """One bus class for PIO and MMIO: devices at ranges, dispatch by offset.
 
 ``insert(device, base, length)`` refuses overlaps.  An access no device
-claims is counted and logged once per address, never fatal: reads return all
-ones (what an empty ISA bus floats to), writes are dropped.
+claims is never fatal: reads return all ones (what an empty ISA bus floats
+to), writes are dropped.  What a guest can make the bus remember is bounded:
+unclaimed accesses are counted per port (PIO) or per 4 KiB page (MMIO) for at
+most :data:`MAX_UNCLAIMED_PLACES` places (the rest in one ``None`` bucket), only
+the first :data:`MAX_UNCLAIMED_LOGGED` places are logged as warnings, and the
+dispatch caches are emptied when they pass :data:`MAX_CACHED_ADDRESSES`.  A
+guest scanning all of its address space costs time, not memory.
 """
 
 from __future__ import annotations
@@ -12,11 +17,23 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass
+from typing import TypeVar
 
 from kvmlite.devices.base import Device
 from kvmlite.errors import BusError
 
 log = logging.getLogger(__name__)
+
+#: Distinct unclaimed places (direction and port or page) counted one by one.
+MAX_UNCLAIMED_PLACES = 4096
+#: Unclaimed places logged as a warning; later ones are logged at DEBUG.
+MAX_UNCLAIMED_LOGGED = 16
+#: Addresses remembered by the dispatch caches before they start again.
+MAX_CACHED_ADDRESSES = 4096
+MMIO_GRANULE = 4096
+
+
+_V = TypeVar("_V")
 
 
 @dataclass(frozen=True)
@@ -41,8 +58,9 @@ class Bus:
         self.lock = lock or threading.RLock()
         self._ranges: list[BusRange] = []
         self._bases: list[int] = []
-        #: Accesses nobody claimed, per (direction, address).
-        self.unclaimed: Counter[tuple[str, int]] = Counter()
+        #: Accesses nobody claimed, per (direction, port or page); (direction, None) past the cap.
+        self.unclaimed: Counter[tuple[str, int | None]] = Counter()
+        self._granule_mask = ~(MMIO_GRANULE - 1) if kind == "mmio" else -1
         # addr -> BusRange (or None) for find(), and addr -> (bound read/write, base) for dispatch;
         # both filled on first use, cleared when the map changes
         self._cache: dict[int, BusRange | None] = {}
@@ -87,8 +105,16 @@ class Bus:
             pass
         i = bisect.bisect_right(self._bases, addr) - 1
         found = self._ranges[i] if i >= 0 and addr < self._ranges[i].end else None
-        self._cache[addr] = found
+        if found is not None:  # a miss is not remembered: a guest can make endless different ones
+            self._remember(self._cache, addr, found)
         return found
+
+    @staticmethod
+    def _remember(cache: dict[int, _V], addr: int, value: _V) -> _V:
+        if len(cache) >= MAX_CACHED_ADDRESSES:
+            cache.clear()
+        cache[addr] = value
+        return value
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._ranges)
@@ -101,7 +127,7 @@ class Bus:
             if r is None:
                 self._unclaimed("read", addr, size)
                 return (1 << (8 * size)) - 1
-            read, base = self._readers[addr] = (r.device.read, r.base - r.offset)
+            read, base = self._remember(self._readers, addr, (r.device.read, r.base - r.offset))
         with self.lock:
             return read(addr - base, size)  # type: ignore[operator,no-any-return]
 
@@ -113,16 +139,23 @@ class Bus:
             if r is None:
                 self._unclaimed("write", addr, size, value)
                 return
-            write, base = self._writers[addr] = (r.device.write, r.base - r.offset)
+            write, base = self._remember(self._writers, addr, (r.device.write, r.base - r.offset))
         with self.lock:
             write(addr - base, size, value)  # type: ignore[operator]
 
     def _unclaimed(self, direction: str, addr: int, size: int, value: int | None = None) -> None:
-        key = (direction, addr)
+        place = addr & self._granule_mask
+        key: tuple[str, int | None] = (direction, place)
+        if key not in self.unclaimed and len(self.unclaimed) >= MAX_UNCLAIMED_PLACES:
+            key = (direction, None)
         self.unclaimed[key] += 1
         if self.unclaimed[key] == 1:
+            logged = len(self.unclaimed)
+            if logged == MAX_UNCLAIMED_LOGGED + 1:
+                log.warning("%s: more unclaimed places; further ones are logged at DEBUG", self.kind)
             what = f" value {value:#x}" if value is not None else ""
-            log.warning(
+            log.log(
+                logging.WARNING if logged <= MAX_UNCLAIMED_LOGGED else logging.DEBUG,
                 "%s %s at %#x (%d bytes%s) claimed by no device: %s",
                 self.kind,
                 direction,
