@@ -17,8 +17,7 @@ from kvmlite.loaders import bzimage, pvh
 from kvmlite.loaders.multiboot import E820_RESERVED, e820_map
 from kvmlite.memory.guest import GuestMemory
 from kvmlite.vmm import layout as L
-from tests.test_bzimage import make_bzimage
-from tests.test_pvh import make_vmlinux
+from tests.images import make_bzimage, make_vmlinux
 
 MIB = 1 << 20
 HAVE_IASL = shutil.which("iasl") is not None

@@ -13,51 +13,9 @@ from kvmlite.loaders.base import EntryMode
 from kvmlite.loaders.multiboot import e820_map
 from kvmlite.memory.guest import GuestMemory
 from kvmlite.tools import assets
+from tests.images import VERSION_STRING, make_bzimage
 
 MIB = 1 << 20
-VERSION_STRING = b"6.99.0-test (kvmlite@tests) #1"
-
-
-def make_bzimage(
-    kernel: bytes = b"\x90" * 4096,
-    *,
-    version: int = 0x020F,
-    setup_sects: int = 4,
-    loadflags: int = B.LOADED_HIGH,
-    xloadflags: int = B.XLF_KERNEL_64 | B.XLF_CAN_BE_LOADED_ABOVE_4G,
-    pref_address: int = 0x100_0000,
-    init_size: int = 2 * MIB,
-    cmdline_size: int = 2047,
-    initrd_addr_max: int = 0x7FFF_FFFF,
-    payload: tuple[int, int] = (0, 0),
-    jump_end: int = B.SETUP_HEADER_END,
-) -> bytes:
-    """A minimal bzImage: setup sectors holding a valid header and a version string, then ``kernel``."""
-    sects = setup_sects or B.DEFAULT_SETUP_SECTS
-    setup = bytearray((sects + 1) * B.SECTOR_SIZE)
-    hdr = B.SetupHeader()
-    hdr.setup_sects = setup_sects
-    hdr.syssize = (len(kernel) + 15) // 16
-    hdr.boot_flag = B.BOOT_FLAG
-    hdr.jump = 0xEB | ((jump_end - 0x202) << 8)
-    hdr.header = int.from_bytes(B.HEADER_MAGIC, "little")
-    hdr.version = version
-    hdr.kernel_version = 0x400 - 0x200
-    hdr.loadflags = loadflags
-    hdr.code32_start = 0x10_0000
-    hdr.initrd_addr_max = initrd_addr_max
-    hdr.kernel_alignment = 0x20_0000
-    hdr.relocatable_kernel = 1
-    hdr.xloadflags = xloadflags
-    hdr.cmdline_size = cmdline_size
-    hdr.payload_offset, hdr.payload_length = payload
-    hdr.pref_address = pref_address
-    hdr.init_size = init_size
-    setup[B.SETUP_HEADER_OFFSET : B.SETUP_HEADER_END] = bytes(hdr)
-    setup[0x400 : 0x400 + len(VERSION_STRING) + 1] = VERSION_STRING + b"\0"
-    return bytes(setup) + kernel
-
-
 @pytest.fixture
 def memory() -> GuestMemory:
     mem = GuestMemory.for_pc(64 * MIB)

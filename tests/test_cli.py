@@ -4,66 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import build_multiboot, requires_kvm
-
-MB_GUEST = r"""
-.section .multiboot, "a"
-.align 4
-.long 0x1BADB002, 0x00000002, -(0x1BADB002 + 0x00000002)
-.text
-.code32
-.globl _start
-_start:
-    mov $stack_top, %esp        /* multiboot leaves ESP undefined */
-    mov $msg, %esi
-    call puts
-    mov 16(%ebx), %esi          /* multiboot cmdline */
-    call puts
-    mov $0x0a, %al
-    call putc
-    mov $0x1234, %dx            /* a port nobody claims: reads float high, write ignored */
-    in %dx, %al
-    out %al, %dx
-    cmp $0xff, %al
-    jne fail
-    MODE_SPECIFIC
-fail:
-    mov $0xf4, %dx
-    mov $0x7f, %eax
-    out %eax, %dx
-putc:
-    push %edx
-    mov $0x3f8, %dx
-    out %al, %dx
-    pop %edx
-    ret
-puts:
-    lodsb
-    test %al, %al
-    jz 1f
-    call putc
-    jmp puts
-1:  ret
-msg: .asciz "hello from a multiboot guest: "
-.bss
-.align 16
-.skip 4096
-stack_top:
-"""
-
-MODES = {
-    "exit": "mov $0xf4, %dx\n mov $0x21, %eax\n out %eax, %dx\n",
-    "halt": "cli\n hlt\n",
-    "triple": "lidt idt0\n int $3\n.align 8\nidt0: .word 0\n .long 0\n",
-}
-
-
-def build_guest(tmp: Path, mode: str) -> Path:
-    return build_multiboot(tmp, mode, MB_GUEST.replace("MODE_SPECIFIC", MODES[mode]))
+from tests.conftest import requires_kvm
+from tests.images import build_guest
 
 
 def kvmlite(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,7 @@ from kvmlite.errors import BzImageError
 from kvmlite.loaders.elf import EM_X86_64, parse_elf
 from kvmlite.tools import assets, extract_vmlinux
 from kvmlite.tools.extract_vmlinux import extract_vmlinux as extract
-from tests.test_bzimage import make_bzimage
+from tests.images import make_bzimage
 
 STUB = b"\x90" * 0x300  # stands in for the decompressor before the payload
 FAKE_VMLINUX = b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 200

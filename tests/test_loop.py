@@ -9,7 +9,7 @@ from kvmlite.kvm import exits as E
 from kvmlite.vmm.loop import STATUS_INTERRUPTED
 from kvmlite.vmm.machine import Machine, MachineConfig
 from tests.conftest import requires_kvm
-from tests.test_cli import build_guest
+from tests.images import build_guest
 
 pytestmark = requires_kvm
 

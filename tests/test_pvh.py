@@ -14,55 +14,9 @@ from kvmlite.loaders.multiboot import e820_map
 from kvmlite.memory.guest import GuestMemory
 from kvmlite.tools import assets
 from kvmlite.tools.extract_vmlinux import extract_vmlinux
+from tests.images import ENTRY, KERNEL_PADDR, make_vmlinux, note
 
 MIB = 1 << 20
-KERNEL_PADDR = 0x100_0000
-KERNEL_VADDR = 0xFFFF_FFFF_8100_0000
-ENTRY = KERNEL_PADDR + 0x40
-
-
-def note(name: bytes, kind: int, desc: bytes) -> bytes:
-    name += b"\0"
-    pad = lambda b: b + bytes(-len(b) % 4)  # noqa: E731
-    return struct.pack("<III", len(name), len(desc), kind) + pad(name) + pad(desc)
-
-
-def make_vmlinux(
-    code: bytes = b"\xf4" * 256,
-    *,
-    bss: int = 4096,
-    paddr: int = KERNEL_PADDR,
-    notes: bytes | None = None,
-    machine: int = 62,
-) -> bytes:
-    """An ELF64 with one PT_LOAD (linked high, loaded at ``paddr``) and a PT_NOTE holding the PVH entry."""
-    if notes is None:
-        notes = note(b"Xen", 6, b"linux\0") + note(b"Xen", 18, struct.pack("<Q", ENTRY))
-    ehdr_size, phdr_size = 64, 56
-    code_off = ehdr_size + 2 * phdr_size
-    note_off = code_off + len(code)
-    ehdr = struct.pack(
-        "<16sHHIQQQIHHHHHH",
-        b"\x7fELF\x02\x01\x01" + bytes(9),
-        2,  # ET_EXEC
-        machine,
-        1,
-        KERNEL_VADDR,
-        ehdr_size,
-        0,
-        0,
-        ehdr_size,
-        phdr_size,
-        2,
-        64,
-        0,
-        0,
-    )
-    load = struct.pack("<IIQQQQQQ", 1, 5, code_off, KERNEL_VADDR, paddr, len(code), len(code) + bss, 4096)
-    pnote = struct.pack("<IIQQQQQQ", 4, 4, note_off, 0, 0, len(notes), len(notes), 4)
-    return ehdr + load + pnote + code + notes
-
-
 @pytest.fixture
 def memory() -> GuestMemory:
     mem = GuestMemory.for_pc(64 * MIB)

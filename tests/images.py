@@ -1,0 +1,156 @@
+"""Synthetic kernel images the tests build and share: a bzImage, a PVH vmlinux, and the multiboot
+guest of the command-line tests.  Test modules import these from here, not from each other."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from kvmlite.loaders import bootparams as B
+from tests.conftest import build_multiboot
+
+MIB = 1 << 20
+VERSION_STRING = b"6.99.0-test (kvmlite@tests) #1"
+
+
+def make_bzimage(
+    kernel: bytes = b"\x90" * 4096,
+    *,
+    version: int = 0x020F,
+    setup_sects: int = 4,
+    loadflags: int = B.LOADED_HIGH,
+    xloadflags: int = B.XLF_KERNEL_64 | B.XLF_CAN_BE_LOADED_ABOVE_4G,
+    pref_address: int = 0x100_0000,
+    init_size: int = 2 * MIB,
+    cmdline_size: int = 2047,
+    initrd_addr_max: int = 0x7FFF_FFFF,
+    payload: tuple[int, int] = (0, 0),
+    jump_end: int = B.SETUP_HEADER_END,
+) -> bytes:
+    """A minimal bzImage: setup sectors holding a valid header and a version string, then ``kernel``."""
+    sects = setup_sects or B.DEFAULT_SETUP_SECTS
+    setup = bytearray((sects + 1) * B.SECTOR_SIZE)
+    hdr = B.SetupHeader()
+    hdr.setup_sects = setup_sects
+    hdr.syssize = (len(kernel) + 15) // 16
+    hdr.boot_flag = B.BOOT_FLAG
+    hdr.jump = 0xEB | ((jump_end - 0x202) << 8)
+    hdr.header = int.from_bytes(B.HEADER_MAGIC, "little")
+    hdr.version = version
+    hdr.kernel_version = 0x400 - 0x200
+    hdr.loadflags = loadflags
+    hdr.code32_start = 0x10_0000
+    hdr.initrd_addr_max = initrd_addr_max
+    hdr.kernel_alignment = 0x20_0000
+    hdr.relocatable_kernel = 1
+    hdr.xloadflags = xloadflags
+    hdr.cmdline_size = cmdline_size
+    hdr.payload_offset, hdr.payload_length = payload
+    hdr.pref_address = pref_address
+    hdr.init_size = init_size
+    setup[B.SETUP_HEADER_OFFSET : B.SETUP_HEADER_END] = bytes(hdr)
+    setup[0x400 : 0x400 + len(VERSION_STRING) + 1] = VERSION_STRING + b"\0"
+    return bytes(setup) + kernel
+
+
+KERNEL_PADDR = 0x100_0000
+KERNEL_VADDR = 0xFFFF_FFFF_8100_0000
+ENTRY = KERNEL_PADDR + 0x40
+
+
+def note(name: bytes, kind: int, desc: bytes) -> bytes:
+    name += b"\0"
+    pad = lambda b: b + bytes(-len(b) % 4)  # noqa: E731
+    return struct.pack("<III", len(name), len(desc), kind) + pad(name) + pad(desc)
+
+
+def make_vmlinux(
+    code: bytes = b"\xf4" * 256,
+    *,
+    bss: int = 4096,
+    paddr: int = KERNEL_PADDR,
+    notes: bytes | None = None,
+    machine: int = 62,
+) -> bytes:
+    """An ELF64 with one PT_LOAD (linked high, loaded at ``paddr``) and a PT_NOTE holding the PVH entry."""
+    if notes is None:
+        notes = note(b"Xen", 6, b"linux\0") + note(b"Xen", 18, struct.pack("<Q", ENTRY))
+    ehdr_size, phdr_size = 64, 56
+    code_off = ehdr_size + 2 * phdr_size
+    note_off = code_off + len(code)
+    ehdr = struct.pack(
+        "<16sHHIQQQIHHHHHH",
+        b"\x7fELF\x02\x01\x01" + bytes(9),
+        2,  # ET_EXEC
+        machine,
+        1,
+        KERNEL_VADDR,
+        ehdr_size,
+        0,
+        0,
+        ehdr_size,
+        phdr_size,
+        2,
+        64,
+        0,
+        0,
+    )
+    load = struct.pack("<IIQQQQQQ", 1, 5, code_off, KERNEL_VADDR, paddr, len(code), len(code) + bss, 4096)
+    pnote = struct.pack("<IIQQQQQQ", 4, 4, note_off, 0, 0, len(notes), len(notes), 4)
+    return ehdr + load + pnote + code + notes
+
+
+MB_GUEST = r"""
+.section .multiboot, "a"
+.align 4
+.long 0x1BADB002, 0x00000002, -(0x1BADB002 + 0x00000002)
+.text
+.code32
+.globl _start
+_start:
+    mov $stack_top, %esp        /* multiboot leaves ESP undefined */
+    mov $msg, %esi
+    call puts
+    mov 16(%ebx), %esi          /* multiboot cmdline */
+    call puts
+    mov $0x0a, %al
+    call putc
+    mov $0x1234, %dx            /* a port nobody claims: reads float high, write ignored */
+    in %dx, %al
+    out %al, %dx
+    cmp $0xff, %al
+    jne fail
+    MODE_SPECIFIC
+fail:
+    mov $0xf4, %dx
+    mov $0x7f, %eax
+    out %eax, %dx
+putc:
+    push %edx
+    mov $0x3f8, %dx
+    out %al, %dx
+    pop %edx
+    ret
+puts:
+    lodsb
+    test %al, %al
+    jz 1f
+    call putc
+    jmp puts
+1:  ret
+msg: .asciz "hello from a multiboot guest: "
+.bss
+.align 16
+.skip 4096
+stack_top:
+"""
+
+MODES = {
+    "exit": "mov $0xf4, %dx\n mov $0x21, %eax\n out %eax, %dx\n",
+    "halt": "cli\n hlt\n",
+    "triple": "lidt idt0\n int $3\n.align 8\nidt0: .word 0\n .long 0\n",
+}
+
+
+def build_guest(tmp: Path, mode: str) -> Path:
+    return build_multiboot(tmp, mode, MB_GUEST.replace("MODE_SPECIFIC", MODES[mode]))
