@@ -54,6 +54,17 @@ def test_payload_named_by_the_header_is_decompressed(method: str) -> None:
     assert extract(image_with_payload(compressed, size_append=size)) == FAKE_VMLINUX
 
 
+@pytest.mark.parametrize("method", ["gzip", "xz", "lzma", "bzip2"])
+def test_a_compression_bomb_is_refused(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compression bomb: refused once the output passes MAX_VMLINUX, not decompressed whole."""
+    monkeypatch.setattr(extract_vmlinux, "MAX_VMLINUX", len(FAKE_VMLINUX) - 1)
+    compressed = COMPRESSORS[method](FAKE_VMLINUX)
+    with pytest.raises(BzImageError, match="decompresses to more than"):
+        extract(image_with_payload(compressed, size_append=None))
+    monkeypatch.setattr(extract_vmlinux, "MAX_VMLINUX", len(FAKE_VMLINUX))
+    assert extract(image_with_payload(compressed, size_append=None)) == FAKE_VMLINUX
+
+
 def test_old_image_without_payload_fields_is_scanned() -> None:
     decoy = b"\x1f\x8b\x08" + b"not gzip at all"
     kernel = STUB + decoy + gzip.compress(FAKE_VMLINUX) + bytes(32)

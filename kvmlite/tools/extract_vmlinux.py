@@ -59,6 +59,9 @@ SIZE_TRAILER = 4
 TOOL_TIMEOUT = 120  # seconds
 #: The largest bzImage read: Linux images are tens of MiB; the bound stops /dev/zero and the like.
 MAX_BZIMAGE = 256 << 20
+#: The largest vmlinux decompressed (one with debug information is a few hundred MiB): a payload that
+#: inflates past it (a compression bomb) is refused instead of exhausting memory.
+MAX_VMLINUX = 1 << 30
 MAX_SCAN_CANDIDATES = 64  # a scan gives up after this many false starts
 
 
@@ -92,20 +95,35 @@ def _missing(what: str, module: str, command: str) -> BzImageError:
     )
 
 
+def _too_large() -> BzImageError:
+    return BzImageError(f"the payload decompresses to more than {MAX_VMLINUX >> 20} MiB: not a kernel")
+
+
 def _gzip(payload: bytes) -> bytes:
-    return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(payload)
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = inflater.decompress(payload, MAX_VMLINUX)
+    if inflater.unconsumed_tail:
+        raise _too_large()
+    return out
+
+
+def _bounded(decompressor: lzma.LZMADecompressor | bz2.BZ2Decompressor, payload: bytes) -> bytes:
+    out = decompressor.decompress(payload, MAX_VMLINUX)
+    if len(out) >= MAX_VMLINUX and not decompressor.eof:
+        raise _too_large()
+    return out
 
 
 def _xz(payload: bytes) -> bytes:
-    return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
+    return _bounded(lzma.LZMADecompressor(format=lzma.FORMAT_XZ), payload)
 
 
 def _lzma(payload: bytes) -> bytes:
-    return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(payload)
+    return _bounded(lzma.LZMADecompressor(format=lzma.FORMAT_ALONE), payload)
 
 
 def _bzip2(payload: bytes) -> bytes:
-    return bz2.BZ2Decompressor().decompress(payload)
+    return _bounded(bz2.BZ2Decompressor(), payload)
 
 
 def _zstd(payload: bytes) -> bytes:
