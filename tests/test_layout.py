@@ -112,7 +112,7 @@ def test_every_attached_device_is_in_the_registry_where_the_bus_has_it(machine: 
     names = [r.name for r in machine.devices]
     assert names == [
         "pic", "pit", "rtc", "i8042", "port92", "post", "fw_cfg", "serial0", "debug-exit", "acpi-pm",
-        "reset-control",
+        "reset-control", "pcihost",
     ]  # fmt: skip
     serial = machine.devices["serial0"]
     assert (serial.type, serial.pio[0].range, serial.irqs) == ("isa-serial", Range(0x3F8, 8), [4])

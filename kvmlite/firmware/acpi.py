@@ -93,6 +93,7 @@ FACS_LEN = 64
 FACS_VERSION = 2
 DSDT_REVISION = 2  # 64-bit AML integers
 MADT_REVISION = 1  # what QEMU 7.2 uses; nothing kvmlite lists needs a later one
+MCFG_REVISION = 1
 
 # --- FADT fields --------------------------------------------------------------------------------
 PM_PROFILE_UNSPECIFIED = 0
@@ -156,12 +157,16 @@ class AcpiPlatform:
     s5_slp_typ: int = L.S5_SLP_TYP
     lapic_address: int = L.LAPIC_ADDRESS
     ioapic_address: int = L.IOAPIC_ADDRESS
+    #: The PCI ECAM window (base, number of buses from bus 0) the MCFG announces; None: no MCFG.
+    ecam: tuple[int, int] | None = None
 
     @classmethod
     def from_registry(cls, registry: DeviceRegistry, cpus: int) -> AcpiPlatform:
         """The platform as attached: the PM blocks, SCI and reset register where the builder put them."""
         pm, reset = registry["acpi-pm"], registry["reset-control"]
         evt, cnt = pm.slot("pm1_evt"), pm.slot("pm1_cnt")
+        pci = registry.get("pcihost")
+        ecam = pci.slot("ecam") if pci is not None else None
         return cls(
             cpus=cpus,
             pm1_evt_blk=evt.base,
@@ -171,6 +176,7 @@ class AcpiPlatform:
             sci_irq=pm.irqs[0],
             reset_port=reset.pio[0].base,
             s5_slp_typ=pm.device.s5_slp_typ,
+            ecam=(ecam.base, ecam.length // L.ECAM_BUS_SIZE) if ecam is not None else None,
         )
 
     def validate(self) -> None:
@@ -382,6 +388,12 @@ def build_madt(platform: AcpiPlatform) -> bytes:
     return sdt(b"APIC", MADT_REVISION, body)
 
 
+def build_mcfg(base: int, buses: int) -> bytes:
+    """PCI Express memory-mapped configuration: one allocation, segment 0, buses 0..buses-1."""
+    entry = struct.pack("<QHBBI", base, 0, 0, buses - 1, 0)
+    return sdt(b"MCFG", MCFG_REVISION, bytes(8) + entry)
+
+
 # --- layout --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AcpiTables:
@@ -419,7 +431,14 @@ def build_tables(platform: AcpiPlatform, base: int = TABLES_BASE, limit: int = T
     madt = build_madt(platform)
     madt_addr = _align(fadt_addr + FADT_LEN, TABLE_ALIGN)
     listed = [fadt_addr, madt_addr]
-    xsdt_addr = _align(madt_addr + len(madt), TABLE_ALIGN)
+    extra: dict[bytes, tuple[int, bytes]] = {}
+    end = madt_addr + len(madt)
+    if platform.ecam is not None:
+        mcfg_addr = _align(end, TABLE_ALIGN)
+        extra[b"MCFG"] = (mcfg_addr, build_mcfg(*platform.ecam))
+        listed.append(mcfg_addr)
+        end = mcfg_addr + len(extra[b"MCFG"][1])
+    xsdt_addr = _align(end, TABLE_ALIGN)
     xsdt = build_xsdt(listed)
     rsdt_addr = _align(xsdt_addr + len(xsdt), TABLE_ALIGN)
     rsdt = build_rsdt(listed)
@@ -431,6 +450,7 @@ def build_tables(platform: AcpiPlatform, base: int = TABLES_BASE, limit: int = T
         b"APIC": (madt_addr, madt),
         b"XSDT": (xsdt_addr, xsdt),
         b"RSDT": (rsdt_addr, rsdt),
+        **extra,
     }
     tables = AcpiTables(rsdp_addr, blobs)
     if tables.end > limit:

@@ -119,28 +119,30 @@ class Bus:
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._ranges)
 
+    # The lookup happens under the lock too: a device that moves (a PCI BAR the guest reprograms)
+    # is moved by another device access holding the same lock, so no access sees it half-moved.
     def read(self, addr: int, size: int) -> int:
-        try:
-            read, base = self._readers[addr]
-        except KeyError:
-            r = self.find(addr)
-            if r is None:
-                self._unclaimed("read", addr, size)
-                return (1 << (8 * size)) - 1
-            read, base = self._remember(self._readers, addr, (r.device.read, r.base - r.offset))
         with self.lock:
+            try:
+                read, base = self._readers[addr]
+            except KeyError:
+                r = self.find(addr)
+                if r is None:
+                    self._unclaimed("read", addr, size)
+                    return (1 << (8 * size)) - 1
+                read, base = self._remember(self._readers, addr, (r.device.read, r.base - r.offset))
             return read(addr - base, size)  # type: ignore[operator,no-any-return]
 
     def write(self, addr: int, size: int, value: int) -> None:
-        try:
-            write, base = self._writers[addr]
-        except KeyError:
-            r = self.find(addr)
-            if r is None:
-                self._unclaimed("write", addr, size, value)
-                return
-            write, base = self._remember(self._writers, addr, (r.device.write, r.base - r.offset))
         with self.lock:
+            try:
+                write, base = self._writers[addr]
+            except KeyError:
+                r = self.find(addr)
+                if r is None:
+                    self._unclaimed("write", addr, size, value)
+                    return
+                write, base = self._remember(self._writers, addr, (r.device.write, r.base - r.offset))
             write(addr - base, size, value)  # type: ignore[operator]
 
     def _unclaimed(self, direction: str, addr: int, size: int, value: int | None = None) -> None:

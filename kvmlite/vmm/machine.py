@@ -48,6 +48,9 @@ from kvmlite.kvm import exits as E
 from kvmlite.loaders import LoadResult, load_kernel
 from kvmlite.memory.bus import Bus
 from kvmlite.memory.guest import GuestMemory
+from kvmlite.pci.bus import ConfigAddress, ConfigData, Ecam, PciBus, devfn
+from kvmlite.pci.config import COMMAND, COMMAND_IO, COMMAND_MEMORY, INTERRUPT_LINE, INTERRUPT_PIN, BarKind
+from kvmlite.pci.device import HostBridge, PciFunction
 from kvmlite.vmm import layout as L
 from kvmlite.vmm.console import SerialConsole, parse_serial_spec
 from kvmlite.vmm.cpu_setup import boot_msrs, guest_cpuid, setup_cpu
@@ -152,6 +155,8 @@ class Machine:
         self.load_result: LoadResult | None = None
         self.post_codes: list[int] = []
         self.acpi_pm: AcpiPm | None = None
+        self.pci: PciBus | None = None
+        self._pci_names: dict[int, str] = {}  # devfn -> the PCI function's registry name
         self.rsdp = 0  # guest-physical address of the ACPI RSDP once attach_acpi() ran
 
     # --- construction -------------------------------------------------------------
@@ -381,6 +386,71 @@ class Machine:
             return True
         return False
 
+    def attach_pci(self) -> PciBus:
+        """The PCI host bridge at 00.0 with configuration mechanism #1 (0xCF8/0xCFC) and the ECAM window."""
+        bus = PciBus(self.pio, self.mmio)
+        bridge = HostBridge()
+        bus.add(bridge, 0)
+        address = ConfigAddress()
+        self.place(
+            "pcihost",
+            "pci-host-bridge",
+            bus,
+            pio=[slot(L.PCI_CONFIG_ADDRESS, 1, "config_address"), slot(L.PCI_CONFIG_DATA, 4, "config_data")],
+            mmio=[slot(L.ECAM_BASE, L.ECAM_BUS_SIZE, "ecam")],
+            handlers={"config_address": address, "config_data": ConfigData(bus, address), "ecam": Ecam(bus)},
+        )
+        bus.listeners.append(self._bar_moved)
+        self.pci = bus
+        return bus
+
+    def attach_pci_device(
+        self, name: str, type_: str, function: PciFunction, device: int | None = None
+    ) -> int:
+        """Put ``function`` on the PCI bus as firmware would leave it: BARs assigned, decoding on, INTx wired.
+
+        BARs come from the layout's PCI windows (I/O BARs from the PCI I/O
+        ports), the INTx line from the GSI allocator; the interrupt line
+        register holds that GSI.  Returns the function's devfn.
+        """
+        if self.pci is None:
+            raise ConfigError(f"{name}: attach_pci() first")
+        config = function.config
+        irqs: list[int] = []
+        if config.get(INTERRUPT_PIN, 1):
+            gsi = self.allocator.gsi.allocate(name)
+            function.intx = self.irqchip.line(gsi)
+            config.set(INTERRUPT_LINE, 1, gsi)
+            irqs.append(gsi)
+        command = 0
+        for index, spec in sorted(config.bars.items(), key=lambda bar: -bar[1].size):  # largest first: packs
+            window = self.allocator.pio if spec.kind is BarKind.IO else self.allocator.pci_mmio
+            config.set_bar_address(index, window.allocate(spec.size, f"{name} BAR{index}").base)
+            command |= COMMAND_IO if spec.kind is BarKind.IO else COMMAND_MEMORY
+        config.set(COMMAND, 2, command)
+        where = devfn(self.pci.free_device() if device is None else device)
+        self.place(name, type_, function, irqs=irqs)
+        self._pci_names[where] = name
+        try:
+            return self.pci.add(function, where >> 3)
+        except KvmliteError:
+            self.devices.remove(name)
+            del self._pci_names[where]
+            raise
+
+    def _bar_moved(self, devfn_: int, index: int, kind: str, base: int | None) -> None:
+        """Keep the registry's record of a PCI function's BARs where the bus mapped them."""
+        assert self.pci is not None
+        record = self.devices.get(self._pci_names.get(devfn_, ""))
+        if record is None:
+            return
+        slots = record.pio if kind == "pio" else record.mmio
+        label = f"BAR{index}"
+        slots[:] = [s for s in slots if s.name != label]
+        if base is not None:
+            size = self.pci.functions[devfn_].config.bars[index].size
+            slots.append(slot(base, size, label))
+
     def attach_pc_devices(self) -> None:
         """The standard PC's devices, in the order the registry lists them."""
         self.attach_interrupt_controllers()
@@ -391,6 +461,7 @@ class Machine:
         self.attach_serial()
         self.attach_debug_exit()
         self.attach_acpi()
+        self.attach_pci()
 
     @classmethod
     def build(cls, config: MachineConfig) -> Machine:
