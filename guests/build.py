@@ -119,7 +119,9 @@ GUESTS: dict[str, GuestSpec] = {
         GuestSpec("cbench", Kind.MULTIBOOT_ELF32, ("cbench.S",), "cbench.elf"),
         GuestSpec("outloop", Kind.MULTIBOOT_ELF32, ("outloop.S",), "outloop.elf"),
         GuestSpec("mmioloop", Kind.MULTIBOOT_ELF32, ("mmioloop.S",), "mmioloop.elf"),
-        GuestSpec("cmb", Kind.C_MULTIBOOT_ELF32, ("cmb/boot.S", "cmb/kernel.c"), "cmb.elf"),
+        GuestSpec("cmb", Kind.C_MULTIBOOT_ELF32, ("cmb/boot.S", "cmb/kernel.c", "clib/klib.c"), "cmb.elf"),
+        # virtio-blk through PCI enumeration and a virtqueue of its own (identical under QEMU).
+        GuestSpec("vblk", Kind.C_MULTIBOOT_ELF32, ("cmb/boot.S", "virtio/vblk.c", "clib/klib.c"), "vblk.elf"),
         # The PC platform devices driven as an OS does, from 32-bit and from long mode.
         GuestSpec("platform32", Kind.MULTIBOOT_ELF32, ("platform32.S",), "platform32.elf"),
         GuestSpec("platform64", Kind.MULTIBOOT_ELF32, ("platform64.S",), "platform64.elf"),
@@ -158,7 +160,7 @@ def _compile(spec: GuestSpec, work: Path) -> list[Path]:
             raise GuestBuildError(f"{spec.name}: source {src} is missing")
         obj = work / f"{index}-{src.stem}.o"
         if src.suffix == ".c":
-            flags: Sequence[str] = C_FLAGS
+            flags: Sequence[str] = (*C_FLAGS, "-I", str(GUESTS_DIR))
         elif spec.kind is Kind.C_MULTIBOOT_ELF32:
             flags = ("-c", "-m32", "-nostdinc")
         else:

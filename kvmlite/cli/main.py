@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="add an optional device by QEMU's name: pc-testdev (repeatable)",
     )
+    run.add_argument(
+        "--disk",
+        action="append",
+        default=[],
+        metavar="PATH[,readonly=on][,serial=ID]",
+        help="a raw disk image as a virtio-blk-pci device (repeatable)",
+    )
     run.add_argument("--trace", action="store_true", help="log every exit and POST code (port 0x80)")
     run.add_argument("--stats", action="store_true", help="print exit statistics to stderr at the end")
     run.add_argument(
@@ -170,6 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         stats=args.stats,
         syscall_fix=args.syscall_fix,
         extra_devices=list(args.device),
+        disks=list(args.disk),
     )
     while True:
         machine = Machine.build(config)

@@ -183,6 +183,10 @@ class GuestMemory:
         off = gpa - region.start
         return region.view[off : off + length]
 
+    def views(self, gpa: int, length: int) -> list[memoryview]:
+        """Zero-copy writable views covering [gpa, gpa+length), one per region it touches."""
+        return [r.view[o : o + n] for r, o, n in self._chunks(gpa, length)]
+
     def read(self, gpa: int, length: int) -> bytes:
         region = self.find_region(gpa)
         if region is not None and gpa + length <= region.end and length >= 0:

@@ -51,6 +51,8 @@ from kvmlite.memory.guest import GuestMemory
 from kvmlite.pci.bus import ConfigAddress, ConfigData, Ecam, PciBus, devfn
 from kvmlite.pci.config import COMMAND, COMMAND_IO, COMMAND_MEMORY, INTERRUPT_LINE, INTERRUPT_PIN, BarKind
 from kvmlite.pci.device import HostBridge, PciFunction
+from kvmlite.virtio.blk import BlockImage, DiskSpec, VirtioBlk
+from kvmlite.virtio.pci import VirtioPciFunction
 from kvmlite.vmm import layout as L
 from kvmlite.vmm.console import SerialConsole, parse_serial_spec
 from kvmlite.vmm.cpu_setup import boot_msrs, guest_cpuid, setup_cpu
@@ -95,6 +97,8 @@ class MachineConfig:
     serial_out: Callable[[bytes], None] | None = None
     #: Devices attached only on request, by QEMU's names: "pc-testdev" (see OPTIONAL_DEVICES).
     extra_devices: list[str] = field(default_factory=list)
+    #: ``--disk PATH[,readonly=on][,serial=ID]`` specs: one virtio-blk-pci each.
+    disks: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         parse_feature_spec(self.cpu_features)
@@ -117,6 +121,8 @@ class MachineConfig:
         for name in self.extra_devices:
             if name not in OPTIONAL_DEVICES:
                 raise ConfigError(f"unknown device {name!r} (kvmlite adds: {', '.join(OPTIONAL_DEVICES)})")
+        for disk in self.disks:
+            DiskSpec.parse(disk)
 
 
 class Machine:
@@ -157,6 +163,7 @@ class Machine:
         self.acpi_pm: AcpiPm | None = None
         self.pci: PciBus | None = None
         self._pci_names: dict[int, str] = {}  # devfn -> the PCI function's registry name
+        self._closing: list[Callable[[], None]] = []  # host resources of devices (image files, ...)
         self.rsdp = 0  # guest-physical address of the ACPI RSDP once attach_acpi() ran
 
     # --- construction -------------------------------------------------------------
@@ -438,6 +445,15 @@ class Machine:
             del self._pci_names[where]
             raise
 
+    def attach_virtio_blk(self, spec: DiskSpec) -> VirtioBlk:
+        """A virtio-blk-pci disk over a raw image (locked while the machine lives)."""
+        image = BlockImage(spec)
+        self._closing.append(image.close)
+        name = self.devices.unique_name("virtio-blk")
+        blk = VirtioBlk(self.memory, image, spec.serial, name)
+        self.attach_pci_device(name, "virtio-blk-pci", VirtioPciFunction(blk))
+        return blk
+
     def _bar_moved(self, devfn_: int, index: int, kind: str, base: int | None) -> None:
         """Keep the registry's record of a PCI function's BARs where the bus mapped them."""
         assert self.pci is not None
@@ -462,6 +478,8 @@ class Machine:
         self.attach_debug_exit()
         self.attach_acpi()
         self.attach_pci()
+        for disk in self.config.disks:
+            self.attach_virtio_blk(DiskSpec.parse(disk))
 
     @classmethod
     def build(cls, config: MachineConfig) -> Machine:
@@ -519,6 +537,8 @@ class Machine:
     def close(self) -> None:
         if self.console is not None:
             self.console.close()
+        for close in self._closing:
+            close()
         self.vm.close()
         self.memory.close()
 
