@@ -81,6 +81,8 @@ def test_cpu_features_take_qemu_names_and_a_model_is_a_warning() -> None:
     assert "--cpu-features=+x2apic,-tsc_deadline_timer,+pcid,-invpcid" in tr.run_args
     assert tr.warnings and "qemu64" in tr.warnings[0] and "host's CPU" in tr.warnings[0]
     assert translate(["-kernel", "k", "-cpu", "host"]).warnings == []
+    intel = translate(["-kernel", "k", "-cpu", "max,vendor=GenuineIntel"])
+    assert "--cpu-features=vendor=GenuineIntel" in intel.run_args
 
 
 @pytest.mark.parametrize(

@@ -42,8 +42,17 @@ def test_set_and_clear_in_one_spec():
     assert bit(out, "x2apic") and not bit(out, "fpu")
 
 
+def test_vendor_replaces_the_vendor_string_of_leaves_0_and_0x80000000():
+    base = [CpuidEntry(0, 0, 0, 0xD, 0, 0, 0), CpuidEntry(0x8000_0000, 0, 0, 0x8000_0021, 1, 2, 3)]
+    out = apply_features([*base, *entries()], "vendor=GenuineIntel,-fpu")
+    for e in out[:2]:
+        assert (e.ebx, e.edx, e.ecx) == (0x756E6547, 0x49656E69, 0x6C65746E)  # "Genu" "ineI" "ntel"
+    assert (out[0].eax, out[1].eax) == (0xD, 0x8000_0021) and not bit(out, "fpu")
+
+
 @pytest.mark.parametrize(
-    ("spec", "message"), [("xsave", "must start with"), ("-warpdrive", "unknown feature")]
+    ("spec", "message"),
+    [("xsave", "must start with"), ("-warpdrive", "unknown feature"), ("vendor=Intel", "12 ASCII")],
 )
 def test_bad_specs_are_config_errors(spec, message):
     with pytest.raises(ConfigError, match=message):

@@ -18,7 +18,7 @@ How each option maps (``-help`` prints the same):
   ``--backend emu``) and ``kernel-irqchip=on|off``; ``-accel``, ``-enable-kvm``;
 * ``-cpu host|max|MODEL[,+feat,-feat,feat=on|off]``: kvmlite always gives the
   guest the host's CPU as KVM reports it; a named model is accepted with a
-  warning, feature flags go to ``--cpu-features``;
+  warning, feature flags and ``vendor=`` go to ``--cpu-features``;
 * ``-serial stdio|null|none|file:PATH|unix:PATH,server=on,wait=off|chardev:ID``,
   ``-chardev stdio|null|file|socket`` (``id=``, ``path=``), ``-nographic``,
   ``-nodefaults``, ``-display none``, ``-vga none``, ``-monitor none``,
@@ -101,7 +101,7 @@ Every option not listed here is refused with a message naming it (exit status 2)
                           TYPE: {", ".join(MACHINE_TYPES)} (kvmlite builds one PC for all); tcg runs the
                           guest on kvmlite's own x86 emulator (kvmlite run --backend emu)
 -accel kvm|tcg, -enable-kvm
--cpu host|max|MODEL[,+FEAT|-FEAT|FEAT=on|off...]
+-cpu host|max|MODEL[,+FEAT|-FEAT|FEAT=on|off...][,vendor=NAME]
                           the guest sees the host's CPU as KVM reports it; MODEL is accepted with a
                           warning; features as in /proc/cpuinfo or QEMU (tsc-deadline, ...)
 -serial stdio|null|file:PATH|unix:PATH,server=on,wait=off|chardev:ID      COM1
@@ -306,6 +306,9 @@ def _opt_cpu(st: _State, value: str) -> None:
         sign = ""
         if not eq and item[:1] in "+-" and item:
             sign, key = item[0], item[1:]
+        elif key == "vendor" and eq:
+            st.cpu_spec.append(f"vendor={val}")
+            continue
         elif key in HARMLESS_CPU_PROPS:
             wanted = HARMLESS_CPU_PROPS[key]
             if wanted is not None and eq and val != wanted:

@@ -6,7 +6,9 @@ feature also hides the features that depend on it, as the SDM requires and
 as guests check: without XSAVE there is no OSXSAVE, AVX, AVX2, AVX-512 or
 XSAVES; without AVX there is no AVX2, FMA or AVX-512.
 
-Names follow Linux's ``/proc/cpuinfo`` flags.
+Names follow Linux's ``/proc/cpuinfo`` flags.  One more item is accepted:
+``vendor=GenuineIntel`` (12 characters) replaces the vendor string of leaves 0
+and 0x80000000, as QEMU's ``-cpu ...,vendor=`` does.
 """
 
 from __future__ import annotations
@@ -134,12 +136,28 @@ XCR0_COMPONENTS: dict[str, int] = {"avx": 1 << 2, "avx512f": (1 << 5) | (1 << 6)
 _REG_INDEX = {"eax": 3, "ebx": 4, "ecx": 5, "edx": 6}
 
 
+VENDOR_LEAVES = (0, 0x8000_0000)
+VENDOR_LEN = 12
+
+
+def spec_vendor(spec: str) -> str | None:
+    """The ``vendor=NAME`` item of a spec (checked: 12 printable ASCII characters), or None."""
+    vendor = None
+    for item in (part.strip() for part in spec.split(",")):
+        if item.startswith("vendor="):
+            vendor = item[len("vendor=") :]
+            if len(vendor) != VENDOR_LEN or not (vendor.isascii() and vendor.isprintable()):
+                raise ConfigError(f"--cpu-features: {item!r}: a CPU vendor is 12 ASCII characters")
+    return vendor
+
+
 def parse_feature_spec(spec: str) -> tuple[set[str], set[str]]:
     """``"-xsave,+x2apic"`` -> ({"x2apic"}, {"xsave"}): features to set, features to clear."""
     on: set[str] = set()
     off: set[str] = set()
+    spec_vendor(spec)
     for item in (part.strip() for part in spec.split(",")):
-        if not item:
+        if not item or item.startswith("vendor="):
             continue
         if item[0] not in "+-":
             raise ConfigError(f"--cpu-features: {item!r} must start with + or - (for example -xsave)")
@@ -166,6 +184,7 @@ def _closure(names: set[str]) -> set[str]:
 def apply_features(entries: list[CpuidEntry], spec: str) -> list[CpuidEntry]:
     """The entries with the ``--cpu-features`` spec applied (dependents of hidden features hidden too)."""
     on, off = parse_feature_spec(spec)
+    vendor = spec_vendor(spec)
     off = _closure(off)
     on -= off
     masks: dict[tuple[int, int, str], tuple[int, int]] = {}  # (leaf, subleaf, reg) -> (set bits, clear bits)
@@ -186,6 +205,9 @@ def apply_features(entries: list[CpuidEntry], spec: str) -> list[CpuidEntry]:
         for reg in values:
             set_bits, clear_bits = masks.get((e.function, e.index, reg), (0, 0))
             values[reg] = (values[reg] & ~clear_bits) | set_bits
+        if vendor is not None and e.function in VENDOR_LEAVES:
+            words = [int.from_bytes(vendor.encode()[i : i + 4], "little") for i in (0, 4, 8)]
+            values["ebx"], values["edx"], values["ecx"] = words
         if e.function == 0xD and e.index == 0:
             values["eax"] &= ~xcr0_clear
             if "xsave" in off:
