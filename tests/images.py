@@ -1,5 +1,6 @@
-"""Synthetic kernel images the tests build and share: a bzImage, a PVH vmlinux, and the multiboot
-guest of the command-line tests.  Test modules import these from here, not from each other."""
+"""Synthetic kernel images the tests build and share: a bzImage, a PVH vmlinux, the multiboot
+guest of the command-line tests, and the routines of the multiboot-entry and QEMU front-end
+guests.  Test modules import these from here, not from each other."""
 
 from __future__ import annotations
 
@@ -154,3 +155,55 @@ MODES = {
 
 def build_guest(tmp: Path, mode: str) -> Path:
     return build_multiboot(tmp, mode, MB_GUEST.replace("MODE_SPECIFIC", MODES[mode]))
+
+
+#: What the guests built from GUEST_LIB exit with: ``exit`` writes GUEST_EXIT_VALUE to isa-debug-exit.
+GUEST_EXIT_VALUE = 0x21
+GUEST_STATUS = (GUEST_EXIT_VALUE << 1) | 1
+#: 32-bit routines for small multiboot test guests (AT&T syntax): putc (AL) and puts (ESI) to COM1,
+#: puthex (EDX as 8 hex digits), and exit (through isa-debug-exit at 0xf4).
+GUEST_LIB = """
+putc:                       # AL to COM1 once the THR is empty; keeps every register
+    push %edx
+    push %eax
+    mov $0x3fd, %dx
+1:  in %dx, %al
+    test $0x20, %al
+    jz 1b
+    pop %eax
+    mov $0x3f8, %dx
+    out %al, %dx
+    pop %edx
+    ret
+puts:                       # the string at ESI
+    push %esi
+    push %eax
+1:  lodsb
+    test %al, %al
+    jz 2f
+    call putc
+    jmp 1b
+2:  pop %eax
+    pop %esi
+    ret
+puthex:
+    push %ecx
+    push %eax
+    mov $8, %ecx
+1:  rol $4, %edx
+    mov %dl, %al
+    and $0xf, %al
+    add $'0', %al
+    cmp $'9', %al
+    jbe 2f
+    add $('a' - '9' - 1), %al
+2:  call putc
+    loop 1b
+    pop %eax
+    pop %ecx
+    ret
+exit:
+    mov $EXIT_VALUE, %eax
+    out %eax, $0xf4
+    ud2
+""".replace("EXIT_VALUE", str(GUEST_EXIT_VALUE))

@@ -11,7 +11,7 @@ import pytest
 
 from kvmlite.cli.qemu import QemuOptionError, main, parse_size_mib, split_opts, translate
 from tests.conftest import KVM_OK, MULTIBOOT_HEADER, build_multiboot, requires_kvm
-from tests.test_multiboot_entry import GUEST_LIB, GUEST_STATUS
+from tests.images import GUEST_LIB, GUEST_STATUS
 
 QEMU = "qemu-system-x86_64"
 TIMEOUT_S = 60

@@ -27,11 +27,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import KVM_OK, MULTIBOOT_HEADER, build_multiboot, requires_kvm
+from tests.images import GUEST_LIB, GUEST_STATUS
 
 QEMU = "qemu-system-x86_64"
 TIMEOUT_S = 60
-GUEST_EXIT_VALUE = 0x21
-GUEST_STATUS = (GUEST_EXIT_VALUE << 1) | 1
 EFLAGS_STATUS_BITS = 0x8D5  # CF PF AF ZF SF OF
 
 requires_qemu = pytest.mark.skipif(shutil.which(QEMU) is None, reason=f"{QEMU} is not installed")
@@ -58,54 +57,6 @@ QEMU_ENTRY = {
     "efer": 0,
     "mbi_flags": 0x24F,  # memory, boot device, cmdline, modules, mmap, boot loader name
 }
-
-#: putc (AL), puts (ESI), puthex (EDX as 8 hex digits) to COM1, and exit (through 0xf4); shared with
-#: tests/test_cli_qemu.py's guests.
-GUEST_LIB = """
-putc:                       # AL to COM1 once the THR is empty; keeps every register
-    push %edx
-    push %eax
-    mov $0x3fd, %dx
-1:  in %dx, %al
-    test $0x20, %al
-    jz 1b
-    pop %eax
-    mov $0x3f8, %dx
-    out %al, %dx
-    pop %edx
-    ret
-puts:                       # the string at ESI
-    push %esi
-    push %eax
-1:  lodsb
-    test %al, %al
-    jz 2f
-    call putc
-    jmp 1b
-2:  pop %eax
-    pop %esi
-    ret
-puthex:
-    push %ecx
-    push %eax
-    mov $8, %ecx
-1:  rol $4, %edx
-    mov %dl, %al
-    and $0xf, %al
-    add $'0', %al
-    cmp $'9', %al
-    jbe 2f
-    add $('a' - '9' - 1), %al
-2:  call putc
-    loop 1b
-    pop %eax
-    pop %ecx
-    ret
-exit:
-    mov $EXIT_VALUE, %eax
-    out %eax, $0xf4
-    ud2
-""".replace("EXIT_VALUE", str(GUEST_EXIT_VALUE))
 
 _NAMES = (
     "eax ebx ecx edx esi edi ebp esp eflags cr0 cr3 cr4 cs ds es fs gs ss "

@@ -46,12 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvmlite import __version__
-from kvmlite.errors import ConfigError
+from kvmlite.errors import STATUS_BAD_INPUT, ConfigError
 from kvmlite.vmm.cpuid import FEATURES
 
 PROG = "kvmlite-qemu"
 STATUS_OK = 0
-STATUS_BAD_INPUT = 2
 
 #: What kvmlite's own isa-debug-exit is: QEMU's defaults are iobase=0x501,iosize=2.
 DEBUG_EXIT_IOBASE, DEBUG_EXIT_IOSIZE = 0xF4, 4
