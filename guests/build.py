@@ -126,6 +126,8 @@ GUESTS: dict[str, GuestSpec] = {
         GuestSpec("platform32", Kind.MULTIBOOT_ELF32, ("platform32.S",), "platform32.elf"),
         GuestSpec("platform64", Kind.MULTIBOOT_ELF32, ("platform64.S",), "platform64.elf"),
         GuestSpec("kbdreset", Kind.MULTIBOOT_ELF32, ("kbdreset.S",), "kbdreset.elf"),
+        # Vector register state of ring-3 tasks across context switches (tests/test_xstate.py).
+        GuestSpec("xstate", Kind.MULTIBOOT_ELF32, ("xstate.S",), "xstate.elf"),
     )
 }
 GUEST_NAMES: tuple[str, ...] = tuple(GUESTS)
