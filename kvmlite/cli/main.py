@@ -96,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH[,readonly=on][,serial=ID]",
         help="a raw disk image as a virtio-blk-pci device (repeatable)",
     )
+    run.add_argument(
+        "--host-workarounds",
+        choices=["auto", "off"],
+        default="auto",
+        help="auto: where this host's KVM has a quirk kvmlite knows (docs/platform-notes.md), work around "
+        "it: keep the vector state the guest kernel leaves out, add the kernel's workaround to a Linux "
+        "command line (auto)",
+    )
     run.add_argument("--trace", action="store_true", help="log every exit and POST code (port 0x80)")
     run.add_argument("--stats", action="store_true", help="print exit statistics to stderr at the end")
     run.add_argument(
@@ -178,6 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         syscall_fix=args.syscall_fix,
         extra_devices=list(args.device),
         disks=list(args.disk),
+        host_workarounds=args.host_workarounds,
     )
     while True:
         machine = Machine.build(config)

@@ -65,6 +65,7 @@ from kvmlite.vmm.rescue import Rescuer
 from kvmlite.vmm.stats import ExitStats
 from kvmlite.vmm.syscall_fix import SyscallRepair
 from kvmlite.vmm.timers import Rescheduling, TimerService
+from kvmlite.vmm.xstate_quirk import ExtendedStateKeeper
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,9 @@ class MachineConfig:
     trace: bool = False
     #: "auto": complete SYSCALLs the host leaves at CPL 3 (kvmlite.vmm.syscall_fix) where it does; "off".
     syscall_fix: str = "auto"
+    #: "auto": work around the host quirks kvmlite probes for (kvmlite.vmm.xstate_quirk, and the Linux
+    #: command line of kvmlite.vmm.host_quirks); "off": leave the guest to meet them.
+    host_workarounds: str = "auto"
     #: Library use: where the guest's serial output goes (overrides ``serial``).
     serial_out: Callable[[bytes], None] | None = None
     #: Devices attached only on request, by QEMU's names: "pc-testdev" (see OPTIONAL_DEVICES).
@@ -113,6 +117,8 @@ class MachineConfig:
             raise ConfigError(f"unknown irqchip {self.irqchip!r} (choose kernel, userspace or auto)")
         if self.syscall_fix not in ("auto", "off"):
             raise ConfigError(f"--syscall-fix {self.syscall_fix!r}: choose auto or off")
+        if self.host_workarounds not in ("auto", "off"):
+            raise ConfigError(f"--host-workarounds {self.host_workarounds!r}: choose auto or off")
         if self.on_reset not in ("exit", "restart"):
             raise ConfigError(f"--on-reset {self.on_reset!r}: choose exit or restart")
         if self.cpus > 1 and (self.backend == "emu" or self.irqchip == "userspace"):
@@ -364,6 +370,8 @@ class Machine:
         fix_syscalls = (
             caps.msr_filter and self.config.syscall_fix == "auto" and SyscallRepair.trap_lstar_writes(vm)
         )
+        workarounds = self.config.host_workarounds == "auto"
+        keeper = ExtendedStateKeeper(vm.new_vm) if caps.rescue_emulation and workarounds else None
         for i in range(count):
             vcpu = vm.create_vcpu(i)
             if supported:
@@ -382,7 +390,7 @@ class Machine:
                 loop.after_exit.append(_exit_tracer(vcpu.id))
             loop.intercept(E.SystemEventExit, self._system_events)
             if caps.rescue_emulation:
-                loop.intercept(E.InternalErrorExit, Rescuer(loop, self.memory))
+                loop.intercept(E.InternalErrorExit, Rescuer(loop, self.memory, keeper))
             if fix_syscalls:
                 SyscallRepair(loop, self.memory, vm)  # lives on in the loop's intercepts
             self.loops.append(loop)

@@ -57,12 +57,14 @@ MAX_INSN = 15
 class Rescuer:
     """The intercept that emulates an instruction KVM failed on (see the module docstring)."""
 
-    def __init__(self, loop: VcpuLoop, memory: GuestMemory) -> None:
+    def __init__(self, loop: VcpuLoop, memory: GuestMemory, xstate: Any = None) -> None:
         self.loop = loop
         self.vcpu = loop.vcpu
         self.memory = memory
         self.counts: Counter[str] = Counter()
         self.executor: Any = None
+        #: A :class:`kvmlite.vmm.xstate_quirk.ExtendedStateKeeper` (shared by the VM's vCPUs), or None.
+        self.xstate = xstate
 
     def _build(self) -> None:
         from kvmlite.emulator.cpu import CpuState
@@ -92,6 +94,7 @@ class Rescuer:
         self.ops.paging_changed(cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer)
         self.ops.cr3_written(cpu.cr3)
         what = self._describe()
+        after_step = self.xstate.before_step(self, what) if self.xstate is not None else None
         try:
             self.executor.step()
         except TripleFault as err:
@@ -100,6 +103,8 @@ class Rescuer:
         except EmulatorError as err:
             self.loop.crash(f"the host KVM failed to emulate `{what}` and kvmlite cannot either: {err}")
             return True
+        if after_step is not None:
+            after_step()
         regs, sregs = cpu.to_kvm()
         vcpu.set_sregs(sregs)
         vcpu.set_regs(regs)
