@@ -35,6 +35,7 @@ import tempfile
 from pathlib import Path
 
 from kvmlite.errors import STATUS_BAD_INPUT, KvmliteError
+from kvmlite.vmm.host_quirks import LINUX_CLEARCPUID
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ DEPENDS_IMAGE = re.compile(r"\b(linux-image-[0-9][^\s,(|]*-cloud-amd64)\b")
 #:
 #: * ``clearcpuid=``: that host raises #UD for VEX (AVX) instructions at ring 0 and cannot emulate SSSE3+
 #:   arithmetic there, and the guest sees the host's CPUID at ring 0 whatever KVM_SET_CPUID2 says, so the
-#:   kernel itself must hide those features (and SMAP, XSAVES, which it cannot handle either);
+#:   kernel itself must hide those features (and SMAP, XSAVES, which it cannot handle either); kvmlite adds
+#:   this one by itself where it finds that host (kvmlite.vmm.host_quirks); user space keeps its AVX
+#:   registers across the kernel's context switches there (kvmlite.vmm.xstate_quirk);
 #: * ``cryptomgr.notests``: the crypto self-tests take minutes of emulated ring-0 time, long enough for
 #:   the X.509 key loader to time out waiting for them;
 #: * ``initcall_blacklist=ftrace_check_for_weak_functions,ftrace_check_sync``: a boot-time scan of all
@@ -66,7 +69,7 @@ DEPENDS_IMAGE = re.compile(r"\b(linux-image-[0-9][^\s,(|]*-cloud-amd64)\b")
 LINUX_TEST_CMDLINE = (
     "console=ttyS0 quiet nowatchdog tsc=reliable no_timer_check mitigations=off audit=0 apparmor=0 "
     "cryptomgr.notests init_on_alloc=0 initcall_blacklist=ftrace_check_for_weak_functions,ftrace_check_sync "
-    "clearcpuid=avx512f,avx2,avx,smap,xsaves,ssse3,sse4_1,sse4_2,pclmulqdq,aes"
+    + LINUX_CLEARCPUID
 )
 APT_TIMEOUT = 600  # seconds: the kernel package is ~30 MB
 

@@ -347,7 +347,12 @@ class Machine:
         cfg = self.config
         if "acpi-pm" in self.devices:
             self.write_acpi_tables()
-        self.load_result = load_kernel(self.memory, cfg.kernel, cfg.cmdline, cfg.initrds, rsdp=self.rsdp)
+        cmdline = cfg.cmdline
+        if self.caps.rescue_emulation and cfg.host_workarounds == "auto":
+            from kvmlite.vmm.host_quirks import linux_cmdline
+
+            cmdline = linux_cmdline(cfg.kernel, cmdline, self.vm.new_vm)
+        self.load_result = load_kernel(self.memory, cfg.kernel, cmdline, cfg.initrds, rsdp=self.rsdp)
         log.info("loaded %s (%s), entry %#x", cfg.kernel, self.load_result.format, self.load_result.entry)
         for note in self.load_result.notes:
             log.warning("%s", note)

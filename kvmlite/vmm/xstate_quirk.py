@@ -59,6 +59,10 @@ CR4_OSXSAVE = 1 << 18
 #: The emulator's numbers of FS and GS: the only segment registers with a base in 64-bit mode.
 FS_GS = (4, 5)
 MASK64 = (1 << 64) - 1
+#: kvmlite's own reads of the area (emulator.mmu.Access): supervisor, SMAP suspended as the XSAVE had it
+#: (Linux saves to a signal frame between STAC and CLAC), which already translated the same bytes.
+ACCESS_IMPLICIT = 8
+ACCESS_FETCH = 4
 STATS_KEPT = "xrstor: extended state kept by kvmlite"
 STATS_INIT = "xrstor: extended state reset by kvmlite"
 
@@ -171,7 +175,7 @@ class ExtendedStateKeeper:
         def after() -> None:
             if cpu.rip != next_rip:
                 return  # the instruction faulted: nothing was saved or restored
-            image = rescuer.ops.read_linear(linear, FINGERPRINT_SIZE, 0)
+            image = rescuer.ops.read_linear(linear, FINGERPRINT_SIZE, ACCESS_IMPLICIT)
             if save:
                 self._keep(physical, image, cpu.xsave_area, components)
             else:
@@ -223,13 +227,13 @@ def _area_address(rescuer: Any, mnemonic: str) -> tuple[int, int, int] | None:
     if cpu.code_bits != 64:
         return None  # Linux's context switch is 64-bit code; others are left as they were
     try:
-        insn = D.decode(rescuer.ops.read_linear(cpu.rip, 15, 0), 64)
+        insn = D.decode(rescuer.ops.read_linear(cpu.rip, 15, ACCESS_FETCH), 64)
         if insn.mnemonic != mnemonic:
             return None
         op = insn.operands[0]
         next_rip = cpu.rip + insn.length
         executor.next_rip = next_rip  # for a RIP-relative operand; the step sets it again
         linear = (executor.ea(op) + (cpu.segs[op.seg].base if op.seg in FS_GS else 0)) & MASK64
-        return linear, rescuer.ops.mmu.translate(linear), next_rip
+        return linear, rescuer.ops.mmu.translate(linear, ACCESS_IMPLICIT), next_rip
     except (EmulatorError, KvmliteError):
         return None
