@@ -74,6 +74,8 @@ class BackendCaps:
     #: The backend's own instruction emulation can fail (KVM_EXIT_INTERNAL_ERROR, emulation) where
     #: kvmlite's emulator may succeed: the VMM then rescues the instruction (kvmlite.vmm.rescue).
     rescue_emulation: bool
+    #: KVM_IOEVENTFD: a guest write to a chosen address signals an eventfd instead of exiting.
+    ioeventfd: bool = False
 
 
 @runtime_checkable

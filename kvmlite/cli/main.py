@@ -230,6 +230,8 @@ def _run_once(machine: Any, args: argparse.Namespace) -> int:
         log.info("%s", info.message)
     if args.stats:
         print(machine.stats().format(), file=sys.stderr)
+        for line in machine.device_stats():
+            print(line, file=sys.stderr)
         unclaimed = machine.pio.unclaimed + machine.mmio.unclaimed
         if unclaimed:
             print(

@@ -244,6 +244,7 @@ class Vm:
                 fpu_state=True,
                 lapic_state=True,
                 rescue_emulation=True,
+                ioeventfd=bool(has(Cap.IOEVENTFD)),
             )
         return self._caps
 

@@ -50,6 +50,8 @@ class QueueStats:
     """Per queue: what ``--stats`` shows."""
 
     notifications: int = 0
+    #: Notifications that arrived through an eventfd (KVM_IOEVENTFD): exits the vCPU did not take.
+    ioeventfd: int = 0
     requests: int = 0
     bytes: int = 0
     interrupts: int = 0
@@ -137,6 +139,14 @@ class VirtioDevice:
             self.process_queue(index, queue)
         except (QueueError, GuestMemoryError) as err:
             self.needs_reset(f"queue {index}: {err}")
+
+    def format_stats(self) -> list[str]:
+        """``--stats`` lines: one per queue."""
+        return [
+            f"{self.name} queue {i}: {q.notifications} notifications ({q.ioeventfd} without an exit), "
+            f"{q.requests} requests, {q.bytes} bytes, {q.interrupts} interrupts"
+            for i, q in enumerate(self.stats.queues)
+        ] + ([f"{self.name}: {self.stats.errors} driver errors"] if self.stats.errors else [])
 
     def needs_reset(self, reason: str) -> None:
         """A driver error: stop the device until the driver resets it, and tell the driver."""

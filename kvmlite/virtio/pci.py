@@ -98,6 +98,11 @@ class VirtioPciFunction(PciFunction):
         body += length.to_bytes(4, "little") + extra
         return self.config.add_capability(C.CAP_ID_VENDOR, body, wmask)
 
+    @staticmethod
+    def notify_offset(queue: int) -> int:
+        """Where in the BAR the driver notifies ``queue`` (queue_notify_off is the queue's index)."""
+        return NOTIFY_OFFSET + queue * NOTIFY_MULTIPLIER
+
     def bar_device(self, index: int) -> VirtioPciBar:
         return self.bar
 
@@ -240,3 +245,6 @@ class VirtioPciBar:
             fn.device.write_config(offset - DEVICE_OFFSET, size, value)
         elif NOTIFY_OFFSET <= offset < NOTIFY_OFFSET + REGION_SIZE:
             fn.device.notify((offset - NOTIFY_OFFSET) // NOTIFY_MULTIPLIER)
+
+#: The width of a notification write (the 16-bit queue index), what KVM_IOEVENTFD matches.
+NOTIFY_WIDTH = 2

@@ -25,7 +25,9 @@ them (waiting for INIT/SIPI from the in-kernel LAPIC).
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,12 +53,15 @@ from kvmlite.memory.guest import GuestMemory
 from kvmlite.pci.bus import ConfigAddress, ConfigData, Ecam, PciBus, devfn
 from kvmlite.pci.config import COMMAND, COMMAND_IO, COMMAND_MEMORY, INTERRUPT_LINE, INTERRUPT_PIN, BarKind
 from kvmlite.pci.device import HostBridge, PciFunction
+from kvmlite.virtio import pci as VP
 from kvmlite.virtio.blk import BlockImage, DiskSpec, VirtioBlk
+from kvmlite.virtio.device import VirtioDevice
 from kvmlite.virtio.pci import VirtioPciFunction
 from kvmlite.vmm import layout as L
 from kvmlite.vmm.console import SerialConsole, parse_serial_spec
 from kvmlite.vmm.cpu_setup import boot_msrs, guest_cpuid, setup_cpu
 from kvmlite.vmm.cpuid import apply_features, parse_feature_spec
+from kvmlite.vmm.iothread import IoThread
 from kvmlite.vmm.irqchip import HALT_WATCH_INTERVAL_S, KernelIrqChip, UserspaceIrqChip
 from kvmlite.vmm.layout import Range, SystemAllocator
 from kvmlite.vmm.loop import STATUS_INTERRUPTED, STATUS_OK, VcpuLoop, VmControl
@@ -170,6 +175,7 @@ class Machine:
         self.pci: PciBus | None = None
         self._pci_names: dict[int, str] = {}  # devfn -> the PCI function's registry name
         self._closing: list[Callable[[], None]] = []  # host resources of devices (image files, ...)
+        self.iothread = IoThread(self.lock)
         self.rsdp = 0  # guest-physical address of the ACPI RSDP once attach_acpi() ran
 
     # --- construction -------------------------------------------------------------
@@ -464,8 +470,63 @@ class Machine:
         self._closing.append(image.close)
         name = self.devices.unique_name("virtio-blk")
         blk = VirtioBlk(self.memory, image, spec.serial, name)
-        self.attach_pci_device(name, "virtio-blk-pci", VirtioPciFunction(blk))
+        self.attach_virtio_pci(name, "virtio-blk-pci", blk)
         return blk
+
+    def attach_virtio_pci(self, name: str, type_: str, device: VirtioDevice) -> VirtioPciFunction:
+        """A virtio device on PCI; with KVM its queue notifications go through ioeventfds."""
+        function = VirtioPciFunction(device)
+        where = self.attach_pci_device(name, type_, function)
+        if self.vm.capabilities().ioeventfd:
+            self._notify_through_eventfds(function, where)
+        return function
+
+    def _notify_through_eventfds(self, function: VirtioPciFunction, where: int) -> None:
+        """KVM_IOEVENTFD on each queue's notify address, following the BAR, into the I/O thread.
+
+        A notification then costs the vCPU no exit at all: KVM signals the
+        eventfd and goes on running the guest; the I/O thread runs the queue.
+        """
+        assert self.pci is not None
+        device, vm = function.device, self.vm
+        fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in device.queues]
+        mapped: list[int] = []  # the BAR base the eventfds are assigned at, if any
+
+        def on_eventfd(fd: int, queue: int) -> None:
+            try:
+                count = os.eventfd_read(fd)
+            except BlockingIOError:
+                return
+            device.stats.queues[queue].ioeventfd += count
+            device.notify(queue)
+
+        def follow(devfn_: int, index: int, kind: str, base: int | None) -> None:
+            if devfn_ != where or index != VP.BAR_INDEX:
+                return
+            for old in mapped:
+                for queue, fd in enumerate(fds):
+                    address = old + function.notify_offset(queue)
+                    vm.ioeventfd(fd, address, VP.NOTIFY_WIDTH, pio=False, deassign=True)
+            mapped.clear()
+            if base is not None:
+                for queue, fd in enumerate(fds):
+                    vm.ioeventfd(fd, base + function.notify_offset(queue), VP.NOTIFY_WIDTH, pio=False)
+                mapped.append(base)
+
+        for queue, fd in enumerate(fds):
+            self.iothread.watch(fd, functools.partial(on_eventfd, fd, queue))
+            self._closing.append(functools.partial(os.close, fd))
+        self.pci.listeners.append(follow)
+        follow(where, VP.BAR_INDEX, "mmio", self.pci.mapped(where, VP.BAR_INDEX))
+
+    def device_stats(self) -> list[str]:
+        """``--stats`` lines of the devices that keep statistics (virtio: per queue)."""
+        lines: list[str] = []
+        for record in self.devices:
+            inner = getattr(record.device, "device", None)
+            if isinstance(inner, VirtioDevice):
+                lines += inner.format_stats()
+        return lines
 
     def _bar_moved(self, devfn_: int, index: int, kind: str, base: int | None) -> None:
         """Keep the registry's record of a PCI function's BARs where the bus mapped them."""
@@ -514,6 +575,7 @@ class Machine:
         if self.console is not None and self.config.serial_out is None:
             self.console.start()
         self.timers.start()
+        self.iothread.start()
         threads = [
             threading.Thread(target=loop.run, name=f"vcpu{loop.vcpu.id}", daemon=True) for loop in self.loops
         ]
@@ -531,6 +593,7 @@ class Machine:
                 t.join(timeout=5)
         finally:
             self.timers.stop()
+            self.iothread.stop()
             if self.console is not None:
                 self.console.restore_terminal()
         info = self.control.stop_info
@@ -550,6 +613,7 @@ class Machine:
     def close(self) -> None:
         if self.console is not None:
             self.console.close()
+        self.iothread.close()
         for close in self._closing:
             close()
         self.vm.close()
