@@ -29,6 +29,8 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
+import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -74,18 +76,39 @@ def _optional_module(name: str) -> ModuleType | None:
 
 def _run_tool(argv: list[str], payload: bytes, what: str) -> bytes:
     """Decompress through a command; trailing bytes after the stream (the size trailer) may make it fail
-    after it has written everything, so a non-zero exit with an ELF on stdout is accepted."""
-    try:
-        proc = subprocess.run(argv, input=payload, capture_output=True, timeout=TOOL_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise BzImageError(f"{argv[0]} failed to decompress the {what} payload: {err}") from err
-    if proc.returncode != 0:
-        if proc.stdout.startswith(ELF_MAGIC):
-            log.debug("%s exited %d after writing an ELF (trailing data)", argv[0], proc.returncode)
+    after it has written everything, so a non-zero exit with an ELF on stdout is accepted.  At most
+    :data:`MAX_VMLINUX` bytes of output are taken: past that the command is killed."""
+    with tempfile.TemporaryFile() as source, tempfile.TemporaryFile() as errors:
+        source.write(payload)
+        source.seek(0)
+        try:
+            proc = subprocess.Popen(argv, stdin=source, stdout=subprocess.PIPE, stderr=errors)
+        except OSError as err:
+            raise BzImageError(f"{argv[0]} failed to decompress the {what} payload: {err}") from err
+        timer = threading.Timer(TOOL_TIMEOUT, proc.kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            with proc.stdout:
+                out = proc.stdout.read(MAX_VMLINUX + 1)
+            if len(out) > MAX_VMLINUX:
+                proc.kill()
+            returncode = proc.wait()
+        finally:
+            timer.cancel()
+        if len(out) > MAX_VMLINUX:
+            raise _too_large()
+        if returncode < 0:
+            raise BzImageError(f"{argv[0]} did not decompress the {what} payload in {TOOL_TIMEOUT} s")
+        errors.seek(0)
+        stderr = errors.read(1 << 16)
+    if returncode != 0:
+        if out.startswith(ELF_MAGIC):
+            log.debug("%s exited %d after writing an ELF (trailing data)", argv[0], returncode)
         else:
-            msg = proc.stderr.decode(errors="replace").strip().splitlines()
+            msg = stderr.decode(errors="replace").strip().splitlines()
             raise BzImageError(f"{argv[0]} could not decompress the {what} payload: {msg[-1] if msg else ''}")
-    return proc.stdout
+    return out
 
 
 def _missing(what: str, module: str, command: str) -> BzImageError:
