@@ -42,6 +42,11 @@ CR4_TSD, CR4_DE, CR4_PAE, CR4_PGE = int(Cr4.TSD), int(Cr4.DE), int(Cr4.PAE), int
 CR4_OSFXSR, CR4_FSGSBASE, CR4_OSXSAVE = int(Cr4.OSFXSR), int(Cr4.FSGSBASE), int(Cr4.OSXSAVE)
 EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = int(Efer.SCE), int(Efer.LME), int(Efer.LMA), int(Efer.NXE)
 
+# General register indices (the SDM's encoding) and address masks by size in bytes.
+RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
+R11 = 11
+AMASK = (0, 0, 0xFFFF, 0, 0xFFFFFFFF, 0, 0, 0, MASK64)
+
 # Segment register indices (the SDM's Sreg encoding).
 ES, CS, SS, DS, FS, GS = range(6)
 SEG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")

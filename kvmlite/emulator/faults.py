@@ -17,7 +17,7 @@ The page-fault and non-canonical errors come from :mod:`kvmlite.emulator.mmu`
 from __future__ import annotations
 
 from kvmlite.errors import EmulatorError
-from kvmlite.x86 import Vector
+from kvmlite.x86 import PfErr, Vector
 
 # Exception vectors (kvmlite.x86.Vector), under the short names the executor uses.
 DE, DB, NMI, BP, OF, BR = Vector.DE, Vector.DB, Vector.NMI, Vector.BP, Vector.OF, Vector.BR
@@ -57,3 +57,33 @@ def gp(error_code: int = 0, reason: str = "") -> GuestFault:
 
 def ud(reason: str = "") -> GuestFault:
     return GuestFault(UD, reason=reason)
+
+
+# --- raised by the MMU (kvmlite.emulator.mmu) through ops.read_linear/write_linear
+class PageFault(EmulatorError):
+    """A translation failed: the executor delivers #PF with CR2 = ``address``."""
+
+    def __init__(self, address: int, error_code: int, reason: str = "") -> None:
+        self.address = address
+        self.error_code = error_code
+        self.reason = reason
+        bits = [flag.name for flag in PfErr if error_code & flag]
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"#PF at {address:#x}, error code {error_code:#x} [{' '.join(bits) or '-'}]{detail}")
+
+
+class NonCanonicalAddress(EmulatorError):
+    """A long-mode linear address is not canonical: #GP (or #SS for stack accesses), not #PF."""
+
+    def __init__(self, address: int) -> None:
+        self.address = address
+        super().__init__(f"non-canonical linear address {address:#x}")
+
+
+class InvalidPdpte(EmulatorError):
+    """A PAE PDPTE loaded at a CR3/CR0/CR4 write has reserved bits set: the MOV raises #GP."""
+
+    def __init__(self, index: int, value: int) -> None:
+        self.index = index
+        self.value = value
+        super().__init__(f"PAE PDPTE {index} = {value:#018x} has reserved bits set")

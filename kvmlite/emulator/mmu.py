@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
+from kvmlite.emulator.faults import InvalidPdpte, NonCanonicalAddress, PageFault
 from kvmlite.errors import EmulatorError, KvmliteError
 from kvmlite.x86 import Cr0, Cr4, Efer, PfErr, Pte
 
@@ -121,45 +122,6 @@ class PagingMode(IntEnum):
     PAE = 3
     LONG4 = 4
     LONG5 = 5
-
-
-class PageFault(EmulatorError):
-    """A translation failed: the executor delivers #PF with CR2 = ``address``."""
-
-    def __init__(self, address: int, error_code: int, reason: str = "") -> None:
-        self.address = address
-        self.error_code = error_code
-        self.reason = reason
-        bits = [
-            name
-            for bit, name in (
-                (PFEC_P, "P"),
-                (PFEC_W, "W"),
-                (PFEC_U, "U"),
-                (PFEC_RSVD, "RSVD"),
-                (PFEC_ID, "I/D"),
-            )
-            if error_code & bit
-        ]
-        detail = f": {reason}" if reason else ""
-        super().__init__(f"#PF at {address:#x}, error code {error_code:#x} [{' '.join(bits) or '-'}]{detail}")
-
-
-class NonCanonicalAddress(EmulatorError):
-    """A long-mode linear address is not canonical: #GP (or #SS for stack accesses), not #PF."""
-
-    def __init__(self, address: int) -> None:
-        self.address = address
-        super().__init__(f"non-canonical linear address {address:#x}")
-
-
-class InvalidPdpte(EmulatorError):
-    """A PAE PDPTE loaded at a CR3/CR0/CR4 write has reserved bits set: the MOV raises #GP."""
-
-    def __init__(self, index: int, value: int) -> None:
-        self.index = index
-        self.value = value
-        super().__init__(f"PAE PDPTE {index} = {value:#018x} has reserved bits set")
 
 
 @dataclass(frozen=True)

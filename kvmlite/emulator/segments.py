@@ -35,14 +35,9 @@ from kvmlite.emulator.faults import GuestFault
 from kvmlite.emulator.mmu import Access
 from kvmlite.errors import EmulatorError, UnsupportedInstruction
 from kvmlite.kvm.structs import kvm_segment
-from kvmlite.x86 import (
-    SEG_TYPE_CODE_RX_ACCESSED,
-    SEG_TYPE_DATA_RW_ACCESSED,
-    SegType,
-    Selector,
-    SysType,
-    Vector,
-)
+from kvmlite.x86 import SEG_TYPE_CODE_RX_ACCESSED as TYPE_CODE_RX_ACCESSED
+from kvmlite.x86 import SEG_TYPE_DATA_RW_ACCESSED as TYPE_DATA_RW_ACCESSED
+from kvmlite.x86 import SegType, Selector, SysType, Vector
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +45,6 @@ log = logging.getLogger(__name__)
 TYPE_ACCESSED, TYPE_CODE = int(SegType.ACCESSED), int(SegType.CODE)
 TYPE_WRITABLE = TYPE_READABLE = int(SegType.WRITABLE)  # data: writable; code: readable
 TYPE_EXPAND_DOWN = TYPE_CONFORMING = int(SegType.EXPAND_DOWN)  # data: expand-down; code: conforming
-TYPE_DATA_RW_ACCESSED, TYPE_CODE_RX_ACCESSED = SEG_TYPE_DATA_RW_ACCESSED, SEG_TYPE_CODE_RX_ACCESSED
 
 SEL_RPL_MASK = int(Selector.RPL)
 SEL_TI = int(Selector.TI)
@@ -66,16 +60,9 @@ DESC_SIZE_WIDE = 16
 DESC_ACCESS_BYTE = 5  # type, S, DPL, P
 DESC_FLAGS_BYTE = 6  # limit 19:16, AVL, L, D/B, G
 
+_T = SysType
 GATE_TYPES = frozenset(
-    (
-        SysType.CALL_GATE16,
-        SysType.TASK_GATE,
-        SysType.INT_GATE16,
-        SysType.TRAP_GATE16,
-        SysType.CALL_GATE,
-        SysType.INT_GATE,
-        SysType.TRAP_GATE,
-    )
+    (_T.CALL_GATE16, _T.TASK_GATE, _T.INT_GATE16, _T.TRAP_GATE16, _T.CALL_GATE, _T.INT_GATE, _T.TRAP_GATE)
 )
 #: Gates whose offset is only 16 bits wide.
 GATE16_TYPES = frozenset((SysType.CALL_GATE16, SysType.INT_GATE16, SysType.TRAP_GATE16))
@@ -101,12 +88,7 @@ CANONICAL_BITS = 48
 class SegReg(IntEnum):
     """Segment registers in ModRM ``reg`` order (the decoder uses the same numbers)."""
 
-    ES = 0
-    CS = 1
-    SS = 2
-    DS = 3
-    FS = 4
-    GS = 5
+    ES, CS, SS, DS, FS, GS = range(6)
 
 
 class SegmentFault(GuestFault):
@@ -256,22 +238,9 @@ class Segment:
     """
 
     __slots__ = (
-        "avl",
-        "base",
-        "db",
-        "dpl",
-        "g",
-        "hi",
-        "l",
-        "limit",
-        "lo",
-        "present",
-        "rights",
-        "s",
-        "selector",
-        "type",
-        "unusable",
-    )
+        "avl", "base", "db", "dpl", "g", "hi", "l", "limit", "lo", "present", "rights", "s", "selector",
+        "type", "unusable",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -436,19 +405,8 @@ class Segment:
 
 
 _PUBLIC_FIELDS = (
-    "selector",
-    "base",
-    "limit",
-    "type",
-    "s",
-    "dpl",
-    "present",
-    "db",
-    "l",
-    "g",
-    "avl",
-    "unusable",
-)
+    "selector", "base", "limit", "type", "s", "dpl", "present", "db", "l", "g", "avl", "unusable",
+)  # fmt: skip
 #: Bits of :attr:`Segment.rights`: the kinds of access the segment's type allows.
 RIGHT_READ = 1
 RIGHT_WRITE = 2

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from kvmlite.emulator import decoder as D
+from kvmlite.emulator.instruction import GPR_NAMES
 from kvmlite.emulator import opcodes as T
 
 try:
@@ -91,7 +92,7 @@ def differences(ours: D.Instruction, cs: Any, mode: int, address: int = 0x1000) 
         if (sel, off) != (our_ops[0].seg, our_ops[0].value):
             diffs.append(f"far pointer {our_ops[0].format()} != capstone {sel:#x}:{off:#x}")
         return diffs
-    if ours.handler in ("ins", "outs", "movs", "cmps", "stos", "lods", "scas") and len(cs_ops) != len(
+    if ours.name in ("ins", "outs", "movs", "cmps", "stos", "lods", "scas") and len(cs_ops) != len(
         our_ops
     ):
         return diffs
@@ -106,7 +107,7 @@ def differences(ours: D.Instruction, cs: Any, mode: int, address: int = 0x1000) 
             if o.kind != D.OP_REG:
                 diffs.append(f"{where}: ours {o.format()} vs capstone register {name}")
             elif o.reg_name() != name:
-                if o.regclass == D.RC_GPR and ours.handler in ("mov_to_seg", "mov_from_seg"):
+                if o.regclass == D.RC_GPR and ours.name in ("mov_to_seg", "mov_from_seg"):
                     continue  # sreg moves: capstone sizes the GPR by operand size
                 diffs.append(f"{where}: register {o.reg_name()} != capstone {name}")
         elif c.type == cs_x86.X86_OP_IMM:
@@ -131,7 +132,7 @@ def differences(ours: D.Instruction, cs: Any, mode: int, address: int = 0x1000) 
             index = cs.reg_name(m.index) if m.index else None
             if index in ("riz", "eiz"):
                 index = None  # SIB index 100b: "no index" (capstone names it riz)
-            names = D.GPR_NAMES[o.addrsize]
+            names = GPR_NAMES[o.addrsize]
             our_base = None
             if o.base == D.BASE_RIP:
                 our_base = "rip" if o.addrsize == 8 else "eip"

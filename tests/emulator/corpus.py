@@ -131,7 +131,7 @@ def _assemble(form: Form, prefixes: bytearray, rng: random.Random, mode: int, re
     flags = form.row.flags
     if mode == 64 and rex_ok and rng.random() < 0.5:
         rex = 0x40 | rng.randrange(16)
-        if form.row.handler in ("mov_to_cr", "mov_from_cr", "mov_to_dr", "mov_from_dr"):
+        if form.row.name in ("mov_to_cr", "mov_from_cr", "mov_to_dr", "mov_from_dr"):
             rex &= ~4  # REX.R selects CR8..15/DR8..15: only CR8 exists, capstone accepts all
         if 0x66 in prefixes and (flags & T.DEF64 or any(o.size == T.SZ_Z for o in form.row.operands)):
             rex &= ~8  # capstone lets 66 win over REX.W here; the CPU does not
@@ -153,11 +153,11 @@ def _assemble(form: Form, prefixes: bytearray, rng: random.Random, mode: int, re
             modrm &= ~7  # capstone accepts only rm = 0 (the CPU ignores rm)
         if flags & T.MOD3_ANY:
             modrm |= 0xC0
-        if form.row.handler == "mov_to_seg" or form.row.handler == "mov_from_seg":
+        if form.row.name == "mov_to_seg" or form.row.name == "mov_from_seg":
             modrm = (modrm & ~0x38) | (
-                rng.choice((0, 2, 3, 4, 5) if form.row.handler == "mov_to_seg" else range(6)) << 3
+                rng.choice((0, 2, 3, 4, 5) if form.row.name == "mov_to_seg" else range(6)) << 3
             )
-        if form.row.handler in ("mov_to_cr", "mov_from_cr"):
+        if form.row.name in ("mov_to_cr", "mov_from_cr"):
             modrm = (modrm & ~0x38) | (rng.choice((0, 2, 3, 4)) << 3)
         body.append(modrm)
     tail = bytes(rng.randrange(256) for _ in range(16))
