@@ -2,17 +2,24 @@
 
 Layers, from data to behaviour::
 
-    opcodes.py   opcode maps as data (SDM operand notation, flags, groups)
-    decoder.py   decode(code, mode) -> Instruction          (no CPU state)
-    cpu.py       CpuState: registers, segments.Segment caches, CRs; <-> kvm_regs/kvm_sregs
-    ops.py       EmulatorOps: memory (linear), ports, MSRs, CPUID, halt;
-                 PagedOps: the same over physical accessors + mmu.Mmu
-    alu.py       arithmetic with exact flags
-    executor.py  Executor.step()/run(n): fetch, decode (cached), execute
-    system.py    descriptors, exceptions/interrupts, far transfers, CR/MSR...
-    faults.py    GuestFault (#DE #UD #GP #PF ...), TripleFault
-    mmu.py       page walks and the software TLB (used through ops)
-    segments.py  descriptors, gates, segment loads and per-access checks (Segment)
+    opcodes.py     opcode maps as data: one Row per form (SDM operand notation,
+    opcodes_0f.py  flags, the handler, the checks and CPUID feature it needs);
+                   groups and mandatory-prefix tables hang off rows
+    instruction.py Instruction / Operand records (what the decoder produces)
+    decoder.py     decode(code, mode) -> Instruction: prefixes, opcode map,
+                   ModRM/SIB, operands                        (no CPU state)
+    cpu.py         CpuState: registers, segment caches, CRs; <-> kvm_regs/kvm_sregs
+    segments.py    descriptors, gates, segment loads and per-access checks (Segment)
+    ops.py         EmulatorOps: memory (linear), ports, MSRs, CPUID, halt;
+                   PagedOps: the same over physical accessors + mmu.Mmu
+    mmu.py         page walks and the software TLB (used through ops)
+    alu.py         arithmetic with exact flags
+    executor.py    Executor.step()/run(n): fetch, decode (cached), the row's
+                   generic checks, the handler; operand access and the stack
+    handlers/      the handlers, one module per family (arith, data, control,
+                   string, segment, interrupt, privileged, fastcall, xsave, sse)
+    faults.py      GuestFault (#DE #UD #GP ...), PageFault, TripleFault
+    xstate.py      the XSAVE area's layout and the XSAVE/XRSTOR semantics
 
 Typical use::
 
