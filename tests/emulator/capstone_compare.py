@@ -12,8 +12,8 @@ import re
 from typing import Any
 
 from kvmlite.emulator import decoder as D
-from kvmlite.emulator.instruction import GPR_NAMES
 from kvmlite.emulator import opcodes as T
+from kvmlite.emulator.instruction import GPR_NAMES
 
 try:
     import capstone
