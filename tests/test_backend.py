@@ -71,13 +71,13 @@ def test_the_emulator_says_what_it_cannot_do() -> None:
         vm.register_memory(memory)
         cpu = vm.create_vcpu(0)
         caps = vm.capabilities()
-        assert not (caps.in_kernel_irqchip or caps.lapic_state or caps.msr_filter or caps.watchpoints)
+        assert not (caps.in_kernel_irqchip or caps.lapic_state or caps.msr_filter)
         with pytest.raises(BackendUnsupported, match="emu backend cannot read a local APIC"):
             cpu.get_lapic()
         with pytest.raises(BackendUnsupported, match="in-kernel irqchip"):
             vm.create_irqchip()
-        with pytest.raises(BackendUnsupported, match="watchpoints"):
-            GuestDebugSettings(cpu).request("test", hw=[HwBreakpoint(0x1000, BreakKind.WRITE, 4)])
+        with pytest.raises(BackendUnsupported, match="I/O port accesses"):
+            GuestDebugSettings(cpu).request("test", hw=[HwBreakpoint(0x1000, BreakKind.IO, 4)])
     finally:
         vm.close()
         memory.close()

@@ -35,6 +35,7 @@ from kvmlite.backend import BackendCaps, unsupported
 from kvmlite.emulator.cpu import FLAG_IF, CpuState
 from kvmlite.emulator.executor import Executor
 from kvmlite.emulator.faults import TripleFault
+from kvmlite.emulator.guest_debug import DataBreakpoints
 from kvmlite.emulator.mmu import Mmu
 from kvmlite.emulator.ops import EmulatorOps, PagedOps
 from kvmlite.errors import EmulatorError, GuestMemoryError
@@ -56,7 +57,7 @@ CAPS = BackendCaps(
     max_vcpus=1,
     in_kernel_irqchip=False,
     guest_debug=True,
-    watchpoints=False,
+    watchpoints=True,
     msr_filter=False,
     host_cpuid=False,
     fpu_state=False,
@@ -214,6 +215,7 @@ class EmuVcpu:
         self._breakpoints: list[int] = []  # linear addresses of the execution breakpoints, DR0 first
         self._dr7 = 0
         self._resume_over: int | None = None  # the breakpoint just reported: not again until it ran (RF)
+        self._watch = DataBreakpoints()
 
     # --- running ---------------------------------------------------------------------------
     def run(self) -> E.Exit:
@@ -252,8 +254,10 @@ class EmuVcpu:
                 ops.instruction_done()
                 if debugging:
                     self._resume_over = None
-                    if debugging & GuestDebug.SINGLESTEP:
-                        return self._exit(E.Debug(1, self._rip_linear(), DR6_FIXED | DR6_BS, self._dr7))
+                    dr6 = self._watch.take() | (DR6_BS if debugging & GuestDebug.SINGLESTEP else 0)
+                    if dr6:
+                        cpu.halted = False
+                        return self._exit(E.Debug(1, self._rip_linear(), DR6_FIXED | dr6, self._dr7))
                 if cpu.halted:
                     cpu.halted = False  # as with KVM's userspace irqchip: RIP is past HLT, the VMM waits
                     return self._exit(E.Hlt())
@@ -381,18 +385,21 @@ class EmuVcpu:
     # --- guest debugging: single-step, execution breakpoints, int3 ------------------------------
     def set_guest_debug(self, flags: int, hw_breakpoints: Iterable[int] = (), dr7: int = 0) -> None:
         """KVM_SET_GUEST_DEBUG's meaning for execution: stops before a breakpointed instruction,
-        after each instruction when single-stepping, and at an ``int3`` with USE_SW_BP.  Data
-        watchpoints are refused (BackendCaps.watchpoints)."""
+        after each instruction when single-stepping, at an ``int3`` with USE_SW_BP, and after an
+        instruction that touched a data breakpoint's range (:mod:`kvmlite.emulator.guest_debug`)."""
         addrs = list(hw_breakpoints)[:4]
         if not dr7:
             for i in range(len(addrs)):
                 dr7 |= 2 << (2 * i)
-        if dr7 & 0xFFFF_0000:  # an R/W or LEN field other than "execute, 1 byte"
-            unsupported(BACKEND, "watch data accesses (hardware watchpoints)")
+        for i in range(len(addrs)):
+            if dr7 >> (16 + 4 * i) & 3 == 2:  # R/W=10: I/O breakpoints (CR4.DE) are not emulated
+                unsupported(BACKEND, "break on I/O port accesses")
         enabled = flags & GuestDebug.ENABLE
         self._debug_flags = int(flags) if enabled else 0
         use_hw = enabled and flags & GuestDebug.USE_HW_BP
-        self._breakpoints = [a if use_hw and dr7 & (3 << (2 * i)) else -1 for i, a in enumerate(addrs)]
+        execute = [use_hw and dr7 & (3 << (2 * i)) and not dr7 >> (16 + 4 * i) & 3 for i in range(len(addrs))]
+        self._breakpoints = [a if execute[i] else -1 for i, a in enumerate(addrs)]
+        self._watch.configure(self.ops, addrs if use_hw else [], dr7)
         self._dr7 = dr7 if use_hw else 0
         self._resume_over = None
 

@@ -1,0 +1,182 @@
+"""The gdb stub's transport: a TCP or Unix listening socket, one gdb session at a time.
+
+``--gdb [HOST:]PORT`` (localhost by default) or ``--gdb unix:PATH``.  The
+server runs in its own thread: it accepts gdb, stops the machine (gdb
+expects a stopped target when it connects, as with QEMU), and then moves
+bytes between the socket and :class:`~kvmlite.gdb.stub.GdbStub`: acks and
+checksums on the way in, framing on the way out, Ctrl-C while the target
+runs, the stop reply when it stops.  When gdb goes away without ``k``, the
+breakpoints are removed and the guest runs on; the next gdb may connect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvmlite.errors import ConfigError
+from kvmlite.gdb.packets import Ack, BadPacket, Interrupt, Packet, PacketReader, frame
+from kvmlite.gdb.stub import CLOSE, RESUMED, GdbStub
+from kvmlite.gdb.target import Target
+
+log = logging.getLogger(__name__)
+
+#: How often a running target is polled for a stop while the socket is quiet (seconds).
+POLL_S = 0.02
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to listen: ``("tcp", host, port)`` or ``("unix", path, 0)``."""
+
+    family: str
+    address: str
+    port: int = 0
+
+    def describe(self) -> str:
+        return f"unix:{self.address}" if self.family == "unix" else f"{self.address}:{self.port}"
+
+
+def parse_endpoint(spec: str, option: str = "--gdb") -> Endpoint:
+    """``1234``, ``HOST:1234`` or ``unix:PATH``; a clear ConfigError otherwise."""
+    if spec.startswith("unix:"):
+        path = spec[5:]
+        if not path:
+            raise ConfigError(f"{option} unix:PATH needs a path")
+        return Endpoint("unix", path)
+    host, sep, port = spec.rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"{option} {spec!r}: expected [HOST:]PORT or unix:PATH") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"{option} {spec!r}: port out of range")
+    return Endpoint("tcp", host or "127.0.0.1", number)
+
+
+def listen(endpoint: Endpoint, option: str = "--gdb") -> socket.socket:
+    """A listening socket for ``endpoint`` (a stale Unix socket file is replaced)."""
+    try:
+        if endpoint.family == "unix":
+            path = Path(endpoint.address)
+            if path.is_socket():
+                path.unlink()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(str(path))
+        else:
+            sock = socket.socket(socket.AF_INET6 if ":" in endpoint.address else socket.AF_INET)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((endpoint.address, endpoint.port))
+        sock.listen(4)
+    except OSError as err:
+        raise ConfigError(f"{option} {endpoint.describe()}: cannot listen: {err.strerror or err}") from None
+    return sock
+
+
+class GdbServer:
+    """Accepts gdb connections and runs one session at a time in a thread of its own."""
+
+    def __init__(
+        self, endpoint: Endpoint, target: Target, on_close: Callable[[], None] | None = None
+    ) -> None:
+        self.endpoint = endpoint
+        self.target = target
+        self.sock = listen(endpoint)
+        if endpoint.family == "tcp":
+            self.endpoint = Endpoint("tcp", endpoint.address, self.sock.getsockname()[1])
+        self._on_close = on_close
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        log.warning("gdb stub listening on %s", self.endpoint.describe())
+        self._thread = threading.Thread(target=self._serve, name="gdb-stub", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closing = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        if self.endpoint.family == "unix":
+            try:
+                os.unlink(self.endpoint.address)
+            except OSError:
+                pass
+
+    def _serve(self) -> None:
+        while not self._closing:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            log.info("gdb connected")
+            try:
+                with conn:
+                    if self._session(conn):
+                        if self._on_close is not None:
+                            self._on_close()
+                        return
+            except OSError as err:
+                log.info("gdb connection lost: %s", err)
+            except Exception:  # a bug in the stub must not take the VM down with it
+                log.exception("gdb stub: unexpected error; the session is closed")
+            log.info("gdb disconnected")
+
+    def _session(self, conn: socket.socket) -> bool:
+        """Serve one gdb; True if it killed the VM."""
+        stub = GdbStub(self.target)
+        reader = PacketReader()
+        self.target.interrupt()
+        first = self.target.wait(5.0)
+        if first is not None:
+            stub.stop_reply(first)
+        sel = selectors.DefaultSelector()
+        sel.register(conn, selectors.EVENT_READ)
+        try:
+            while not self._closing:
+                if stub.running:
+                    event = self.target.wait(0 if sel.select(POLL_S) else POLL_S)
+                    if event is not None:
+                        conn.sendall(frame(stub.stop_reply(event)))
+                        if event.exit_status is not None:
+                            return False
+                    if not sel.select(0):
+                        continue
+                data = conn.recv(65536)
+                if not data:
+                    break
+                for ev in reader.feed(data):
+                    if isinstance(ev, Interrupt):
+                        if stub.running:
+                            self.target.interrupt()
+                    elif isinstance(ev, BadPacket):
+                        if not stub.no_ack:
+                            conn.sendall(b"-")
+                    elif isinstance(ev, Packet):
+                        if not stub.no_ack:
+                            conn.sendall(b"+")
+                        reply = stub.handle(ev.payload)
+                        if reply is CLOSE:
+                            return True
+                        if reply is not RESUMED:
+                            assert isinstance(reply, bytes)
+                            conn.sendall(frame(reply))
+                        if stub.detached:
+                            return False
+                    elif isinstance(ev, Ack):
+                        pass  # replies are not retransmitted: TCP and Unix sockets do not lose bytes
+        finally:
+            sel.close()
+        if not stub.detached:
+            self.target.detach()
+        return False
