@@ -11,8 +11,9 @@ temporary directory from a pytest fixture, and a function call
 (:func:`build_all`) is easier to drive, and to fail clearly, than ``make``.
 
 Builds are deterministic: no debug information, no build-id, no file names,
-stripped, fixed link addresses; two builds with the same toolchain produce
-the same bytes (the test-suite checks this).
+stripped, fixed link addresses (except ``dbg``, the debugger's guest, which
+keeps its debug information and symbols); two builds with the same toolchain
+produce the same bytes (the test-suite checks this).
 
 The assembly guests are assembled as x86-64 objects even when they start in
 32-bit mode: their 64-bit parts use sign-extended 32-bit addresses that an
@@ -103,6 +104,8 @@ class GuestSpec:
     sources: tuple[str, ...]
     output: str
     defines: tuple[str, ...] = ()
+    #: Keep debug information and symbols (for the debugger's tests): built with -g, not stripped.
+    debug: bool = False
 
 
 GUESTS: dict[str, GuestSpec] = {
@@ -122,6 +125,9 @@ GUESTS: dict[str, GuestSpec] = {
         GuestSpec("cmb", Kind.C_MULTIBOOT_ELF32, ("cmb/boot.S", "cmb/kernel.c", "clib/klib.c"), "cmb.elf"),
         # virtio-blk through PCI enumeration and a virtqueue of its own (identical under QEMU).
         GuestSpec("vblk", Kind.C_MULTIBOOT_ELF32, ("cmb/boot.S", "virtio/vblk.c", "clib/klib.c"), "vblk.elf"),
+        # the debugger's guest: built with debug information and symbols
+        GuestSpec("dbg", Kind.C_MULTIBOOT_ELF32, ("cmb/boot.S", "dbg/kernel.c", "clib/klib.c"), "dbg.elf",
+                  debug=True),
         # The PC platform devices driven as an OS does, from 32-bit and from long mode.
         GuestSpec("platform32", Kind.MULTIBOOT_ELF32, ("platform32.S",), "platform32.elf"),
         GuestSpec("platform64", Kind.MULTIBOOT_ELF32, ("platform64.S",), "platform64.elf"),
@@ -169,7 +175,8 @@ def _compile(spec: GuestSpec, work: Path) -> list[Path]:
             raise GuestBuildError(f"{spec.name}: source {src} is missing")
         obj = work / f"{index}-{src.stem}.o"
         if src.suffix == ".c":
-            flags: Sequence[str] = (*C_FLAGS, "-I", str(GUESTS_DIR))
+            debug = ("-g", "-O1") if spec.debug else ()
+            flags: Sequence[str] = (*C_FLAGS, "-I", str(GUESTS_DIR), *debug)
         elif spec.kind is Kind.C_MULTIBOOT_ELF32:
             flags = ("-c", "-m32", "-nostdinc")
         else:
@@ -210,7 +217,8 @@ def build_guest(name: str, out_dir: Path) -> Path:
             ld_args = ["-m", "elf_x86_64", "-T", str(MULTIBOOT_LD_SCRIPT)]
         else:  # BOOT_SECTOR
             ld_args = ["-m", "elf_x86_64", "-Ttext", hex(BOOT_SECTOR_ADDR), "-e", "_start"]
-        _run(["ld", *ld_args, *LD_COMMON, LD_NO_RWX_WARNING, "-o", str(linked), *objects])
+        ld_common = [f for f in LD_COMMON if f != "-s"] if spec.debug else LD_COMMON
+        _run(["ld", *ld_args, *ld_common, LD_NO_RWX_WARNING, "-o", str(linked), *objects])
         if spec.kind in (Kind.MULTIBOOT_AOUT, Kind.BOOT_SECTOR):
             _run(["objcopy", "-O", "binary", "--only-section=.text", "--only-section=.rodata",
                   "--only-section=.data", str(linked), str(output)])  # fmt: skip

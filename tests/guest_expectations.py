@@ -389,6 +389,17 @@ EXPECTATIONS: dict[str, GuestExpectation] = {
             ),
         ),
         (
+            "dbg",
+            GuestExpectation(
+                guest="dbg",
+                image="dbg.elf",
+                boot=BootFormat.MULTIBOOT_ELF32,
+                args="",
+                lines=("magic-ok=1", "counter=22", "result=7"),
+                exit_status=debug_exit_status(0x21),
+            ),
+        ),
+        (
             "platform32",
             GuestExpectation(
                 guest="platform32",

@@ -46,8 +46,14 @@ _GPR64 = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", *(f"r{i}" for 
 _GPR32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 _SEGS = ("cs", "ss", "ds", "es", "fs", "gs")
 _X87_CONTROL = ("fctrl", "fstat", "ftag", "fiseg", "fioff", "foseg", "fooff", "fop")
-_PTR_TYPES = {"rip": "code_ptr", "eip": "code_ptr", "rsp": "data_ptr", "rbp": "data_ptr", "esp": "data_ptr",
-              "ebp": "data_ptr"}  # fmt: skip
+_PTR_TYPES = {
+    "rip": "code_ptr",
+    "eip": "code_ptr",
+    "rsp": "data_ptr",
+    "rbp": "data_ptr",
+    "esp": "data_ptr",
+    "ebp": "data_ptr",
+}
 
 
 def _layout(bits: int) -> tuple[Reg, ...]:
@@ -74,18 +80,50 @@ def _layout(bits: int) -> tuple[Reg, ...]:
 LAYOUTS: dict[str, tuple[Reg, ...]] = {ARCH_64: _layout(64), ARCH_32: _layout(32)}
 
 _EFLAGS_BITS = (
-    (0, "CF"), (1, ""), (2, "PF"), (4, "AF"), (6, "ZF"), (7, "SF"), (8, "TF"), (9, "IF"), (10, "DF"),
-    (11, "OF"), (14, "NT"), (16, "RF"), (17, "VM"), (18, "AC"), (19, "VIF"), (20, "VIP"), (21, "ID"),
-)  # fmt: skip
+    (0, "CF"),
+    (1, ""),
+    (2, "PF"),
+    (4, "AF"),
+    (6, "ZF"),
+    (7, "SF"),
+    (8, "TF"),
+    (9, "IF"),
+    (10, "DF"),
+    (11, "OF"),
+    (14, "NT"),
+    (16, "RF"),
+    (17, "VM"),
+    (18, "AC"),
+    (19, "VIF"),
+    (20, "VIP"),
+    (21, "ID"),
+)
 _MXCSR_BITS = (
-    (0, "IE"), (1, "DE"), (2, "ZE"), (3, "OE"), (4, "UE"), (5, "PE"), (6, "DAZ"), (7, "IM"), (8, "DM"),
-    (9, "ZM"), (10, "OM"), (11, "UM"), (12, "PM"), (15, "FZ"),
-)  # fmt: skip
+    (0, "IE"),
+    (1, "DE"),
+    (2, "ZE"),
+    (3, "OE"),
+    (4, "UE"),
+    (5, "PE"),
+    (6, "DAZ"),
+    (7, "IM"),
+    (8, "DM"),
+    (9, "ZM"),
+    (10, "OM"),
+    (11, "UM"),
+    (12, "PM"),
+    (15, "FZ"),
+)
 _VEC128_FIELDS = (
-    ("v8_bfloat16", "bfloat16", 8), ("v8_half", "ieee_half", 8), ("v4_float", "ieee_single", 4),
-    ("v2_double", "ieee_double", 2), ("v16_int8", "int8", 16), ("v8_int16", "int16", 8),
-    ("v4_int32", "int32", 4), ("v2_int64", "int64", 2),
-)  # fmt: skip
+    ("v8_bfloat16", "bfloat16", 8),
+    ("v8_half", "ieee_half", 8),
+    ("v4_float", "ieee_single", 4),
+    ("v2_double", "ieee_double", 2),
+    ("v16_int8", "int8", 16),
+    ("v8_int16", "int16", 8),
+    ("v4_int32", "int32", 4),
+    ("v2_int64", "int64", 2),
+)
 
 
 def _core_types() -> list[str]:
@@ -110,8 +148,12 @@ def _sse_types() -> list[str]:
 def target_xml(arch: str) -> str:
     """The target description gdb fetches with ``qXfer:features:read:target.xml``."""
     layout = LAYOUTS[arch]
-    out = ['<?xml version="1.0"?>', '<!DOCTYPE target SYSTEM "gdb-target.dtd">', "<target>",
-           f"<architecture>{xml_escape(arch)}</architecture>"]  # fmt: skip
+    out = [
+        '<?xml version="1.0"?>',
+        '<!DOCTYPE target SYSTEM "gdb-target.dtd">',
+        "<target>",
+        f"<architecture>{xml_escape(arch)}</architecture>",
+    ]
     feature = ""
     for regnum, reg in enumerate(layout):
         if reg.feature != feature:
@@ -156,8 +198,17 @@ def decode(layout: tuple[Reg, ...], data: bytes) -> dict[str, int]:
 
 # --- KVM structures <-> register values -------------------------------------------------------------
 _KVM_GPR64 = {n: n for n in _GPR64}
-_KVM_GPR32 = {"eax": "rax", "ecx": "rcx", "edx": "rdx", "ebx": "rbx", "esp": "rsp", "ebp": "rbp",
-              "esi": "rsi", "edi": "rdi", "eip": "rip"}  # fmt: skip
+_KVM_GPR32 = {
+    "eax": "rax",
+    "ecx": "rcx",
+    "edx": "rdx",
+    "ebx": "rbx",
+    "esp": "rsp",
+    "ebp": "rbp",
+    "esi": "rsi",
+    "edi": "rdi",
+    "eip": "rip",
+}
 
 
 def from_kvm(

@@ -95,6 +95,13 @@ class GdbServer:
         self._on_close = on_close
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._connected = False
+        self._exit_sent = threading.Event()
+
+    def finish(self, timeout: float) -> None:
+        """At the VM's end: give a connected gdb up to ``timeout`` s to be told the exit status."""
+        if self._connected:
+            self._exit_sent.wait(timeout)
 
     def start(self) -> None:
         log.warning("gdb stub listening on %s", self.endpoint.describe())
@@ -120,6 +127,7 @@ class GdbServer:
             except OSError:
                 return
             log.info("gdb connected")
+            self._connected = True
             try:
                 with conn:
                     if self._session(conn):
@@ -130,6 +138,8 @@ class GdbServer:
                 log.info("gdb connection lost: %s", err)
             except Exception:  # a bug in the stub must not take the VM down with it
                 log.exception("gdb stub: unexpected error; the session is closed")
+            self._connected = False
+            self._exit_sent.set()
             log.info("gdb disconnected")
 
     def _session(self, conn: socket.socket) -> bool:
@@ -149,6 +159,7 @@ class GdbServer:
                     if event is not None:
                         conn.sendall(frame(stub.stop_reply(event)))
                         if event.exit_status is not None:
+                            self._exit_sent.set()
                             return False
                     if not sel.select(0):
                         continue

@@ -1,0 +1,162 @@
+"""Real gdb (batch mode) against the dbg guest (C, debug info) under ``kvmlite run --gdb``, both backends."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from kvmlite.gdb.packets import frame
+from tests.conftest import KVM_OK, KVM_REASON
+from tests.gdb.support import (
+    BACKENDS,
+    DONE_STATUS,
+    GDB,
+    dbg_guest,  # noqa: F401  (a fixture)
+    free_port,
+    run_gdb,
+    start_vm,
+    wait_listening,
+)
+
+pytestmark = pytest.mark.skipif(GDB is None, reason="needs gdb (Debian package gdb)")
+
+
+def _session(image: Path, tmp: Path, backend: str, commands: list[str], *extra: str) -> tuple[str, int, str]:
+    port = free_port()
+    args = ("--backend", backend, "--gdb", f"127.0.0.1:{port}", "--gdb-wait", *extra)
+    proc, serial = start_vm(image, tmp, *args)
+    try:
+        wait_listening(proc)
+        out = run_gdb(image, f"target remote :{port}", *commands)
+        status = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return out, status, serial.read_text() if serial.exists() else ""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_break_bt_registers_step_watch_set_var_and_run_to_the_exit(
+    dbg_guest: Path,  # noqa: F811
+    tmp_path: Path,
+    backend: str,
+) -> None:
+    # This project's KVM hosts do not deliver data breakpoints (DR7 R/W=01) at CPL 0 (measured:
+    # the write runs on, in long mode the vCPU shuts down), so on KVM gdb watches by stepping.
+    watch_mode = ["set can-use-hw-watchpoints 0"] if backend == "kvm" else []
+    out, status, serial = _session(
+        dbg_guest,
+        tmp_path,
+        backend,
+        [
+            "break compute",
+            "continue",
+            "bt",
+            "info registers",
+            "print scale",
+            "x/4i $pc",
+            "stepi",
+            "print/x $pc",
+            "stepi",
+            "print/x $pc",
+            "stepi",
+            "print/x $pc",
+            *watch_mode,
+            "watch counter",
+            "continue",
+            "set var scale = 10",
+            "delete",
+            "continue",
+        ],
+    )
+    assert "Breakpoint 1, compute (x=7)" in out, out
+    assert re.search(r"#1 .* in kmain \(magic=732803074", out), out
+    assert re.search(r"eip\s+0x[0-9a-f]+\s+0x[0-9a-f]+ <compute>", out), out
+    assert re.search(r"eflags\s+0x[0-9a-f]+\s+\[", out), out
+    assert "$1 = 3" in out
+    disassembly = re.findall(r"(?:=>)?\s+(0x[0-9a-f]+) <compute(?:\+\d+)?>:", out)
+    assert len(disassembly) >= 4, out
+    stepped = re.findall(r"^\$[234] = (0x[0-9a-f]+)", out, re.M)
+    assert stepped == disassembly[1:4], out  # each stepi lands on the next instruction
+    assert "Old value = 0\nNew value = 22" in out, out
+    assert "exited with code 0103" in out, out  # 67 in octal
+    assert status == DONE_STATUS
+    assert serial.splitlines() == ["magic-ok=1", "counter=22", "result=21"]  # scale changed to 10
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_memory_errors_monitor_commands_and_ctrl_c(dbg_guest: Path, tmp_path: Path, backend: str) -> None:  # noqa: F811
+    out, status, serial = _session(
+        dbg_guest,
+        tmp_path,
+        backend,
+        [
+            "x/x 0x40000000",  # beyond RAM: gdb is told, nothing breaks
+            "monitor info registers",
+            "monitor info devices",
+            "print marker",
+            "kill",
+        ],
+        "--cmdline",
+        "mailbox",
+    )
+    assert "Cannot access memory at address 0x40000000" in out
+    assert "vCPU 0:" in out and "RIP=" in out
+    assert "serial@0x3f8" in out and "isa-debug-exit" in out
+    assert "$1 = 1592594996" in out  # 0x5eed1234
+    assert status == 0 and serial == ""  # killed before it ran (--gdb-wait)
+
+
+def _packet(sock: socket.socket) -> bytes:
+    data = b""
+    while not re.search(rb"\$[^#]*#..", data):
+        chunk = sock.recv(4096)
+        assert chunk, data
+        data += chunk
+    return re.search(rb"\$([^#]*)#", data).group(1)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ctrl_c_stops_a_running_guest_and_k_kills_it(dbg_guest: Path, tmp_path: Path, backend: str) -> None:  # noqa: F811
+    port = free_port()
+    proc, _ = start_vm(
+        dbg_guest, tmp_path, "--backend", backend, "--gdb", f"127.0.0.1:{port}", "--cmdline", "mailbox"
+    )
+    try:
+        wait_listening(proc)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(frame(b"QStartNoAckMode"))
+            assert _packet(sock) == b"OK"
+            sock.sendall(frame(b"vCont;c"))
+            time.sleep(0.5)
+            sock.sendall(b"\x03")
+            assert _packet(sock) == b"T02thread:1;"
+            sock.sendall(frame(b"k"))
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.skipif(not KVM_OK, reason=f"SMP runs on KVM only: {KVM_REASON}")
+def test_two_vcpus_are_two_threads(dbg_guest: Path, tmp_path: Path) -> None:  # noqa: F811
+    out, status, _ = _session(
+        dbg_guest,
+        tmp_path,
+        "kvm",
+        ["info threads", "thread 2", "print/x $pc", "thread 1", "continue"],
+        "--cpus",
+        "2",
+    )
+    assert re.search(r"\* 1\s+Thread 1 \(vCPU 0\)", out), out
+    assert re.search(r"  2\s+Thread 2 \(vCPU 1\)", out), out
+    assert "Switching to thread 2" in out
+    assert "$1 = 0xfff0" in out  # the AP waits for INIT/SIPI at the reset vector
+    assert "exited with code 0103" in out
+    assert status == DONE_STATUS
