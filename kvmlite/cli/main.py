@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="System.map or ELF with symbols for --profile (default: the kernel's own .symtab, if any)",
     )
+    run.add_argument(
+        "--gdb", metavar="[HOST:]PORT|unix:PATH", help="serve the gdb remote protocol (localhost by default)"
+    )
+    run.add_argument("--gdb-wait", action="store_true", help="hold the vCPUs until gdb continues (QEMU's -S)")
+    run.add_argument("--api", metavar="unix:PATH", help="serve QMP-style control commands on a Unix socket")
     run.add_argument("-v", "--verbose", action="count", default=0, dest="run_verbose", help=argparse.SUPPRESS)
 
     sub.add_parser("info", help="show the host's KVM API version and capabilities")
@@ -133,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("extract-vmlinux", help="recover the ELF vmlinux from a bzImage")
     sub.add_parser("initramfs", help="build a busybox initramfs (gzip'd cpio)")
     sub.add_parser("fetch-assets", help="download a Debian cloud kernel and static busybox for tests")
+    sub.add_parser("ctl", help="send one command to a control socket: kvmlite ctl PATH COMMAND [JSON]")
     return parser
 
 
@@ -217,6 +223,9 @@ def _profiler(machine: Any, args: argparse.Namespace) -> Any:
 
 
 def _run_once(machine: Any, args: argparse.Namespace) -> int:
+    from kvmlite.control.attach import Attachments
+
+    attached = Attachments(machine, gdb=args.gdb, gdb_wait=args.gdb_wait, api=args.api)
     profiler = _profiler(machine, args) if args.profile is not None else None
     if profiler is not None:
         profiler.start()
@@ -225,6 +234,7 @@ def _run_once(machine: Any, args: argparse.Namespace) -> int:
     finally:
         if profiler is not None:
             profiler.stop()
+        attached.close()
     info = machine.control.stop_info
     if info and info.message:
         log.info("%s", info.message)
@@ -269,12 +279,16 @@ def _tool(command: str, argv: list[str]) -> int:
         from kvmlite.tools import initramfs
 
         return initramfs.main(argv)
+    if command == "ctl":
+        from kvmlite.control import client
+
+        return client.main(argv)
     from kvmlite.tools import assets
 
     return assets.main(argv)
 
 
-TOOLS = ("extract-vmlinux", "initramfs", "fetch-assets")
+TOOLS = ("extract-vmlinux", "initramfs", "fetch-assets", "ctl")
 
 
 def _join_feature_spec(argv: list[str]) -> list[str]:

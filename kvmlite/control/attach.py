@@ -1,0 +1,75 @@
+"""Attach the debugger (``--gdb``, ``--gdb-wait``) and the control socket (``--api``) to a built machine."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kvmlite.control.api import MachineApi
+
+log = logging.getLogger(__name__)
+
+#: How long the end of the VM waits for gdb to be told the exit status.
+EXIT_REPORT_S = 2.0
+
+
+class Attachments:
+    """The servers attached to one machine run; ``close()`` after ``machine.run()``."""
+
+    def __init__(
+        self, machine: Any, gdb: str | None = None, gdb_wait: bool = False, api: str | None = None
+    ) -> None:
+        from kvmlite.errors import ConfigError
+
+        if gdb_wait and gdb is None:
+            raise ConfigError("--gdb-wait needs --gdb")
+        self.api = MachineApi(machine)
+        self.gdb_server: Any = None
+        self.control_server: Any = None
+        try:
+            if gdb is not None:
+                from kvmlite.gdb.machine_target import MachineTarget
+                from kvmlite.gdb.server import GdbServer, parse_endpoint
+
+                target = MachineTarget(machine, monitor=self._monitor)
+                self.gdb_server = GdbServer(parse_endpoint(gdb), target)
+                if gdb_wait:
+                    target.hold_at_start()
+                self.gdb_server.start()
+            if api is not None:
+                from kvmlite.control.server import ControlServer, parse_api_spec
+
+                self.control_server = ControlServer(parse_api_spec(api).address, self.api)
+                self.control_server.start()
+                machine.control.on_stop.append(self._announce_stop(machine))
+        except BaseException:
+            self.close()
+            raise
+
+    def _monitor(self, command: str) -> str:
+        if command == "info devices":
+            return self.api.format_devices()
+        return f"unknown monitor command {command!r}; try: info registers, info devices"
+
+    def _announce_stop(self, machine: Any) -> Any:
+        sent = []
+
+        def on_stop() -> None:
+            info = machine.control.stop_info
+            if sent or info is None or self.control_server is None:
+                return
+            sent.append(True)
+            if info.reset:
+                self.control_server.broadcast("RESET", {"guest": True})
+            elif info.status == 4:
+                self.control_server.broadcast("GUEST_PANICKED", {"action": "pause", "info": info.message})
+            self.control_server.broadcast("SHUTDOWN", {"guest": True, "reason": info.message})
+
+        return on_stop
+
+    def close(self) -> None:
+        if self.gdb_server is not None:
+            self.gdb_server.finish(EXIT_REPORT_S)
+            self.gdb_server.close()
+        if self.control_server is not None:
+            self.control_server.close()
