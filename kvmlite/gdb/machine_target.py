@@ -79,6 +79,7 @@ class MachineTarget:
         self.hw: dict[tuple[BreakKind, int, int], HwBreakpoint] = {}
         self._rescuers: dict[int, Any] = {}
         self._exit_reported = False
+        self._arch = R.ARCH_64
         for loop in self.loops:
             loop.intercept(E.Debug, self._debug_hook(loop))
             loop.intercept(E.InternalErrorExit, self._internal_error_hook(loop))
@@ -94,8 +95,10 @@ class MachineTarget:
 
     # --- Target: description ---------------------------------------------------------------
     def arch(self) -> str:
+        """vCPU 0's mode when gdb connects decides, for the whole session (as with QEMU)."""
         sregs = self._run_paused(lambda: self.loops[0].vcpu.get_sregs())
-        return R.ARCH_64 if sregs.efer & EFER_LMA else R.ARCH_32
+        self._arch = R.ARCH_64 if sregs.efer & EFER_LMA else R.ARCH_32
+        return self._arch
 
     def cpus(self) -> list[int]:
         return list(range(len(self.loops)))
@@ -117,20 +120,16 @@ class MachineTarget:
 
         def read() -> dict[str, int]:
             fpu = vcpu.get_fpu() if hasattr(vcpu, "get_fpu") else None
-            return R.from_kvm(self.arch_of(vcpu), vcpu.get_regs(), vcpu.get_sregs(), fpu)
+            return R.from_kvm(self._arch, vcpu.get_regs(), vcpu.get_sregs(), fpu)
 
         return dict(self._run_paused(read))
-
-    @staticmethod
-    def arch_of(vcpu: Any) -> str:
-        return R.ARCH_64 if vcpu.get_sregs().efer & EFER_LMA else R.ARCH_32
 
     def write_registers(self, cpu: int, values: dict[str, int]) -> None:
         vcpu = self._vcpu(cpu)
 
         def write() -> None:
             regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
-            regs_changed, sregs_changed = R.to_kvm(self.arch_of(vcpu), values, regs, sregs)
+            regs_changed, sregs_changed = R.to_kvm(self._arch, values, regs, sregs)
             if sregs_changed:
                 vcpu.set_sregs(sregs)
             if regs_changed:
@@ -249,6 +248,9 @@ class MachineTarget:
             event = self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait()
         except queue.Empty:
             return None
+        if event.exit_status is None and not self.control.stopping:
+            # the vCPU that stopped paused without waiting: wait here until every vCPU is parked
+            self.control.run_paused(lambda: None)
         return event
 
     def interrupt(self) -> None:

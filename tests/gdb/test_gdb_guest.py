@@ -160,3 +160,45 @@ def test_two_vcpus_are_two_threads(dbg_guest: Path, tmp_path: Path) -> None:  # 
     assert "$1 = 0xfff0" in out  # the AP waits for INIT/SIPI at the reset vector
     assert "exited with code 0103" in out
     assert status == DONE_STATUS
+
+
+@pytest.fixture(scope="session")
+def lm64_guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.guest_expectations import load_build_module, missing_build_tools
+
+    if missing_build_tools():
+        pytest.skip("needs gcc, ld and objcopy to build the lm64 guest")
+    return Path(load_build_module().build_guest("lm64", tmp_path_factory.mktemp("lm64")))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_long_mode_guest_is_x86_64_with_control_registers_and_hw_breakpoints(
+    lm64_guest: Path, tmp_path: Path, backend: str
+) -> None:
+    out, status, _ = _session(
+        lm64_guest,
+        tmp_path,
+        backend,
+        [
+            "show architecture",
+            "x/3i $pc",
+            "hbreak *$_",
+            "stepi",
+            "print/x $rip",
+            "continue",
+            "print/x $rip",
+            "print/x $cr0",
+            "print/x $efer",
+            "delete",
+            "continue",
+        ],
+    )
+    disassembly = re.findall(r"(?:=>)?\s+0x([0-9a-f]+):\t", out)
+    assert len(disassembly) == 3, out
+    assert "i386:x86-64" in out
+    assert f"$1 = 0x{disassembly[1]}" in out  # the step
+    assert f"Breakpoint 1, 0x{int(disassembly[2], 16):016x}" in out  # the hardware breakpoint
+    assert "$3 = 0x80010033" in out  # PG, WP, NE, ET, MP, PE
+    assert re.search(r"\$4 = 0x5[0-9a-f]{2}", out)  # EFER: LMA, LME (and SCE/NXE as set up)
+    assert "exited with code 0141" in out  # 97: lm64's own exit
+    assert status == 97
