@@ -104,7 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
         "it: keep the vector state the guest kernel leaves out, add the kernel's workaround to a Linux "
         "command line (auto)",
     )
-    run.add_argument("--trace", action="store_true", help="log every exit and POST code (port 0x80)")
+    run.add_argument(
+        "--trace",
+        nargs="?",
+        const="all",
+        default="",
+        metavar="FILTER",
+        help="log exits (all, or e.g. pio:0x3f8,mmio,pio:0x70-0x71; see kvmlite.vmm.trace) and POST codes",
+    )
+    run.add_argument("--trace-file", type=Path, metavar="FILE", help="traced exits as JSON lines to FILE")
     run.add_argument("--stats", action="store_true", help="print exit statistics to stderr at the end")
     run.add_argument(
         "--profile",
@@ -188,6 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         on_reset=args.on_reset,
         cpu_features=args.cpu_features,
         trace=args.trace,
+        trace_file=args.trace_file,
         stats=args.stats,
         syscall_fix=args.syscall_fix,
         extra_devices=list(args.device),

@@ -70,6 +70,7 @@ from kvmlite.vmm.rescue import Rescuer
 from kvmlite.vmm.stats import ExitStats
 from kvmlite.vmm.syscall_fix import SyscallRepair
 from kvmlite.vmm.timers import Rescheduling, TimerService
+from kvmlite.vmm.trace import ExitTracer, parse_trace_filter
 from kvmlite.vmm.xstate_quirk import ExtendedStateKeeper
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,10 @@ class MachineConfig:
     serial: str = "stdio"  # see kvmlite.vmm.console
     on_reset: str = "exit"  # "exit" or "restart"
     stats: bool = False
-    trace: bool = False
+    #: Exits to log (kvmlite.vmm.trace): "" none, "all", or a filter such as "pio:0x3f8,mmio".
+    trace: str = ""
+    #: Traced exits as JSON lines to this file instead of the log (every exit when ``trace`` is "").
+    trace_file: Path | None = None
     #: "auto": complete SYSCALLs the host leaves at CPL 3 (kvmlite.vmm.syscall_fix) where it does; "off".
     syscall_fix: str = "auto"
     #: "auto": work around the host quirks kvmlite probes for (kvmlite.vmm.xstate_quirk, and the Linux
@@ -111,6 +115,8 @@ class MachineConfig:
 
     def validate(self) -> None:
         parse_feature_spec(self.cpu_features)
+        if self.trace:
+            parse_trace_filter(self.trace)
         if not MIN_MEMORY_MIB <= self.memory_mib <= MAX_MEMORY_MIB:
             raise ConfigError(f"--memory must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB")
         if not 1 <= self.cpus <= MAX_CPUS:
@@ -158,6 +164,8 @@ class Machine:
             self._check_backend(config)
             self.vm.register_memory(self.memory)
             self.irqchip = self._make_irqchip(config.irqchip)
+            tracing = config.trace or config.trace_file is not None
+            self.tracer = ExitTracer(config.trace or "all", config.trace_file) if tracing else None
         except BaseException:
             self.vm.close()
             self.memory.close()
@@ -397,8 +405,8 @@ class Machine:
             loop = VcpuLoop(vcpu, self.control, self.pio, self.mmio, timing=self.config.stats)
             if i == 0 or isinstance(self.irqchip, KernelIrqChip):
                 self.irqchip.attach(loop)
-            if self.config.trace:
-                loop.after_exit.append(_exit_tracer(vcpu.id))
+            if self.tracer is not None:
+                loop.after_exit.append(self.tracer.hook(vcpu.id))
             loop.intercept(E.SystemEventExit, self._system_events)
             if caps.rescue_emulation:
                 loop.intercept(E.InternalErrorExit, Rescuer(loop, self.memory, keeper))
@@ -616,6 +624,8 @@ class Machine:
         self.iothread.close()
         for close in self._closing:
             close()
+        if self.tracer is not None:
+            self.tracer.close()
         self.vm.close()
         self.memory.close()
 
@@ -623,11 +633,3 @@ class Machine:
 def slot(base: int, length: int, name: str = "", offset: int = 0) -> BusSlot:
     """A :class:`BusSlot` of ``length`` ports or bytes at ``base``."""
     return BusSlot(Range(base, length), name, offset)
-
-
-def _exit_tracer(vcpu_id: int) -> Callable[[E.Exit], bool]:
-    def trace(ex: E.Exit) -> bool:
-        log.info("vcpu %d exit: %s", vcpu_id, ex)
-        return False
-
-    return trace
