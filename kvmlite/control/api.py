@@ -101,7 +101,7 @@ SCHEMA: dict[str, Command] = {
             "write hex bytes; virtual: through the vCPU's page tables",
             (Arg("addr", int), Arg("data", str), Arg("virtual", bool, False), Arg("cpu", int, False)),
         ),
-        Command("query-devices", "the devices on the buses: name, bus, base, length, state"),
+        Command("query-devices", "the device registry: name, type, bus ranges, IRQs, state"),
         Command("query-stats", "exit counts per reason (the --stats data, live)"),
         Command("inject-nmi", "an NMI to every vCPU"),
         Command("send-serial", "bytes into COM1's receiver", (Arg("data", str),)),
@@ -297,11 +297,18 @@ class MachineApi:
 
     # --- devices and statistics -------------------------------------------------------------------
     def query_devices(self) -> list[dict[str, Any]]:
+        """The device registry: name, QEMU-style type, bus ranges, interrupt lines (GSIs), state."""
         out = []
-        for bus in (self.machine.pio, self.machine.mmio):
-            for r in bus:
-                entry: dict[str, Any] = {"name": r.name, "bus": bus.kind, "base": r.base, "length": r.length}
-                state = _state_of(r.device)
+        with self.machine.lock:
+            for record in self.machine.devices:
+                entry: dict[str, Any] = {
+                    "name": record.name,
+                    "type": record.type,
+                    "pio": [{"base": s.base, "length": s.length, "name": s.name} for s in record.pio],
+                    "mmio": [{"base": s.base, "length": s.length, "name": s.name} for s in record.mmio],
+                    "irqs": list(record.irqs),
+                }
+                state = _state_of(record.device)
                 if state is not None:
                     entry["state"] = state
                 out.append(entry)
@@ -343,11 +350,8 @@ class MachineApi:
         return [{"name": c.name, "doc": c.doc, "args": [a.name for a in c.args]} for c in SCHEMA.values()]
 
     def format_devices(self) -> str:
-        """``query-devices`` as text, for gdb's ``monitor info devices``."""
-        lines = [
-            f"{d['bus']:<5} {d['base']:#010x}+{d['length']:<5} {d['name']}" for d in self.query_devices()
-        ]
-        return "\n".join(lines) + "\n"
+        """The registry as text, one device a line, for gdb's ``monitor info devices``."""
+        return "\n".join(self.machine.devices.describe()) + "\n"
 
 
 def _state_of(device: Any) -> Any:

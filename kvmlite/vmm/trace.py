@@ -147,7 +147,9 @@ class ExitTracer:
             if out is None:
                 record = exit_record(ex)
                 name = record.pop("exit")
-                log.info("vcpu %d %s %s", vcpu_id, name, " ".join(f"{k}={_show(v)}" for k, v in record.items()))
+                log.info(
+                    "vcpu %d %s %s", vcpu_id, name, " ".join(f"{k}={_show(v)}" for k, v in record.items())
+                )
                 return False
             record = {"t": round(time.perf_counter() - self._t0, 6), "vcpu": vcpu_id, **exit_record(ex)}
             line = json.dumps(record) + "\n"

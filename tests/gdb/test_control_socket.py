@@ -110,8 +110,10 @@ def test_stop_regs_write_memory_cont_and_every_malformed_input(
         mailbox = symbol(dbg_guest, "mailbox")
         first.cmd("write-memory", addr=mailbox, data=(42).to_bytes(4, "little").hex())
         assert first.cmd("read-memory", addr=mailbox, size=4, virtual=True) == {"data": "2a000000"}
-        names = [d["name"] for d in second.cmd("query-devices")]
-        assert "serial@0x3f8" in names and "isa-debug-exit" in names
+        devices = {d["name"]: d for d in second.cmd("query-devices")}
+        assert devices["serial0"]["type"] == "isa-serial" and devices["serial0"]["irqs"] == [4]
+        assert devices["serial0"]["pio"][0]["base"] == 0x3F8 and "state" in devices["serial0"]
+        assert devices["debug-exit"]["type"] == "isa-debug-exit"
         assert first.cmd("query-stats")["total"] > 0
         first.cmd("cont")
         assert proc.wait(timeout=60) == DONE_STATUS

@@ -107,7 +107,7 @@ def test_memory_errors_monitor_commands_and_ctrl_c(dbg_guest: Path, tmp_path: Pa
     )
     assert "Cannot access memory at address 0x40000000" in out
     assert "vCPU 0:" in out and "RIP=" in out
-    assert "serial@0x3f8" in out and "isa-debug-exit" in out
+    assert "serial0 (isa-serial): pio 0x3f8-0x3ff, irq 4" in out and "(isa-debug-exit)" in out
     assert "$1 = 1592594996" in out  # 0x5eed1234
     assert status == 0 and serial == ""  # killed before it ran (--gdb-wait)
 
