@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,39 @@ def start_vm(image: Path, tmp: Path, *args: str, cmdline: str = "") -> tuple[sub
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     return proc, serial
+
+
+@contextlib.contextmanager
+def running_vm(
+    image: Path, tmp: Path, *args: str, cmdline: str = ""
+) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """:func:`start_vm`, killed on the way out if it still runs."""
+    proc, serial = start_vm(image, tmp, *args, cmdline=cmdline)
+    try:
+        yield proc, serial
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def waiting_vm_with_api(
+    image: Path, tmp: Path, backend: str
+) -> Iterator[tuple[subprocess.Popen[str], Path, Path]]:
+    """The dbg guest waiting for its mailbox, with ``--api`` on a socket: (process, serial file, socket)."""
+    path = tmp / "api.sock"
+    with running_vm(image, tmp, "--backend", backend, "--api", f"unix:{path}", cmdline="mailbox") as (
+        proc,
+        serial,
+    ):
+        wait_for(path.exists)
+        wait_for(lambda: "waiting" in serial_text(serial))
+        yield proc, serial, path
+
+
+def serial_text(serial: Path) -> str:
+    return serial.read_text() if serial.exists() else ""
 
 
 def wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]

@@ -18,7 +18,8 @@ from tests.gdb.support import (
     dbg_guest,  # noqa: F401  (a fixture)
     free_port,
     run_gdb,
-    start_vm,
+    running_vm,
+    serial_text,
     wait_listening,
 )
 
@@ -28,16 +29,11 @@ pytestmark = pytest.mark.skipif(GDB is None, reason="needs gdb (Debian package g
 def _session(image: Path, tmp: Path, backend: str, commands: list[str], *extra: str) -> tuple[str, int, str]:
     port = free_port()
     args = ("--backend", backend, "--gdb", f"127.0.0.1:{port}", "--gdb-wait", *extra)
-    proc, serial = start_vm(image, tmp, *args)
-    try:
+    with running_vm(image, tmp, *args) as (proc, serial):
         wait_listening(proc)
         out = run_gdb(image, f"target remote :{port}", *commands)
         status = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return out, status, serial.read_text() if serial.exists() else ""
+    return out, status, serial_text(serial)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -124,10 +120,8 @@ def _packet(sock: socket.socket) -> bytes:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ctrl_c_stops_a_running_guest_and_k_kills_it(dbg_guest: Path, tmp_path: Path, backend: str) -> None:  # noqa: F811
     port = free_port()
-    proc, _ = start_vm(
-        dbg_guest, tmp_path, "--backend", backend, "--gdb", f"127.0.0.1:{port}", "--cmdline", "mailbox"
-    )
-    try:
+    args = ("--backend", backend, "--gdb", f"127.0.0.1:{port}")
+    with running_vm(dbg_guest, tmp_path, *args, cmdline="mailbox") as (proc, _):
         wait_listening(proc)
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
             sock.sendall(frame(b"QStartNoAckMode"))
@@ -138,10 +132,6 @@ def test_ctrl_c_stops_a_running_guest_and_k_kills_it(dbg_guest: Path, tmp_path: 
             assert _packet(sock) == b"T02thread:1;"
             sock.sendall(frame(b"k"))
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.skipif(not KVM_OK, reason=f"SMP runs on KVM only: {KVM_REASON}")
