@@ -68,7 +68,9 @@ class MachineTarget:
         self.control = machine.control
         self.loops = machine.loops
         self.memory = machine.memory
-        self.kvm = machine.backend_name == "kvm"
+        #: KVM (whose emulation the rescue backs up) shuts a vCPU down on a single-step at CPL 3 here.
+        self.emulate_user_steps = machine.caps.rescue_emulation
+        self.fpu = machine.caps.fpu_state
         self._monitor = monitor
         self._lock = threading.Lock()
         self._events: queue.Queue[StopEvent] = queue.Queue()
@@ -119,7 +121,7 @@ class MachineTarget:
         vcpu = self._vcpu(cpu)
 
         def read() -> dict[str, int]:
-            fpu = vcpu.get_fpu() if hasattr(vcpu, "get_fpu") else None
+            fpu = vcpu.get_fpu() if self.fpu else None
             return R.from_kvm(self._arch, vcpu.get_regs(), vcpu.get_sregs(), fpu)
 
         return dict(self._run_paused(read))
@@ -219,7 +221,7 @@ class MachineTarget:
             self._events.get_nowait()  # a stop gdb already saw (or was never told of) is stale now
         steps = {cpu for cpu, a in actions.items() if a == "s"}
         for cpu in steps:
-            if self.kvm and self._cpl(cpu) == 3:
+            if self.emulate_user_steps and self._cpl(cpu) == 3:
                 self._emulate_step(cpu)  # the host shuts the vCPU down on a KVM single-step at CPL 3
                 return
         self._stepping = steps

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import KVM_OK, KVM_REASON
 from tests.gdb.support import (
     BACKENDS,
     DONE_STATUS,
@@ -109,6 +110,12 @@ def test_stop_regs_write_memory_cont_and_every_malformed_input(
         assert devices["serial0"]["pio"][0]["base"] == 0x3F8 and "state" in devices["serial0"]
         assert devices["debug-exit"]["type"] == "isa-debug-exit"
         assert first.cmd("query-stats")["total"] > 0
+        first.cmd("system_powerdown")  # the ACPI power button: PWRBTN_STS set (this guest has no SCI handler)
+        pm = {d["name"]: d for d in second.cmd("query-devices")}["acpi-pm"]
+        assert pm["state"]["status"] & 0x100 and pm["irqs"] == [9]
+        if backend == "emu":
+            nmi = first.raw(b'{"execute": "inject-nmi"}')
+            assert nmi["error"]["class"] == "GenericError" and "NMI" in nmi["error"]["desc"]
         first.cmd("cont")
         assert proc.wait(timeout=60) == DONE_STATUS
         assert serial.read_text().splitlines() == [
@@ -147,3 +154,15 @@ def test_gdb_reads_a_variable_from_a_dump_guest_memory_core(
     assert "$1 = 0x5eed1234" in out, out
     assert "$2 = 0x0" in out
     assert re.search(r"eip\s+0x[0-9a-f]+\s+0x[0-9a-f]+ <kmain\+\d+>", out), out  # waiting in its loop
+
+
+@pytest.mark.skipif(not KVM_OK, reason=f"needs /dev/kvm: {KVM_REASON}")
+def test_inject_nmi_reaches_the_guest(dbg_guest: Path, tmp_path: Path) -> None:  # noqa: F811
+    with waiting_vm_with_api(dbg_guest, tmp_path, "kvm") as (proc, _, path):
+        client = Client(path)
+        client.cmd("qmp_capabilities")
+        assert client.cmd("inject-nmi") == {}
+        # the guest has no IDT: the NMI it now takes is a triple fault, the crash status
+        assert proc.wait(timeout=60) == 4
+        assert "triple fault" in proc.communicate()[1]
+        client.close()
