@@ -52,7 +52,7 @@ class Attachments:
         return f"unknown monitor command {command!r}; try: info registers, info devices"
 
     def _announce_stop(self, machine: Any) -> Any:
-        sent = []
+        sent: list[bool] = []
 
         def on_stop() -> None:
             info = machine.control.stop_info

@@ -87,8 +87,8 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError) as err:
         raise ConfigError(f"control socket {args.path}: {err}") from None
     if "error" in reply:
-        err = reply["error"]
-        print(f"kvmlite: {err.get('class')}: {err.get('desc')}", file=sys.stderr)
+        error = reply["error"]
+        print(f"kvmlite: {error.get('class')}: {error.get('desc')}", file=sys.stderr)
         return 1
     print(json.dumps(reply["return"], indent=2))
     return 0

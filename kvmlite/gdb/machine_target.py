@@ -199,12 +199,16 @@ class MachineTarget:
     def _apply_all(self, undo: tuple[BreakKind, int, int] | None = None) -> None:
         """Every vCPU's guest-debug request from the breakpoints and steps now wanted."""
         try:
-            self._run_paused(lambda: [self._apply(loop) for loop in self.loops])
+            self._run_paused(self._apply_each)
         except KvmliteError as err:
             if undo is not None:
                 self.hw.pop(undo, None)
-                self._run_paused(lambda: [self._apply(loop) for loop in self.loops])
+                self._run_paused(self._apply_each)
             raise TargetError(str(err), 28) from err  # ENOSPC: no free debug register
+
+    def _apply_each(self) -> None:
+        for loop in self.loops:
+            self._apply(loop)
 
     def _apply(self, loop: Any) -> None:
         step = loop.vcpu.id in self._stepping
@@ -295,12 +299,16 @@ class MachineTarget:
             self.remove_breakpoint(BreakKind.SOFTWARE, addr, 1)
         self.hw.clear()
         self._stepping.clear()
-        self._run_paused(lambda: [loop.debug.release(USER) for loop in self.loops])
+        self._run_paused(self._release_each)
         with self._lock:
             self._running = False
             if self._paused:
                 self._paused = False
                 self.control.resume()
+
+    def _release_each(self) -> None:
+        for loop in self.loops:
+            loop.debug.release(USER)
 
     def kill(self) -> None:
         from kvmlite.vmm.loop import STATUS_OK
