@@ -13,7 +13,7 @@ from kvmlite.vmm import host_quirks
 from kvmlite.vmm.host_quirks import LINUX_CLEARCPUID, linux_cmdline
 from kvmlite.vmm.machine import Machine, MachineConfig
 from tests.conftest import requires_kvm
-from tests.test_bzimage import make_bzimage
+from tests.images import make_bzimage
 
 
 @pytest.fixture
