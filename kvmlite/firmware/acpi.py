@@ -202,7 +202,7 @@ class SdtHeader:
 
 
 # --- primitives ---------------------------------------------------------------------------------
-def checksum(data: bytes) -> int:
+def checksum(data: bytes | bytearray) -> int:
     """The byte that makes ``data`` (with it in place of a zero) sum to 0 mod 256."""
     return -sum(data) & 0xFF
 
