@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +87,39 @@ def test_probe_runs_once_and_answers() -> None:
     first = host_quirks.host_faults_avx_at_cpl0(new_vm)
     assert isinstance(first, bool)
     assert host_quirks.host_faults_avx_at_cpl0(new_vm) is first
+
+
+LINUX_BOOT = os.environ.get("KVMLITE_LINUX_BOOT") == "1"
+INIT_RAN = "kvmlite-host-quirks: init ran"
+
+
+@requires_kvm
+@pytest.mark.skipif(not LINUX_BOOT, reason="slow Linux boot: set KVMLITE_LINUX_BOOT=1 to run it")
+def test_linux_with_a_plain_console_command_line_reaches_init(tmp_path: Path) -> None:
+    """Issue 14: Debian's bzImage (or KVMLITE_LINUX_KERNEL), gzip'd busybox initramfs, `console=ttyS0`."""
+    from kvmlite.tools import assets, initramfs
+
+    found, reason = assets.find_assets()
+    if found is None:
+        pytest.skip(f"no kernel and busybox ({reason}): run `kvmlite fetch-assets`")
+    vmlinuz, busybox = found
+    kernel = Path(os.environ.get("KVMLITE_LINUX_KERNEL") or vmlinuz)
+    init = tmp_path / "init"
+    init.write_text(f"#!/bin/sh\necho '{INIT_RAN}'\n/bin/busybox poweroff -f\n")
+    initrd = tmp_path / "initrd.gz"
+    initrd.write_bytes(initramfs.build_initramfs(busybox, init=init, compress=True))
+    cmd = [sys.executable, "-m", "kvmlite", "run", "--kernel", str(kernel), "--initrd", str(initrd)]
+    log = tmp_path / "console.log"
+    with log.open("w") as out:
+        subprocess.run(
+            [*cmd, "--cmdline", "console=ttyS0", "--cpus", "2", "--memory", "256"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            timeout=float(os.environ.get("KVMLITE_BOOT_TIMEOUT_S", "3600")),
+            check=False,
+        )
+    text = log.read_text(errors="replace")
+    assert INIT_RAN in text, text[-3000:]
+    if "cannot run AVX instructions at ring 0" in text:  # this host: the one line saying what was added
+        assert LINUX_CLEARCPUID in text

@@ -10,8 +10,9 @@ test's own and busybox shells), then runs two copies of that program that each c
 64 MiB with glibc's memcpy at the same time, on two vCPUs, and prints the kernel log.  No process may
 die, every checksum must match, and no ``segfault``/``traps:`` line may appear.
 
-``python3 tests/test_linux_xstate.py [kvmlite run options]`` runs the same guest once and prints the
-counts, e.g. with ``--host-workarounds off`` for the crash rate without kvmlite's workaround.
+``python3 tests/test_linux_xstate.py LOG [kvmlite run options]`` runs the same guest once, its console
+in LOG, and prints the counts, e.g. with ``--host-workarounds off`` for the crash rate without
+kvmlite's workaround.
 """
 
 from __future__ import annotations
@@ -98,14 +99,20 @@ def build_guest(out: Path) -> tuple[Path, Path]:
     return kernel, initrd
 
 
-def boot(kernel: Path, initrd: Path, *extra: str) -> str:
-    """The console output of one boot (kvmlite's own log lines included)."""
+def boot(kernel: Path, initrd: Path, log: Path, *extra: str, cmdline: str = "") -> str:
+    """The console output of one boot (kvmlite's own log lines included), written to ``log`` as it comes."""
     cmd = [sys.executable, "-m", "kvmlite", "run", "--kernel", str(kernel), "--initrd", str(initrd)]
-    cmd += ["--cmdline", f"{LINUX_TEST_CMDLINE} print-fatal-signals=1", "--cpus", "2", "--memory", "512"]
-    r = subprocess.run(
-        [*cmd, *extra], capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL
-    )
-    return r.stdout + r.stderr
+    cmd += ["--cmdline", cmdline or f"{LINUX_TEST_CMDLINE} print-fatal-signals=1", "--cpus", "2"]
+    with log.open("w") as out:
+        subprocess.run(
+            [*cmd, "--memory", "512", *extra],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            timeout=TIMEOUT_S,
+            check=False,
+        )
+    return log.read_text(errors="replace")
 
 
 def summary(out: str) -> tuple[int | None, list[str], list[str]]:
@@ -117,8 +124,7 @@ def summary(out: str) -> tuple[int | None, list[str], list[str]]:
 
 def test_processes_keep_their_vector_registers_on_two_vcpus(tmp_path: Path) -> None:
     kernel, initrd = build_guest(tmp_path)
-    out = boot(kernel, initrd)
-    (tmp_path / "console.log").write_text(out)
+    out = boot(kernel, initrd, tmp_path / "console.log")
     assert DONE in out, out[-3000:]
     died, copies, bad = summary(out)
     assert died == 0, out[-3000:]
@@ -127,10 +133,9 @@ def test_processes_keep_their_vector_registers_on_two_vcpus(tmp_path: Path) -> N
     assert not bad, bad
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python3 tests/test_linux_xstate.py LOG [kvmlite run options]
     with tempfile.TemporaryDirectory() as tmp:
         k, i = build_guest(Path(tmp))
-        text = boot(k, i, *sys.argv[1:])
-        sys.stdout.write(text)
+        text = boot(k, i, Path(sys.argv[1]), *sys.argv[2:])
         died, copies, bad = summary(text)
         sys.stdout.write(f"\nSUMMARY died={died} copies={copies} bad={len(bad)}\n")
