@@ -21,14 +21,10 @@ keeps that state across the kernel's context switches.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from kvmlite.errors import KvmIoctlError, KvmliteError
-from kvmlite.kvm import exits as E
-from kvmlite.memory.guest import GuestMemory
+from kvmlite.errors import KvmIoctlError
+from kvmlite.vmm.host_probe import PORT, HostProbe, NewVm, long_mode_vm, reported, run_to_exit
 
 log = logging.getLogger(__name__)
 
@@ -41,41 +37,13 @@ LINUX_FORMATS = ("bzimage", "pvh")
 CR4_OSXSAVE = 1 << 18
 XCR0_AVX = 0x7  # x87 | SSE | AVX
 
-_probe_lock = threading.Lock()
-_probe_result: bool | None = None
+def _probe(new_vm: NewVm) -> bool:
+    """True if ``vzeroupper`` at CPL 0, with AVX enabled in CR4 and XCR0, does not run."""
+    from kvmlite.vmm.cpu_setup import guest_cpuid
 
-
-def host_faults_avx_at_cpl0(new_vm: Callable[[], Any]) -> bool:
-    """True if an AVX instruction at CPL 0 (AVX enabled in CR4 and XCR0) does not run (tested once).
-
-    ``new_vm`` makes the probe's VM (``VmBackend.new_vm``).
-    """
-    global _probe_result
-    with _probe_lock:
-        if _probe_result is None:
-            try:
-                _probe_result = _probe(new_vm)
-            except KvmliteError as err:
-                log.debug("AVX-at-ring-0 probe failed (%s): assuming a correct host", err)
-                _probe_result = False
-        return _probe_result
-
-
-def _probe(new_vm: Callable[[], Any]) -> bool:
-    from kvmlite.loaders.base import EntryMode, LoadResult
-    from kvmlite.vmm.cpu_setup import guest_cpuid, setup_cpu
-
-    code, port = 0x10_0000, 0x10
-    memory = GuestMemory([(0, 4 << 20)])
-    vm = new_vm()
-    try:
-        vm.set_tss_addr()
-        vm.register_memory(memory)
-        memory.write(code, bytes.fromhex("c5f877 e610 f4"))  # vzeroupper; out 0x10, al; hlt
-        vcpu = vm.create_vcpu(0)
+    code = bytes.fromhex("c5f877 e6") + bytes([PORT]) + b"\xf4"  # vzeroupper; out PORT, al; hlt
+    with long_mode_vm(new_vm, code) as (vm, vcpu, _, regs, sregs):
         vcpu.set_cpuid(guest_cpuid(vm.supported_cpuid(), 0))
-        regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
-        setup_cpu(regs, sregs, memory, LoadResult("probe", code, EntryMode.LONG64, gdt=0x500))
         sregs.cr4 |= CR4_OSXSAVE
         sregs.idt.base, sregs.idt.limit = 0, 0  # a #UD triple-faults: the run ends either way
         vcpu.set_sregs(sregs)
@@ -87,19 +55,14 @@ def _probe(new_vm: Callable[[], Any]) -> bool:
         except KvmIoctlError:
             return False  # no AVX state for guests at all: no guest kernel uses AVX
         # (KVM_GET_SUPPORTED_CPUID may not list AVX on such a host: its ring 0 sees the host's CPUID.)
-        for _ in range(4):
-            ex = vcpu.run()
-            if isinstance(ex, E.IoOut) and ex.port == port:
-                return False
-            if not isinstance(ex, E.Interrupted):
-                return True
-        return True
-    finally:
-        vm.close()
-        memory.close()
+        return reported(run_to_exit(vcpu)) is None
 
 
-def linux_cmdline(kernel: Path, cmdline: str, new_vm: Callable[[], Any]) -> str:
+#: True if an AVX instruction at CPL 0 does not run on this host (probed once, for Linux guests only).
+host_faults_avx_at_cpl0: HostProbe[bool] = HostProbe("AVX at ring 0", _probe, False)
+
+
+def linux_cmdline(kernel: Path, cmdline: str, new_vm: NewVm) -> str:
     """``cmdline``, with :data:`LINUX_CLEARCPUID` added if ``kernel`` is Linux and this host needs it."""
     from kvmlite.loaders import detect_format
 

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import logging
 import struct
-import threading
-from collections.abc import Callable
 from typing import Any
 
 from kvmlite.backend import VmBackend
@@ -39,8 +37,9 @@ from kvmlite.errors import KvmIoctlError, KvmliteError
 from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import MsrFilterFlag
 from kvmlite.memory.guest import GuestMemory
-from kvmlite.vmm.cpu_setup import MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK, setup_cpu, write_identity_page_tables
+from kvmlite.vmm.cpu_setup import MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK
 from kvmlite.vmm.debug import HwBreakpoint
+from kvmlite.vmm.host_probe import CODE, PORT, HostProbe, NewVm, long_mode_vm, reported, run_to_exit
 from kvmlite.vmm.loop import VcpuLoop
 from kvmlite.vmm.vmem import read_virtual
 
@@ -63,64 +62,24 @@ STEP_OVER = {
 }
 _FRAME = struct.Struct("<6Q")  # error code, RIP, CS, RFLAGS, RSP, SS (a long-mode #PF frame)
 
-_probe_lock = threading.Lock()
-_probe_result: bool | None = None
-
-
-def host_drops_syscall_privilege(new_vm: Callable[[], Any]) -> bool:
-    """True if SYSCALL from CPL 3 reaches LSTAR still at CPL 3 on this host (tested once per process).
-
-    ``new_vm`` makes the probe's KVM VM (``VmBackend.new_vm`` or ``Kvm.create_vm``).
-    """
-    global _probe_result
-    with _probe_lock:
-        if _probe_result is None:
-            try:
-                _probe_result = _probe(new_vm)
-            except KvmliteError as err:
-                log.debug("SYSCALL probe failed (%s): assuming a correct host", err)
-                _probe_result = False
-            if _probe_result:
-                log.info("this host's KVM leaves SYSCALL from ring 3 at CPL 3: kvmlite completes them")
-        return _probe_result
-
-
-def _probe(new_vm: Callable[[], Any]) -> bool:
+def _probe(new_vm: NewVm) -> bool:
     """A long-mode VM whose ring-3 code executes SYSCALL; the LSTAR code reports its CPL with an OUT."""
-    from kvmlite.loaders.base import EntryMode, LoadResult
-
-    code, handler, port = 0x10_0000, 0x10_0100, 0x10
-    memory = GuestMemory([(0, 4 << 20)])
-    vm = new_vm()
-    try:
-        vm.set_tss_addr()
-        vm.register_memory(memory)
-        memory.write(code, b"\x0f\x05\xf4")  # syscall; hlt
-        memory.write(handler, bytes([0xE6, port, 0xF4]))  # out port, al; hlt
-        vcpu = vm.create_vcpu(0)
-        regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
-        setup_cpu(regs, sregs, memory, LoadResult("probe", code, EntryMode.LONG64, gdt=0x500))
-        write_identity_page_tables(memory, user=True)  # the same tables, reachable from ring 3
-        memory.write(0x500 + 0x18, struct.pack("<QQ", 0x00CF_F200_0000_FFFF, 0x00AF_FA00_0000_FFFF))
-        sregs.gdt.limit = 0x28 - 1
-        sregs.cs.selector, sregs.cs.dpl = 0x23, 3
-        sregs.ss.selector, sregs.ss.dpl = 0x1B, 3
+    handler = CODE + 0x100
+    with long_mode_vm(new_vm, b"\x0f\x05\xf4", ring3=True) as (_, vcpu, memory, regs, sregs):  # syscall; hlt
+        memory.write(handler, bytes([0xE6, PORT, 0xF4]))  # out PORT, al; hlt
         sregs.efer |= EFER_SCE
         vcpu.set_sregs(sregs)
-        regs.rsp, regs.rflags = 0x30_0000, RFLAGS_FIXED | (3 << 12)
         vcpu.set_regs(regs)
         # SYSRET selectors 0x10 (+16 = 0x20 user code), SYSCALL selectors 0x08 (kernel code, +8 data)
         vcpu.set_msrs({MSR_STAR: (0x10 << 48) | (0x08 << 32), MSR_LSTAR: handler, MSR_SYSCALL_MASK: 0})
-        for _ in range(4):
-            ex = vcpu.run()
-            if isinstance(ex, E.IoOut) and ex.port == port:
-                return vcpu.get_sregs().cs.dpl == 3
-            if not isinstance(ex, E.Interrupted):
-                return False
-        return False
-    finally:
-        vm.close()
-        memory.close()
+        quirk = reported(run_to_exit(vcpu)) is not None and vcpu.get_sregs().cs.dpl == 3
+    if quirk:
+        log.info("this host's KVM leaves SYSCALL from ring 3 at CPL 3: kvmlite completes them")
+    return quirk
+
+
+#: True if SYSCALL from CPL 3 reaches LSTAR still at CPL 3 on this host (probed once per process).
+host_drops_syscall_privilege: HostProbe[bool] = HostProbe("SYSCALL", _probe, False)
 
 
 class SyscallRepair:

@@ -34,15 +34,13 @@ never needs a rescue and ring 3 sees the guest's XCR0: nothing here runs.
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from kvmlite.errors import KvmliteError
-from kvmlite.kvm import exits as E
-from kvmlite.memory.guest import GuestMemory
+from kvmlite.vmm.host_probe import PORT, HostProbe, NewVm, long_mode_vm, reported, run_to_exit
 
 log = logging.getLogger(__name__)
 
@@ -66,70 +64,32 @@ ACCESS_FETCH = 4
 STATS_KEPT = "xrstor: extended state kept by kvmlite"
 STATS_INIT = "xrstor: extended state reset by kvmlite"
 
-_probe_lock = threading.Lock()
-_probe_result: int | None = None
-
-
-def ring3_extra_xcr0(new_vm: Callable[[], Any]) -> int:
-    """The XCR0 bits guest ring 3 has beyond x87|SSE when the guest's XCR0 is x87|SSE (0: a correct host).
-
-    Measured once per process with a tiny VM that ``new_vm`` makes (``VmBackend.new_vm``).
-    """
-    global _probe_result
-    with _probe_lock:
-        if _probe_result is None:
-            try:
-                _probe_result = _probe(new_vm) & ~XCR0_X87_SSE
-            except KvmliteError as err:
-                log.debug("XCR0 probe failed (%s): assuming a correct host", err)
-                _probe_result = 0
-            if _probe_result:
-                log.info(
-                    "this host runs guest ring 3 with its own XCR0 (state %#x beyond the guest's): kvmlite "
-                    "keeps that state across the guest kernel's XSAVE/XRSTOR",
-                    _probe_result,
-                )
-        return _probe_result
-
-
-def _probe(new_vm: Callable[[], Any]) -> int:
+def _probe(new_vm: NewVm) -> int:
     """Ring-3 XGETBV in a long-mode VM whose XCR0 is x87|SSE; the value read, through an OUT."""
-    from kvmlite.loaders.base import EntryMode, LoadResult
-    from kvmlite.vmm.cpu_setup import guest_cpuid, setup_cpu, write_identity_page_tables
+    from kvmlite.vmm.cpu_setup import guest_cpuid
 
-    code, port = 0x10_0000, 0x10
-    memory = GuestMemory([(0, 4 << 20)])
-    vm = new_vm()
-    try:
-        vm.set_tss_addr()
-        vm.register_memory(memory)
-        memory.write(code, bytes.fromhex("31c9 0f01d0 e710 f4"))  # xor ecx,ecx; xgetbv; out 0x10,eax; hlt
-        vcpu = vm.create_vcpu(0)
+    code = bytes.fromhex("31c9 0f01d0 e7") + bytes([PORT]) + b"\xf4"  # xor ecx,ecx; xgetbv; out PORT,eax; hlt
+    with long_mode_vm(new_vm, code, ring3=True) as (vm, vcpu, _, regs, sregs):
         vcpu.set_cpuid(guest_cpuid(vm.supported_cpuid(), 0))
-        regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
-        setup_cpu(regs, sregs, memory, LoadResult("probe", code, EntryMode.LONG64, gdt=0x500))
-        write_identity_page_tables(memory, user=True)
-        memory.write(0x500 + 0x18, struct.pack("<QQ", 0x00CF_F200_0000_FFFF, 0x00AF_FA00_0000_FFFF))
-        sregs.gdt.limit = 0x28 - 1
-        sregs.cs.selector, sregs.cs.dpl = 0x23, 3
-        sregs.ss.selector, sregs.ss.dpl = 0x1B, 3
         sregs.cr4 |= CR4_OSXSAVE
         vcpu.set_sregs(sregs)
-        regs.rsp, regs.rflags = 0x30_0000, 0x2 | (3 << 12)  # IOPL 3: the OUT is allowed at CPL 3
         vcpu.set_regs(regs)
         xcrs = vcpu.get_xcrs()
         xcrs.nr_xcrs, xcrs.xcrs[0].xcr, xcrs.xcrs[0].value = 1, 0, XCR0_X87_SSE
         vcpu.set_xcrs(xcrs)
-        for _ in range(4):
-            ex = vcpu.run()
-            if isinstance(ex, E.IoOut) and ex.port == port:
-                return int.from_bytes(ex.data[:4], "little")
-            if not isinstance(ex, E.Interrupted):
-                return XCR0_X87_SSE
-        return XCR0_X87_SSE
-    finally:
-        vm.close()
-        memory.close()
+        seen = reported(run_to_exit(vcpu))
+    extra = (seen if seen is not None else XCR0_X87_SSE) & ~XCR0_X87_SSE
+    if extra:
+        log.info(
+            "this host runs guest ring 3 with its own XCR0 (state %#x beyond the guest's): kvmlite keeps "
+            "that state across the guest kernel's XSAVE/XRSTOR",
+            extra,
+        )
+    return extra
+
+
+#: The XCR0 bits guest ring 3 has beyond x87|SSE when the guest's XCR0 is x87|SSE (0: a correct host).
+ring3_extra_xcr0: HostProbe[int] = HostProbe("XCR0 at CPL 3", _probe, 0)
 
 
 class _Saved:

@@ -1,0 +1,108 @@
+"""Facts about the host's KVM, measured once per process with a tiny VM.
+
+Some hosts' KVM behaves unlike the hardware it stands for (this project's
+kvm-pvm machines, docs/platform-notes.md).  kvmlite works around such a quirk
+only where a probe finds it: a VM of a few bytes of code in long mode, at
+CPL 0 or CPL 3, that reports what it saw with an ``out``.  :class:`HostProbe`
+runs a probe at most once per process (the first time a guest needs the
+answer, not at start-up) and remembers the answer; :func:`long_mode_vm`
+builds the VM.  Users: kvmlite.vmm.syscall_fix, kvmlite.vmm.xstate_quirk,
+kvmlite.vmm.host_quirks.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Generic, TypeVar
+
+from kvmlite.errors import KvmliteError
+from kvmlite.kvm import exits as E
+from kvmlite.memory.guest import GuestMemory
+from kvmlite.vmm.cpu_setup import setup_cpu, write_identity_page_tables
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+NewVm = Callable[[], Any]  # VmBackend.new_vm: a fresh KVM VM
+CODE = 0x10_0000
+PORT = 0x10  # where probes report
+GDT = 0x500
+USER_STACK = 0x30_0000
+USER_DATA, USER_CODE = 0x1B, 0x23  # the selectors of the two descriptors below, with RPL 3
+USER_DESCRIPTORS = struct.pack("<QQ", 0x00CF_F200_0000_FFFF, 0x00AF_FA00_0000_FFFF)  # at 0x18: data, code
+RFLAGS_FIXED, RFLAGS_IOPL3 = 1 << 1, 3 << 12
+ProbeVm = Iterator[tuple[Any, Any, GuestMemory, Any, Any]]
+RUNS = 4  # KVM_RUNs before a probe gives up (a signal may interrupt one)
+
+
+class HostProbe(Generic[T]):
+    """``probe(new_vm)`` run at most once per process; ``default`` if it fails (a correct host assumed)."""
+
+    def __init__(self, what: str, probe: Callable[[NewVm], T], default: T) -> None:
+        self.what = what
+        self.probe = probe
+        self.default = default
+        self.result: T | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, new_vm: NewVm) -> T:
+        with self._lock:
+            if self.result is None:
+                try:
+                    self.result = self.probe(new_vm)
+                except KvmliteError as err:
+                    log.debug("%s probe failed (%s): assuming a correct host", self.what, err)
+                    self.result = self.default
+            return self.result
+
+
+@contextmanager
+def long_mode_vm(new_vm: NewVm, code: bytes, ring3: bool = False) -> ProbeVm:
+    """(vm, vcpu, memory, regs, sregs) of a one-vCPU VM set to run ``code`` at :data:`CODE` in long mode.
+
+    With ``ring3`` at CPL 3 (IOPL 3, so it may ``out``), with user-accessible identity page tables and
+    user segments at 0x18/0x20.  The caller adjusts ``regs``/``sregs`` and sets them.
+    """
+    from kvmlite.loaders.base import EntryMode, LoadResult
+
+    memory = GuestMemory([(0, 4 << 20)])
+    vm = new_vm()
+    try:
+        vm.set_tss_addr()
+        vm.register_memory(memory)
+        memory.write(CODE, code)
+        vcpu = vm.create_vcpu(0)
+        regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+        setup_cpu(regs, sregs, memory, LoadResult("probe", CODE, EntryMode.LONG64, gdt=GDT))
+        if ring3:
+            write_identity_page_tables(memory, user=True)
+            memory.write(GDT + 0x18, USER_DESCRIPTORS)
+            sregs.gdt.limit = 0x28 - 1
+            sregs.cs.selector, sregs.cs.dpl = USER_CODE, 3
+            sregs.ss.selector, sregs.ss.dpl = USER_DATA, 3
+            regs.rsp, regs.rflags = USER_STACK, RFLAGS_FIXED | RFLAGS_IOPL3
+        yield vm, vcpu, memory, regs, sregs
+    finally:
+        vm.close()
+        memory.close()
+
+
+def run_to_exit(vcpu: Any) -> E.Exit:
+    """The vCPU's first exit that is not an interruption (or the last one after :data:`RUNS` tries)."""
+    ex: E.Exit = E.Interrupted()
+    for _ in range(RUNS):
+        ex = vcpu.run()
+        if not isinstance(ex, E.Interrupted):
+            break
+    return ex
+
+
+def reported(ex: E.Exit, port: int = PORT) -> int | None:
+    """The value a probe wrote to ``port`` with its ``out``, or None if it ended any other way."""
+    if isinstance(ex, E.IoOut) and ex.port == port:
+        return int.from_bytes(ex.data[: ex.size], "little")
+    return None
