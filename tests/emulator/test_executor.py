@@ -549,6 +549,55 @@ def test_mov_to_cr_at_cpl3_is_a_gp(asm: Asm) -> None:
     assert ex.cpu.gpr[RSP] == 0x9F00 - 6 * 8
 
 
+def _ring3(ex: Executor, ops: FakeOps) -> None:
+    """CPL 3 in 64-bit mode, with a ring-0 stack in the TSS for the exception."""
+    cpu = ex.cpu
+    cpu.cpl = 3
+    cpu.segs[CS].dpl, cpu.segs[CS].selector = 3, 0x0B
+    ops.put(0x22000 + 4, 8, 0x9F00)
+    cpu.tr.base, cpu.tr.limit = 0x22000, 0x67
+
+
+@pytest.mark.parametrize(
+    ("efer_sce", "cpl", "vector"),
+    [(False, 3, 6), (True, 3, 13), (False, 0, 6)],  # #UD (EFER.SCE) comes before #GP (CPL)
+)
+def test_row_checks_make_ud_conditions_before_privilege(
+    asm: Asm, efer_sce: bool, cpl: int, vector: int
+) -> None:
+    ex, ops = setup(asm, "sysretq")
+    _long_mode_idt(ex, ops)
+    if not efer_sce:
+        ex.cpu.efer &= ~1
+    if cpl == 3:
+        _ring3(ex, ops)
+    run_until_hlt(ex)
+    assert ex.cpu.gpr[15] == vector
+
+
+class NoPopcnt(FakeOps):
+    """A CPU whose CPUID leaf 1 lacks POPCNT."""
+
+    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        a, b, c, d = super().cpuid(leaf, subleaf)
+        return (a, b, c & ~(1 << 23), d) if leaf == 1 else (a, b, c, d)
+
+
+def test_row_cpuid_feature_missing_is_ud(asm: Asm) -> None:
+    code = asm("popcnt eax, ebx\nhlt\n", 64, CODE)
+    ex, _ = make(64, code, rip=CODE, rsp=STACK)
+    ex.cpu.gpr[RBX] = 0xFF
+    ex.step()
+    assert ex.cpu.gpr[RAX] == 8  # the default CPUID has POPCNT
+    ops2 = NoPopcnt()
+    ops2.load(CODE, code)
+    ex2 = Executor(make(64)[0].cpu, ops2)
+    ex2.cpu.rip, ex2.cpu.gpr[RSP] = CODE, STACK
+    _long_mode_idt(ex2, ops2)
+    run_until_hlt(ex2)
+    assert ex2.cpu.gpr[15] == 6 and ex2.cpu.gpr[RAX] == 0
+
+
 def test_syscall_and_sysret_round_trip(asm: Asm) -> None:
     ex, _ = setup(asm, """
         mov ecx, 0xc0000081
