@@ -546,12 +546,3 @@ def _gpr(reg: int, size: int, rex: int) -> Operand:
     else:
         op.reg = reg
     return op
-
-
-def mode_of(cs_db: bool, cs_l: bool, protected: bool, long_active: bool, vm86: bool = False) -> int:
-    """The decode mode for a code segment: 64 for a 64-bit CS in long mode, else 32 or 16."""
-    if not protected or vm86:
-        return MODE_16
-    if long_active and cs_l:
-        return MODE_64
-    return MODE_32 if cs_db else MODE_16

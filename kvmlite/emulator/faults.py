@@ -9,9 +9,9 @@ bypasses ``step()`` is still a clear kvmlite error.  A fault while delivering
 a double fault ends in :class:`TripleFault`, which *does* leave ``step()``:
 the VMM resets or stops the guest, as KVM reports ``KVM_EXIT_SHUTDOWN``.
 
-The page-fault and non-canonical errors come from :mod:`kvmlite.emulator.mmu`
-(raised by ``ops.read_linear``/``write_linear``) and are converted to #PF and
-#GP/#SS by the executor.
+:class:`PageFault`, :class:`NonCanonicalAddress` and :class:`InvalidPdpte`
+are raised by :mod:`kvmlite.emulator.mmu` (through ``ops.read_linear``/
+``write_linear``) and converted to #PF and #GP/#SS by the executor.
 """
 
 from __future__ import annotations
@@ -53,10 +53,6 @@ class TripleFault(EmulatorError):
 def gp(error_code: int = 0, reason: str = "") -> GuestFault:
     """#GP with an error code (0 unless a selector is to blame)."""
     return GuestFault(GP, error_code, reason=reason)
-
-
-def ud(reason: str = "") -> GuestFault:
-    return GuestFault(UD, reason=reason)
 
 
 # --- raised by the MMU (kvmlite.emulator.mmu) through ops.read_linear/write_linear
