@@ -27,7 +27,6 @@ see the report in the module's tests.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from kvmlite.emulator import decoder as D
 from kvmlite.emulator import opcodes as T
@@ -77,7 +76,7 @@ CANONICAL_LIMIT = 1 << 48
 #: The next-RIP mask by code size.
 _IP_MASK = {16: 0xFFFF, 32: 0xFFFFFFFF, 64: MASK64}
 
-Handler = Callable[["Executor", D.Instruction], None]
+Handler = T.Handler
 
 
 class Executor:

@@ -20,7 +20,11 @@ Three jobs, following the Intel SDM volume 3, chapters 3 and 5:
 (``limit`` is the byte-granular limit after applying G), so the emulator and
 the KVM backend exchange segment state field by field.  The valid offset
 range and the allowed access kinds are computed once per load, which keeps
-the per-access check to a few comparisons.
+the per-access check to a few comparisons: the executor reads ``lo``, ``hi``
+and ``rights`` inline on its hot path and calls :meth:`Segment.linear` only
+to raise the fault.  This is the emulator's one segmentation implementation:
+the segment handlers (:mod:`.handlers.segment`), far transfers and event
+delivery load and check segments through it.
 """
 
 from __future__ import annotations
