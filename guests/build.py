@@ -108,6 +108,9 @@ class GuestSpec:
     debug: bool = False
 
 
+#: What every virtio test guest links: the entry, the C library and the virtio-pci driver.
+VIRTIO_GUEST = ("cmb/boot.S", "clib/klib.c", "virtio/vdrv.c")
+
 GUESTS: dict[str, GuestSpec] = {
     spec.name: spec
     for spec in (
@@ -123,8 +126,6 @@ GUESTS: dict[str, GuestSpec] = {
         GuestSpec("outloop", Kind.MULTIBOOT_ELF32, ("outloop.S",), "outloop.elf"),
         GuestSpec("mmioloop", Kind.MULTIBOOT_ELF32, ("mmioloop.S",), "mmioloop.elf"),
         GuestSpec("cmb", Kind.C_MULTIBOOT_ELF32, ("cmb/boot.S", "cmb/kernel.c", "clib/klib.c"), "cmb.elf"),
-        # virtio-blk through PCI enumeration and a virtqueue of its own (identical under QEMU).
-        GuestSpec("vblk", Kind.C_MULTIBOOT_ELF32, ("cmb/boot.S", "virtio/vblk.c", "clib/klib.c"), "vblk.elf"),
         # the debugger's guest: built with debug information and symbols
         GuestSpec("dbg", Kind.C_MULTIBOOT_ELF32, ("cmb/boot.S", "dbg/kernel.c", "clib/klib.c"), "dbg.elf",
                   debug=True),
@@ -135,11 +136,16 @@ GUESTS: dict[str, GuestSpec] = {
     )
 }
 GUEST_NAMES: tuple[str, ...] = tuple(GUESTS)
-#: Guests that only their own tests build and check (their output varies from run to run, so they have no
-#: expectation shared with QEMU's reference runs); build_guest builds them by name too.
+#: Guests that only their own tests build and check (their output varies from run to run, or they need a
+#: device on the command line, so they have no expectation shared with the generic reference runs);
+#: build_guest builds them by name too.
 OWN_TEST_GUESTS: dict[str, GuestSpec] = {
     spec.name: spec
     for spec in (
+        # virtio devices through PCI enumeration and a virtqueue of their own, identical under QEMU
+        # (tests/test_virtio_guests.py runs them with the device they need).
+        GuestSpec("vblk", Kind.C_MULTIBOOT_ELF32, (*VIRTIO_GUEST, "virtio/vblk.c"), "vblk.elf"),
+        GuestSpec("vrng", Kind.C_MULTIBOOT_ELF32, (*VIRTIO_GUEST, "virtio/vrng.c"), "vrng.elf"),
         # Vector register state of ring-3 tasks across context switches (tests/test_xstate.py).
         GuestSpec("xstate", Kind.MULTIBOOT_ELF32, ("xstate.S",), "xstate.elf"),
     )

@@ -48,11 +48,6 @@ CBENCH_TEST_ITERS = 1000
 LOOP_TEST_N = 1000
 
 
-#: Guests that need a device on the VMM's command line (a disk, a NIC): their own tests run them
-#: under both VMMs with that device (tests/test_virtio_blk.py), so they have no entry below.
-DEVICE_GUESTS = frozenset({"vblk"})
-
-
 def debug_exit_status(value: int) -> int:
     """Exit status of a VMM after the guest wrote ``value`` to the isa-debug-exit port."""
     return ((value << 1) | 1) & 0xFF

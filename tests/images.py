@@ -1,6 +1,7 @@
 """Synthetic kernel images the tests build and share: a bzImage, a PVH vmlinux, the multiboot
-guest of the command-line tests, and the routines of the multiboot-entry and QEMU front-end
-guests.  Test modules import these from here, not from each other."""
+guest of the command-line tests, the routines of the multiboot-entry and QEMU front-end
+guests, and the disk image of the virtio tests.  Test modules import these from here, not from
+each other."""
 
 from __future__ import annotations
 
@@ -207,3 +208,15 @@ exit:
     out %eax, $0xf4
     ud2
 """.replace("EXIT_VALUE", str(GUEST_EXIT_VALUE))
+
+
+DISK_SECTORS = 128
+DISK_SECTOR_0 = b"kvmlite virtio-blk test image\n"
+
+
+def make_disk_image(path: Path) -> Path:
+    """A raw disk of :data:`DISK_SECTORS` sectors that starts with :data:`DISK_SECTOR_0`, zeros after."""
+    data = bytearray(DISK_SECTORS * 512)
+    data[: len(DISK_SECTOR_0)] = DISK_SECTOR_0
+    path.write_bytes(bytes(data))
+    return path

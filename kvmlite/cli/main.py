@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME",
-        help="add an optional device by QEMU's name: pc-testdev (repeatable)",
+        help="add an optional device by QEMU's name: pc-testdev, virtio-rng-pci (repeatable)",
     )
     run.add_argument(
         "--disk",

@@ -80,6 +80,8 @@ class VirtioDevice:
         #: Set by the transport: raise the used-buffer interrupt of queue n / the config-change interrupt.
         self.interrupt_queue: Callable[[int], None] = lambda n: None
         self.interrupt_config: Callable[[], None] = lambda: None
+        #: Set by the machine for devices with deadlines (rate limits): a deadline may have moved.
+        self.reschedule: Callable[[], None] = lambda: None
         self._warned: set[str] = set()
         self.status = 0
         self.driver_features = 0

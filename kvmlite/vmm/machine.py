@@ -57,6 +57,7 @@ from kvmlite.virtio import pci as VP
 from kvmlite.virtio.blk import BlockImage, DiskSpec, VirtioBlk
 from kvmlite.virtio.device import VirtioDevice
 from kvmlite.virtio.pci import VirtioPciFunction
+from kvmlite.virtio.rng import VirtioRng
 from kvmlite.vmm import layout as L
 from kvmlite.vmm.console import SerialConsole, parse_serial_spec
 from kvmlite.vmm.cpu_setup import boot_msrs, guest_cpuid, setup_cpu
@@ -79,7 +80,7 @@ MIB = 1 << 20
 MIN_MEMORY_MIB = 2
 MAX_MEMORY_MIB = 64 * 1024
 #: Devices a MachineConfig may ask for by name, beyond the standard PC's.
-OPTIONAL_DEVICES = ("pc-testdev",)
+OPTIONAL_DEVICES = ("pc-testdev", "virtio-rng-pci")
 SMP_NEEDS_KERNEL_IRQCHIP = "SMP needs the in-kernel irqchip (the KVM backend with --irqchip kernel or auto)"
 
 
@@ -108,7 +109,7 @@ class MachineConfig:
     host_workarounds: str = "auto"
     #: Library use: where the guest's serial output goes (overrides ``serial``).
     serial_out: Callable[[bytes], None] | None = None
-    #: Devices attached only on request, by QEMU's names: "pc-testdev" (see OPTIONAL_DEVICES).
+    #: Devices attached only on request, by QEMU's names: "pc-testdev", "virtio-rng-pci" (OPTIONAL_DEVICES).
     extra_devices: list[str] = field(default_factory=list)
     #: ``--disk PATH[,readonly=on][,serial=ID]`` specs: one virtio-blk-pci each.
     disks: list[str] = field(default_factory=list)
@@ -481,6 +482,15 @@ class Machine:
         self.attach_virtio_pci(name, "virtio-blk-pci", blk)
         return blk
 
+    def attach_virtio_rng(self) -> VirtioRng:
+        """A virtio-rng-pci entropy device over the host's getrandom, rate-limited by the timer service."""
+        name = self.devices.unique_name("virtio-rng")
+        rng = VirtioRng(self.memory, name=name)
+        rng.reschedule = self.timers.poke
+        self.timers.add(rng)
+        self.attach_virtio_pci(name, "virtio-rng-pci", rng)
+        return rng
+
     def attach_virtio_pci(self, name: str, type_: str, device: VirtioDevice) -> VirtioPciFunction:
         """A virtio device on PCI; with KVM its queue notifications go through ioeventfds."""
         function = VirtioPciFunction(device)
@@ -571,6 +581,8 @@ class Machine:
             machine.attach_pc_devices()
             if "pc-testdev" in config.extra_devices:
                 machine.attach_pc_testdev()
+            if "virtio-rng-pci" in config.extra_devices:
+                machine.attach_virtio_rng()
             machine.load()
             machine.create_vcpus(config.cpus)
         except BaseException:
