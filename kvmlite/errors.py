@@ -29,9 +29,11 @@ from __future__ import annotations
 import errno as _errno
 import os
 
+from kvmlite.status import ExitStatus
+
 #: The exit status of a command that stops on a :class:`KvmliteError` (bad input): never 1,
 #: which is Python's own status for an uncaught exception.
-STATUS_BAD_INPUT = 2
+STATUS_BAD_INPUT = ExitStatus.BAD_INPUT
 
 
 class KvmliteError(Exception):

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from kvmlite.cli.main import main
 from tests.conftest import requires_kvm
 from tests.images import build_guest
 
@@ -112,3 +113,20 @@ def test_hidden_cpu_feature_is_hidden_from_the_guest(tmp_path):
     assert not cpuid[(1, 0)].ecx >> sse42.bit & 1
     assert not cpuid[(1, 0)].ecx >> FEATURES["avx"].bit & 1
     machine.close()
+
+
+def test_no_usable_dev_kvm_is_status_6_which_no_debug_exit_value_gives(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvmlite.errors import KvmUnavailableError
+    from kvmlite.kvm.system import Kvm
+    from kvmlite.status import ExitStatus
+
+    def unusable(self: Kvm, path: str = "/dev/kvm") -> None:
+        raise KvmUnavailableError("cannot open /dev/kvm: No such file or directory")
+
+    monkeypatch.setattr(Kvm, "__init__", unusable)
+    assert main(["run", "--backend", "kvm"]) == ExitStatus.NO_BACKEND == 6
+    assert "cannot open /dev/kvm" in capsys.readouterr().err
+    statuses = [int(s) for s in ExitStatus]
+    assert all(s % 2 == 0 for s in statuses if s < ExitStatus.SIGNALED)  # a guest's (v << 1) | 1 is odd

@@ -6,7 +6,8 @@ import threading
 import time
 
 from kvmlite.kvm import exits as E
-from kvmlite.vmm.loop import STATUS_INTERRUPTED
+from kvmlite.status import ExitStatus
+from kvmlite.vmm.loop import LoopExtension, VcpuLoop
 from kvmlite.vmm.machine import Machine, MachineConfig
 from tests.conftest import requires_kvm
 from tests.images import build_guest
@@ -26,9 +27,9 @@ def test_stop_from_another_thread_ends_a_spinning_guest(tmp_path, asm):
     time.sleep(0.3)
     assert t.is_alive()  # still spinning
     started = time.monotonic()
-    machine.control.stop(STATUS_INTERRUPTED, "test says stop")
+    machine.control.stop(ExitStatus.INTERRUPTED, "test says stop")
     t.join(timeout=5)
-    assert not t.is_alive() and result == [STATUS_INTERRUPTED]
+    assert not t.is_alive() and result == [ExitStatus.INTERRUPTED]
     assert time.monotonic() - started < 2
     machine.close()
 
@@ -45,19 +46,21 @@ def test_hooks_see_every_exit_and_can_take_it_over(tmp_path):
     seen: list[type] = []
     swallowed: list[int] = []
 
-    def before() -> None:
-        nonlocal runs
-        runs += 1
+    class Watcher(LoopExtension):
+        every_exit = True
 
-    def after(ex: E.Exit) -> bool:
-        seen.append(type(ex))
-        if isinstance(ex, E.IoOut) and ex.port == 0x3F8 and bytes(ex.data) == b"!":
-            swallowed.append(ex.port)
-            return True
-        return False
+        def before_run(self, loop: VcpuLoop) -> None:
+            nonlocal runs
+            runs += 1
 
-    loop.before_run.append(before)
-    loop.after_exit.append(after)
+        def on_exit(self, loop: VcpuLoop, ex: E.Exit) -> bool:
+            seen.append(type(ex))
+            if isinstance(ex, E.IoOut) and ex.port == 0x3F8 and bytes(ex.data) == b"!":
+                swallowed.append(ex.port)
+                return True
+            return False
+
+    loop.add(Watcher())
     status = machine.run()
     assert status == 0x43
     assert runs == len(seen) and runs > 10

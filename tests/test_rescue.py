@@ -102,14 +102,16 @@ def test_rescuer_emulates_the_instruction_and_writes_the_state_back(tmp_path: Pa
     vcpu.set_sregs(sregs)
 
     rescuer = Rescuer(loop, mem)
-    assert rescuer(emulation_failure()) is True
+    assert rescuer.on_exit(loop, emulation_failure()) is True
     after = vcpu.get_regs()
     assert after.rip == handler
     assert after.rsp == stack - 12  # EIP, CS, EFLAGS pushed
     assert mem.read_u32(stack - 12) == int3_at + 1  # int3 is a trap: it returns past itself
     assert mem.read_u32(stack - 8) == 0x08
-    assert rescuer.counts["int3"] == 1 and loop.stats.rescues["int3"] == 1
-    assert rescuer(E.Hlt()) is False  # other exits are not its business
+    assert loop.stats.rescues["int3"] == 1
+    # other exits are not its business: it is given internal errors only, and takes emulation failures only
+    assert Rescuer.exits == (E.InternalErrorExit,)
+    assert rescuer.on_exit(loop, E.InternalErrorExit(int(InternalError.DELIVERY_EV), (), b"")) is False
     machine.close()
 
 
@@ -122,7 +124,7 @@ def test_instruction_the_emulator_cannot_do_stops_the_vm_with_its_name(tmp_path:
     regs = loop.vcpu.get_regs()
     regs.rip += 5  # past `mov $stack_top, %esp`: RIP is on addps
     loop.vcpu.set_regs(regs)
-    assert Rescuer(loop, machine.memory)(emulation_failure()) is True
+    assert Rescuer(loop, machine.memory).on_exit(loop, emulation_failure()) is True
     info = machine.control.stop_info
     assert info is not None and info.status == 4
     assert "addps" in info.message and "kvmlite cannot either" in info.message
@@ -152,7 +154,7 @@ def test_rescued_xrstor_loads_the_vcpus_sse_state(tmp_path: Path) -> None:
     regs.rip, regs.rdi, regs.rax, regs.rdx = code, image, 0x3, 0
     vcpu.set_regs(regs)
 
-    assert Rescuer(loop, mem)(emulation_failure()) is True
+    assert Rescuer(loop, mem).on_exit(loop, emulation_failure()) is True
     area = bytes(vcpu.get_xsave())
     assert area[160:416] == xmm  # XMM0-15 now hold the image's values, in the vCPU itself
     assert vcpu.get_regs().rip == code + 3

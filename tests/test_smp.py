@@ -323,14 +323,15 @@ class FakeVcpu:
 class FakeLoop:
     def __init__(self, vcpu: FakeVcpu) -> None:
         self.vcpu = vcpu
-        self.hook = None
+        self.extension = None
 
-    def intercept(self, cls: type, hook) -> None:  # type: ignore[no-untyped-def]
-        self.hook = hook
+    def add(self, extension) -> None:  # type: ignore[no-untyped-def]
+        self.extension = extension
 
     def kicked(self) -> None:
         """What the vCPU thread does on the Interrupted exit a watchdog kick produces."""
-        self.hook(E.Interrupted())
+        assert E.Interrupted in self.extension.exits
+        self.extension.on_exit(self, E.Interrupted())
 
 
 @pytest.fixture

@@ -1,11 +1,15 @@
 """``kvmlite``: the command line.
 
     kvmlite run [--kernel PATH] [--initrd PATH]... [--cmdline STR] [--memory MIB] [--cpus N]
-                [--backend kvm|emu|auto] [--stats] [-v]
+                [--backend kvm|emu|auto] [--irqchip kernel|userspace|auto] [--serial SPEC]
+                [--on-reset exit|restart] [--cpu-features SPEC] [--syscall-fix auto|off]
+                [--trace] [--stats] [--profile FILE [--profile-hz HZ] [--symbols FILE]] [-v]
     kvmlite info
+    kvmlite extract-vmlinux | initramfs | fetch-assets ...   (each with its own --help)
 
 Every error kvmlite expects (bad arguments, a malformed kernel, no /dev/kvm)
-ends with one sentence on stderr and a non-zero status, never a traceback.
+ends with one sentence on stderr and a status from :class:`kvmlite.status.ExitStatus`,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kvmlite.errors import STATUS_BAD_INPUT, ConfigError, KvmliteError, KvmUnavailableError
+from kvmlite.errors import ConfigError, KvmliteError, KvmUnavailableError
+from kvmlite.status import ExitStatus
 
 log = logging.getLogger("kvmlite")
 
-STATUS_NO_BACKEND = 3
 
 
 def _positive_int(text: str) -> int:
@@ -40,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a guest (the built-in demo guest when no --kernel is given)")
     run.add_argument(
-        "--kernel", type=Path, help="kernel image: multiboot ELF32/a.out, ELF64 or a boot sector"
+        "--kernel",
+        type=Path,
+        help="kernel image: Linux bzImage, ELF with a PVH note (vmlinux), multiboot ELF32/a.out, "
+        "ELF64 or a boot sector (the format is read from the bytes)",
     )
     run.add_argument("--initrd", type=Path, action="append", default=[], help="module / initrd (repeatable)")
     run.add_argument("--cmdline", default="", help="kernel command line")
@@ -156,36 +163,11 @@ def _setup_logging(verbosity: int) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kvmlite.vmm.machine import SMP_NEEDS_KERNEL_IRQCHIP, Machine, MachineConfig
+    from kvmlite.guests import DEMO_GUEST
+    from kvmlite.vmm.machine import Machine, MachineConfig
 
-    # validate what needs no file first, so the error names the real problem
-    MachineConfig(
-        kernel=Path(),
-        memory_mib=args.memory,
-        cpus=args.cpus,
-        backend=args.backend,
-        irqchip=args.irqchip,
-        serial=args.serial,
-        cpu_features=args.cpu_features,
-    ).validate()
-    if args.cpus > 1 and (args.backend == "emu" or args.irqchip == "userspace"):
-        raise ConfigError(f"--cpus {args.cpus}: {SMP_NEEDS_KERNEL_IRQCHIP}")
-    kernel = args.kernel
-    if kernel is None:
-        from kvmlite.guests import DEMO_GUEST
-
-        kernel = DEMO_GUEST
-        if not kernel.is_file():
-            raise ConfigError(
-                f"the built-in demo guest is missing ({kernel}); rebuild it: python3 guests/build.py"
-            )
-    elif not kernel.is_file():
-        raise ConfigError(f"kernel {kernel} does not exist or is not a file")
-    for initrd in args.initrd:
-        if not initrd.is_file():
-            raise ConfigError(f"initrd {initrd} does not exist or is not a file")
-    config = MachineConfig(
-        kernel=kernel,
+    config = MachineConfig(  # validated here, once, before anything is built or opened
+        kernel=args.kernel if args.kernel is not None else DEMO_GUEST,
         cmdline=args.cmdline,
         initrds=list(args.initrd),
         memory_mib=args.memory,
@@ -203,6 +185,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         disks=list(args.disk),
         host_workarounds=args.host_workarounds,
     )
+    if not config.kernel.is_file():
+        if args.kernel is None:
+            raise ConfigError(
+                f"the built-in demo guest is missing ({DEMO_GUEST}); rebuild it: python3 guests/build.py"
+            )
+        raise ConfigError(f"kernel {config.kernel} does not exist or is not a file")
+    for initrd in config.initrds:
+        if not initrd.is_file():
+            raise ConfigError(f"initrd {initrd} does not exist or is not a file")
     while True:
         machine = Machine.build(config)
         try:
@@ -257,7 +248,7 @@ def _run_once(machine: Any, args: argparse.Namespace) -> int:
                 f"unclaimed accesses: {sum(unclaimed.values())} at {len(unclaimed)} addresses",
                 file=sys.stderr,
             )
-    if info and info.status == 4:
+    if info and info.status == ExitStatus.GUEST_CRASH:
         print(f"kvmlite: {info.message}", file=sys.stderr)
     return int(status)
 
@@ -322,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             return _tool(argv[0], argv[1:])
         except KvmliteError as err:
             print(f"kvmlite: {err}", file=sys.stderr)
-            return STATUS_BAD_INPUT
+            return ExitStatus.BAD_INPUT
     parser = build_parser()
     args = parser.parse_args(_join_feature_spec(argv))
     _setup_logging(args.verbose + getattr(args, "run_verbose", 0))
@@ -332,12 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_info(args)
     except KvmUnavailableError as err:
         print(f"kvmlite: {err}", file=sys.stderr)
-        return STATUS_NO_BACKEND
+        return ExitStatus.NO_BACKEND
     except KvmliteError as err:
         print(f"kvmlite: {err}", file=sys.stderr)
-        return STATUS_BAD_INPUT
+        return ExitStatus.BAD_INPUT
     except KeyboardInterrupt:
-        return 130
+        return ExitStatus.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -209,9 +209,9 @@ class MachineApi:
         return {}
 
     def quit(self) -> dict[str, Any]:
-        from kvmlite.vmm.loop import STATUS_OK
+        from kvmlite.status import ExitStatus
 
-        self.control.stop(STATUS_OK, "quit from the control socket")
+        self.control.stop(ExitStatus.OK, "quit from the control socket")
         return {}
 
     # --- vCPU state -----------------------------------------------------------------------------

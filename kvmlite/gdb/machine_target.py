@@ -311,9 +311,9 @@ class MachineTarget:
             loop.debug.release(USER)
 
     def kill(self) -> None:
-        from kvmlite.vmm.loop import STATUS_OK
+        from kvmlite.status import ExitStatus
 
-        self.control.stop(STATUS_OK, "killed from gdb")
+        self.control.stop(ExitStatus.OK, "killed from gdb")
 
     def monitor(self, command: str) -> str:
         if command in ("info registers", "info registers -a"):

@@ -38,7 +38,8 @@ from typing import Any
 
 from kvmlite.devices.serial import Serial16550
 from kvmlite.errors import ConfigError
-from kvmlite.vmm.loop import STATUS_OK, VmControl
+from kvmlite.status import ExitStatus
+from kvmlite.vmm.loop import VmControl
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,7 @@ class SerialConsole:
                 self._ctrl_a = False
                 if byte == QUIT_KEY:
                     self.restore_terminal()
-                    self.control.stop(STATUS_OK, "quit from the console (Ctrl-A x)")
+                    self.control.stop(ExitStatus.OK, "quit from the console (Ctrl-A x)")
                     return bytes(out)
                 if byte == CTRL_A:
                     out.append(CTRL_A)

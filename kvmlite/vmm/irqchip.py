@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
 
 from kvmlite.backend import VcpuBackend, VmBackend
 from kvmlite.devices.base import IrqLine
 from kvmlite.devices.pic import Pic8259Pair
 from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import MpState
-from kvmlite.vmm.loop import STATUS_OK, VmControl
-
-if TYPE_CHECKING:
-    from kvmlite.vmm.loop import VcpuLoop
+from kvmlite.status import ExitStatus
+from kvmlite.vmm.loop import LoopExtension, VcpuLoop, VmControl
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +40,8 @@ HALT_WATCH_INTERVAL_S = 0.5
 WAITING_FOR_SIPI = (MpState.UNINITIALIZED, MpState.INIT_RECEIVED)
 
 
-class UserspaceIrqChip:
+class UserspaceIrqChip(LoopExtension):
     """kvmlite's PIC pair feeding KVM_INTERRUPT (or the software backend)."""
-
-    mode = "userspace"
 
     def __init__(self, lock: threading.RLock, control: VmControl) -> None:
         self.cond = threading.Condition(lock)
@@ -54,7 +49,6 @@ class UserspaceIrqChip:
         self.pic = Pic8259Pair(intr=self._intr)
         self._vcpu: VcpuBackend | None = None
         self._vcpu_thread: int | None = None
-        self.injected = 0
         control.wakers.append(self._wake)
 
     def line(self, irq: int) -> IrqLine:
@@ -69,8 +63,7 @@ class UserspaceIrqChip:
     def attach(self, loop: VcpuLoop) -> None:
         """Wire the boot vCPU's loop: inject before each run, sleep on HLT (the PIC serves vCPU 0)."""
         self._vcpu = loop.vcpu
-        loop.before_run.append(self._inject)
-        loop.on_halt = self._wait_for_interrupt
+        loop.add(self)
 
     def _intr(self, level: bool) -> None:
         """The PIC's INT pin (called with the device lock held)."""
@@ -81,7 +74,8 @@ class UserspaceIrqChip:
         if vcpu is not None and threading.get_ident() != self._vcpu_thread:
             vcpu.kick()  # it may be running guest code: make it come back for the injection
 
-    def _inject(self) -> None:
+    def before_run(self, loop: VcpuLoop) -> None:
+        """Inject the PIC's interrupt when the vCPU can take it, else ask for an interrupt window."""
         vcpu = self._vcpu
         assert vcpu is not None, "attach() first"
         if self._vcpu_thread is None:
@@ -95,12 +89,11 @@ class UserspaceIrqChip:
                 return
             if vcpu.ready_for_interrupt_injection:
                 vcpu.interrupt(self.pic.acknowledge())
-                self.injected += 1
                 vcpu.request_interrupt_window(self.pic.intr_level)
             else:
                 vcpu.request_interrupt_window(True)
 
-    def _wait_for_interrupt(self, loop: VcpuLoop) -> None:
+    def wait_for_interrupt(self, loop: VcpuLoop) -> None:
         with self.cond:
             while not self.pic.intr_level and not self.control.attention:
                 self.cond.wait()
@@ -110,10 +103,10 @@ class UserspaceIrqChip:
             self.cond.notify_all()
 
 
-class KernelIrqChip:
+class KernelIrqChip(LoopExtension):
     """KVM's in-kernel PIC/IOAPIC/LAPIC and PIT; devices raise GSIs with KVM_IRQ_LINE."""
 
-    mode = "kernel"
+    exits = (E.Interrupted,)
 
     def __init__(self, vm: VmBackend, control: VmControl) -> None:
         self.vm = vm
@@ -148,33 +141,33 @@ class KernelIrqChip:
         round may be woken by INIT/SIPI in the next, which is why reports
         from older rounds do not count).
         """
-        vcpu = loop.vcpu
         with self._watch_lock:
-            self._watched.append(vcpu.id)
+            self._watched.append(loop.vcpu.id)
+        loop.add(self)
 
-        def check_parked(ex: E.Exit) -> bool:
-            if self.control.stopping:
-                return False
-            state = vcpu.get_mp_state()
-            halted = state == MpState.HALTED and not vcpu.get_regs().rflags & RFLAGS_IF
-            parked = halted or state in WAITING_FOR_SIPI
-            with self._watch_lock:
-                if parked:
-                    self._parked[vcpu.id] = (self._round, halted)
-                else:
-                    self._parked.pop(vcpu.id, None)
-                reports = [self._parked.get(i) for i in self._watched]
-                done = all(r is not None and r[0] == self._round for r in reports) and any(
-                    r is not None and r[1] for r in reports
-                )
-            if done:
-                what = "guest halted with interrupts disabled"
-                if len(self._watched) > 1:
-                    what += " on every CPU"
-                self.control.stop(STATUS_OK, what, vcpu.id)
+    def on_exit(self, loop: VcpuLoop, ex: E.Exit) -> bool:
+        """A kick (the watchdog's among them): report whether this vCPU is parked."""
+        if self.control.stopping:
             return False
-
-        loop.intercept(E.Interrupted, check_parked)
+        vcpu = loop.vcpu
+        state = vcpu.get_mp_state()
+        halted = state == MpState.HALTED and not vcpu.get_regs().rflags & RFLAGS_IF
+        parked = halted or state in WAITING_FOR_SIPI
+        with self._watch_lock:
+            if parked:
+                self._parked[vcpu.id] = (self._round, halted)
+            else:
+                self._parked.pop(vcpu.id, None)
+            reports = [self._parked.get(i) for i in self._watched]
+            done = all(r is not None and r[0] == self._round for r in reports) and any(
+                r is not None and r[1] for r in reports
+            )
+        if done:
+            what = "guest halted with interrupts disabled"
+            if len(self._watched) > 1:
+                what += " on every CPU"
+            self.control.stop(ExitStatus.OK, what, vcpu.id)
+        return False
 
     @property
     def rounds(self) -> int:

@@ -2,17 +2,27 @@
 
 One :class:`VcpuLoop` per vCPU, each in its own thread.  Exits are
 dispatched by their type through a dict; PIO and MMIO go to the buses.
-Two lists of hooks sit at the loop's special points:
 
-* ``before_run``: callables run before each KVM_RUN (interrupt injection,
-  request of an interrupt window, trace points);
-* ``after_exit``: callables given every exit first; one that returns True has
-  handled it and the default handling is skipped (tracing and debuggers plug
-  in here).
+Extensions.  Everything that adds to the loop (interrupt injection, the
+halt wait, the emulation rescue, the SYSCALL repair, the profiler, exit
+tracing, a debugger) is a :class:`LoopExtension` given to
+:meth:`VcpuLoop.add`.  An extension overrides what it needs:
 
-A hook that cares about one kind of exit uses :meth:`VcpuLoop.intercept`
-instead (the emulation-failure rescue, system events): it runs only for that
-exit type, so the common exits pay nothing for it.
+* ``exits``: the exit types its ``on_exit(loop, ex)`` sees, before the
+  loop's own handling; returning True takes the exit over.  Only these
+  types pay for it: the common exits cost nothing more.
+* ``every_exit = True``: ``on_exit`` sees every exit (tracing, debuggers).
+* ``before_run(loop)``: called before each entry into the guest.
+* ``wait_for_interrupt(loop)``: the vCPU executed HLT with interrupts
+  enabled; block until an interrupt may be due (or ``loop.control.attention``
+  is set).  One extension of a loop may have it; without one, such a HLT ends
+  the VM.
+
+Extensions reach the loop only through its public face: ``loop.vcpu`` (the
+:class:`~kvmlite.backend.VcpuBackend`), ``loop.control``, ``loop.pio`` and
+``loop.mmio``, ``loop.stats``, ``loop.debug``, :meth:`VcpuLoop.handle` (hand
+over an exit of their own making) and :meth:`VcpuLoop.crash`.  Extensions
+for the same exit type run in the order they were added.
 
 :class:`VmControl` is the VM's control from any thread: ``stop()`` ends the
 run; ``pause()``/``resume()``/``run_paused(fn)`` park every vCPU at a
@@ -38,7 +48,9 @@ from typing import Any, TypeVar
 from kvmlite.backend import VcpuBackend
 from kvmlite.errors import KvmliteError
 from kvmlite.kvm import exits as E
+from kvmlite.kvm.constants import SystemEvent
 from kvmlite.memory.bus import Bus
+from kvmlite.status import ExitStatus
 from kvmlite.vmm.debug import GuestDebugSettings
 from kvmlite.vmm.dump import format_state
 from kvmlite.vmm.stats import ExitStats
@@ -46,11 +58,6 @@ from kvmlite.vmm.stats import ExitStats
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Exit statuses of kvmlite (QEMU's debug-exit statuses are odd: (v << 1) | 1).
-STATUS_OK = 0
-STATUS_BAD_INPUT = 2
-STATUS_GUEST_CRASH = 4
-STATUS_INTERRUPTED = 130
 
 
 @dataclass
@@ -190,8 +197,41 @@ class VmControl:
             self._changed.notify_all()
 
 
-Hook = Callable[[], None]
-ExitHook = Callable[[E.Exit], bool]
+class LoopExtension:
+    """A plug-in for :class:`VcpuLoop` (see the module docstring); override what you need."""
+
+    #: The exit types given to :meth:`on_exit`.
+    exits: tuple[type[E.Exit], ...] = ()
+    #: Give every exit to :meth:`on_exit` (costs on every exit: tracing, debuggers).
+    every_exit: bool = False
+
+    def before_run(self, loop: VcpuLoop) -> None:
+        """Called before each entry into the guest (only if overridden)."""
+
+    def on_exit(self, loop: VcpuLoop, ex: Any) -> bool:
+        """An exit of one of :attr:`exits`; True if this extension handled it."""
+        return False
+
+    def wait_for_interrupt(self, loop: VcpuLoop) -> None:
+        """HLT with interrupts enabled: block until an interrupt may be due or ``control.attention``."""
+        raise NotImplementedError
+
+    def _overrides(self, name: str) -> bool:
+        return getattr(type(self), name) is not getattr(LoopExtension, name)
+
+
+class ExitHook(LoopExtension):
+    """An extension made of one function, ``hook(ex) -> bool``, for some exit types or every exit."""
+
+    def __init__(
+        self, hook: Callable[[Any], bool], exits: tuple[type[E.Exit], ...] = (), every_exit: bool = False
+    ) -> None:
+        self.hook = hook
+        self.exits = exits
+        self.every_exit = every_exit
+
+    def on_exit(self, loop: VcpuLoop, ex: Any) -> bool:
+        return self.hook(ex)
 
 
 class VcpuLoop:
@@ -205,7 +245,6 @@ class VcpuLoop:
         mmio: Bus,
         *,
         timing: bool = False,
-        on_halt: Callable[[VcpuLoop], None] | None = None,
     ) -> None:
         self.vcpu = vcpu
         self.control = control
@@ -215,10 +254,10 @@ class VcpuLoop:
         self.stats = ExitStats()
         #: The one writer of this vCPU's KVM_SET_GUEST_DEBUG (see kvmlite.vmm.debug).
         self.debug = GuestDebugSettings(vcpu)
-        self.before_run: list[Hook] = []
-        self.after_exit: list[ExitHook] = []
-        #: Called on HLT; blocks until an interrupt is due or the VM stops.  None: a HLT ends the VM.
-        self.on_halt = on_halt
+        self.extensions: list[LoopExtension] = []
+        self._before_run: list[Callable[[VcpuLoop], None]] = []
+        self._every_exit: list[Callable[[E.Exit], bool]] = []
+        self._halt_wait: Callable[[VcpuLoop], None] | None = None
         self._handlers: dict[type[E.Exit], Callable[[Any], None]] = {
             E.IoOut: self._io_out,
             E.IoIn: self._io_in,
@@ -239,7 +278,35 @@ class VcpuLoop:
         if timing:
             for kind, cls in (("pio", E.IoOut), ("pio", E.IoIn), ("mmio", E.MmioWrite), ("mmio", E.MmioRead)):
                 self._handlers[cls] = self._timed(kind, self._handlers[cls])
+        self._defaults = dict(self._handlers)
         control.vcpus.append(vcpu)
+
+    def add(self, extension: LoopExtension) -> None:
+        """Plug ``extension`` into this loop (before the loop runs; see the module docstring)."""
+        if extension._overrides("wait_for_interrupt"):
+            if self._halt_wait is not None:
+                raise KvmliteError(f"vcpu {self.vcpu.id}: two extensions wait for interrupts on HLT")
+            self._halt_wait = extension.wait_for_interrupt
+        self.extensions.append(extension)
+        if extension._overrides("before_run"):
+            self._before_run.append(extension.before_run)
+        if extension.every_exit:
+            self._every_exit.append(lambda ex, on_exit=extension.on_exit: on_exit(self, ex))
+        for cls in extension.exits:
+            self._handlers[cls] = self._dispatcher(cls)
+
+    def _dispatcher(self, cls: type[E.Exit]) -> Callable[[Any], None]:
+        """The handler of ``cls``: the extensions that want it in order, then the loop's own."""
+        hooks = tuple(ext.on_exit for ext in self.extensions if cls in ext.exits)
+        default = self._defaults[cls]
+
+        def dispatch(ex: Any) -> None:
+            for hook in hooks:
+                if hook(self, ex):
+                    return
+            default(ex)
+
+        return dispatch
 
     # --- the loop ----------------------------------------------------------------
     def run(self) -> None:
@@ -249,11 +316,11 @@ class VcpuLoop:
         try:
             self._loop()
         except KvmliteError as err:
-            self.control.stop(STATUS_GUEST_CRASH, f"vcpu {self.vcpu.id}: {err}", self.vcpu.id)
+            self.control.stop(ExitStatus.GUEST_CRASH, f"vcpu {self.vcpu.id}: {err}", self.vcpu.id)
         except Exception:  # a bug in kvmlite or in a device model: stop cleanly, keep the trace in the log
             log.exception("vcpu %d: unexpected error in the VMM", self.vcpu.id)
             self.control.stop(
-                STATUS_GUEST_CRASH, f"vcpu {self.vcpu.id}: internal VMM error (see log)", self.vcpu.id
+                ExitStatus.GUEST_CRASH, f"vcpu {self.vcpu.id}: internal VMM error (see log)", self.vcpu.id
             )
         finally:
             self.control.loop_ended()
@@ -264,8 +331,8 @@ class VcpuLoop:
         vcpu = self.vcpu
         handlers = self._handlers
         by_reason = self.stats.by_reason
-        before_run = self.before_run
-        after_exit = self.after_exit
+        before_run = self._before_run
+        after_exit = self._every_exit
         timing = self.timing
         clock = time.perf_counter_ns
         stats = self.stats
@@ -280,7 +347,7 @@ class VcpuLoop:
                 control.park()
                 continue
             for hook in before_run:
-                hook()
+                hook(self)
             if timing:
                 t0 = clock()
                 ex = vcpu.run()
@@ -309,23 +376,17 @@ class VcpuLoop:
             vcpu.kick()
             ex = vcpu.run()
             self.stats.by_reason[type(ex).__name__].count += 1
-            if not (self.after_exit and any(h(ex) for h in self.after_exit)):
+            if not (self._every_exit and any(h(ex) for h in self._every_exit)):
                 self._handlers[type(ex)](ex)
         return ex
 
     def handle(self, ex: E.Exit) -> None:
-        """Give an exit to its handler (for hooks that produce exits of their own)."""
+        """Give an exit to its handler (for extensions that produce exits of their own)."""
         self._handlers[type(ex)](ex)
 
-    def intercept(self, cls: type[E.Exit], hook: ExitHook) -> None:
-        """Run ``hook`` first for every exit of type ``cls``; if it returns True the exit is handled."""
-        fallback = self._handlers[cls]
-
-        def chained(ex: Any) -> None:
-            if not hook(ex):
-                fallback(ex)
-
-        self._handlers[cls] = chained
+    def intercept(self, cls: type[E.Exit], hook: Callable[[Any], bool]) -> None:
+        """``add(ExitHook(hook, (cls,)))``: ``hook(ex)`` sees the exits of type ``cls`` first."""
+        self.add(ExitHook(hook, (cls,)))
 
     # --- handlers ------------------------------------------------------------------
     def _count_addr(self, kind: str, addr: int, t0: int) -> None:
@@ -365,16 +426,16 @@ class VcpuLoop:
 
     def _hlt(self, ex: E.Hlt) -> None:
         if not self.vcpu.if_flag:
-            self.control.stop(STATUS_OK, "guest halted with interrupts disabled", self.vcpu.id)
-        elif self.on_halt is not None:
+            self.control.stop(ExitStatus.OK, "guest halted with interrupts disabled", self.vcpu.id)
+        elif self._halt_wait is not None:
             control = self.control
-            self.on_halt(self)  # returns on an interrupt, a stop or a pause
+            self._halt_wait(self)  # returns on an interrupt, a stop or a pause
             while control.attention and not control.stopping:
                 control.park()  # halted: nothing is pending in the vCPU
-                self.on_halt(self)  # and still halted after the resume
+                self._halt_wait(self)  # and still halted after the resume
         else:
             self.control.stop(
-                STATUS_OK,
+                ExitStatus.OK,
                 "guest halted with interrupts enabled and no interrupt source to wake it",
                 self.vcpu.id,
             )
@@ -389,7 +450,7 @@ class VcpuLoop:
         except KvmliteError as err:
             dump = f"(registers unavailable: {err})"
         log.error("vcpu %d: %s\n%s", self.vcpu.id, what, dump)
-        self.control.stop(STATUS_GUEST_CRASH, f"vcpu {self.vcpu.id}: {what}", self.vcpu.id)
+        self.control.stop(ExitStatus.GUEST_CRASH, f"vcpu {self.vcpu.id}: {what}", self.vcpu.id)
 
     def _shutdown(self, ex: E.Shutdown) -> None:
         self.crash("guest triple fault (shutdown)")
@@ -409,11 +470,13 @@ class VcpuLoop:
         )
 
     def _system_event(self, ex: E.SystemEventExit) -> None:
-        what = ex.describe()
-        if what == "crash":
+        kind = ex.kind
+        if kind == SystemEvent.CRASH:
             self.crash("guest reported a crash (system event)")
+        elif kind == SystemEvent.RESET:
+            self.control.stop(ExitStatus.OK, "guest requested a reset", self.vcpu.id, reset=True)
         else:
-            self.control.stop(STATUS_OK, f"guest requested {what}", self.vcpu.id)
+            self.control.stop(ExitStatus.OK, f"guest requested {ex.describe()}", self.vcpu.id)
 
     def _rdmsr(self, ex: E.RdMsr) -> None:
         log.warning("vcpu %d: RDMSR %#x not handled: injecting #GP", self.vcpu.id, ex.index)

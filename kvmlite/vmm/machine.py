@@ -6,13 +6,11 @@ attaches itself at import time.  Every device goes through :meth:`Machine.place`
 which records it in :attr:`Machine.devices` (:mod:`kvmlite.vmm.registry`);
 where it goes comes from :mod:`kvmlite.vmm.layout`, fixed PC addresses or
 :attr:`Machine.allocator`.  ``Machine.run()`` starts one thread per
-vCPU plus the timer service and returns the exit status:
-
-* 0 - the guest stopped cleanly (HLT with interrupts off on every vCPU,
-  ACPI power-off, reset with ``--on-reset exit``, Ctrl-A x);
-* (v << 1) | 1 - the guest wrote v to the debug-exit port (as under QEMU);
-* 4 - the guest crashed (triple fault, failed entry, KVM internal error);
-* 130 - interrupted from the host (Ctrl-C).
+vCPU plus the timer service and returns the exit status
+(:class:`kvmlite.status.ExitStatus`, or ``(v << 1) | 1`` when the guest wrote v
+to the debug-exit port, as under QEMU).  The machine talks to its backend
+only through :mod:`kvmlite.backend`'s protocols and decides by the backend's
+capabilities, never by its name.
 
 Every machine gets ACPI tables (:mod:`kvmlite.firmware.acpi`, in the
 reserved BIOS area at 0xF0000) and the ACPI PM and reset-control devices
@@ -46,13 +44,13 @@ from kvmlite.devices.rtc import CmosRtc
 from kvmlite.devices.serial import Serial16550
 from kvmlite.errors import ConfigError, KvmliteError
 from kvmlite.firmware.acpi import MAX_CPUS, AcpiPlatform, write_tables
-from kvmlite.kvm import exits as E
 from kvmlite.loaders import LoadResult, load_kernel
 from kvmlite.memory.bus import Bus
 from kvmlite.memory.guest import GuestMemory
 from kvmlite.pci.bus import ConfigAddress, ConfigData, Ecam, PciBus, devfn
 from kvmlite.pci.config import COMMAND, COMMAND_IO, COMMAND_MEMORY, INTERRUPT_LINE, INTERRUPT_PIN, BarKind
 from kvmlite.pci.device import HostBridge, PciFunction
+from kvmlite.status import ExitStatus
 from kvmlite.virtio import pci as VP
 from kvmlite.virtio.blk import BlockImage, DiskSpec, VirtioBlk
 from kvmlite.virtio.device import VirtioDevice
@@ -65,7 +63,7 @@ from kvmlite.vmm.cpuid import apply_features, parse_feature_spec
 from kvmlite.vmm.iothread import IoThread
 from kvmlite.vmm.irqchip import HALT_WATCH_INTERVAL_S, KernelIrqChip, UserspaceIrqChip
 from kvmlite.vmm.layout import Range, SystemAllocator
-from kvmlite.vmm.loop import STATUS_INTERRUPTED, STATUS_OK, VcpuLoop, VmControl
+from kvmlite.vmm.loop import ExitHook, VcpuLoop, VmControl
 from kvmlite.vmm.registry import BusSlot, DeviceRecord, DeviceRegistry
 from kvmlite.vmm.rescue import Rescuer
 from kvmlite.vmm.stats import ExitStats
@@ -84,8 +82,10 @@ OPTIONAL_DEVICES = ("pc-testdev", "virtio-rng-pci")
 SMP_NEEDS_KERNEL_IRQCHIP = "SMP needs the in-kernel irqchip (the KVM backend with --irqchip kernel or auto)"
 
 
-@dataclass
+@dataclass(frozen=True)
 class MachineConfig:
+    """What to run and how; checked once, when made (a :class:`ConfigError` naming the option)."""
+
     kernel: Path
     cmdline: str = ""
     initrds: list[Path] = field(default_factory=list)
@@ -113,6 +113,9 @@ class MachineConfig:
     extra_devices: list[str] = field(default_factory=list)
     #: ``--disk PATH[,readonly=on][,serial=ID]`` specs: one virtio-blk-pci each.
     disks: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         parse_feature_spec(self.cpu_features)
@@ -147,8 +150,7 @@ class Machine:
     """A PC-like VM: ACPI, legacy devices, one or more vCPUs."""
 
     def __init__(self, config: MachineConfig) -> None:
-        config.validate()
-        self.config = config
+        self.config = config  # validated when it was made
         self.control = VmControl()
         self.lock = threading.RLock()  # the device lock: buses, timers and console threads share it
         self.pio = Bus("pio", self.lock)
@@ -209,11 +211,11 @@ class Machine:
 
     def request_reset(self) -> None:
         """The guest asked for a reset (keyboard controller, port 0x92, reset event)."""
-        self.control.stop(STATUS_OK, "guest requested a reset", reset=True)
+        self.control.stop(ExitStatus.OK, "guest requested a reset", reset=True)
 
     def power_off(self) -> None:
         """The guest entered ACPI S5."""
-        self.control.stop(STATUS_OK, "guest powered off (ACPI S5)")
+        self.control.stop(ExitStatus.OK, "guest powered off (ACPI S5)")
 
     # --- the builder: one attach_* per device, each recorded in the registry ------------------
     def place(
@@ -407,19 +409,12 @@ class Machine:
             if i == 0 or isinstance(self.irqchip, KernelIrqChip):
                 self.irqchip.attach(loop)
             if self.tracer is not None:
-                loop.after_exit.append(self.tracer.hook(vcpu.id))
-            loop.intercept(E.SystemEventExit, self._system_events)
+                loop.add(ExitHook(self.tracer.hook(vcpu.id), every_exit=True))
             if caps.rescue_emulation:
-                loop.intercept(E.InternalErrorExit, Rescuer(loop, self.memory, keeper))
+                loop.add(Rescuer(loop, self.memory, keeper))
             if fix_syscalls:
-                SyscallRepair(loop, self.memory, vm)  # lives on in the loop's intercepts
+                loop.add(SyscallRepair(loop, self.memory, vm))
             self.loops.append(loop)
-
-    def _system_events(self, ex: E.SystemEventExit) -> bool:
-        if ex.describe() == "reset":
-            self.request_reset()
-            return True
-        return False
 
     def attach_pci(self) -> PciBus:
         """The PCI host bridge at 00.0 with configuration mechanism #1 (0xCF8/0xCFC) and the ECAM window."""
@@ -608,7 +603,7 @@ class Machine:
                     for t in threads:
                         t.join()
         except KeyboardInterrupt:
-            self.control.stop(STATUS_INTERRUPTED, "interrupted from the host")
+            self.control.stop(ExitStatus.INTERRUPTED, "interrupted from the host")
             for t in threads:
                 t.join(timeout=5)
         finally:

@@ -25,7 +25,7 @@ from pathlib import Path
 from kvmlite.errors import ConfigError, KvmliteError
 from kvmlite.kvm import exits as E
 from kvmlite.loaders.elf import elf_symbols, is_elf
-from kvmlite.vmm.loop import VcpuLoop
+from kvmlite.vmm.loop import LoopExtension, VcpuLoop
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,10 @@ class SymbolTable:
         return name
 
 
-class Profiler:
+class Profiler(LoopExtension):
     """Samples every vCPU's RIP ``hz`` times a second; :meth:`report` ranks the functions."""
+
+    exits = (E.Interrupted,)
 
     def __init__(
         self,
@@ -107,30 +109,28 @@ class Profiler:
         self.total: Counter[str] = Counter()
         self.recent: Counter[str] = Counter()
         self.samples = 0
-        self._wanted = [False] * len(loops)
+        self._wanted = dict.fromkeys(loops, False)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = time.monotonic()
-        for index, loop in enumerate(loops):
-            loop.intercept(E.Interrupted, self._sampler_for(index, loop))
+        for loop in loops:
+            loop.add(self)
 
-    def _sampler_for(self, index: int, loop: VcpuLoop):  # type: ignore[no-untyped-def]
-        def sample(ex: E.Exit) -> bool:
-            if self._wanted[index]:
-                self._wanted[index] = False
-                try:
-                    rip = loop.vcpu.get_regs().rip
-                except KvmliteError:
-                    return False
-                name = self.symbols.function(rip) if self.symbols else f"{rip:#x}"
-                with self._lock:
-                    self.total[name] += 1
-                    self.recent[name] += 1
-                    self.samples += 1
-            return False  # the loop's own handler still clears the kick
-
-        return sample
+    def on_exit(self, loop: VcpuLoop, ex: E.Exit) -> bool:
+        """The sampler's kick: count where the vCPU was."""
+        if self._wanted[loop]:
+            self._wanted[loop] = False
+            try:
+                rip = loop.vcpu.get_regs().rip
+            except KvmliteError:
+                return False
+            name = self.symbols.function(rip) if self.symbols else f"{rip:#x}"
+            with self._lock:
+                self.total[name] += 1
+                self.recent[name] += 1
+                self.samples += 1
+        return False  # the loop's own handler still clears the kick
 
     # --- the sampler thread -----------------------------------------------------------
     def start(self) -> None:
@@ -147,8 +147,8 @@ class Profiler:
     def _run(self) -> None:
         next_report = time.monotonic() + REPORT_EVERY_S
         while not self._stop.wait(self.period):
-            for index, loop in enumerate(self.loops):
-                self._wanted[index] = True
+            for loop in self.loops:
+                self._wanted[loop] = True
                 loop.vcpu.kick()
             if self.output is not None and time.monotonic() >= next_report:
                 next_report += REPORT_EVERY_S

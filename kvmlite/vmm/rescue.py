@@ -3,7 +3,7 @@
 When KVM_RUN ends with KVM_EXIT_INTERNAL_ERROR / KVM_INTERNAL_ERROR_EMULATION,
 the host's instruction emulator gave up (on this project's nested hosts it
 does for a 32-bit IRET at CPL 0, ``int3`` at CPL 0, ``lock cmpxchg16b``,
-...).  :class:`Rescuer` intercepts that exit in the vCPU loop (``VcpuLoop.intercept``): it reads
+...).  :class:`Rescuer`, a loop extension, takes that exit over: it reads
 the vCPU's state (registers, system registers and the MSRs the SYSCALL and
 SYSENTER paths use), runs the failing instruction on kvmlite's emulator
 against guest memory through the guest MMU, with ports and MMIO reaching the
@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from kvmlite.errors import KvmIoctlError
 from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import InternalError
 from kvmlite.memory.guest import GuestMemory
+from kvmlite.vmm.loop import LoopExtension, VcpuLoop
 
 if TYPE_CHECKING:
     from kvmlite.memory.bus import Bus
-    from kvmlite.vmm.loop import VcpuLoop
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +53,15 @@ RFLAGS_IF = 1 << 9
 MAX_INSN = 15
 
 
-class Rescuer:
-    """The intercept that emulates an instruction KVM failed on (see the module docstring)."""
+class Rescuer(LoopExtension):
+    """The loop extension that emulates an instruction KVM failed on (see the module docstring)."""
+
+    exits = (E.InternalErrorExit,)
 
     def __init__(self, loop: VcpuLoop, memory: GuestMemory, xstate: Any = None) -> None:
         self.loop = loop
         self.vcpu = loop.vcpu
         self.memory = memory
-        self.counts: Counter[str] = Counter()
         self.executor: Any = None
         #: A :class:`kvmlite.vmm.xstate_quirk.ExtendedStateKeeper` (shared by the VM's vCPUs), or None.
         self.xstate = xstate
@@ -74,8 +74,8 @@ class Rescuer:
         self.cpu = CpuState()
         self.executor = Executor(self.cpu, self.ops)
 
-    def __call__(self, ex: E.Exit) -> bool:
-        if not (isinstance(ex, E.InternalErrorExit) and ex.suberror == InternalError.EMULATION):
+    def on_exit(self, loop: VcpuLoop, ex: E.InternalErrorExit) -> bool:
+        if ex.suberror != InternalError.EMULATION:
             return False
         from kvmlite.emulator.cpu import CpuState
         from kvmlite.emulator.faults import TripleFault
@@ -116,7 +116,6 @@ class Rescuer:
             ctypes.memmove(ctypes.addressof(state), bytes(cpu.xsave_area), ctypes.sizeof(state))
             vcpu.set_xsave(state)
         mnemonic = what.split()[0] if what else "?"
-        self.counts[mnemonic] += 1
         self.loop.stats.rescues[mnemonic] += 1
         log.debug("vcpu %d: rescued `%s` for KVM", vcpu.id, what)
         if cpu.halted:  # an emulated HLT: handle it as KVM's HLT exit

@@ -40,14 +40,13 @@ from kvmlite.memory.guest import GuestMemory
 from kvmlite.vmm.cpu_setup import MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK
 from kvmlite.vmm.debug import HwBreakpoint
 from kvmlite.vmm.host_probe import CODE, PORT, HostProbe, NewVm, long_mode_vm, reported, run_to_exit
-from kvmlite.vmm.loop import VcpuLoop
+from kvmlite.vmm.loop import LoopExtension, VcpuLoop
 from kvmlite.vmm.vmem import read_virtual
 
 log = logging.getLogger(__name__)
 
 EFER_SCE = 1 << 0
 VECTOR_PF = 14
-RFLAGS_RF = 1 << 16
 RFLAGS_FIXED = 1 << 1
 STATS_LABEL = "syscall (CPL 3)"
 DEBUG_USER = "syscall-fix"  # its name in the vCPU's guest-debug settings
@@ -82,8 +81,10 @@ def _probe(new_vm: NewVm) -> bool:
 host_drops_syscall_privilege: HostProbe[bool] = HostProbe("SYSCALL", _probe, False)
 
 
-class SyscallRepair:
+class SyscallRepair(LoopExtension):
     """Per vCPU: breakpoint the guest's #PF handler and turn faults at LSTAR from ring 3 into SYSCALLs."""
+
+    exits = (E.Debug, E.WrMsr)
 
     def __init__(self, loop: VcpuLoop, memory: GuestMemory, vm: VmBackend) -> None:
         self.loop = loop
@@ -93,8 +94,12 @@ class SyscallRepair:
         self.handler: int | None = None
         self.lstar = 0  # as the guest last wrote it
         self._stepping = False
-        loop.intercept(E.Debug, self._on_debug)
-        loop.intercept(E.WrMsr, self._on_wrmsr)
+        self._syscall: tuple[Any, Any] | None = None  # the emulator's CPU state and executor, built once
+
+    def on_exit(self, loop: VcpuLoop, ex: E.Exit) -> bool:
+        if isinstance(ex, E.WrMsr):
+            return self._on_wrmsr(ex)
+        return self._on_debug(ex)
 
     @staticmethod
     def trap_lstar_writes(vm: VmBackend) -> bool:
@@ -161,10 +166,9 @@ class SyscallRepair:
             return False
         regs = self.vcpu.get_regs()
         frame = read_virtual(self.vcpu, self.memory, regs.rsp, _FRAME.size)
-        _, rip, cs, rflags, rsp, _ = _FRAME.unpack(frame)
+        _, rip, cs, _, rsp, _ = _FRAME.unpack(frame)
         if rip == self.lstar and cs & 3 == 3:
-            msrs = self.vcpu.get_msrs([MSR_STAR, MSR_SYSCALL_MASK])
-            self._enter_kernel(regs, rsp, rflags, msrs[MSR_STAR], self.lstar, msrs[MSR_SYSCALL_MASK])
+            regs = self._enter_kernel(regs, rsp)
             self.loop.stats.rescues[STATS_LABEL] += 1
         else:
             self._step_over_breakpoint(regs)  # a real page fault: let the handler run
@@ -194,15 +198,48 @@ class SyscallRepair:
         self.loop.debug.request(DEBUG_USER, single_step=True)
         self._stepping = True
 
-    def _enter_kernel(self, regs: Any, rsp: int, rflags: int, star: int, lstar: int, sfmask: int) -> None:
-        """What SYSCALL does after saving RIP in RCX and RFLAGS in R11 (which the host did)."""
-        sregs = self.vcpu.get_sregs()
-        selector = (star >> 32) & 0xFFFC
-        cs, ss = sregs.cs, sregs.ss
-        cs.selector, cs.base, cs.limit, cs.type, cs.present = selector, 0, 0xFFFF_FFFF, 0xB, 1
-        cs.dpl, cs.db, cs.s, cs.l, cs.g, cs.unusable = 0, 0, 1, 1, 1, 0
-        ss.selector, ss.base, ss.limit, ss.type, ss.present = selector + 8, 0, 0xFFFF_FFFF, 0x3, 1
-        ss.dpl, ss.db, ss.s, ss.l, ss.g, ss.unusable = 0, 1, 1, 0, 1, 0
+    def _enter_kernel(self, regs: Any, rsp: int) -> Any:
+        """Do the SYSCALL the host left half done, with the emulator's SYSCALL; the registers after it.
+
+        The emulator executes a ``syscall`` from the state the guest would have
+        had: the user's RSP (from the fault frame), the RFLAGS the host saved
+        in R11, RIP such that the return address is the RCX the host saved.
+        It loads CS and SS from STAR, masks RFLAGS with SFMASK and jumps to
+        LSTAR; the segment registers are written here, the rest is returned.
+        """
+        from kvmlite.emulator.cpu import CpuState
+
+        if self._syscall is None:
+            self._syscall = _syscall_executor()
+        cpu, executor = self._syscall
+        cpu.assign(CpuState.from_kvm(regs, self.vcpu.get_sregs()))
+        cpu.msrs.update(self.vcpu.get_msrs([MSR_STAR, MSR_SYSCALL_MASK]))
+        cpu.msrs[MSR_LSTAR] = self.lstar
+        cpu.rip, cpu.rflags = regs.rcx - len(SYSCALL), regs.r11
+        cpu.gpr[_RSP] = rsp
+        executor.step()
+        if cpu.rip != self.lstar:
+            raise KvmliteError(f"the emulated SYSCALL did not reach LSTAR (RIP {cpu.rip:#x})")
+        regs, sregs = cpu.to_kvm()
         self.vcpu.set_sregs(sregs)
-        regs.rip, regs.rsp = lstar, rsp
-        regs.rflags = (rflags & ~sfmask & ~RFLAGS_RF) | RFLAGS_FIXED
+        return regs
+
+
+SYSCALL = b"\x0f\x05"
+_RSP = 4
+
+
+def _syscall_executor() -> tuple[Any, Any]:
+    """An emulator whose only instruction is SYSCALL: every fetch reads it, nothing else is reachable."""
+    from kvmlite.emulator.cpu import CpuState
+    from kvmlite.emulator.executor import Executor
+    from kvmlite.emulator.ops import ACCESS_FETCH, EmulatorOps
+
+    class SyscallOnly(EmulatorOps):  # type: ignore[misc]
+        def read_linear(self, addr: int, size: int, access: int) -> bytes:
+            if not access & ACCESS_FETCH:
+                raise KvmliteError(f"the SYSCALL repair's emulator read guest memory at {addr:#x}")
+            return (SYSCALL + bytes(size))[:size]
+
+    cpu = CpuState.reset()
+    return cpu, Executor(cpu, SyscallOnly())
