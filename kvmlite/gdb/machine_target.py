@@ -246,7 +246,8 @@ class MachineTarget:
         rescuer = self._rescuers.get(cpu)
         if rescuer is None:
             rescuer = self._rescuers[cpu] = Rescuer(loop, self.memory)
-        self._run_paused(lambda: rescuer(E.InternalErrorExit(int(InternalError.EMULATION), (), b"")))
+        failure = E.InternalErrorExit(int(InternalError.EMULATION), (), b"")
+        self._run_paused(lambda: rescuer.on_exit(loop, failure))
         self._events.put(StopEvent(cpu, SIGTRAP))
 
     def wait(self, timeout: float) -> StopEvent | None:
@@ -375,7 +376,7 @@ class MachineTarget:
                     from kvmlite.vmm.rescue import Rescuer
 
                     rescuer = self._rescuers[cpu] = Rescuer(loop, self.memory)
-                rescuer(ex)
+                rescuer.on_exit(loop, ex)
                 return self._stop(StopEvent(cpu, SIGTRAP)) or True
             return False
 

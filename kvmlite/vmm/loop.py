@@ -21,8 +21,9 @@ tracing, a debugger) is a :class:`LoopExtension` given to
 Extensions reach the loop only through its public face: ``loop.vcpu`` (the
 :class:`~kvmlite.backend.VcpuBackend`), ``loop.control``, ``loop.pio`` and
 ``loop.mmio``, ``loop.stats``, ``loop.debug``, :meth:`VcpuLoop.handle` (hand
-over an exit of their own making) and :meth:`VcpuLoop.crash`.  Extensions
-for the same exit type run in the order they were added.
+over an exit of their own making) and :meth:`VcpuLoop.crash`.  Of the
+extensions for one exit type, the one added last sees the exit first: a
+debugger attached to a built machine comes before the machine's own rescue.
 
 :class:`VmControl` is the VM's control from any thread: ``stop()`` ends the
 run; ``pause()``/``resume()``/``run_paused(fn)`` park every vCPU at a
@@ -296,8 +297,8 @@ class VcpuLoop:
             self._handlers[cls] = self._dispatcher(cls)
 
     def _dispatcher(self, cls: type[E.Exit]) -> Callable[[Any], None]:
-        """The handler of ``cls``: the extensions that want it in order, then the loop's own."""
-        hooks = tuple(ext.on_exit for ext in self.extensions if cls in ext.exits)
+        """The handler of ``cls``: the extensions that want it, latest first, then the loop's own."""
+        hooks = tuple(ext.on_exit for ext in reversed(self.extensions) if cls in ext.exits)
         default = self._defaults[cls]
 
         def dispatch(ex: Any) -> None:
