@@ -30,6 +30,7 @@ class Client:
         self.sock.settimeout(30)
         self.sock.connect(str(path))
         self.file = self.sock.makefile("rb")
+        self.events: list[str] = []
         self.greeting = self.read()
 
     def read(self) -> dict[str, Any]:
@@ -43,6 +44,8 @@ class Client:
             msg = self.read()
             if "event" not in msg:
                 return msg
+            assert set(msg) == {"event", "data", "timestamp"} and msg["timestamp"]["seconds"] > 0
+            self.events.append(msg["event"])
 
     def cmd(self, name: str, **arguments: Any) -> Any:
         reply = self.raw(json.dumps({"execute": name, "arguments": arguments}).encode())
@@ -117,6 +120,9 @@ def test_stop_regs_write_memory_cont_and_every_malformed_input(
             nmi = first.raw(b'{"execute": "inject-nmi"}')
             assert nmi["error"]["class"] == "GenericError" and "NMI" in nmi["error"]["desc"]
         first.cmd("cont")
+        while "RESUME" not in second.events:
+            second.events.append(second.read()["event"])
+        assert second.events == ["STOP", "POWERDOWN", "RESUME"]  # every negotiated client hears them
         assert proc.wait(timeout=60) == DONE_STATUS
         assert serial.read_text().splitlines() == [
             "magic-ok=1",
