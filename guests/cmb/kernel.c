@@ -10,23 +10,11 @@
 #include <stdint.h>
 
 #include "clib/klib.h"
+#include "clib/multiboot.h"
 
 #define EXIT_OK 0x42
 #define EXIT_FAIL 0x01
-#define MULTIBOOT_BOOT_MAGIC 0x2badb002u
-#define MBI_FLAG_MEM (1u << 0)
-#define MBI_FLAG_CMDLINE (1u << 2)
 #define FIB_N 40
-
-struct multiboot_info {
-    uint32_t flags;
-    uint32_t mem_lower;
-    uint32_t mem_upper;
-    uint32_t boot_device;
-    uint32_t cmdline;
-};
-
-void kmain(uint32_t magic, const struct multiboot_info *info);
 
 static uint32_t fib(unsigned n)
 {

@@ -11,25 +11,14 @@
 #include <stdint.h>
 
 #include "clib/klib.h"
+#include "clib/multiboot.h"
 
 #define EXIT_DONE 0x21
-#define MULTIBOOT_BOOT_MAGIC 0x2badb002u
-#define MBI_FLAG_CMDLINE (1u << 2)
-
-struct multiboot_info {
-    uint32_t flags;
-    uint32_t mem_lower;
-    uint32_t mem_upper;
-    uint32_t boot_device;
-    uint32_t cmdline;
-};
 
 volatile uint32_t counter;          /* written once by kmain: the watchpoint's target */
 volatile uint32_t scale = 3;        /* `set var scale = 10` changes the "result" line */
 uint32_t marker = 0x5eed1234;       /* read back from a dump-guest-memory core */
 volatile uint32_t mailbox;          /* written from outside in "mailbox" mode */
-
-void kmain(uint32_t magic, const struct multiboot_info *info);
 
 __attribute__((noinline)) void report(const char *what, uint32_t value)
 {

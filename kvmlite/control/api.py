@@ -105,7 +105,11 @@ SCHEMA: dict[str, Command] = {
         Command("query-stats", "exit counts per reason (the --stats data, live)"),
         Command("inject-nmi", "an NMI to every vCPU"),
         Command("send-serial", "bytes into COM1's receiver", (Arg("data", str),)),
-        Command("dump-guest-memory", "write an ELF core of RAM and registers", (Arg("file", str),)),
+        Command(
+            "dump-guest-memory",
+            "write an ELF core of RAM and registers; paging: at virtual addresses",
+            (Arg("file", str), Arg("paging", bool, False)),
+        ),
         Command("query-commands", "the commands this server knows"),
     )
 }
@@ -335,12 +339,12 @@ class MachineApi:
             taken = serial.enqueue_input(data.encode())
         return {"sent": taken}
 
-    def dump_guest_memory(self, file: str) -> dict[str, Any]:
+    def dump_guest_memory(self, file: str, paging: bool = False) -> dict[str, Any]:
         from kvmlite.vmm.coredump import write_core
 
         def dump() -> int:
             cpus = [(loop.vcpu.get_regs(), loop.vcpu.get_sregs()) for loop in self.machine.loops]
-            return write_core(Path(file), self.machine.memory, cpus)
+            return write_core(Path(file), self.machine.memory, cpus, paging)
 
         return {"size": self._paused(dump)}
 

@@ -3,9 +3,12 @@
 The file is what ``gdb KERNEL CORE`` and the ``crash`` utility open:
 
 * one ``PT_LOAD`` per guest RAM region, with ``p_paddr`` the guest-physical
-  address and ``p_vaddr`` the same address (the identity view; a kernel
-  that runs with its own virtual layout is read by physical address, as in
-  QEMU's dump without paging);
+  address and ``p_vaddr`` the same address (the identity view, as QEMU's dump
+  without paging), or with ``paging`` one ``PT_LOAD`` per run of virtual
+  pages that vCPU 0's long-mode page tables map to RAM, so ``gdb vmlinux
+  CORE`` finds the kernel's variables at their virtual addresses (QEMU's
+  ``dump-guest-memory -p``).  RAM is written once either way: the virtual
+  runs point into it;
 * one ``PT_NOTE`` holding an ``NT_PRSTATUS`` per vCPU (the register set
   Linux writes for a process, ``user_regs_struct``), in vCPU order.
 
@@ -31,6 +34,11 @@ PF_RWX = 7
 NT_PRSTATUS = 1
 EFER_LMA = 1 << 10
 _CHUNK = 1 << 20
+PAGE = 0x1000
+CR0_PG = 1 << 31
+PTE_PRESENT, PTE_LARGE = 1 << 0, 1 << 7
+PTE_ADDR = 0x000F_FFFF_FFFF_F000
+_LEVEL_SHIFTS = (39, 30, 21, 12)  # PML4, PDPT, PD, PT
 
 # user_regs_struct, in the kernel's order
 _REGS64 = (
@@ -129,28 +137,73 @@ def _note(name: bytes, kind: int, desc: bytes) -> bytes:
     return struct.pack("<III", len(name), len(desc), kind) + pad(name) + pad(desc)
 
 
-def write_core(path: Path, memory: GuestMemory, cpus: Sequence[tuple[Any, Any]]) -> int:
+def virtual_runs(memory: GuestMemory, cr3: int) -> list[tuple[int, int, int]]:
+    """(virtual, physical, size) of every RAM page 4-level page tables at ``cr3`` map, merged into runs."""
+    runs: list[tuple[int, int, int]] = []
+
+    def add(va: int, pa: int, size: int) -> None:
+        if not memory.is_ram(pa, size):
+            return
+        va &= (1 << 64) - 1
+        if runs:
+            v, p, n = runs[-1]
+            if v + n == va and p + n == pa:
+                runs[-1] = (v, p, n + size)
+                return
+        runs.append((va, pa, size))
+
+    def walk(table: int, level: int, base: int) -> None:
+        if not memory.is_ram(table, PAGE):
+            return
+        shift = _LEVEL_SHIFTS[level]
+        for i, entry in enumerate(struct.unpack("<512Q", memory.read(table, PAGE))):
+            if not entry & PTE_PRESENT:
+                continue
+            va = base | i << shift
+            if level == 0 and va & 1 << 47:
+                va |= 0xFFFF << 48  # canonical upper half
+            if level == 3 or (level in (1, 2) and entry & PTE_LARGE):
+                size = 1 << shift
+                add(va, entry & PTE_ADDR & ~(size - 1), size)
+            else:
+                walk(entry & PTE_ADDR, level + 1, va)
+
+    walk(cr3 & PTE_ADDR, 0, 0)
+    return runs
+
+
+def write_core(path: Path, memory: GuestMemory, cpus: Sequence[tuple[Any, Any]], paging: bool = False) -> int:
     """Write the core file; ``cpus`` is each vCPU's (kvm_regs, kvm_sregs).  Returns the file's size."""
     if not cpus:
         raise DumpError("dump-guest-memory needs at least one vCPU")
     wide = bool(cpus[0][1].efer & EFER_LMA)
+    if paging and not (wide and cpus[0][1].cr0 & CR0_PG):
+        raise DumpError("dump-guest-memory with paging needs vCPU 0 in long mode with paging on")
     notes = b"".join(
         _note(b"CORE", NT_PRSTATUS, prstatus(i + 1, r, s, wide)) for i, (r, s) in enumerate(cpus)
     )
     regions = [(int(r.start), r.size, r.view) for r in memory.regions]
-    phnum = 1 + len(regions)
+    if paging:
+        loads = virtual_runs(memory, cpus[0][1].cr3)
+    else:
+        loads = [(start, start, size) for start, size, _ in regions]
+    phnum = 1 + len(loads)
     if wide:
         ehsize, phentsize = 64, 56
     else:
         ehsize, phentsize = 52, 32
     offset = ehsize + phnum * phentsize
-    headers = [_phdr(wide, PT_NOTE, offset, 0, len(notes), 0)]
+    headers = [_phdr(wide, PT_NOTE, offset, 0, 0, len(notes), 0)]
     offset += len(notes)
     offset += -offset % 0x1000
     data_start = offset
+    file_offset = {}  # region start -> where its bytes are in the file
     for start, size, _ in regions:
-        headers.append(_phdr(wide, PT_LOAD, offset, start, size, PF_RWX))
+        file_offset[start] = offset
         offset += size
+    for vaddr, paddr, size in loads:
+        start = next(s for s, n, _ in regions if s <= paddr < s + n)
+        headers.append(_phdr(wide, PT_LOAD, file_offset[start] + paddr - start, vaddr, paddr, size, PF_RWX))
     ident = b"\x7fELF" + bytes([2 if wide else 1, 1, 1, 0]) + bytes(8)
     if wide:
         ehdr = ident + struct.pack(
@@ -176,7 +229,7 @@ def _copy(f: BinaryIO, view: memoryview, size: int) -> None:
         f.write(view[pos : min(pos + _CHUNK, size)])
 
 
-def _phdr(wide: bool, kind: int, offset: int, addr: int, size: int, flags: int) -> bytes:
+def _phdr(wide: bool, kind: int, offset: int, vaddr: int, paddr: int, size: int, flags: int) -> bytes:
     if wide:
-        return struct.pack("<IIQQQQQQ", kind, flags, offset, addr, addr, size, size, 0)
-    return struct.pack("<IIIIIIII", kind, offset, addr, addr, size, size, flags, 0)
+        return struct.pack("<IIQQQQQQ", kind, flags, offset, vaddr, paddr, size, size, 0)
+    return struct.pack("<IIIIIIII", kind, offset, vaddr, paddr, size, size, flags, 0)
