@@ -172,3 +172,20 @@ def test_inject_nmi_reaches_the_guest(dbg_guest: Path, tmp_path: Path) -> None: 
         assert proc.wait(timeout=60) == 4
         assert "triple fault" in proc.communicate()[1]
         client.close()
+
+
+def test_ctl_reports_bad_input_in_one_sentence(tmp_path: Path) -> None:
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "kvmlite", "ctl", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    missing = ctl(str(tmp_path / "nothing.sock"), "query-status")
+    assert missing.returncode == 2 and missing.stderr.startswith("kvmlite: cannot connect to")
+    assert "Traceback" not in missing.stderr
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(tmp_path / "s.sock"))
+    listening.listen(1)
+    for bad in ("{not json", "[1]"):
+        out = ctl(str(tmp_path / "s.sock"), "query-regs", bad)
+        assert out.returncode == 2 and "JSON" in out.stderr and "Traceback" not in out.stderr
+    listening.close()
