@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -173,3 +174,18 @@ def test_a_second_gdb_can_connect_after_the_first_leaves() -> None:
         assert target.detached
     finally:
         server.close()
+
+
+@requires_gdb
+def test_real_gdb_over_a_unix_socket(tmp_path: Path) -> None:
+    target = FakeTarget()
+    path = tmp_path / "gdb.sock"
+    server = GdbServer(parse_endpoint(f"unix:{path}"), target)
+    server.start()
+    try:
+        args = [GDB or "gdb", "-nx", "-batch", "-ex", "set architecture i386", "-ex", f"target remote {path}"]
+        proc = subprocess.run([*args, "-ex", "p/x $eip"], capture_output=True, text=True, timeout=60)
+    finally:
+        server.close()
+    assert "$1 = 0x1000" in proc.stdout, proc.stdout + proc.stderr
+    assert target.detached and not path.exists()
