@@ -209,6 +209,7 @@ def _profiler(machine: Any, args: argparse.Namespace) -> Any:
     from kvmlite.loaders.elf import elf_symbols, is_elf
     from kvmlite.vmm.profile import Profiler, SymbolTable
 
+    symbols: SymbolTable | None
     if args.symbols is not None:
         if not args.symbols.is_file():
             raise ConfigError(f"symbols {args.symbols} does not exist or is not a file")
