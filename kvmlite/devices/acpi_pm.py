@@ -100,10 +100,15 @@ class AcpiPm:
         power_off: Callable[[], None],
         s5_slp_typ: int,
         sci: IrqLine = no_irq,
+        s3_slp_typ: int | None = None,
+        suspend: Callable[[], bool] | None = None,
     ) -> None:
         self.power_off = power_off
         self.sci = sci
         self.s5_slp_typ = s5_slp_typ
+        #: S3 (suspend to RAM), where the machine offers it: ``suspend()`` pauses the VM, False refuses.
+        self.s3_slp_typ = s3_slp_typ
+        self.suspend = suspend
         self.status = 0
         self.enable = 0
         self.control = SCI_EN
@@ -156,6 +161,8 @@ class AcpiPm:
             if slp_typ == self.s5_slp_typ:
                 log.info("ACPI: the guest entered S5 (soft off)")
                 self.power_off()
+            elif slp_typ == self.s3_slp_typ and self.suspend is not None and self.suspend():
+                pass  # asleep until woken(): the vCPU parks after this write
             else:
                 msg = "ACPI: the guest asked for sleep type %d, which kvmlite does not offer"
                 warn_once(log, self._warned, msg, slp_typ)
@@ -171,6 +178,11 @@ class AcpiPm:
     def press_power_button(self) -> None:
         """The fixed-feature power button: sets PWRBTN_STS (an SCI if the guest enabled it)."""
         self.status |= PWRBTN_STS
+        self._update_sci()
+
+    def woken(self, by_rtc: bool) -> None:
+        """The machine woke from S3: WAK_STS (and RTC_STS for the RTC alarm) as on PIIX4."""
+        self.status |= WAK_STS | (RTC_STS if by_rtc else 0)
         self._update_sci()
 
     @property

@@ -54,6 +54,8 @@ RESET_VALUE = 0x06  # SYS_RST | RST_CPU: the FADT's RESET_VALUE
 #: SLP_TYP of S5 (soft off): the DSDT's ``\\_S5_`` announces it, the PM device acts on it (any value but 0,
 #: which is what a cleared register holds).
 S5_SLP_TYP = 5
+#: SLP_TYP of S3 (suspend to RAM): QEMU's PIIX4 value, which kvm-unit-tests' s3 test writes directly.
+S3_SLP_TYP = 1
 PCI_CONFIG_ADDRESS, PCI_CONFIG_DATA = 0xCF8, 0xCFC  # PCI configuration mechanism #1
 #: QEMU's pc-testdev (kvm-unit-tests), only on request: scratch/flush ports at 0xE0, IRQ ports at 0x2000.
 PC_TESTDEV_PORT, PC_TESTDEV_IRQ_PORT = 0xE0, 0x2000

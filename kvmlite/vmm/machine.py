@@ -66,6 +66,7 @@ from kvmlite.vmm.layout import Range, SystemAllocator
 from kvmlite.vmm.loop import ExitHook, VcpuLoop, VmControl
 from kvmlite.vmm.registry import BusSlot, DeviceRecord, DeviceRegistry
 from kvmlite.vmm.rescue import Rescuer
+from kvmlite.vmm.sleep import Sleep
 from kvmlite.vmm.stats import ExitStats
 from kvmlite.vmm.syscall_fix import SyscallRepair
 from kvmlite.vmm.timers import Rescheduling, TimerService
@@ -188,6 +189,8 @@ class Machine:
         self._closing: list[Callable[[], None]] = []  # host resources of devices (image files, ...)
         self.iothread = IoThread(self.lock)
         self.rsdp = 0  # guest-physical address of the ACPI RSDP once attach_acpi() ran
+        #: ACPI S3: the PM device suspends through it, the RTC's interrupt wakes the guest.
+        self.sleep = Sleep(self.control, self.loops, self.memory, lambda: self.rsdp, self._woken)
 
     # --- construction -------------------------------------------------------------
     def _check_backend(self, config: MachineConfig) -> None:
@@ -212,6 +215,10 @@ class Machine:
     def request_reset(self) -> None:
         """The guest asked for a reset (keyboard controller, port 0x92, reset event)."""
         self.control.stop(ExitStatus.OK, "guest requested a reset", reset=True)
+
+    def _woken(self) -> None:
+        if self.acpi_pm is not None:
+            self.acpi_pm.woken(by_rtc=True)
 
     def power_off(self) -> None:
         """The guest entered ACPI S5."""
@@ -253,7 +260,13 @@ class Machine:
 
     def attach_acpi(self) -> AcpiPm:
         """ACPI PM1 registers and the 0xCF9 reset register; :meth:`load` writes the tables describing them."""
-        pm = AcpiPm(power_off=self.power_off, s5_slp_typ=L.S5_SLP_TYP, sci=self.irqchip.line(L.IRQ_SCI))
+        pm = AcpiPm(
+            power_off=self.power_off,
+            s5_slp_typ=L.S5_SLP_TYP,
+            sci=self.irqchip.line(L.IRQ_SCI),
+            s3_slp_typ=L.S3_SLP_TYP,
+            suspend=self.sleep.suspend,
+        )
         evt = slot(L.PM1_EVT_BLK, L.PM1_EVT_LEN, "pm1_evt", offset=REG_PM1_STS)
         cnt = slot(L.PM1_CNT_BLK, L.PM1_CNT_LEN, "pm1_cnt", offset=REG_PM1_CNT)
         self.place("acpi-pm", "PIIX4_PM", pm, pio=[evt, cnt], irqs=[L.IRQ_SCI])
@@ -294,7 +307,9 @@ class Machine:
 
     def attach_rtc(self) -> CmosRtc:
         rtc = CmosRtc(
-            irq8=self.irqchip.line(L.IRQ_RTC), memory_size=self.memory.size, low_ram_limit=L.PCI_HOLE
+            irq8=self.sleep.wake_line(self.irqchip.line(L.IRQ_RTC)),
+            memory_size=self.memory.size,
+            low_ram_limit=L.PCI_HOLE,
         )
         self.timers.add(rtc)
         self.place(
