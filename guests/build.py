@@ -110,6 +110,7 @@ class GuestSpec:
 
 #: What every virtio test guest links: the entry, the C library and the virtio-pci driver.
 VIRTIO_GUEST = ("cmb/boot.S", "clib/klib.c", "virtio/vdrv.c")
+VBLK_SOURCES = (*VIRTIO_GUEST, "virtio/vblk.c")
 
 GUESTS: dict[str, GuestSpec] = {
     spec.name: spec
@@ -144,8 +145,10 @@ OWN_TEST_GUESTS: dict[str, GuestSpec] = {
     for spec in (
         # virtio devices through PCI enumeration and a virtqueue of their own, identical under QEMU
         # (tests/test_virtio_guests.py runs them with the device they need).
-        GuestSpec("vblk", Kind.C_MULTIBOOT_ELF32, (*VIRTIO_GUEST, "virtio/vblk.c"), "vblk.elf"),
+        GuestSpec("vblk", Kind.C_MULTIBOOT_ELF32, VBLK_SOURCES, "vblk.elf"),
         GuestSpec("vrng", Kind.C_MULTIBOOT_ELF32, (*VIRTIO_GUEST, "virtio/vrng.c"), "vrng.elf"),
+        # vblk finding its disk as a virtio-mmio device on its command line (kvmlite only: QEMU's PC has none)
+        GuestSpec("vblk-mmio", Kind.C_MULTIBOOT_ELF32, VBLK_SOURCES, "vblk-mmio.elf", ("VIRTIO_MMIO",)),
         # Vector register state of ring-3 tasks across context switches (tests/test_xstate.py).
         GuestSpec("xstate", Kind.MULTIBOOT_ELF32, ("xstate.S",), "xstate.elf"),
     )

@@ -2,6 +2,8 @@
  * vblk.c - drive a virtio-blk disk with vdrv's own virtqueue: get-id, read, write, read back,
  * flush, a read past the end.  The same lines under kvmlite and under
  *   qemu-system-x86_64 -device virtio-blk-pci,disable-legacy=on,drive=...,serial=...
+ * Built with VIRTIO_MMIO it finds the disk as a virtio-mmio device announced on its command line
+ * (kvmlite --virtio-transport mmio) instead.
  * Exits through the debug port: 0x44 when every step passed, 0x01 on the first failure.
  */
 #include <stdint.h>
@@ -11,6 +13,7 @@
 
 #define EXIT_OK 0x44
 #define DEVICE_VIRTIO_BLK 0x1042
+#define VIRTIO_ID_BLOCK 2
 #define T_IN 0
 #define T_OUT 1
 #define T_FLUSH 4
@@ -51,12 +54,20 @@ static void hex16(const char *what, const uint8_t *p)
     kprintf("\n");
 }
 
+struct multiboot_info {
+    uint32_t flags, mem_lower, mem_upper, boot_device, cmdline;
+};
+
 void kmain(uint32_t magic, const void *info)
 {
     (void)magic;
-    (void)info;
     serial_init();
+#ifdef VIRTIO_MMIO
+    vdev_find_mmio(&dev, "vblk", (const char *)((const struct multiboot_info *)info)->cmdline, VIRTIO_ID_BLOCK);
+#else
+    (void)info;
     vdev_find(&dev, "vblk", DEVICE_VIRTIO_BLK);
+#endif
     vdev_negotiate(&dev);
     uint32_t cap_lo = *(volatile uint32_t *)dev.devcfg, cap_hi = *(volatile uint32_t *)(dev.devcfg + 4);
     kprintf("vblk: capacity %u sectors (high %u)\n", cap_lo, cap_hi);

@@ -29,6 +29,40 @@
 #define C16(d, o) (*(volatile uint16_t *)((d)->common + (o)))
 #define C32(d, o) (*(volatile uint32_t *)((d)->common + (o)))
 
+#define MMIO_MAGIC 0x74726976u
+#define MMIO_CONFIG 0x100
+
+/* One driver-visible register in both transports: its virtio-pci common-config offset and width,
+   and its virtio-mmio offset (always 32 bits wide). */
+struct reg {
+    uint8_t pci, width, mmio;
+};
+
+static const struct reg STATUS = {0x14, 1, 0x70}, DEV_FEAT_SEL = {0x00, 4, 0x14}, DEV_FEAT = {0x04, 4, 0x10},
+                        DRV_FEAT_SEL = {0x08, 4, 0x24}, DRV_FEAT = {0x0c, 4, 0x20}, Q_SEL = {0x16, 2, 0x30},
+                        Q_MAX = {0x18, 2, 0x34}, Q_NUM = {0x18, 2, 0x38}, Q_ENABLE = {0x1c, 2, 0x44},
+                        Q_DESC = {0x20, 4, 0x80}, Q_DESC_HI = {0x24, 4, 0x84}, Q_DRIVER = {0x28, 4, 0x90},
+                        Q_DRIVER_HI = {0x2c, 4, 0x94}, Q_DEVICE = {0x30, 4, 0xa0}, Q_DEVICE_HI = {0x34, 4, 0xa4};
+
+static uint32_t rd(struct vdev *d, struct reg r)
+{
+    if (d->mmio)
+        return C32(d, r.mmio);
+    return r.width == 1 ? C8(d, r.pci) : r.width == 2 ? C16(d, r.pci) : C32(d, r.pci);
+}
+
+static void wr(struct vdev *d, struct reg r, uint32_t v)
+{
+    if (d->mmio)
+        C32(d, r.mmio) = v;
+    else if (r.width == 1)
+        C8(d, r.pci) = (uint8_t)v;
+    else if (r.width == 2)
+        C16(d, r.pci) = (uint16_t)v;
+    else
+        C32(d, r.pci) = v;
+}
+
 static uint32_t pci_read32(unsigned dev, unsigned reg)
 {
     outl(PCI_ADDR, 0x80000000u | (dev << 11) | (reg & 0xfc));
@@ -119,44 +153,87 @@ void vdev_find(struct vdev *dev, const char *tag, uint16_t device_id)
 
 void vdev_negotiate(struct vdev *dev)
 {
-    C8(dev, 0x14) = 0; /* reset */
-    C8(dev, 0x14) = ST_ACK;
-    C8(dev, 0x14) = ST_ACK | ST_DRIVER;
-    C32(dev, 0x00) = 1;
-    uint32_t features_hi = C32(dev, 0x04);
+    wr(dev, STATUS, 0); /* reset */
+    wr(dev, STATUS, ST_ACK);
+    wr(dev, STATUS, ST_ACK | ST_DRIVER);
+    wr(dev, DEV_FEAT_SEL, 1);
+    uint32_t features_hi = rd(dev, DEV_FEAT);
     kprintf("%s: VIRTIO_F_VERSION_1 %s\n", dev->tag, (features_hi & F_VERSION_1_HI) ? "offered" : "missing");
-    C32(dev, 0x08) = 0;
-    C32(dev, 0x0c) = 0;
-    C32(dev, 0x08) = 1;
-    C32(dev, 0x0c) = F_VERSION_1_HI;
-    C8(dev, 0x14) = ST_ACK | ST_DRIVER | ST_FEATURES_OK;
-    if (!(C8(dev, 0x14) & ST_FEATURES_OK))
+    wr(dev, DRV_FEAT_SEL, 0);
+    wr(dev, DRV_FEAT, 0);
+    wr(dev, DRV_FEAT_SEL, 1);
+    wr(dev, DRV_FEAT, F_VERSION_1_HI);
+    wr(dev, STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK);
+    if (!(rd(dev, STATUS) & ST_FEATURES_OK))
         vdev_fail(dev, "FEATURES_OK not accepted");
 }
 
 void vdev_queue(struct vdev *dev, struct virtq *vq, uint16_t index)
 {
-    C16(dev, 0x16) = index; /* queue_select */
-    uint16_t max = C16(dev, 0x18);
+    wr(dev, Q_SEL, index);
+    uint32_t max = rd(dev, Q_MAX);
     kprintf("%s: queue %u offers %u entries; using %u\n", dev->tag, index, max, VQ_SIZE);
     if (max < VQ_SIZE)
         vdev_fail(dev, "queue too small");
     vq->index = index;
     vq->last_used = 0;
-    C16(dev, 0x18) = VQ_SIZE;
-    C32(dev, 0x20) = (uint32_t)vq->desc;
-    C32(dev, 0x24) = 0;
-    C32(dev, 0x28) = (uint32_t)&vq->avail;
-    C32(dev, 0x2c) = 0;
-    C32(dev, 0x30) = (uint32_t)&vq->used;
-    C32(dev, 0x34) = 0;
-    C16(dev, 0x1c) = 1; /* queue_enable */
+    wr(dev, Q_NUM, VQ_SIZE);
+    wr(dev, Q_DESC, (uint32_t)vq->desc);
+    wr(dev, Q_DESC_HI, 0);
+    wr(dev, Q_DRIVER, (uint32_t)&vq->avail);
+    wr(dev, Q_DRIVER_HI, 0);
+    wr(dev, Q_DEVICE, (uint32_t)&vq->used);
+    wr(dev, Q_DEVICE_HI, 0);
+    wr(dev, Q_ENABLE, 1);
 }
 
 void vdev_driver_ok(struct vdev *dev)
 {
-    C8(dev, 0x14) = ST_ACK | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK;
-    kprintf("%s: status %02x\n", dev->tag, C8(dev, 0x14));
+    wr(dev, STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
+    kprintf("%s: status %02x\n", dev->tag, rd(dev, STATUS));
+}
+
+static uint32_t parse_hex(const char **p)
+{
+    uint32_t v = 0;
+    if ((*p)[0] == '0' && (*p)[1] == 'x')
+        *p += 2;
+    for (;; (*p)++) {
+        char c = **p;
+        unsigned digit = c >= '0' && c <= '9' ? (unsigned)(c - '0') : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10) : 16;
+        if (digit == 16)
+            return v;
+        v = v * 16 + digit;
+    }
+}
+
+void vdev_find_mmio(struct vdev *dev, const char *tag, const char *cmdline, uint32_t device_id)
+{
+    static const char key[] = "virtio_mmio.device=";
+    dev->tag = tag;
+    dev->mmio = 1;
+    for (const char *p = cmdline; p && *p; p++) {
+        int match = 1;
+        for (unsigned i = 0; key[i] && match; i++)
+            match = p[i] == key[i];
+        if (!match)
+            continue;
+        const char *q = p + sizeof key - 1;
+        while (*q && *q != '@')
+            q++;
+        if (*q != '@')
+            break;
+        q++;
+        volatile uint8_t *base = (volatile uint8_t *)parse_hex(&q);
+        if (*(volatile uint32_t *)base != MMIO_MAGIC || *(volatile uint32_t *)(base + 8) != device_id)
+            continue;
+        dev->common = base;
+        dev->devcfg = base + MMIO_CONFIG;
+        kprintf("%s: found virtio-mmio version %u device %u vendor %x\n", tag, *(volatile uint32_t *)(base + 4),
+                device_id, *(volatile uint32_t *)(base + 0xc));
+        return;
+    }
+    vdev_fail(dev, "no such virtio-mmio device on the command line");
 }
 
 uint32_t vdev_submit(struct vdev *dev, struct virtq *vq, const struct vbuf *bufs, unsigned n)
@@ -169,9 +246,13 @@ uint32_t vdev_submit(struct vdev *dev, struct virtq *vq, const struct vbuf *bufs
     __asm__ volatile("" ::: "memory");
     vq->avail.idx++;
     __asm__ volatile("mfence" ::: "memory");
-    C16(dev, 0x16) = vq->index;
-    uint16_t notify_off = C16(dev, 0x1e);
-    *(volatile uint16_t *)(dev->notify_base + notify_off * dev->notify_mult) = vq->index;
+    if (dev->mmio) {
+        C32(dev, 0x50) = vq->index; /* QueueNotify */
+    } else {
+        C16(dev, 0x16) = vq->index;
+        uint16_t notify_off = C16(dev, 0x1e);
+        *(volatile uint16_t *)(dev->notify_base + notify_off * dev->notify_mult) = vq->index;
+    }
     for (uint32_t i = 0; i < POLL_LIMIT; i++) {
         if (*(volatile uint16_t *)&vq->used.idx != vq->last_used) {
             uint32_t len = vq->used.ring[vq->last_used % VQ_SIZE].len;

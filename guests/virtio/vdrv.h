@@ -56,6 +56,7 @@ struct vbuf {
 
 struct vdev {
     const char *tag; /* the prefix of every line printed */
+    int mmio;        /* virtio-mmio (registers at `common`) instead of virtio-pci */
     unsigned slot;
     volatile uint8_t *common, *isr, *devcfg, *notify_base;
     uint32_t notify_mult;
@@ -63,6 +64,8 @@ struct vdev {
 
 /* Find 1af4:device_id on bus 0, print its identity and capabilities, map its structures. */
 void vdev_find(struct vdev *dev, const char *tag, uint16_t device_id);
+/* Find the virtio-mmio device the command line announces (virtio_mmio.device=<size>@<base>:<irq>). */
+void vdev_find_mmio(struct vdev *dev, const char *tag, const char *cmdline, uint32_t device_id);
 /* Reset, ACKNOWLEDGE, DRIVER, accept VIRTIO_F_VERSION_1 only, FEATURES_OK. */
 void vdev_negotiate(struct vdev *dev);
 /* Set up queue `index` in `vq` (VQ_SIZE entries), printing the size the device offers. */

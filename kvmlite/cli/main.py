@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a raw disk image as a virtio-blk-pci device (repeatable)",
     )
     run.add_argument(
+        "--virtio-transport",
+        choices=["pci", "mmio"],
+        default="pci",
+        help="virtio devices on PCI (virtio-pci) or as virtio-mmio devices announced on the command line",
+    )
+    run.add_argument(
         "--host-workarounds",
         choices=["auto", "off"],
         default="auto",
@@ -183,6 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         syscall_fix=args.syscall_fix,
         extra_devices=list(args.device),
         disks=list(args.disk),
+        virtio_transport=args.virtio_transport,
         host_workarounds=args.host_workarounds,
     )
     if not config.kernel.is_file():

@@ -178,13 +178,17 @@ class VirtioDevice:
             stats.interrupts += 1
             self.interrupt_queue(index)
 
-    def queue_ready(self, index: int) -> str | None:
-        """The transport asks before enabling a queue: None if its layout is valid, else why not."""
+    def enable_queue(self, index: int) -> None:
+        """The driver enabled queue ``index``: live if its size and rings are valid, else NEEDS_RESET."""
+        queue = self.queues[index]
+        if queue.ready:
+            return
         try:
-            self.queues[index].check_layout(self.memory)
+            queue.check_layout(self.memory)
         except QueueError as err:
-            return str(err)
-        return None
+            self.needs_reset(f"queue {index} enabled with {err}")
+            return
+        queue.ready = True
 
     # --- for devices to implement ---------------------------------------------------------------------
     def read_config(self, offset: int, size: int) -> int:

@@ -207,12 +207,8 @@ class VirtioPciFunction(PciFunction):
         if offset == QUEUE_SIZE:
             q.size = value & 0xFFFF
         elif offset == QUEUE_ENABLE:
-            if value == 1 and not q.ready:
-                problem = self.device.queue_ready(self.queue_select)
-                if problem is None:
-                    q.ready = True
-                else:
-                    self.device.needs_reset(f"queue {self.queue_select} enabled with {problem}")
+            if value == 1:
+                self.device.enable_queue(self.queue_select)
         else:
             for base, attr in QUEUE_ADDRESSES:
                 if base <= offset < base + 8:

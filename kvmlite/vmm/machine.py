@@ -51,9 +51,11 @@ from kvmlite.pci.bus import ConfigAddress, ConfigData, Ecam, PciBus, devfn
 from kvmlite.pci.config import COMMAND, COMMAND_IO, COMMAND_MEMORY, INTERRUPT_LINE, INTERRUPT_PIN, BarKind
 from kvmlite.pci.device import HostBridge, PciFunction
 from kvmlite.status import ExitStatus
+from kvmlite.virtio import mmio as VM
 from kvmlite.virtio import pci as VP
 from kvmlite.virtio.blk import BlockImage, DiskSpec, VirtioBlk
 from kvmlite.virtio.device import VirtioDevice
+from kvmlite.virtio.mmio import VirtioMmio
 from kvmlite.virtio.pci import VirtioPciFunction
 from kvmlite.virtio.rng import VirtioRng
 from kvmlite.vmm import layout as L
@@ -114,6 +116,8 @@ class MachineConfig:
     extra_devices: list[str] = field(default_factory=list)
     #: ``--disk PATH[,readonly=on][,serial=ID]`` specs: one virtio-blk-pci each.
     disks: list[str] = field(default_factory=list)
+    #: How virtio devices are attached: "pci" (virtio-pci modern) or "mmio" (virtio-mmio version 2).
+    virtio_transport: str = "pci"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -145,6 +149,8 @@ class MachineConfig:
                 raise ConfigError(f"unknown device {name!r} (kvmlite adds: {', '.join(OPTIONAL_DEVICES)})")
         for disk in self.disks:
             DiskSpec.parse(disk)
+        if self.virtio_transport not in ("pci", "mmio"):
+            raise ConfigError(f"--virtio-transport {self.virtio_transport!r}: choose pci or mmio")
 
 
 class Machine:
@@ -188,6 +194,8 @@ class Machine:
         self._pci_names: dict[int, str] = {}  # devfn -> the PCI function's registry name
         self._closing: list[Callable[[], None]] = []  # host resources of devices (image files, ...)
         self.iothread = IoThread(self.lock)
+        #: Appended to the kernel command line by load() (virtio-mmio devices announce themselves there).
+        self.cmdline_extra: list[str] = []
         self.rsdp = 0  # guest-physical address of the ACPI RSDP once attach_acpi() ran
         #: ACPI S3: the PM device suspends through it, the RTC's interrupt wakes the guest.
         self.sleep = Sleep(self.control, self.loops, self.memory, lambda: self.rsdp, self._woken)
@@ -379,7 +387,7 @@ class Machine:
         cfg = self.config
         if "acpi-pm" in self.devices:
             self.write_acpi_tables()
-        cmdline = cfg.cmdline
+        cmdline = " ".join([cfg.cmdline, *self.cmdline_extra]).strip()
         if self.caps.rescue_emulation and cfg.host_workarounds == "auto":
             from kvmlite.vmm.host_quirks import linux_cmdline
 
@@ -489,7 +497,7 @@ class Machine:
         self._closing.append(image.close)
         name = self.devices.unique_name("virtio-blk")
         blk = VirtioBlk(self.memory, image, spec.serial, name)
-        self.attach_virtio_pci(name, "virtio-blk-pci", blk)
+        self.attach_virtio(name, "virtio-blk", blk)
         return blk
 
     def attach_virtio_rng(self) -> VirtioRng:
@@ -498,27 +506,66 @@ class Machine:
         rng = VirtioRng(self.memory, name=name)
         rng.reschedule = self.timers.poke
         self.timers.add(rng)
-        self.attach_virtio_pci(name, "virtio-rng-pci", rng)
+        self.attach_virtio(name, "virtio-rng", rng)
         return rng
+
+    def attach_virtio(self, name: str, type_: str, device: VirtioDevice) -> None:
+        """``device`` on the configured transport: QEMU's ``<type>-pci`` or ``<type>-device`` (MMIO)."""
+        if self.config.virtio_transport == "mmio":
+            self.attach_virtio_mmio(name, f"{type_}-device", device)
+        else:
+            self.attach_virtio_pci(name, f"{type_}-pci", device)
+
+    def attach_virtio_mmio(self, name: str, type_: str, device: VirtioDevice) -> VirtioMmio:
+        """``device`` behind a virtio-mmio register block in the platform window, announced on the cmdline."""
+        window = self.allocator.platform_mmio.allocate(VM.REGION_SIZE, name)
+        gsi = self.allocator.gsi.allocate(name)
+        transport = VirtioMmio(device, self.irqchip.line(gsi))
+        self.place(name, type_, transport, mmio=[slot(window.base, window.length)], irqs=[gsi])
+        self.cmdline_extra.append(VirtioMmio.cmdline(window.base, gsi))
+        if self.caps.ioeventfd:
+            notify = window.base + VM.QUEUE_NOTIFY
+            self._notify_through_eventfds(device, lambda queue: notify, datamatch=True)
+        return transport
 
     def attach_virtio_pci(self, name: str, type_: str, device: VirtioDevice) -> VirtioPciFunction:
         """A virtio device on PCI; with KVM its queue notifications go through ioeventfds."""
         function = VirtioPciFunction(device)
         where = self.attach_pci_device(name, type_, function)
-        if self.vm.capabilities().ioeventfd:
-            self._notify_through_eventfds(function, where)
+        if self.caps.ioeventfd:
+            pci = self.pci
+            assert pci is not None
+
+            def notify_address(queue: int) -> int | None:
+                base = pci.mapped(where, VP.BAR_INDEX)
+                return None if base is None else base + function.notify_offset(queue)
+
+            follow = self._notify_through_eventfds(device, notify_address)
+
+            def moved(devfn_: int, index: int, kind: str, base: int | None) -> None:
+                if devfn_ == where and index == VP.BAR_INDEX:
+                    follow()
+
+            pci.listeners.append(moved)
         return function
 
-    def _notify_through_eventfds(self, function: VirtioPciFunction, where: int) -> None:
-        """KVM_IOEVENTFD on each queue's notify address, following the BAR, into the I/O thread.
+    def _notify_through_eventfds(
+        self, device: VirtioDevice, address: Callable[[int], int | None], datamatch: bool = False
+    ) -> Callable[[], None]:
+        """KVM_IOEVENTFD on each queue's notify address, into the I/O thread.
 
         A notification then costs the vCPU no exit at all: KVM signals the
         eventfd and goes on running the guest; the I/O thread runs the queue.
+        ``address(queue)`` says where queue's notification is written now
+        (None: nowhere); the returned callable re-reads it after the transport
+        moved (a PCI BAR the guest reprogrammed).  With ``datamatch`` the
+        queues share one address and the written value (the queue index)
+        tells them apart, as virtio-mmio's QueueNotify does.
         """
-        assert self.pci is not None
-        device, vm = function.device, self.vm
+        vm = self.vm
+        width = VM.NOTIFY_WIDTH if datamatch else VP.NOTIFY_WIDTH
         fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in device.queues]
-        mapped: list[int] = []  # the BAR base the eventfds are assigned at, if any
+        assigned: list[tuple[int, int, int]] = []  # (fd, address, queue) registered with KVM now
 
         def on_eventfd(fd: int, queue: int) -> None:
             try:
@@ -528,24 +575,22 @@ class Machine:
             device.stats.queues[queue].ioeventfd += count
             device.notify(queue)
 
-        def follow(devfn_: int, index: int, kind: str, base: int | None) -> None:
-            if devfn_ != where or index != VP.BAR_INDEX:
-                return
-            for old in mapped:
-                for queue, fd in enumerate(fds):
-                    address = old + function.notify_offset(queue)
-                    vm.ioeventfd(fd, address, VP.NOTIFY_WIDTH, pio=False, deassign=True)
-            mapped.clear()
-            if base is not None:
-                for queue, fd in enumerate(fds):
-                    vm.ioeventfd(fd, base + function.notify_offset(queue), VP.NOTIFY_WIDTH, pio=False)
-                mapped.append(base)
+        def follow() -> None:
+            for fd, addr, queue in assigned:
+                match = queue if datamatch else None
+                vm.ioeventfd(fd, addr, width, pio=False, datamatch=match, deassign=True)
+            assigned.clear()
+            for queue, fd in enumerate(fds):
+                addr = address(queue)
+                if addr is not None:
+                    vm.ioeventfd(fd, addr, width, pio=False, datamatch=queue if datamatch else None)
+                    assigned.append((fd, addr, queue))
 
         for queue, fd in enumerate(fds):
             self.iothread.watch(fd, functools.partial(on_eventfd, fd, queue))
             self._closing.append(functools.partial(os.close, fd))
-        self.pci.listeners.append(follow)
-        follow(where, VP.BAR_INDEX, "mmio", self.pci.mapped(where, VP.BAR_INDEX))
+        follow()
+        return follow
 
     def device_stats(self) -> list[str]:
         """``--stats`` lines of the devices that keep statistics (virtio: per queue)."""
