@@ -62,6 +62,7 @@ from kvmlite.vmm import layout as L
 from kvmlite.vmm.console import SerialConsole, parse_serial_spec
 from kvmlite.vmm.cpu_setup import boot_msrs, guest_cpuid, setup_cpu
 from kvmlite.vmm.cpuid import apply_features, parse_feature_spec
+from kvmlite.vmm.hypercall import host_completes_hypercalls, without_hypercall_features
 from kvmlite.vmm.iothread import IoThread
 from kvmlite.vmm.irqchip import HALT_WATCH_INTERVAL_S, KernelIrqChip, UserspaceIrqChip
 from kvmlite.vmm.layout import Range, SystemAllocator
@@ -411,11 +412,13 @@ class Machine:
         supported = vm.supported_cpuid() if caps.host_cpuid else []
         if supported and self.config.cpu_features:
             supported = apply_features(supported, self.config.cpu_features)
+        workarounds = self.config.host_workarounds == "auto"
+        if supported and workarounds and not host_completes_hypercalls(vm.new_vm):
+            supported = without_hypercall_features(supported)
         msrs = boot_msrs(set(vm.msr_index_list())) if caps.host_cpuid else {}
         fix_syscalls = (
             caps.msr_filter and self.config.syscall_fix == "auto" and SyscallRepair.trap_lstar_writes(vm)
         )
-        workarounds = self.config.host_workarounds == "auto"
         keeper = ExtendedStateKeeper(vm.new_vm) if caps.rescue_emulation and workarounds else None
         for i in range(count):
             vcpu = vm.create_vcpu(i)
