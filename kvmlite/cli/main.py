@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("initramfs", help="build a busybox initramfs (gzip'd cpio)")
     sub.add_parser("fetch-assets", help="download a Debian cloud kernel and static busybox for tests")
     sub.add_parser("ctl", help="send one command to a control socket: kvmlite ctl PATH COMMAND [JSON]")
+    sub.add_parser("build-kernel", help="build the microVM guest kernel from Debian's linux-source")
     return parser
 
 
@@ -291,12 +292,16 @@ def _tool(command: str, argv: list[str]) -> int:
         from kvmlite.control import client
 
         return client.main(argv)
+    if command == "build-kernel":
+        from kvmlite.tools import build_kernel
+
+        return build_kernel.main(argv)
     from kvmlite.tools import assets
 
     return assets.main(argv)
 
 
-TOOLS = ("extract-vmlinux", "initramfs", "fetch-assets", "ctl")
+TOOLS = ("extract-vmlinux", "initramfs", "fetch-assets", "ctl", "build-kernel")
 
 
 def _join_feature_spec(argv: list[str]) -> list[str]:
