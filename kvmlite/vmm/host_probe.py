@@ -7,7 +7,7 @@ CPL 0 or CPL 3, that reports what it saw with an ``out``.  :class:`HostProbe`
 runs a probe at most once per process (the first time a guest needs the
 answer, not at start-up) and remembers the answer; :func:`long_mode_vm`
 builds the VM.  Users: kvmlite.vmm.syscall_fix, kvmlite.vmm.xstate_quirk,
-kvmlite.vmm.host_quirks.
+kvmlite.vmm.host_quirks, kvmlite.vmm.hypercall.
 """
 
 from __future__ import annotations

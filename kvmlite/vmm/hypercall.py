@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from kvmlite.errors import KvmliteError
-from kvmlite.kvm import exits as E
 from kvmlite.kvm.system import CpuidEntry
-from kvmlite.memory.guest import GuestMemory
+from kvmlite.vmm.host_probe import CODE, PORT, HostProbe, NewVm, long_mode_vm, reported
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +53,8 @@ HYPERCALL_FEATURES = (1 << KVM_FEATURE_PV_UNHALT) | (1 << KVM_FEATURE_PV_SEND_IP
 )
 VMCALL, VMMCALL = b"\x0f\x01\xc1", b"\x0f\x01\xd9"
 KVM_HC_UNKNOWN = 0xDEAD  # no such hypercall: a working host answers -KVM_ENOSYS
-PROBE_CODE = 0x1000  # real mode, CS = 0
-PROBE_PORT = 0x10
 PROBE_WAIT_S = 0.2  # a working host answers in microseconds
-
-_probe_lock = threading.Lock()
-_probe_result: bool | None = None
+KICKS = 10  # attempts to interrupt a vCPU stuck on the hypercall
 
 
 def _is_amd(cpuid: list[CpuidEntry]) -> bool:
@@ -71,22 +65,19 @@ def _is_amd(cpuid: list[CpuidEntry]) -> bool:
     return vendor in (b"AuthenticAMD", b"HygonGenuine")
 
 
-def _probe(new_vm: Callable[[], Any]) -> bool:
-    """Real-mode code: ``mov eax, KVM_HC_UNKNOWN; <hypercall>; out PROBE_PORT, al; hlt``."""
-    memory: GuestMemory | None = GuestMemory([(0, 1 << 20)])
-    vm = new_vm()
-    try:
+def _probe(new_vm: NewVm) -> bool:
+    """``mov eax, KVM_HC_UNKNOWN; <the vendor's hypercall>; out PORT, al; hlt`` at CPL 0.
+
+    Where the hypercall never returns there is no exit either: the vCPU runs in a thread that is
+    kicked out of KVM_RUN after :data:`PROBE_WAIT_S`.
+    """
+    mov_eax = b"\xb8" + KVM_HC_UNKNOWN.to_bytes(4, "little")
+    code = mov_eax + VMCALL + bytes([0xE6, PORT, 0xF4])
+    with long_mode_vm(new_vm, code) as (vm, vcpu, memory, regs, sregs):
         supported = vm.supported_cpuid()
-        insn = VMMCALL if _is_amd(supported) else VMCALL
-        code = b"\x66\xb8" + KVM_HC_UNKNOWN.to_bytes(4, "little") + insn + bytes([0xE6, PROBE_PORT, 0xF4])
-        vm.set_tss_addr()
-        vm.register_memory(memory)
-        memory.write(PROBE_CODE, code)
-        vcpu = vm.create_vcpu(0)
+        if _is_amd(supported):
+            memory.write(CODE + len(mov_eax), VMMCALL)
         vcpu.set_cpuid(supported)
-        sregs, regs = vcpu.get_sregs(), vcpu.get_regs()
-        sregs.cs.base = sregs.cs.selector = 0
-        regs.rip, regs.rflags = PROBE_CODE, 2
         vcpu.set_sregs(sregs)
         vcpu.set_regs(regs)
         result: list[Any] = []
@@ -101,41 +92,30 @@ def _probe(new_vm: Callable[[], Any]) -> bool:
         thread = threading.Thread(target=run, name="hypercall-probe", daemon=True)
         thread.start()
         thread.join(PROBE_WAIT_S)
-        if thread.is_alive():
+        for _ in range(KICKS):  # the hypercall did not return: interrupt KVM_RUN
+            if not thread.is_alive():
+                break
             vcpu.kick()
             thread.join(PROBE_WAIT_S)
-            if thread.is_alive():  # no way to interrupt it: leave the VM to its thread
-                log.debug("hypercall probe: the vCPU could not be interrupted")
-                vm = memory = None
-                return False
-        ex = result[0] if result else None
-        return isinstance(ex, E.IoOut) and ex.port == PROBE_PORT
-    finally:
-        if vm is not None:
-            vm.close()
-        if memory is not None:
-            memory.close()
+        return bool(result) and reported(result[0]) is not None
 
 
-def host_completes_hypercalls(new_vm: Callable[[], Any]) -> bool:
+_completes = HostProbe("hypercall", _probe, default=True)
+
+
+def host_completes_hypercalls(new_vm: NewVm) -> bool:
     """True if a guest's hypercall returns to it on this host (tested once per process).
 
     ``new_vm`` makes the probe's KVM VM (``VmBackend.new_vm`` or ``Kvm.create_vm``).
     """
-    global _probe_result
-    with _probe_lock:
-        if _probe_result is None:
-            try:
-                _probe_result = _probe(new_vm)
-            except KvmliteError as err:
-                log.debug("hypercall probe failed (%s): assuming a correct host", err)
-                _probe_result = True
-            if not _probe_result:
-                log.info(
-                    "this host's KVM never completes a guest hypercall: "
-                    "hiding PV spinlock kicks, PV IPIs and PV yield from the guest"
-                )
-        return _probe_result
+    first = _completes.result is None
+    works = _completes(new_vm)
+    if first and not works:
+        log.info(
+            "this host's KVM never completes a guest hypercall: "
+            "hiding PV spinlock kicks, PV IPIs and PV yield from the guest"
+        )
+    return works
 
 
 def without_hypercall_features(cpuid: list[CpuidEntry]) -> list[CpuidEntry]:
