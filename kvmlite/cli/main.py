@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kvmlite import status
 from kvmlite.errors import ConfigError, KvmliteError, KvmUnavailableError
 from kvmlite.status import ExitStatus
 
@@ -171,7 +175,7 @@ def _setup_logging(verbosity: int) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from kvmlite.guests import DEMO_GUEST
-    from kvmlite.vmm.machine import Machine, MachineConfig
+    from kvmlite.vmm.machine import MachineConfig
 
     config = MachineConfig(  # validated here, once, before anything is built or opened
         kernel=args.kernel if args.kernel is not None else DEMO_GUEST,
@@ -202,15 +206,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     for initrd in config.initrds:
         if not initrd.is_file():
             raise ConfigError(f"initrd {initrd} does not exist or is not a file")
-    while True:
-        machine = Machine.build(config)
-        try:
-            status = _run_once(machine, args)
-        finally:
-            machine.close()
-        if not (machine.reset_requested and config.on_reset == "restart"):
-            return status
-        log.warning("guest reset: restarting it (--on-reset restart)")
+    return _run_restarting(config, args)
+
+
+def _run_restarting(config: Any, args: argparse.Namespace) -> int:
+    """Build and run the machine, again after each guest reset under ``--on-reset restart``.
+
+    SIGTERM and SIGHUP stop the machine that runs at the time (and no new one
+    is built): the machine is closed as on any other way out, so the terminal
+    is restored and a ``--serial unix:`` socket removed.  The handlers belong
+    to this loop, not to one machine, so a signal during a restart finds the
+    current machine or none.
+    """
+    from kvmlite.vmm.machine import Machine
+
+    current: list[Any] = []
+    signaled: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        signaled.append(signum)
+        for machine in current:
+            machine.control.stop(status.signaled(signum), f"killed by signal {signal.Signals(signum).name}")
+
+    previous = _install_handlers(on_signal)
+    try:
+        while not signaled:
+            machine = Machine.build(config)
+            current.append(machine)
+            try:
+                code = _run_once(machine, args) if not signaled else 0
+            finally:
+                current.clear()
+                machine.close()
+            if not (machine.reset_requested and config.on_reset == "restart"):
+                break
+            log.warning("guest reset: restarting it (--on-reset restart)")
+        return status.signaled(signaled[0]) if signaled else code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _install_handlers(handler: Callable[[int, object], None]) -> dict[int, Any]:
+    """``handler`` for SIGTERM and SIGHUP (from the main thread only); the handlers it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
 
 
 def _profiler(machine: Any, args: argparse.Namespace) -> Any:

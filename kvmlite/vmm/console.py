@@ -27,7 +27,6 @@ import contextlib
 import logging
 import os
 import select
-import signal
 import socket
 import termios
 import threading
@@ -46,6 +45,12 @@ log = logging.getLogger(__name__)
 CTRL_A = 0x01
 QUIT_KEY = ord("x")
 READ_CHUNK = 4096
+#: Input held for the guest beyond what its RX FIFO takes; past this kvmlite stops reading the host side.
+MAX_PENDING_INPUT = 64 * 1024
+#: How long close() waits for each console thread.
+JOIN_TIMEOUT_S = 2.0
+#: The longest Unix socket path (sun_path holds 108 bytes with the terminating NUL).
+MAX_UNIX_PATH = 107
 
 
 def parse_serial_spec(spec: str) -> tuple[str, str]:
@@ -53,6 +58,11 @@ def parse_serial_spec(spec: str) -> tuple[str, str]:
     if spec in ("stdio", "none"):
         return spec, ""
     kind, _, path = spec.partition(":")
+    if kind == "unix" and len(os.fsencode(path)) > MAX_UNIX_PATH:
+        raise ConfigError(
+            f"--serial unix:{path}: the path is {len(os.fsencode(path))} bytes; "
+            f"a Unix socket path has at most {MAX_UNIX_PATH}"
+        )
     if kind in ("file", "unix") and path:
         return kind, path
     raise ConfigError(f"--serial {spec!r}: expected stdio, none, file:PATH or unix:PATH")
@@ -66,10 +76,21 @@ class OutputPump:
         self.lock = lock
         self.set_busy = set_busy
         self.pending = bytearray()
-        self.closed = False
+        self.closed = False  # the reader went away (or close()): output is discarded
+        self._shutdown = False
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._drain, name="serial-out", daemon=True)
         self._thread.start()
+
+    def close(self) -> None:
+        """Stop the drain thread and release its pipe (not with the device lock held: it takes it)."""
+        if self._shutdown:
+            return
+        self._shutdown = self.closed = True
+        os.write(self._wake_w, b"!")
+        self._thread.join(timeout=JOIN_TIMEOUT_S)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     def write(self, data: bytes) -> None:
         """Called by the UART (device lock held)."""
@@ -100,6 +121,8 @@ class OutputPump:
     def _drain(self) -> None:
         while True:
             select.select([self._wake_r], [], [])
+            if self._shutdown:
+                return
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 64)
             while True:
@@ -140,6 +163,11 @@ class SerialConsole:
         self.lock = lock
         self.control = control
         self._pending_input = bytearray()
+        #: Signalled when pending input shrinks or the console closes (the reader waits on it when full).
+        self._room = threading.Condition(lock)
+        self._closing = False
+        self._threads: list[threading.Thread] = []
+        self._wake_r, self._wake_w = -1, -1  # wakes the reader threads out of select() at close()
         self._saved_tty: list[Any] | None = None
         self._out_fd: int | None = None
         self._pump: OutputPump | None = None
@@ -161,6 +189,7 @@ class SerialConsole:
         """The guest emptied some of the RX FIFO: offer pending input again (device lock held)."""
         if self._pending_input:
             self._feed(b"")
+            self._room.notify_all()
 
     def _set_busy(self, busy: bool) -> None:
         if self.serial is not None:
@@ -168,6 +197,7 @@ class SerialConsole:
 
     # --- set-up ---------------------------------------------------------------------
     def start(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
         if self.kind == "stdio":
             self._out_fd = 1
             self._pump = OutputPump(1, self.lock, self._set_busy)
@@ -195,20 +225,14 @@ class SerialConsole:
         mode[tty.CC][termios.VTIME] = 0
         # OPOST stays on, as QEMU leaves it, so a guest's bare "\n" still returns the carriage
         termios.tcsetattr(0, termios.TCSAFLUSH, mode)
-        atexit.register(self.restore_terminal)
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            with contextlib.suppress(ValueError):  # not the main thread: atexit still restores
-                signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.restore_terminal()
-        self.control.stop(128 + signum, f"killed by signal {signal.Signals(signum).name}")
+        atexit.register(self.restore_terminal)  # signals are the caller's: a stop restores it too
 
     def restore_terminal(self) -> None:
         if self._saved_tty is not None:
             with contextlib.suppress(termios.error):
                 termios.tcsetattr(0, termios.TCSAFLUSH, self._saved_tty)
             self._saved_tty = None
+            atexit.unregister(self.restore_terminal)
 
     def _listen(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -219,11 +243,11 @@ class SerialConsole:
             sock.bind(str(path))
         except OSError as err:
             sock.close()
-            raise ConfigError(f"--serial unix:{path}: {err.strerror}") from err
+            raise ConfigError(f"--serial unix:{path}: {err.strerror or err}") from err
         sock.listen(1)
         self._listener = sock
         self._sink = self._socket_out
-        threading.Thread(target=self._accept_loop, name="serial-accept", daemon=True).start()
+        self._start_thread(self._accept_loop, "serial-accept")
 
     def _accept_loop(self) -> None:
         assert self._listener is not None
@@ -239,10 +263,10 @@ class SerialConsole:
             self._read_loop(client.fileno())
             with self.lock:
                 self._client = None
-                if self._pump is not None:
-                    self._pump.closed = True
-                self._pump = None
+                pump, self._pump = self._pump, None
                 self._set_busy(False)
+            if pump is not None:
+                pump.close()
             client.close()
 
     def _socket_out(self, data: bytes) -> None:
@@ -250,19 +274,30 @@ class SerialConsole:
             self._pump.write(data)
 
     # --- input ------------------------------------------------------------------------
+    def _start_thread(self, target: Callable[..., None], name: str, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
     def _start_reader(self, fd: int) -> None:
-        threading.Thread(target=self._read_loop, args=(fd,), name="serial-in", daemon=True).start()
+        self._start_thread(self._read_loop, "serial-in", fd)
 
     def _read_loop(self, fd: int) -> None:
+        """Host input to the guest; reads only while less than MAX_PENDING_INPUT waits for the FIFO."""
         while not self.control.stopping:
+            with self._room:
+                while len(self._pending_input) >= MAX_PENDING_INPUT and not self._closing:
+                    self._room.wait()
             try:
-                readable, _, _ = select.select([fd], [], [], None)
-                data = os.read(fd, READ_CHUNK) if readable else b""
+                readable, _, _ = select.select([fd, self._wake_r], [], [], None)
+                if self._closing:
+                    return
+                data = os.read(fd, READ_CHUNK) if fd in readable else b""
             except BlockingIOError:
                 data = b""
             except OSError:
                 return
-            if readable and not data:  # end of file; what is pending still goes in as the FIFO drains
+            if fd in readable and not data:  # end of file; what is pending still goes in as the FIFO drains
                 return
             self._feed(self._filter_escapes(data) if self._saved_tty is not None else data)
 
@@ -286,19 +321,43 @@ class SerialConsole:
 
     def _feed(self, data: bytes) -> None:
         with self.lock:
-            self._pending_input += data
-            if self._pending_input and self.serial is not None:
-                taken = self.serial.enqueue_input(bytes(self._pending_input))
-                del self._pending_input[:taken]
+            pending = self._pending_input
+            pending += data
+            if pending and self.serial is not None:
+                room = self.serial.rx_space()
+                if room:
+                    del pending[: self.serial.enqueue_input(bytes(pending[:room]))]
 
     def _on_stop(self) -> None:
         self.restore_terminal()
 
     def close(self) -> None:
+        """Restore the terminal, end every console thread, release every descriptor, remove the socket."""
         self.restore_terminal()
+        with self._room:
+            self._closing = True
+            self._room.notify_all()
+        if self._wake_w >= 0:
+            os.write(self._wake_w, b"!")
         if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept(); close() alone does not
             self._listener.close()
             with contextlib.suppress(OSError):
                 Path(self.path).unlink()
+        with self.lock:
+            client, pump = self._client, self._pump
+        if client is not None:
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+        if pump is not None:
+            pump.close()
+        for thread in self._threads:
+            thread.join(timeout=JOIN_TIMEOUT_S)
+        if self._wake_w >= 0:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
         if self.kind == "file" and self._out_fd is not None:
             os.close(self._out_fd)
+            self._out_fd = None

@@ -189,7 +189,9 @@ class Machine:
         self.serial: Serial16550 | None = None
         self.console: SerialConsole | None = None
         self.load_result: LoadResult | None = None
-        self.post_codes: list[int] = []
+        #: The last value the guest wrote to the POST port (0x80), None before any (only the last is kept:
+        #: Linux writes the port constantly).
+        self.post_code: int | None = None
         self.acpi_pm: AcpiPm | None = None
         self.pci: PciBus | None = None
         self._pci_names: dict[int, str] = {}  # devfn -> the PCI function's registry name
@@ -344,7 +346,7 @@ class Machine:
 
     def attach_post_port(self) -> PostCodePort:
         def on_code(code: int) -> None:
-            self.post_codes.append(code)
+            self.post_code = code
             if self.config.trace:
                 log.info("POST code %#04x", code)
 
