@@ -147,6 +147,7 @@ OWN_TEST_GUESTS: dict[str, GuestSpec] = {
         # (tests/test_virtio_guests.py runs them with the device they need).
         GuestSpec("vblk", Kind.C_MULTIBOOT_ELF32, VBLK_SOURCES, "vblk.elf"),
         GuestSpec("vrng", Kind.C_MULTIBOOT_ELF32, (*VIRTIO_GUEST, "virtio/vrng.c"), "vrng.elf"),
+        GuestSpec("vcons", Kind.C_MULTIBOOT_ELF32, (*VIRTIO_GUEST, "virtio/vcons.c"), "vcons.elf"),
         # vblk finding its disk as a virtio-mmio device on its command line (kvmlite only: QEMU's PC has none)
         GuestSpec("vblk-mmio", Kind.C_MULTIBOOT_ELF32, VBLK_SOURCES, "vblk-mmio.elf", ("VIRTIO_MMIO",)),
         # Vector register state of ring-3 tasks across context switches (tests/test_xstate.py).

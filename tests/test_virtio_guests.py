@@ -49,6 +49,18 @@ RNG_EXPECTED = [
     "vrng: bytes vary yes, requests differ yes",
     "vrng: done",
 ]
+CONSOLE_EXPECTED = [
+    "vcons: found 1af4:1043 revision 1 class 078000 subsystem 1af4:1100",
+    "vcons: capabilities common=1 notify=1 isr=1 device=1 pci_cfg=1",
+    "vcons: VIRTIO_F_VERSION_1 offered",
+    "vcons: queue 0 offers 128 entries; using 8",
+    "vcons: queue 1 offers 128 entries; using 8",
+    "vcons: status 0f",
+    "vcons: sent 37 bytes, used.len 0",
+    "vcons: sent 30 bytes in 2 buffers, used.len 0",
+    "vcons: done",
+]
+CONSOLE_BYTES = b"hello from vcons over virtio-console\na second line, in two buffers\n"
 QEMU = "qemu-system-x86_64"
 requires_qemu = pytest.mark.skipif(shutil.which(QEMU) is None, reason=f"{QEMU} is not installed")
 
@@ -69,6 +81,11 @@ def vblk(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def vblk_mmio(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build("vblk-mmio", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def vcons(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build("vcons", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +181,24 @@ def test_the_blk_guest_finds_a_virtio_mmio_disk_on_its_command_line(
     assert r.returncode == EXIT_OK and image.read_bytes()[512:1024] == SECTOR_1
     without_exit = 6 if backend == "kvm" else 0
     assert f"virtio-blk0 queue 0: 6 notifications ({without_exit} without an exit)" in r.stderr
+
+
+@pytest.mark.parametrize("backend", ["kvm", "emu"])
+def test_guest_writes_to_a_virtio_console_under_kvmlite(vcons: Path, tmp_path: Path, backend: str) -> None:
+    skip_without_kvm(backend)
+    out = tmp_path / "hvc0.out"
+    r = kvmlite_run("--backend", backend, "--kernel", str(vcons), "--virtio-console", f"file:{out}")
+    assert r.stdout.splitlines() == CONSOLE_EXPECTED, r.stderr
+    assert r.returncode == debug_exit_status(0x46) and out.read_bytes() == CONSOLE_BYTES
+
+
+@requires_qemu
+def test_the_console_guest_under_qemu_prints_the_same(vcons: Path, tmp_path: Path) -> None:
+    out = tmp_path / "qemu-hvc0.out"
+    r = qemu_run(
+        vcons,
+        *("-device", "virtio-serial-pci,disable-legacy=on", "-chardev", f"file,id=c0,path={out}"),
+        *("-device", "virtconsole,chardev=c0"),
+    )
+    assert r.stdout.splitlines() == CONSOLE_EXPECTED, r.stderr
+    assert r.returncode == debug_exit_status(0x46) and out.read_bytes() == CONSOLE_BYTES

@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a raw disk image as a virtio-blk-pci device (repeatable)",
     )
     run.add_argument(
+        "--virtio-console",
+        default="",
+        metavar="BACKEND",
+        help="a virtio console (the guest's hvc0) on BACKEND: stdio (then give --serial none), none, "
+        "file:PATH, unix:PATH",
+    )
+    run.add_argument(
         "--virtio-transport",
         choices=["pci", "mmio"],
         default="pci",
@@ -195,6 +202,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra_devices=list(args.device),
         disks=list(args.disk),
         virtio_transport=args.virtio_transport,
+        virtio_console=args.virtio_console,
         host_workarounds=args.host_workarounds,
     )
     if not config.kernel.is_file():

@@ -33,9 +33,8 @@ import threading
 import tty
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from kvmlite.devices.serial import Serial16550
 from kvmlite.errors import ConfigError
 from kvmlite.status import ExitStatus
 from kvmlite.vmm.loop import VmControl
@@ -51,6 +50,14 @@ MAX_PENDING_INPUT = 64 * 1024
 JOIN_TIMEOUT_S = 2.0
 #: The longest Unix socket path (sun_path holds 108 bytes with the terminating NUL).
 MAX_UNIX_PATH = 107
+
+
+class ConsoleDevice(Protocol):
+    """What a console backend drives: the 16550, or virtio-console's port."""
+
+    def set_tx_busy(self, busy: bool) -> None: ...
+
+    def enqueue_input(self, data: bytes) -> int: ...
 
 
 def parse_serial_spec(spec: str) -> tuple[str, str]:
@@ -149,7 +156,7 @@ class OutputPump:
 
 
 class SerialConsole:
-    """Connects a :class:`Serial16550` to a ``--serial`` backend.
+    """Connects a console device (the 16550, virtio-console) to a ``--serial``-style backend.
 
     Built before the UART so the UART can be given :meth:`write` as its output
     sink and :meth:`rx_space_available` as its ``on_rx_space``; :meth:`bind`
@@ -157,7 +164,7 @@ class SerialConsole:
     """
 
     def __init__(self, spec: str, lock: threading.RLock, control: VmControl) -> None:
-        self.serial: Serial16550 | None = None
+        self.serial: ConsoleDevice | None = None
         self._sink: Callable[[bytes], None] | None = None
         self.kind, self.path = parse_serial_spec(spec)
         self.lock = lock
@@ -177,7 +184,7 @@ class SerialConsole:
         control.on_stop.append(self._on_stop)
 
     # --- the UART's side ----------------------------------------------------------------
-    def bind(self, serial: Serial16550) -> None:
+    def bind(self, serial: ConsoleDevice) -> None:
         self.serial = serial
 
     def write(self, data: bytes) -> None:

@@ -54,6 +54,7 @@ from kvmlite.status import ExitStatus
 from kvmlite.virtio import mmio as VM
 from kvmlite.virtio import pci as VP
 from kvmlite.virtio.blk import BlockImage, DiskSpec, VirtioBlk
+from kvmlite.virtio.console import VirtioConsole
 from kvmlite.virtio.device import VirtioDevice
 from kvmlite.virtio.mmio import VirtioMmio
 from kvmlite.virtio.pci import VirtioPciFunction
@@ -119,6 +120,8 @@ class MachineConfig:
     disks: list[str] = field(default_factory=list)
     #: How virtio devices are attached: "pci" (virtio-pci modern) or "mmio" (virtio-mmio version 2).
     virtio_transport: str = "pci"
+    #: A virtio console (the guest's hvc0) on this backend (as ``serial``: stdio, file:PATH, ...); "" none.
+    virtio_console: str = ""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -150,6 +153,10 @@ class MachineConfig:
                 raise ConfigError(f"unknown device {name!r} (kvmlite adds: {', '.join(OPTIONAL_DEVICES)})")
         for disk in self.disks:
             DiskSpec.parse(disk)
+        if self.virtio_console:
+            parse_serial_spec(self.virtio_console)
+            if self.virtio_console == "stdio" and self.serial == "stdio" and self.serial_out is None:
+                raise ConfigError("COM1 and the virtio console cannot both be on stdio (give --serial none)")
         if self.virtio_transport not in ("pci", "mmio"):
             raise ConfigError(f"--virtio-transport {self.virtio_transport!r}: choose pci or mmio")
 
@@ -188,6 +195,7 @@ class Machine:
         self.loops: list[VcpuLoop] = []
         self.serial: Serial16550 | None = None
         self.console: SerialConsole | None = None
+        self.virtio_console: SerialConsole | None = None  # the host side of virtio-console, if attached
         self.load_result: LoadResult | None = None
         #: The last value the guest wrote to the POST port (0x80), None before any (only the last is kept:
         #: Linux writes the port constantly).
@@ -505,6 +513,16 @@ class Machine:
         self.attach_virtio(name, "virtio-blk", blk)
         return blk
 
+    def attach_virtio_console(self, spec: str) -> VirtioConsole:
+        """A virtio console (hvc0) on a console backend: a raw tty with Ctrl-A x, a file, a socket."""
+        host = SerialConsole(spec, self.lock, self.control)
+        name = self.devices.unique_name("virtio-console")
+        console = VirtioConsole(self.memory, host.write, host.rx_space_available, name)
+        host.bind(console)
+        self.attach_virtio(name, "virtio-serial", console)
+        self.virtio_console = host
+        return console
+
     def attach_virtio_rng(self) -> VirtioRng:
         """A virtio-rng-pci entropy device over the host's getrandom, rate-limited by the timer service."""
         name = self.devices.unique_name("virtio-rng")
@@ -643,6 +661,8 @@ class Machine:
                 machine.attach_pc_testdev()
             if "virtio-rng-pci" in config.extra_devices:
                 machine.attach_virtio_rng()
+            if config.virtio_console:
+                machine.attach_virtio_console(config.virtio_console)
             machine.load()
             machine.create_vcpus(config.cpus)
         except BaseException:
@@ -654,6 +674,8 @@ class Machine:
     def run(self) -> int:
         if self.console is not None and self.config.serial_out is None:
             self.console.start()
+        if self.virtio_console is not None:
+            self.virtio_console.start()
         self.timers.start()
         self.iothread.start()
         threads = [
@@ -674,8 +696,9 @@ class Machine:
         finally:
             self.timers.stop()
             self.iothread.stop()
-            if self.console is not None:
-                self.console.restore_terminal()
+            for host in (self.console, self.virtio_console):
+                if host is not None:
+                    host.restore_terminal()
         info = self.control.stop_info
         return info.status if info else 0
 
@@ -691,8 +714,9 @@ class Machine:
         return total
 
     def close(self) -> None:
-        if self.console is not None:
-            self.console.close()
+        for host in (self.console, self.virtio_console):
+            if host is not None:
+                host.close()
         self.iothread.close()
         for close in self._closing:
             close()
