@@ -162,6 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--gdb-wait", action="store_true", help="hold the vCPUs until gdb continues (QEMU's -S)")
     run.add_argument("--api", metavar="unix:PATH", help="serve QMP-style control commands on a Unix socket")
+    run.add_argument(
+        "--restore",
+        type=Path,
+        metavar="PATH",
+        help="continue the VM saved in snapshot PATH (control command snapshot-save) instead of booting",
+    )
+    run.add_argument(
+        "--restore-memory",
+        choices=["read", "map"],
+        default="read",
+        help="read: load and check all of the snapshot's RAM first; map: map it, pages read on first touch",
+    )
     run.add_argument("-v", "--verbose", action="count", default=0, dest="run_verbose", help=argparse.SUPPRESS)
 
     sub.add_parser("info", help="show the host's KVM API version and capabilities")
@@ -184,6 +196,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kvmlite.guests import DEMO_GUEST
     from kvmlite.vmm.machine import MachineConfig
 
+    if args.restore is not None:
+        return _restore(args)
     config = MachineConfig(  # validated here, once, before anything is built or opened
         kernel=args.kernel if args.kernel is not None else DEMO_GUEST,
         cmdline=args.cmdline,
@@ -260,6 +274,31 @@ def _install_handlers(handler: Callable[[int, object], None]) -> dict[int, Any]:
     if threading.current_thread() is not threading.main_thread():
         return {}
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+
+def _restore(args: argparse.Namespace) -> int:
+    """``run --restore PATH``: the snapshot's machine with this command line's devices, continued."""
+    from kvmlite.snapshot.machine import build_restored
+    from kvmlite.vmm.machine import MachineConfig
+
+    if args.kernel is not None:
+        raise ConfigError("--restore continues a saved VM: give no --kernel")
+    config = MachineConfig(
+        kernel=Path(),
+        backend=args.backend,
+        serial=args.serial,
+        on_reset="exit",
+        trace=args.trace,
+        trace_file=args.trace_file,
+        stats=args.stats,
+        extra_devices=list(args.device),
+        disks=list(args.disk),
+    )
+    machine = build_restored(config, args.restore, lazy=args.restore_memory == "map")
+    try:
+        return _run_once(machine, args)
+    finally:
+        machine.close()
 
 
 def _profiler(machine: Any, args: argparse.Namespace) -> Any:

@@ -110,6 +110,17 @@ SCHEMA: dict[str, Command] = {
             "write an ELF core of RAM and registers; paging: at virtual addresses",
             (Arg("file", str), Arg("paging", bool, False)),
         ),
+        Command(
+            "snapshot-save",
+            'save the VM to a snapshot file (docs/snapshot-format.md): {"path": ..., "memory": "full", '
+            '"paused": stay paused afterwards (cont resumes), "separate": memory in PATH.mem}',
+            (
+                Arg("path", str),
+                Arg("memory", str, False),
+                Arg("paused", bool, False),
+                Arg("separate", bool, False),
+            ),
+        ),
         Command("query-commands", "the commands this server knows"),
     )
 }
@@ -347,6 +358,23 @@ class MachineApi:
             return write_core(Path(file), self.machine.memory, cpus, paging)
 
         return {"size": self._paused(dump)}
+
+    def snapshot_save(
+        self, path: str, memory: str = "full", paused: bool = False, separate: bool = False
+    ) -> dict[str, Any]:
+        from kvmlite.snapshot.machine import save
+
+        if memory != "full":
+            raise CommandError(f'snapshot-save: memory "{memory}": this kvmlite writes "full" snapshots')
+        with self._lock:
+            if self.control.stopping:
+                raise CommandError("snapshot-save: the VM is shutting down", NOT_ACTIVE)
+            stay = paused and not self._stopped
+            result = save(self.machine, Path(path), separate_memory=separate, stay_paused=stay)
+            if stay and result["paused"]:
+                self._stopped = True
+                self._emit("STOP")
+        return result
 
     def query_commands(self) -> list[dict[str, Any]]:
         return [{"name": c.name, "doc": c.doc, "args": [a.name for a in c.args]} for c in SCHEMA.values()]

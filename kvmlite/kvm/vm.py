@@ -221,6 +221,10 @@ class Vm:
         ioctl(self.fd, Ioctl.KVM_GET_CLOCK, st)
         return st
 
+    def set_clock(self, st: S.kvm_clock_data) -> None:
+        """KVM_SET_CLOCK: the kvmclock value guests read (a snapshot's, on restore)."""
+        ioctl(self.fd, Ioctl.KVM_SET_CLOCK, st)
+
     # --- vCPUs ------------------------------------------------------------
     def create_vcpu(self, vcpu_id: int) -> Vcpu:
         fd = ioctl(self.fd, Ioctl.KVM_CREATE_VCPU, vcpu_id, detail=f"vcpu {vcpu_id}")

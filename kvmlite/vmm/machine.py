@@ -651,18 +651,22 @@ class Machine:
         for disk in self.config.disks:
             self.attach_virtio_blk(DiskSpec.parse(disk))
 
+    def attach_configured_devices(self) -> None:
+        """The standard PC's devices and those the configuration asks for (boot and restore alike)."""
+        self.attach_pc_devices()
+        if "pc-testdev" in self.config.extra_devices:
+            self.attach_pc_testdev()
+        if "virtio-rng-pci" in self.config.extra_devices:
+            self.attach_virtio_rng()
+        if self.config.virtio_console:
+            self.attach_virtio_console(self.config.virtio_console)
+
     @classmethod
     def build(cls, config: MachineConfig) -> Machine:
         """The standard PC: interrupt controllers, PIT, RTC, i8042, COM1, fw_cfg, debug-exit, ACPI, vCPUs."""
         machine = cls(config)
         try:
-            machine.attach_pc_devices()
-            if "pc-testdev" in config.extra_devices:
-                machine.attach_pc_testdev()
-            if "virtio-rng-pci" in config.extra_devices:
-                machine.attach_virtio_rng()
-            if config.virtio_console:
-                machine.attach_virtio_console(config.virtio_console)
+            machine.attach_configured_devices()
             machine.load()
             machine.create_vcpus(config.cpus)
         except BaseException:

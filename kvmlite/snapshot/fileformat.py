@@ -1,0 +1,343 @@
+"""The snapshot file: a checked header, a JSON state section, a sparse memory image.
+
+``docs/snapshot-format.md`` is the description; in short::
+
+    0     header (64 bytes): magic "KVMLSNAP", version, flags, the state section's
+          offset/length/CRC-32, the memory image's offset/length, the header's own CRC-32
+    64    state section: UTF-8 JSON (vCPUs, in-kernel devices, devices, memory index)
+    M     memory image (M page aligned): the RAM regions back to back, zero pages
+          left as holes (the file is sparse), or in a separate memory file
+
+The memory index in the state lists runs of non-zero pages with a CRC-32
+each.  A full read checks every run; a lazy restore maps the image
+``MAP_PRIVATE`` and reads pages when the guest first touches them (their
+CRCs are then not checked: Firecracker's trade-off).  Every problem with a
+file is a :class:`~kvmlite.snapshot.SnapshotError` of one sentence, raised
+before anything of it reaches a machine that could run.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import uuid
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvmlite.memory.guest import GuestMemory
+from kvmlite.snapshot import SnapshotError
+from kvmlite.snapshot.codec import decode, encode
+
+MAGIC = b"KVMLSNAP"
+MEMORY_MAGIC = b"KVMLMEM\0"
+VERSION = 1
+PAGE = 4096
+#: Pages per memory run at most (each run has its CRC-32): a bad run names 1 MiB of RAM at most.
+RUN_PAGES = 256
+FLAG_SEPARATE_MEMORY = 1 << 0
+#: magic, version, flags, state offset, state length, state crc, memory offset, memory length
+_HEADER = struct.Struct("<8sIIQQIQQ")
+HEADER_SIZE = 64
+_MEMORY_HEADER = struct.Struct("<8sI16sQ")  # magic, version, snapshot id, image length (+ crc32)
+_ZERO_PAGE = bytes(PAGE)
+_ZERO_CHUNK = bytes(PAGE * 64)
+assert _HEADER.size + 4 <= HEADER_SIZE
+
+
+@dataclass
+class MemoryRun:
+    """Non-zero pages at ``offset`` in the memory image (``length`` bytes) and their CRC-32."""
+
+    offset: int
+    length: int
+    crc: int
+
+
+@dataclass
+class SnapshotFile:
+    """A snapshot read from disk: its state (decoded) and where its memory image is."""
+
+    path: Path
+    state: dict[str, Any]
+    memory_path: Path
+    memory_offset: int
+    memory_length: int
+    runs: list[MemoryRun] = field(default_factory=list)
+    regions: list[tuple[int, int]] = field(default_factory=list)
+
+
+# --- memory scanning --------------------------------------------------------------------------
+def nonzero_runs(memory: GuestMemory) -> Iterator[tuple[int, memoryview]]:
+    """(image offset, view) of each run of non-zero pages, region by region, at most RUN_PAGES long."""
+    image = 0
+    for region in memory:
+        view = region.view
+        start: int | None = None
+        pos = 0
+        size = region.size
+        while pos < size:
+            chunk = min(len(_ZERO_CHUNK), size - pos)
+            if view[pos : pos + chunk] == _ZERO_CHUNK[:chunk]:  # fast path: 64 zero pages
+                if start is not None:
+                    yield image + start, view[start:pos]
+                    start = None
+                pos += chunk
+                continue
+            for page in range(pos, pos + chunk, PAGE):
+                zero = view[page : page + PAGE] == _ZERO_PAGE
+                if zero and start is not None:
+                    yield image + start, view[start:page]
+                    start = None
+                elif not zero:
+                    if start is None:
+                        start = page
+                    elif page - start >= RUN_PAGES * PAGE:
+                        yield image + start, view[start:page]
+                        start = page
+            pos += chunk
+        if start is not None:
+            yield image + start, view[start:size]
+        image += size
+
+
+# --- writing --------------------------------------------------------------------------------------
+def write_snapshot(
+    path: Path, state: dict[str, Any], memory: GuestMemory, separate_memory: bool = False
+) -> int:
+    """Write ``state`` and ``memory`` to ``path`` (and ``path``.mem); returns the bytes of data written.
+
+    Written to a temporary name and renamed, so ``path`` is either the old
+    file or the whole new one.
+    """
+    snap_id = uuid.uuid4().bytes
+    image_length = sum(r.size for r in memory)
+    mem_path = path.with_name(path.name + ".mem")
+    tmp = path.with_name(path.name + ".tmp")
+    mem_tmp = mem_path.with_name(mem_path.name + ".tmp")
+    written = 0
+    try:
+        runs: list[MemoryRun] = []
+        mem_file = open(mem_tmp if separate_memory else tmp, "wb")
+        with mem_file:
+            base = PAGE if separate_memory else 0  # embedded: fixed up once the state's size is known
+            pending: list[tuple[int, memoryview]] = []
+            for offset, view in nonzero_runs(memory):
+                runs.append(MemoryRun(offset, len(view), zlib.crc32(view)))
+                pending.append((offset, view))
+            full_state = dict(state)
+            full_state["memory"] = {
+                "id": snap_id.hex(),
+                "regions": [[int(r.start), r.size] for r in memory],
+                "runs": [[r.offset, r.length, r.crc] for r in runs],
+                "file": mem_path.name if separate_memory else None,
+            }
+            blob = json.dumps(encode(full_state), separators=(",", ":")).encode()
+            if not separate_memory:
+                base = _align(HEADER_SIZE + len(blob))
+            for offset, view in pending:
+                mem_file.seek(base + offset)
+                mem_file.write(view)
+                written += len(view)
+            mem_file.truncate(base + image_length)  # the zero pages stay holes
+            if separate_memory:
+                mem_file.seek(0)
+                head = _MEMORY_HEADER.pack(MEMORY_MAGIC, VERSION, snap_id, image_length)
+                mem_file.write(head + struct.pack("<I", zlib.crc32(head)))
+        mode = "wb" if separate_memory else "r+b"
+        with open(tmp, mode) as f:
+            flags = FLAG_SEPARATE_MEMORY if separate_memory else 0
+            mem_offset = 0 if separate_memory else base
+            head = _HEADER.pack(
+                MAGIC, VERSION, flags, HEADER_SIZE, len(blob), zlib.crc32(blob), mem_offset, image_length
+            )
+            f.write(head + struct.pack("<I", zlib.crc32(head)) + bytes(HEADER_SIZE - len(head) - 4))
+            f.write(blob)
+            written += HEADER_SIZE + len(blob)
+        if separate_memory:
+            os.replace(mem_tmp, mem_path)
+        os.replace(tmp, path)
+    except OSError as err:
+        for leftover in (tmp, mem_tmp):
+            leftover.unlink(missing_ok=True)
+        raise SnapshotError(f"cannot write snapshot {path}: {err.strerror or err}") from None
+    return written
+
+
+def _align(n: int) -> int:
+    return (n + PAGE - 1) // PAGE * PAGE
+
+
+# --- reading ----------------------------------------------------------------------------------------
+def read_snapshot(path: Path) -> SnapshotFile:
+    """Read and check a snapshot's header and state (memory is checked by :func:`load_memory`)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(HEADER_SIZE)
+            if len(head) < 8 or head[:8] != MAGIC:
+                raise SnapshotError(f"{path} is not a kvmlite snapshot (no KVMLSNAP magic)")
+            if len(head) < HEADER_SIZE:
+                raise SnapshotError(f"snapshot {path} is truncated (its header is incomplete)")
+            fields = _HEADER.unpack_from(head)
+            (crc,) = struct.unpack_from("<I", head, _HEADER.size)
+            _, version, flags, st_off, st_len, st_crc, mem_off, mem_len = fields
+            if version != VERSION:
+                raise SnapshotError(
+                    f"snapshot {path} has format version {version}; this kvmlite reads {VERSION}"
+                )
+            if crc != zlib.crc32(head[: _HEADER.size]):
+                raise SnapshotError(f"snapshot {path} is corrupted (header checksum mismatch)")
+            if st_off + st_len > size:
+                raise SnapshotError(f"snapshot {path} is truncated (the state section ends past the file)")
+            f.seek(st_off)
+            blob = f.read(st_len)
+    except OSError as err:
+        raise SnapshotError(f"cannot read snapshot {path}: {err.strerror or err}") from None
+    if zlib.crc32(blob) != st_crc:
+        raise SnapshotError(f"snapshot {path} is corrupted (state section checksum mismatch)")
+    try:
+        state = decode(json.loads(blob))
+    except (ValueError, RecursionError) as err:
+        raise SnapshotError(f"snapshot {path} has an unreadable state section ({err})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("memory"), dict):
+        raise SnapshotError(f"snapshot {path} has no memory index")
+    mem = state["memory"]
+    try:
+        runs = [MemoryRun(int(o), int(n), int(c)) for o, n, c in mem["runs"]]
+        regions = [(int(s), int(n)) for s, n in mem["regions"]]
+        snap_id = bytes.fromhex(mem["id"])
+        separate = mem["file"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise SnapshotError(f"snapshot {path} has a malformed memory index ({err!r})") from None
+    if sum(n for _, n in regions) != mem_len or any(
+        r.offset < 0 or r.length <= 0 or r.offset + r.length > mem_len for r in runs
+    ):
+        raise SnapshotError(f"snapshot {path} has a memory index that does not fit its memory image")
+    if flags & FLAG_SEPARATE_MEMORY:
+        if not isinstance(separate, str) or "/" in separate:
+            raise SnapshotError(f"snapshot {path} names no valid memory file")
+        mem_path = path.with_name(separate)
+        mem_off = PAGE
+        _check_memory_file(mem_path, snap_id, mem_len)
+    else:
+        mem_path = path
+        if mem_off % PAGE or mem_off + mem_len > size:
+            raise SnapshotError(f"snapshot {path} is truncated (the memory image ends past the file)")
+    return SnapshotFile(path, state, mem_path, mem_off, mem_len, runs, regions)
+
+
+def _check_memory_file(path: Path, snap_id: bytes, length: int) -> None:
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(_MEMORY_HEADER.size + 4)
+    except OSError as err:
+        raise SnapshotError(f"cannot read the snapshot's memory file {path}: {err.strerror or err}") from None
+    if len(head) < _MEMORY_HEADER.size + 4 or head[:8] != MEMORY_MAGIC:
+        raise SnapshotError(f"{path} is not a kvmlite snapshot memory file")
+    _, version, got_id, got_len = _MEMORY_HEADER.unpack_from(head)
+    (crc,) = struct.unpack_from("<I", head, _MEMORY_HEADER.size)
+    if crc != zlib.crc32(head[: _MEMORY_HEADER.size]) or version != VERSION:
+        raise SnapshotError(f"memory file {path} is corrupted or of another version")
+    if got_id != snap_id or got_len != length:
+        raise SnapshotError(f"memory file {path} belongs to another snapshot")
+    if size < PAGE + length:
+        raise SnapshotError(f"memory file {path} is truncated")
+
+
+def check_regions(snap: SnapshotFile, memory: GuestMemory) -> None:
+    have = [(int(r.start), r.size) for r in memory]
+    if have != snap.regions:
+        raise SnapshotError(
+            f"snapshot {snap.path} holds {sum(n for _, n in snap.regions) >> 20} MiB of RAM in "
+            f"{len(snap.regions)} regions; the machine has {sum(n for _, n in have) >> 20} MiB in {len(have)}"
+        )
+
+
+def read_memory_runs(snap: SnapshotFile) -> list[tuple[int, bytes]]:
+    """Every run's bytes, each checked against its CRC-32 (before any of it reaches a machine)."""
+    out = []
+    try:
+        with open(snap.memory_path, "rb") as f:
+            for run in snap.runs:
+                f.seek(snap.memory_offset + run.offset)
+                data = f.read(run.length)
+                if len(data) != run.length:
+                    raise SnapshotError(f"snapshot {snap.path} is truncated (memory ends early)")
+                if zlib.crc32(data) != run.crc:
+                    raise SnapshotError(
+                        f"snapshot {snap.path} is corrupted "
+                        f"(memory checksum mismatch at image offset {run.offset:#x})"
+                    )
+                out.append((run.offset, data))
+    except OSError as err:
+        raise SnapshotError(
+            f"cannot read snapshot memory {snap.memory_path}: {err.strerror or err}"
+        ) from None
+    return out
+
+
+def load_memory(memory: GuestMemory, runs: list[tuple[int, bytes]]) -> None:
+    """Zero ``memory`` and write the (checked) runs into it."""
+    zero_memory(memory)
+    regions = list(memory)
+    starts = _image_starts(memory)
+    for offset, data in runs:
+        for region, start in zip(regions, starts, strict=True):
+            if start <= offset < start + region.size:
+                region.view[offset - start : offset - start + len(data)] = data
+                break
+
+
+def zero_memory(memory: GuestMemory) -> None:
+    for region in memory:
+        region.mm.madvise(mmap.MADV_DONTNEED)  # private anonymous pages read as zero again
+
+
+def _image_starts(memory: GuestMemory) -> list[int]:
+    starts, pos = [], 0
+    for region in memory:
+        starts.append(pos)
+        pos += region.size
+    return starts
+
+
+def map_memory(memory: GuestMemory, snap: SnapshotFile) -> None:
+    """Map the memory image over the guest's RAM, ``MAP_PRIVATE``: pages are read at first touch."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    map_fixed = 0x10
+    try:
+        fd = os.open(snap.memory_path, os.O_RDONLY)
+    except OSError as err:
+        raise SnapshotError(f"cannot open snapshot memory {snap.memory_path}: {err.strerror}") from None
+    try:
+        for region, start in zip(memory, _image_starts(memory), strict=True):
+            got = libc.mmap(
+                region.host_addr,
+                region.size,
+                mmap.PROT_READ | mmap.PROT_WRITE,
+                mmap.MAP_PRIVATE | map_fixed,
+                fd,
+                snap.memory_offset + start,
+            )
+            if got != region.host_addr:
+                err = ctypes.get_errno()
+                raise SnapshotError(f"cannot map snapshot memory {snap.memory_path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)

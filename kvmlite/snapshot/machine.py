@@ -1,0 +1,257 @@
+"""A machine's snapshot: capture it, save it, build a machine from one, reset to one.
+
+* :func:`capture_state` - everything but RAM of a paused machine (vCPUs, the
+  in-kernel devices, every registry device), JSON-able after :mod:`.codec`;
+* :func:`save` - pause, write the file (:mod:`.fileformat`), resume;
+* :func:`build_restored` - ``kvmlite run --restore``: the machine the
+  snapshot describes, built by the ordinary builder with the devices of the
+  new command line (disk images, console), then every state loaded into it;
+  nothing runs until all of the file has been checked and loaded;
+* :class:`ResetPoint` - reset-to-snapshot in memory for fuzzing: only the
+  pages dirtied since the snapshot are copied back (KVM's dirty log, or a
+  comparison of the pages on the software backend), plus vCPU and device state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kvmlite.errors import KvmliteError
+from kvmlite.kvm.constants import MemFlag
+from kvmlite.loaders.base import EntryMode, LoadResult
+from kvmlite.snapshot import SnapshotError
+from kvmlite.snapshot import fileformat as F
+from kvmlite.snapshot.devices import capture_devices, check_device_set, restore_devices
+from kvmlite.snapshot.vcpu import (
+    boot_tsc,
+    capture_kernel_devices,
+    capture_vcpu,
+    msr_indices,
+    restore_kernel_devices,
+    restore_vcpu,
+)
+from kvmlite.vmm.irqchip import KernelIrqChip
+
+if TYPE_CHECKING:
+    from kvmlite.vmm.machine import Machine, MachineConfig
+
+log = logging.getLogger(__name__)
+
+#: What the state section's "machine" record must match on restore (the rest comes from the command line).
+#: What a value of the wrong type or range in a state raises somewhere in a loader.
+MALFORMED = (AttributeError, TypeError, ValueError, KeyError, IndexError, OverflowError, KvmliteError)
+MACHINE_KEYS = ("memory_mib", "cpus", "backend", "irqchip", "extra_devices", "disks")
+
+
+def _kernel_irqchip(machine: Machine) -> bool:
+    return isinstance(machine.irqchip, KernelIrqChip)
+
+
+def capture_state(machine: Machine) -> dict[str, Any]:
+    """The machine's state but RAM (call while it is paused, or before it ran)."""
+    vm, caps = machine.vm, machine.caps
+    vcpus = [loop.vcpu for loop in machine.loops]
+    if not vcpus:
+        raise SnapshotError("the machine has no vCPUs yet")
+    lapic = _kernel_irqchip(machine)
+    indices = msr_indices(vm, vcpus[0])
+    with machine.lock:
+        devices = capture_devices(machine.devices)
+        state: dict[str, Any] = {
+            "machine": {
+                "memory_mib": machine.config.memory_mib,
+                "cpus": len(vcpus),
+                "backend": caps.name,
+                "irqchip": "kernel" if lapic else "userspace",
+                "extra_devices": sorted(machine.config.extra_devices),
+                "disks": len(machine.config.disks),
+            },
+            "cpus": [capture_vcpu(v, caps, indices, lapic) for v in vcpus],
+            "kernel_devices": capture_kernel_devices(vm) if lapic else None,
+            "devices": devices,
+        }
+    return state
+
+
+def save(
+    machine: Machine, path: Path, separate_memory: bool = False, stay_paused: bool = False
+) -> dict[str, Any]:
+    """Pause, write the snapshot to ``path``, resume (unless ``stay_paused``: the caller then resumes)."""
+    control = machine.control
+    running = bool(machine.loops) and not control.stopping
+    if running:
+        control.pause()
+    start = time.monotonic()
+    try:
+        state = capture_state(machine)
+        written = F.write_snapshot(path, state, machine.memory, separate_memory)
+    except BaseException:
+        if running:
+            control.resume()
+        raise
+    elapsed = time.monotonic() - start
+    if running and not stay_paused:
+        control.resume()
+    log.info("snapshot %s: %d bytes of data in %.1f ms", path, written, elapsed * 1e3)
+    return {
+        "path": str(path),
+        "bytes": written,
+        "ms": round(elapsed * 1e3, 3),
+        "paused": running and stay_paused,
+    }
+
+
+def restore_config(config: MachineConfig, snap: F.SnapshotFile) -> MachineConfig:
+    """``config`` (the new command line) with what the snapshot fixes: RAM size, vCPUs, backend, irqchip."""
+    saved = snap.state.get("machine")
+    if not isinstance(saved, dict) or any(k not in saved for k in MACHINE_KEYS):
+        raise SnapshotError(f"snapshot {snap.path} does not describe its machine")
+    try:
+        memory_mib, cpus = int(saved["memory_mib"]), int(saved["cpus"])
+        backend, irqchip = str(saved["backend"]), str(saved["irqchip"])
+        extras, disks = [str(d) for d in saved["extra_devices"]], int(saved["disks"])
+    except (TypeError, ValueError) as err:
+        raise SnapshotError(f"snapshot {snap.path} has a malformed machine record ({err!r})") from None
+    if config.backend != "auto" and config.backend != backend:
+        raise SnapshotError(f"snapshot {snap.path} was taken on the {backend} backend, not {config.backend}")
+    if sorted(config.extra_devices) != extras:
+        raise SnapshotError(
+            f"device set mismatch: the snapshot has the optional devices {extras or 'none'}, "
+            f"this command line {sorted(config.extra_devices) or 'none'}"
+        )
+    if len(config.disks) != disks:
+        raise SnapshotError(
+            f"device set mismatch: the snapshot has {disks} disks, this command line {len(config.disks)}"
+        )
+    return replace(config, memory_mib=memory_mib, cpus=cpus, backend=backend, irqchip=irqchip)
+
+
+def build_restored(config: MachineConfig, path: Path, lazy: bool = False) -> Machine:
+    """The machine of snapshot ``path``, with the devices ``config`` attaches, ready to :meth:`run`."""
+    from kvmlite.vmm.machine import Machine
+
+    start = time.monotonic()
+    snap = F.read_snapshot(path)
+    try:
+        config = restore_config(config, snap)
+        machine = Machine(config)
+    except SnapshotError:
+        raise
+    except KvmliteError as err:
+        raise SnapshotError(f"snapshot {path}: {err}") from None
+    try:
+        machine.attach_configured_devices()
+        check_device_set(machine.devices, snap.state.get("devices") or [])
+        F.check_regions(snap, machine.memory)
+        runs = [] if lazy else F.read_memory_runs(snap)  # every CRC checked before anything is loaded
+        machine.load_result = LoadResult(format="snapshot", entry=0, mode=EntryMode.REAL)
+        machine.create_vcpus(config.cpus)
+        load_into(machine, snap.state)
+        if lazy:
+            F.map_memory(machine.memory, snap)
+        else:
+            F.load_memory(machine.memory, runs)
+    except SnapshotError:
+        machine.close()
+        raise
+    except MALFORMED as err:  # a value of the wrong kind deep in a state that passed its checksum
+        machine.close()
+        raise SnapshotError(f"snapshot {path} has a malformed state ({type(err).__name__}: {err})") from None
+    except BaseException:
+        machine.close()
+        raise
+    log.info("restored %s in %.1f ms", path, (time.monotonic() - start) * 1e3)
+    return machine
+
+
+def load_into(machine: Machine, state: dict[str, Any]) -> None:
+    """Load vCPU, in-kernel and device state into a built machine (paused or not yet running)."""
+    cpus = state.get("cpus")
+    if not isinstance(cpus, list) or len(cpus) != len(machine.loops):
+        raise SnapshotError(
+            f"the snapshot holds {len(cpus) if isinstance(cpus, list) else 'no'} vCPUs, "
+            f"the machine has {len(machine.loops)}"
+        )
+    lapic = _kernel_irqchip(machine)
+    kernel = state.get("kernel_devices")
+    if lapic != (kernel is not None):
+        raise SnapshotError("the snapshot's irqchip (in-kernel or userspace) differs from the machine's")
+    if kernel is not None:
+        restore_kernel_devices(machine.vm, kernel)
+    tsc = boot_tsc(cpus)
+    for loop, st in zip(machine.loops, cpus, strict=True):
+        if not isinstance(st, dict):
+            raise SnapshotError("the snapshot's vCPU state is malformed")
+        restore_vcpu(loop.vcpu, machine.caps, st, lapic, tsc)
+    with machine.lock:
+        restore_devices(machine.devices, state.get("devices") or [])
+    machine.timers.poke()
+
+
+class ResetPoint:
+    """Reset-to-snapshot in memory: ``point = ResetPoint(machine)``, run, ``point.restore()``, run...
+
+    Call both while the machine is paused (or not running).  With KVM, guest
+    RAM is registered with dirty logging and ``restore()`` copies back only the
+    pages KVM_GET_DIRTY_LOG reports; on the software backend it compares the
+    pages with the saved copy (there is no dirty log to ask).
+    """
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.state = capture_state(machine)
+        self.pages: list[bytes] = []
+        self._dirty_log = hasattr(machine.vm, "get_dirty_log")
+        self.copy = [bytes(region.view) for region in machine.memory]
+        if self._dirty_log:
+            _log_dirty(machine, True)
+            self._take_dirty()  # start from a clean log
+        self.restored_pages = 0
+
+    def _take_dirty(self) -> list[tuple[int, int]]:
+        """(region index, page offset) of each page dirtied since the last call."""
+        vm: Any = self.machine.vm
+        out = []
+        for slot, _region in enumerate(self.machine.memory):
+            bitmap = vm.get_dirty_log(slot)
+            for word_index in range(0, len(bitmap), 8):
+                word = int.from_bytes(bitmap[word_index : word_index + 8], "little")
+                while word:
+                    low = word & -word
+                    out.append((slot, (word_index * 8 + low.bit_length() - 1) * F.PAGE))
+                    word ^= low
+        return out
+
+    def restore(self) -> int:
+        """Back to the snapshot; returns how many pages were copied back."""
+        machine = self.machine
+        regions = list(machine.memory)
+        if self._dirty_log:
+            dirty = self._take_dirty()
+        else:
+            dirty = [
+                (i, off)
+                for i, region in enumerate(regions)
+                for off in range(0, region.size, F.PAGE)
+                if region.view[off : off + F.PAGE] != self.copy[i][off : off + F.PAGE]
+            ]
+        for i, off in dirty:
+            regions[i].view[off : off + F.PAGE] = self.copy[i][off : off + F.PAGE]
+        load_into(machine, self.state)
+        self.restored_pages = len(dirty)
+        return len(dirty)
+
+    def close(self) -> None:
+        if self._dirty_log:
+            _log_dirty(self.machine, False)
+
+
+def _log_dirty(machine: Machine, on: bool) -> None:
+    vm: Any = machine.vm
+    for slot, region in enumerate(machine.memory):
+        flags = (MemFlag.LOG_DIRTY_PAGES if on else 0) | (MemFlag.READONLY if region.readonly else 0)
+        vm.set_user_memory_region(slot, region.start, region.size, region.host_addr, int(flags))

@@ -1,0 +1,200 @@
+"""The snapshot tests' guest: it counts PIT ticks, prints each, computes between them, exits with a result.
+
+32-bit multiboot.  PIT channel 0 at 100 Hz through the PIC (the in-kernel
+one or kvmlite's).  After every tick the main loop prints ``tick N`` on
+COM1 and runs a few hundred rounds of an LCG whose state lives in memory,
+so the final value depends on how many ticks were counted and on nothing
+else; after ``TICKS`` ticks it prints ``sum=XXXXXXXX`` and writes
+``(sum & 0x3f) + 1`` to the debug-exit port.  A restore that loses or
+repeats a tick, loses RAM or registers, or a timer that does not go on,
+shows up in the output or the sum.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import MULTIBOOT_HEADER, build_multiboot
+
+TICKS = 120
+ROUNDS = 200
+
+GUEST = (
+    MULTIBOOT_HEADER
+    + """
+.text
+.globl _start
+_start:
+    mov $0x2ff000, %esp
+    mov $tick, %eax
+    mov $0x20, %ecx
+    call set_gate
+    mov $spurious, %eax
+    mov $0x27, %ecx
+    call set_gate
+    lidt idt_ptr
+    mov $0x11, %al
+    out %al, $0x20
+    out %al, $0xa0
+    mov $0x20, %al
+    out %al, $0x21
+    mov $0x28, %al
+    out %al, $0xa1
+    mov $0x04, %al
+    out %al, $0x21
+    mov $0x02, %al
+    out %al, $0xa1
+    mov $0x01, %al
+    out %al, $0x21
+    out %al, $0xa1
+    mov $0xfe, %al
+    out %al, $0x21
+    mov $0xff, %al
+    out %al, $0xa1
+    mov $0x34, %al          /* PIT channel 0, mode 2, 1193182 / 11932 = 100 Hz */
+    out %al, $0x43
+    mov $(11932 & 0xff), %al
+    out %al, $0x40
+    mov $(11932 >> 8), %al
+    out %al, $0x40
+    movl $0, ticks
+    movl $0, printed
+    movl $12345, state
+    sti
+main:
+    hlt
+1:  mov printed, %eax
+    cmp ticks, %eax
+    jae main
+    inc %eax
+    mov %eax, printed
+    mov $msg_tick, %esi
+    call puts
+    mov printed, %eax
+    call putdec
+    mov $10, %al
+    call putc
+    mov $ROUNDS, %ecx
+2:  mov state, %eax
+    imul $1103515245, %eax, %eax
+    add $12345, %eax
+    add printed, %eax
+    mov %eax, state
+    loop 2b
+    cmpl $TICKS, printed
+    jb 1b
+    cli
+    mov $msg_sum, %esi
+    call puts
+    mov state, %eax
+    call puthex
+    mov $10, %al
+    call putc
+    mov state, %eax
+    and $0x3f, %eax
+    inc %eax
+    mov $0xf4, %dx
+    out %eax, %dx
+    hlt
+
+tick:
+    push %eax
+    incl ticks
+    mov $0x20, %al
+    out %al, $0x20
+    pop %eax
+spurious:
+    iret
+
+/* putc: %al to COM1, polling LSR.THRE */
+putc:
+    push %edx
+    push %eax
+    mov $0x3fd, %dx
+3:  in %dx, %al
+    test $0x20, %al
+    jz 3b
+    pop %eax
+    mov $0x3f8, %dx
+    out %al, %dx
+    pop %edx
+    ret
+
+puts:
+    lodsb
+    test %al, %al
+    jz 4f
+    call putc
+    jmp puts
+4:  ret
+
+/* putdec: %eax in decimal */
+putdec:
+    mov $10, %ebx
+    xor %ecx, %ecx
+5:  xor %edx, %edx
+    div %ebx
+    push %edx
+    inc %ecx
+    test %eax, %eax
+    jnz 5b
+6:  pop %eax
+    add $0x30, %al
+    call putc
+    loop 6b
+    ret
+
+/* puthex: %eax as 8 hex digits */
+puthex:
+    mov %eax, %edx
+    mov $8, %ecx
+7:  rol $4, %edx
+    mov %edx, %eax
+    and $0xf, %eax
+    mov hexdigits(%eax), %al
+    call putc
+    loop 7b
+    ret
+
+set_gate:
+    lea idt(, %ecx, 8), %edi
+    mov %ax, (%edi)
+    mov %cs, 2(%edi)
+    movw $0x8e00, 4(%edi)
+    shr $16, %eax
+    mov %ax, 6(%edi)
+    ret
+
+idt_ptr:
+    .word 256 * 8 - 1
+    .long idt
+msg_tick: .asciz "tick "
+msg_sum: .asciz "sum="
+hexdigits: .ascii "0123456789abcdef"
+
+.bss
+.align 8
+ticks: .long 0
+printed: .long 0
+state: .long 0
+idt:
+    .skip 256 * 8
+"""
+)
+
+
+def expected_output() -> tuple[bytes, int]:
+    """What an uninterrupted run prints, and its exit status."""
+    state = 12345
+    out = b""
+    for n in range(1, TICKS + 1):
+        out += f"tick {n}\n".encode()
+        for _ in range(ROUNDS):
+            state = (state * 1103515245 + 12345 + n) & 0xFFFF_FFFF
+    out += f"sum={state:08x}\n".encode()
+    return out, (((state & 0x3F) + 1) << 1) | 1
+
+
+def build_ticks_guest(tmp: Path) -> Path:
+    source = GUEST.replace("$TICKS", f"${TICKS}").replace("$ROUNDS", f"${ROUNDS}")
+    return build_multiboot(tmp, "snapticks", source)
