@@ -221,10 +221,14 @@ class EmuVcpu:
     def run(self) -> E.Exit:
         self._complete_last_exit()
         cpu, ex, ops = self.cpu, self.executor, self.ops
+        # As KVM with immediate_exit: an instruction whose device access was answered completes
+        # before a kick is honoured, so a paused vCPU never holds half an instruction (a snapshot
+        # would otherwise run its OUT twice).
+        finishing = bool(ops.answers)
         while True:
-            if self._kicked:
+            if self._kicked and not finishing:
                 return self._exit(E.Interrupted())
-            if self._pending_vector is not None and self._can_take_interrupt():
+            if self._pending_vector is not None and not finishing and self._can_take_interrupt():
                 vector, self._pending_vector = self._pending_vector, None
                 try:
                     ex.inject_interrupt(vector)
@@ -252,6 +256,7 @@ class EmuVcpu:
                 except EmulatorError as err:
                     return self._exit(self._internal(str(err)))
                 ops.instruction_done()
+                finishing = False
                 if debugging:
                     self._resume_over = None
                     dr6 = self._watch.take() | (DR6_BS if debugging & GuestDebug.SINGLESTEP else 0)
