@@ -3,8 +3,11 @@
     kvmlite run [--kernel PATH] [--initrd PATH]... [--cmdline STR] [--memory MIB] [--cpus N]
                 [--backend kvm|emu|auto] [--irqchip kernel|userspace|auto] [--serial SPEC]
                 [--on-reset exit|restart] [--cpu-features SPEC] [--syscall-fix auto|off]
-                [--trace] [--stats] [--profile FILE [--profile-hz HZ] [--symbols FILE]] [-v]
+                [--trace [FILTER]] [--trace-file FILE] [--stats]
+                [--profile FILE [--profile-hz HZ] [--symbols FILE]]
+                [--gdb [HOST:]PORT|unix:PATH [--gdb-wait]] [--api unix:PATH] [-v]
     kvmlite info
+    kvmlite ctl PATH COMMAND [JSON]                          (a control socket's command)
     kvmlite extract-vmlinux | initramfs | fetch-assets ...   (each with its own --help)
 
 Every error kvmlite expects (bad arguments, a malformed kernel, no /dev/kvm)
