@@ -63,6 +63,7 @@ class Rescuer(LoopExtension):
         self.vcpu = loop.vcpu
         self.memory = memory
         self.executor: Any = None
+        self.insn: Any = None  # the instruction being rescued, decoded (None if it does not decode)
         #: A :class:`kvmlite.vmm.xstate_quirk.ExtendedStateKeeper` (shared by the VM's vCPUs), or None.
         self.xstate = xstate
 
@@ -143,12 +144,14 @@ class Rescuer(LoopExtension):
         cpu = self.cpu
         mode = cpu.code_bits
         lin = cpu.rip if mode == 64 else (cpu.segs[1].base + cpu.rip) & 0xFFFF_FFFF
+        self.insn = None
         try:
             code = self.ops.read_linear(lin, MAX_INSN, 4)
         except Exception:  # only for the message; the step itself reports the real fault
             return "instruction at an unreadable address"
         try:
-            return D.decode(code, mode).format(cpu.rip)
+            self.insn = D.decode(code, mode)
+            return str(self.insn.format(cpu.rip))
         except EmulatorError:
             return f"bytes {code.hex(' ')}"
 

@@ -60,7 +60,6 @@ MASK64 = (1 << 64) - 1
 #: kvmlite's own reads of the area (emulator.mmu.Access): supervisor, SMAP suspended as the XSAVE had it
 #: (Linux saves to a signal frame between STAC and CLAC), which already translated the same bytes.
 ACCESS_IMPLICIT = 8
-ACCESS_FETCH = 4
 STATS_KEPT = "xrstor: extended state kept by kvmlite"
 STATS_INIT = "xrstor: extended state reset by kvmlite"
 
@@ -110,10 +109,11 @@ class ExtendedStateKeeper:
         self._areas: OrderedDict[int, _Saved] = OrderedDict()
         self._lock = threading.Lock()
         self._extra: int | None = None  # from the probe, at the first XSAVE/XRSTOR rescued
+        self._layouts: dict[int, list[Any]] = {}  # the kept components by XCR0 bits (CPUID 0xD)
 
     def before_step(self, rescuer: Any, what: str) -> Callable[[], None] | None:
         """Called by the rescuer before it emulates ``what``; returns what to do once it has, if anything."""
-        mnemonic = what.split(" ", 1)[0]
+        mnemonic = rescuer.insn.mnemonic if rescuer.insn is not None else what
         save = mnemonic in SAVES
         if not save and mnemonic not in RESTORES:
             return None
@@ -124,13 +124,15 @@ class ExtendedStateKeeper:
         rfbm = ((cpu.gpr[2] & 0xFFFF_FFFF) << 32 | (cpu.gpr[0] & 0xFFFF_FFFF)) & cpu.xcr0
         if not extra or not rfbm & XCR0_SSE:
             return None
-        located = _area_address(rescuer, mnemonic)
+        located = _area_address(rescuer)
         if located is None:
             return None  # the step raises the fault the guest must see
         linear, physical, next_rip = located
-        from kvmlite.emulator import xstate
+        components = self._layouts.get(extra)
+        if components is None:
+            from kvmlite.emulator import xstate
 
-        components = xstate.layout(rescuer.ops.cpuid, extra)
+            components = self._layouts[extra] = xstate.layout(rescuer.ops.cpuid, extra)
 
         def after() -> None:
             if cpu.rip != next_rip:
@@ -178,18 +180,14 @@ class ExtendedStateKeeper:
         return len(self._areas)
 
 
-def _area_address(rescuer: Any, mnemonic: str) -> tuple[int, int, int] | None:
-    """(linear, guest-physical address, RIP after it) of the save area of the instruction at RIP."""
-    from kvmlite.emulator import decoder as D
+def _area_address(rescuer: Any) -> tuple[int, int, int] | None:
+    """(linear, guest-physical address, RIP after it) of the save area of the instruction being rescued."""
     from kvmlite.errors import EmulatorError
 
-    cpu, executor = rescuer.cpu, rescuer.executor
-    if cpu.code_bits != 64:
+    cpu, executor, insn = rescuer.cpu, rescuer.executor, rescuer.insn
+    if cpu.code_bits != 64 or insn is None:
         return None  # Linux's context switch is 64-bit code; others are left as they were
     try:
-        insn = D.decode(rescuer.ops.read_linear(cpu.rip, 15, ACCESS_FETCH), 64)
-        if insn.mnemonic != mnemonic:
-            return None
         op = insn.operands[0]
         next_rip = cpu.rip + insn.length
         executor.next_rip = next_rip  # for a RIP-relative operand; the step sets it again
