@@ -337,3 +337,39 @@ def test_fuzz_mutated_snapshot_state_with_valid_checksums(
     path = tmp_path / "fuzz.snap"
     rewrite_state(good_snapshot, path, mutate)
     try_restore(path)
+
+
+def load_example():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "snapshot_fuzz.py"
+    spec = importlib.util.spec_from_file_location("snapshot_fuzz", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("backend", [pytest.param("kvm", marks=requires_kvm), "emu"])
+def test_the_fuzz_harness_runs_inputs_from_the_snapshot_and_finds_the_crash(
+    tmp_path: Path, backend: str
+) -> None:
+    from kvmlite.snapshot.fuzz import FuzzHarness
+
+    example = load_example()
+    guest = example.build_guest(tmp_path, pages=10)
+    machine = Machine.build(MachineConfig(kernel=guest, memory_mib=64, backend=backend, serial="none"))
+    try:
+        harness = FuzzHarness(machine, example.INPUT_ADDR)
+        for data in (b"abc", b"\xff" * 15, b"", b"x"):
+            result = harness.run(data)
+            assert result.value == sum(data)
+            # the guest's 10 buffer pages (and its stack page) were dirtied and put back; no more
+            assert 10 <= result.dirty_pages <= 12 or backend == "emu"
+            assert machine.memory.read_u32(example.BUFFER_ADDR) == 0  # back to the snapshot's RAM
+        crash = harness.run(b"FUZZ!")
+        assert crash.value is None and crash.status == 4
+        assert harness.runs == 4
+        harness.close()
+    finally:
+        machine.close()

@@ -14,6 +14,7 @@ stay the ones in use, and callables (wiring) stay ``d``'s own.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from typing import Any
@@ -92,14 +93,19 @@ def load_state(device: Any, state: DeviceState, name: str) -> None:
 def _wiring(device: Any) -> dict[str, Any]:
     """The constructor arguments ``device`` was built with, as far as it keeps them."""
     out: dict[str, Any] = {}
-    for param in list(inspect.signature(type(device).__init__).parameters.values())[1:]:
-        if param.kind not in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
-            continue
-        for attr in (f"_{param.name}", param.name):
-            if attr in vars(device):
-                out[param.name] = vars(device)[attr]
+    attrs = vars(device)
+    for name in _constructor_params(type(device)):
+        for attr in (f"_{name}", name):
+            if attr in attrs:
+                out[name] = attrs[attr]
                 break
     return out
+
+
+@functools.cache
+def _constructor_params(cls: type) -> tuple[str, ...]:
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 def _adoptable(old: Any, new: Any) -> bool:

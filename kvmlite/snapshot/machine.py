@@ -33,6 +33,7 @@ from kvmlite.snapshot.vcpu import (
     msr_indices,
     restore_kernel_devices,
     restore_vcpu,
+    writable_msrs,
 )
 from kvmlite.vmm.irqchip import KernelIrqChip
 
@@ -188,8 +189,16 @@ def load_into(machine: Machine, state: dict[str, Any]) -> None:
             raise SnapshotError("the snapshot's vCPU state is malformed")
         restore_vcpu(loop.vcpu, machine.caps, st, lapic, tsc)
     with machine.lock:
+        before = _earliest_deadline(machine)
         restore_devices(machine.devices, state.get("devices") or [])
-    machine.timers.poke()
+        after = _earliest_deadline(machine)
+    if after is not None and (before is None or after < before):
+        machine.timers.poke()  # only when the timer service would otherwise sleep past a deadline
+
+
+def _earliest_deadline(machine: Machine) -> int | None:
+    deadlines = [d for d in (dev.next_deadline() for dev in machine.timers.devices) if d is not None]
+    return min(deadlines, default=None)
 
 
 class ResetPoint:
@@ -204,6 +213,8 @@ class ResetPoint:
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
         self.state = capture_state(machine)
+        for loop, cpu in zip(machine.loops, self.state["cpus"], strict=True):
+            cpu["msrs"] = {str(k): v for k, v in writable_msrs(loop.vcpu, cpu["msrs"]).items()}
         self.pages: list[bytes] = []
         self._dirty_log = hasattr(machine.vm, "get_dirty_log")
         self.copy = [bytes(region.view) for region in machine.memory]

@@ -66,6 +66,25 @@ def write_msrs(vcpu: VcpuBackend, values: dict[int, int]) -> None:
             log.debug("vcpu %d: MSR %#x = %#x refused on restore", vcpu.id, index, value)
 
 
+def writable_msrs(vcpu: VcpuBackend, saved: dict[str, int]) -> dict[int, int]:
+    """The saved MSRs the backend takes back (written now, with the values they hold while paused),
+    so that each later restore is one batch (a reset-to-snapshot restores thousands of times)."""
+    values = {int(k): int(v) for k, v in saved.items()}
+    try:
+        vcpu.set_msrs(values)
+        return values
+    except KvmIoctlError:
+        pass
+    accepted = {}
+    for index, value in values.items():
+        try:
+            vcpu.set_msrs({index: value})
+            accepted[index] = value
+        except KvmIoctlError:
+            log.debug("vcpu %d: MSR %#x is not written back on a reset", vcpu.id, index)
+    return accepted
+
+
 def msr_indices(vm: VmBackend, vcpu: VcpuBackend) -> list[int]:
     """The MSRs a snapshot saves: KVM's list (it holds every MSR kvmlite sets at boot), or the emulator's."""
     listed = vm.msr_index_list()
