@@ -197,9 +197,10 @@ class BackendOps(PagedOps):
 
 
 class EmuVcpu:
-    """One emulated vCPU with the :class:`kvmlite.kvm.Vcpu` interface the VMM uses."""
+    """One emulated vCPU: :class:`kvmlite.backend.VcpuBackend` over the emulator."""
 
     def __init__(self, vm: EmuVm, vcpu_id: int) -> None:
+        assert vm.memory is not None, "register guest memory first"
         self.vm = vm
         self.id = vcpu_id
         self.cpu = CpuState.reset()
@@ -510,3 +511,8 @@ class EmuVm:
 
     def irq_line(self, irq: int, level: bool) -> None:
         unsupported(BACKEND, "drive in-kernel interrupt lines")
+
+    def ioeventfd(
+        self, fd: int, addr: int, length: int, pio: bool, datamatch: int | None = None, deassign: bool = False
+    ) -> None:
+        unsupported(BACKEND, "signal eventfds on guest writes (ioeventfd)")

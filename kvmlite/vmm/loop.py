@@ -292,7 +292,12 @@ class VcpuLoop:
         if extension._overrides("before_run"):
             self._before_run.append(extension.before_run)
         if extension.every_exit:
-            self._every_exit.append(lambda ex, on_exit=extension.on_exit: on_exit(self, ex))
+            on_exit = extension.on_exit
+
+            def every(ex: E.Exit) -> bool:
+                return on_exit(self, ex)
+
+            self._every_exit.append(every)
         for cls in extension.exits:
             self._handlers[cls] = self._dispatcher(cls)
 
