@@ -11,17 +11,21 @@ offsets QEMU uses, each announced by a vendor-specific capability::
     0x3000  notifications          (VIRTIO_PCI_CAP_NOTIFY_CFG, 4 bytes per queue)
 
 plus the VIRTIO_PCI_CAP_PCI_CFG window that reaches the BAR through
-configuration space.  Interrupts are INTx (level, dropped when the driver
-reads the ISR); MSI vectors read back as NO_VECTOR.
+configuration space.  Interrupts are MSI-X where the machine can deliver
+messages (BAR 1: table and PBA; one vector per queue plus one for
+configuration changes, chosen by the driver), else INTx (level, dropped when
+the driver reads the ISR) and the vector registers read NO_VECTOR.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from kvmlite.devices.base import warn_once
 from kvmlite.pci import config as C
 from kvmlite.pci.device import PciFunction
+from kvmlite.pci.msix import Msix
 from kvmlite.virtio.device import VirtioDevice
 from kvmlite.virtio.queue import Virtqueue
 
@@ -34,6 +38,8 @@ REVISION_MODERN = 1
 
 BAR_INDEX = 4
 BAR_SIZE = 0x4000
+MSIX_BAR_INDEX = 1  # the MSI-X table and PBA, as QEMU places them
+MSIX_BAR_SIZE = 0x1000
 COMMON_OFFSET, ISR_OFFSET, DEVICE_OFFSET, NOTIFY_OFFSET = 0x0000, 0x1000, 0x2000, 0x3000
 REGION_SIZE = 0x1000
 NOTIFY_MULTIPLIER = 4
@@ -60,7 +66,7 @@ ISR_CONFIG = 2
 class VirtioPciFunction(PciFunction):
     """A virtio device on PCI."""
 
-    def __init__(self, device: VirtioDevice) -> None:
+    def __init__(self, device: VirtioDevice, deliver_msi: Callable[[int, int], None] | None = None) -> None:
         super().__init__(
             C.ConfigSpace(
                 VENDOR_REDHAT_QUMRANET,
@@ -82,6 +88,13 @@ class VirtioPciFunction(PciFunction):
         window_mask = b"\x00\x00\xff\x00\x00\x00" + b"\xff" * 12
         self.pci_cfg = self._add_cap(CAP_PCI_CFG, 0, 0, bytes(4), wmask=window_mask)
         self.bar = VirtioPciBar(self)
+        #: MSI-X (one vector per queue and one for configuration changes) where messages can be delivered.
+        self.msix: Msix | None = None
+        if deliver_msi is not None:
+            self.config.add_bar(C.BarSpec(MSIX_BAR_INDEX, MSIX_BAR_SIZE))
+            self.msix = Msix(self.config, len(device.queues) + 1, MSIX_BAR_INDEX, deliver_msi)
+        self.config_vector = NO_VECTOR
+        self.queue_vectors = [NO_VECTOR] * len(device.queues)
         self.isr = 0
         self.features_select = 0
         self.driver_features_select = 0
@@ -103,7 +116,9 @@ class VirtioPciFunction(PciFunction):
         """Where in the BAR the driver notifies ``queue`` (queue_notify_off is the queue's index)."""
         return NOTIFY_OFFSET + queue * NOTIFY_MULTIPLIER
 
-    def bar_device(self, index: int) -> VirtioPciBar:
+    def bar_device(self, index: int) -> VirtioPciBar | Msix:
+        if index == MSIX_BAR_INDEX and self.msix is not None:
+            return self.msix
         return self.bar
 
     # --- the PCI_CFG window ---------------------------------------------------------------------------
@@ -123,16 +138,28 @@ class VirtioPciFunction(PciFunction):
 
     def config_write(self, offset: int, size: int, value: int) -> None:
         super().config_write(offset, size, value)
+        if self.msix is not None:
+            self.msix.config_written(offset, size)
         data = self.pci_cfg + 16
         if C.touches(offset, size, data, 4) and (window := self._window()) is not None:
             self.bar.write(window[0], window[1], self.config.get(data, window[1]))
 
     # --- interrupts (INTx) ------------------------------------------------------------------------------
     def _interrupt_queue(self, index: int) -> None:
-        self._raise(ISR_QUEUE)
+        if not self._msi(self.queue_vectors[index]):
+            self._raise(ISR_QUEUE)
 
     def _interrupt_config(self) -> None:
-        self._raise(ISR_CONFIG)
+        if not self._msi(self.config_vector):
+            self._raise(ISR_CONFIG)
+
+    def _msi(self, vector: int) -> bool:
+        """With MSI-X enabled the vector's message replaces INTx (NO_VECTOR: no interrupt at all)."""
+        if self.msix is None or not self.msix.enabled:
+            return False
+        if vector != NO_VECTOR:
+            self.msix.notify(vector)
+        return True
 
     def _raise(self, bit: int) -> None:
         self.isr |= bit
@@ -158,8 +185,8 @@ class VirtioPciFunction(PciFunction):
             return self.driver_features_select
         if offset == DRIVER_FEATURE:
             return (dev.driver_features >> (32 * self.driver_features_select)) & 0xFFFF_FFFF
-        if offset in (CONFIG_MSIX_VECTOR, QUEUE_MSIX_VECTOR):
-            return NO_VECTOR
+        if offset == CONFIG_MSIX_VECTOR:
+            return self.config_vector
         if offset == NUM_QUEUES:
             return len(dev.queues)
         if offset == DEVICE_STATUS:
@@ -176,6 +203,8 @@ class VirtioPciFunction(PciFunction):
             return int(q.ready)
         if offset == QUEUE_NOTIFY_OFF:
             return self.queue_select
+        if offset == QUEUE_MSIX_VECTOR:
+            return self.queue_vectors[self.queue_select]
         for base, attr in QUEUE_ADDRESSES:
             if base <= offset < base + 8:
                 return int(getattr(q, attr)) >> (8 * (offset - base)) & ((1 << (8 * size)) - 1)
@@ -193,11 +222,23 @@ class VirtioPciFunction(PciFunction):
             dev.set_status(value)
             if value == 0:
                 self.queue_select = 0
+                self.config_vector = NO_VECTOR
+                self.queue_vectors = [NO_VECTOR] * len(dev.queues)
                 self.read_isr()
+        elif offset == CONFIG_MSIX_VECTOR:
+            self.config_vector = self._vector(value)
+        elif offset == QUEUE_MSIX_VECTOR:
+            if self.queue_select < len(dev.queues):
+                self.queue_vectors[self.queue_select] = self._vector(value)
         elif offset == QUEUE_SELECT:
             self.queue_select = value
         elif self.queue_select < len(dev.queues):
             self._queue_write(dev.queues[self.queue_select], offset, size, value)
+
+    def _vector(self, value: int) -> int:
+        """The vector the driver asked for, or NO_VECTOR where the device cannot map it (4.1.5.1.2)."""
+        value &= 0xFFFF
+        return value if self.msix is not None and value < self.msix.vectors else NO_VECTOR
 
     def _queue_write(self, q: Virtqueue, offset: int, size: int, value: int) -> None:
         if q.ready and offset != QUEUE_ENABLE:

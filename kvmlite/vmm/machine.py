@@ -553,7 +553,8 @@ class Machine:
 
     def attach_virtio_pci(self, name: str, type_: str, device: VirtioDevice) -> VirtioPciFunction:
         """A virtio device on PCI; with KVM its queue notifications go through ioeventfds."""
-        function = VirtioPciFunction(device)
+        deliver = self._deliver_msi if isinstance(self.irqchip, KernelIrqChip) else None  # the PIC has no MSI
+        function = VirtioPciFunction(device, deliver)
         where = self.attach_pci_device(name, type_, function)
         if self.caps.ioeventfd:
             pci = self.pci
@@ -614,6 +615,10 @@ class Machine:
             self._closing.append(functools.partial(os.close, fd))
         follow()
         return follow
+
+    def _deliver_msi(self, address: int, data: int) -> None:
+        """An MSI from a device: KVM_SIGNAL_MSI into the in-kernel LAPICs (from the I/O thread: no exit)."""
+        self.vm.signal_msi(address, data)
 
     def device_stats(self) -> list[str]:
         """``--stats`` lines of the devices that keep statistics (virtio: per queue)."""
