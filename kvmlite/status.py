@@ -10,6 +10,8 @@ are therefore even, so that no guest can fake one:
 2      ``BAD_INPUT``       bad arguments, a malformed kernel or initrd: one sentence on stderr
 4      ``GUEST_CRASH``     triple fault, failed VM entry, KVM internal error, VMM error
 6      ``NO_BACKEND``      ``--backend kvm`` and no usable /dev/kvm
+8      ``TIMEOUT``         ``--timeout`` seconds of wall time passed (restarts included)
+10     ``OUTPUT_LIMIT``    the guest wrote more than ``--max-output`` bytes to the console
 128+n  ``SIGNALED + n``    ended by signal n (130: Ctrl-C, 143: SIGTERM), as a shell reports it
 =====  ==================  ====================================================================
 """
@@ -25,6 +27,8 @@ class ExitStatus(IntEnum):
     BAD_INPUT = 2
     GUEST_CRASH = 4
     NO_BACKEND = 6
+    TIMEOUT = 8
+    OUTPUT_LIMIT = 10
     SIGNALED = 128
     INTERRUPTED = 128 + signal.SIGINT  # 130: Ctrl-C
 

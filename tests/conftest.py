@@ -1,11 +1,14 @@
-"""Shared fixtures: KVM availability, assembling snippets with GNU as."""
+"""Shared fixtures: KVM availability, assembling snippets with GNU as, and the suite-wide check
+that no kvmlite subprocess prints a Python traceback (:func:`_no_kvmlite_traceback`)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,6 +85,47 @@ def build_multiboot(tmp: Path, name: str, source: str) -> Path:
         capture_output=True,
     )
     return elf
+
+
+TRACEBACK = "Traceback (most recent call last)"
+
+
+def _is_kvmlite(cmd: object) -> bool:
+    args = [cmd] if isinstance(cmd, (str, bytes, os.PathLike)) else cmd
+    return any("kvmlite" in os.fsdecode(arg) for arg in args)  # type: ignore[union-attr]
+
+
+def assert_no_traceback(cmd: object, stderr: str | bytes | None) -> None:
+    """A kvmlite process must end with one sentence, never a Python traceback (issue 17)."""
+    if stderr is None or not _is_kvmlite(cmd):
+        return
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+    if TRACEBACK in text:
+        pytest.fail(f"kvmlite printed a Python traceback on stderr:\n{text[text.index(TRACEBACK) :][-3000:]}")
+
+
+_real_run = subprocess.run
+_real_communicate = subprocess.Popen.communicate
+
+
+def _checked_run(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    result = _real_run(*args, **kwargs)
+    assert_no_traceback(result.args, result.stderr)
+    return result
+
+
+def _checked_communicate(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    out, err = _real_communicate(self, *args, **kwargs)
+    assert_no_traceback(self.args, err)
+    return out, err
+
+
+@pytest.fixture(autouse=True)
+def _no_kvmlite_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test: a kvmlite subprocess whose stderr is captured (``subprocess.run``,
+    ``Popen.communicate``) fails the test if that stderr holds a Python traceback."""
+    monkeypatch.setattr(subprocess, "run", _checked_run)
+    monkeypatch.setattr(subprocess.Popen, "communicate", _checked_communicate)
 
 
 def kvmlite_run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -44,6 +44,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvmlite", description="A KVM hypervisor toolkit in Python.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -83,6 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--on-reset", choices=["exit", "restart"], default="exit", help="what a guest reset does (exit)"
+    )
+    run.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="stop the guest after SECONDS of wall time, restarts included (exit status 8)",
+    )
+    run.add_argument(
+        "--max-output",
+        type=_positive_int,
+        default=0,
+        metavar="BYTES",
+        help="stop the guest once it writes more than BYTES to the console (exit status 10)",
     )
     run.add_argument(
         "--cpu-features",
@@ -221,6 +245,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         virtio_transport=args.virtio_transport,
         virtio_console=args.virtio_console,
         host_workarounds=args.host_workarounds,
+        timeout=args.timeout,
+        max_output=args.max_output,
     )
     if not config.kernel.is_file():
         if args.kernel is None:
@@ -243,6 +269,7 @@ def _run_restarting(config: Any, args: argparse.Namespace) -> int:
     to this loop, not to one machine, so a signal during a restart finds the
     current machine or none.
     """
+    from kvmlite.vmm.limits import deadline_after
     from kvmlite.vmm.machine import Machine
 
     current: list[Any] = []
@@ -254,12 +281,13 @@ def _run_restarting(config: Any, args: argparse.Namespace) -> int:
             machine.control.stop(status.signaled(signum), f"killed by signal {signal.Signals(signum).name}")
 
     previous = _install_handlers(on_signal)
+    deadline = deadline_after(config.timeout)  # one deadline for every restart
     try:
         while not signaled:
             machine = Machine.build(config)
             current.append(machine)
             try:
-                code = _run_once(machine, args) if not signaled else 0
+                code = _run_once(machine, args, deadline) if not signaled else 0
             finally:
                 current.clear()
                 machine.close()
@@ -296,6 +324,8 @@ def _restore(args: argparse.Namespace) -> int:
         stats=args.stats,
         extra_devices=list(args.device),
         disks=list(args.disk),
+        timeout=args.timeout,
+        max_output=args.max_output,
     )
     machine = build_restored(config, args.restore, lazy=args.restore_memory == "map")
     try:
@@ -322,7 +352,7 @@ def _profiler(machine: Any, args: argparse.Namespace) -> Any:
     return Profiler(machine.loops, hz=args.profile_hz, symbols=symbols, output=args.profile)
 
 
-def _run_once(machine: Any, args: argparse.Namespace) -> int:
+def _run_once(machine: Any, args: argparse.Namespace, deadline: float | None = None) -> int:
     from kvmlite.control.attach import Attachments
 
     attached = Attachments(machine, gdb=args.gdb, gdb_wait=args.gdb_wait, api=args.api)
@@ -330,7 +360,7 @@ def _run_once(machine: Any, args: argparse.Namespace) -> int:
     if profiler is not None:
         profiler.start()
     try:
-        status = machine.run()
+        status = machine.run(deadline)
     finally:
         if profiler is not None:
             profiler.stop()
@@ -348,7 +378,7 @@ def _run_once(machine: Any, args: argparse.Namespace) -> int:
                 f"unclaimed accesses: {sum(unclaimed.values())} at {len(unclaimed)} addresses",
                 file=sys.stderr,
             )
-    if info and info.status == ExitStatus.GUEST_CRASH:
+    if info and info.status in (ExitStatus.GUEST_CRASH, ExitStatus.TIMEOUT, ExitStatus.OUTPUT_LIMIT):
         print(f"kvmlite: {info.message}", file=sys.stderr)
     return int(status)
 

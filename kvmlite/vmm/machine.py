@@ -67,6 +67,7 @@ from kvmlite.vmm.hypercall import host_completes_hypercalls, without_hypercall_f
 from kvmlite.vmm.iothread import IoThread
 from kvmlite.vmm.irqchip import HALT_WATCH_INTERVAL_S, KernelIrqChip, UserspaceIrqChip
 from kvmlite.vmm.layout import Range, SystemAllocator
+from kvmlite.vmm.limits import OutputLimit, deadline_after, stop_if_past, wait_slice
 from kvmlite.vmm.loop import ExitHook, VcpuLoop, VmControl
 from kvmlite.vmm.registry import BusSlot, DeviceRecord, DeviceRegistry
 from kvmlite.vmm.rescue import Rescuer
@@ -122,6 +123,10 @@ class MachineConfig:
     virtio_transport: str = "pci"
     #: A virtio console (the guest's hvc0) on this backend (as ``serial``: stdio, file:PATH, ...); "" none.
     virtio_console: str = ""
+    #: Wall-time limit of a run in seconds (0: none); past it the run ends with ExitStatus.TIMEOUT.
+    timeout: float = 0.0
+    #: Console bytes the guest may write (0: no limit); beyond it the run ends with ExitStatus.OUTPUT_LIMIT.
+    max_output: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -148,6 +153,8 @@ class MachineConfig:
         if self.cpus > 1 and (self.backend == "emu" or self.irqchip == "userspace"):
             raise ConfigError(f"--cpus {self.cpus}: {SMP_NEEDS_KERNEL_IRQCHIP}")
         parse_serial_spec(self.serial)
+        if self.timeout < 0 or self.max_output < 0:
+            raise ConfigError("--timeout and --max-output must not be negative")
         for name in self.extra_devices:
             if name not in OPTIONAL_DEVICES:
                 raise ConfigError(f"unknown device {name!r} (kvmlite adds: {', '.join(OPTIONAL_DEVICES)})")
@@ -370,6 +377,8 @@ class Machine:
     def attach_serial(self, port: int = L.COM_PORTS[0], irq: int = L.COM_IRQS[0]) -> Serial16550:
         console = SerialConsole(self.config.serial, self.lock, self.control)
         sink = self.config.serial_out or console.write
+        if self.config.max_output:
+            sink = OutputLimit(sink, self.config.max_output, self.control).write
         serial = Serial16550(irq=self.irqchip.line(irq), out=sink, on_rx_space=console.rx_space_available)
         console.bind(serial)
         name = self.devices.unique_name("serial")
@@ -680,7 +689,11 @@ class Machine:
         return machine
 
     # --- running --------------------------------------------------------------------
-    def run(self) -> int:
+    def run(self, deadline: float | None = None) -> int:
+        """Run until the guest stops; ``deadline`` (a :func:`time.monotonic` instant) overrides the
+        config's ``timeout`` (so restarts can share one)."""
+        if deadline is None:
+            deadline = deadline_after(self.config.timeout)
         if self.console is not None and self.config.serial_out is None:
             self.console.start()
         if self.virtio_console is not None:
@@ -694,7 +707,8 @@ class Machine:
             t.start()
         try:
             while any(t.is_alive() for t in threads):
-                self.control.stopped.wait(0.5)
+                self.control.stopped.wait(wait_slice(deadline))
+                stop_if_past(self.control, deadline, self.config.timeout)
                 if self.control.stopping:
                     for t in threads:
                         t.join()
