@@ -121,3 +121,35 @@ def run_gdb(image: Path | None, *commands: str, timeout: float = 120) -> str:
         args += ["-ex", c]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     return proc.stdout + proc.stderr
+
+
+def kvm_data_breakpoints_fire() -> bool:
+    """Whether this host's KVM reports a DR0 write breakpoint at CPL 0 in 32-bit protected mode.
+
+    This project's hosts let the write run on (docs/platform-notes.md); a normal host stops.
+    """
+    from kvmlite.kvm import Kvm
+    from kvmlite.kvm import exits as E
+    from kvmlite.kvm.constants import GuestDebug
+    from kvmlite.loaders.base import EntryMode, LoadResult
+    from kvmlite.memory.guest import GuestMemory
+    from kvmlite.vmm.cpu_setup import setup_cpu
+
+    memory = GuestMemory([(0, 4 << 20)])
+    with Kvm() as kvm:
+        vm = kvm.create_vm()
+        try:
+            vm.set_tss_addr()
+            vm.register_memory(memory)
+            memory.write(0x10_0000, bytes([0xA3, 0x00, 0x20, 0x00, 0x00, 0xF4]))  # mov [0x2000], eax; hlt
+            vcpu = vm.create_vcpu(0)
+            regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+            setup_cpu(regs, sregs, memory, LoadResult("probe", 0x10_0000, EntryMode.PROTECTED32))
+            vcpu.set_sregs(sregs)
+            vcpu.set_regs(regs)
+            dr7 = 2 | 1 << 16 | 3 << 18  # DR0: global, write, 4 bytes
+            vcpu.set_guest_debug(GuestDebug.ENABLE | GuestDebug.USE_HW_BP, [0x2000], dr7)
+            return isinstance(vcpu.run(), E.Debug)
+        finally:
+            vm.close()
+            memory.close()

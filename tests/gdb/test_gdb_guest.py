@@ -17,6 +17,7 @@ from tests.gdb.support import (
     GDB,
     dbg_guest,  # noqa: F401  (a fixture)
     free_port,
+    kvm_data_breakpoints_fire,
     run_gdb,
     running_vm,
     serial_text,
@@ -43,8 +44,9 @@ def test_break_bt_registers_step_watch_set_var_and_run_to_the_exit(
     backend: str,
 ) -> None:
     # This project's KVM hosts do not deliver data breakpoints (DR7 R/W=01) at CPL 0 (measured:
-    # the write runs on, in long mode the vCPU shuts down), so on KVM gdb watches by stepping.
-    watch_mode = ["set can-use-hw-watchpoints 0"] if backend == "kvm" else []
+    # the write runs on, in long mode the vCPU shuts down): there gdb watches by stepping.
+    hw_watch = backend == "emu" or kvm_data_breakpoints_fire()
+    watch_mode = [] if hw_watch else ["set can-use-hw-watchpoints 0"]
     out, status, serial = _session(
         dbg_guest,
         tmp_path,
@@ -80,6 +82,7 @@ def test_break_bt_registers_step_watch_set_var_and_run_to_the_exit(
     stepped = re.findall(r"^\$[234] = (0x[0-9a-f]+)", out, re.M)
     assert stepped == disassembly[1:4], out  # each stepi lands on the next instruction
     assert "Old value = 0\nNew value = 22" in out, out
+    assert ("Hardware watchpoint 2: counter" in out) == hw_watch
     assert "exited with code 0103" in out, out  # 67 in octal
     assert status == DONE_STATUS
     assert serial.splitlines() == ["magic-ok=1", "counter=22", "result=21"]  # scale changed to 10
