@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from kvmlite.cli.qemu import QemuOptionError, main, parse_size_mib, split_opts, translate
+from kvmlite.cli.qemu import QemuOptionError, drop_unsupported, main, parse_size_mib, split_opts, translate
+from kvmlite.kvm.cpuid import CpuidEntry
+from kvmlite.vmm.cpuid import FEATURES
 from tests.conftest import KVM_OK, MULTIBOOT_HEADER, build_multiboot, requires_kvm
 from tests.images import GUEST_LIB, GUEST_STATUS
 
@@ -77,12 +79,23 @@ def test_option_maps_to_run_argument(args: list[str], option: str, value: str) -
 
 def test_cpu_features_take_qemu_names_and_a_model_is_a_warning() -> None:
     cpu = "qemu64,+x2apic,-tsc-deadline,pcid=on,invpcid=off,host-phys-bits"
-    tr = translate(["-kernel", "k", "-cpu", cpu])
+    tr = translate(["-kernel", "k", "-cpu", cpu, "-accel", "tcg"])  # tcg: no host to drop features for
     assert "--cpu-features=+x2apic,-tsc_deadline_timer,+pcid,-invpcid" in tr.run_args
     assert tr.warnings and "qemu64" in tr.warnings[0] and "host's CPU" in tr.warnings[0]
     assert translate(["-kernel", "k", "-cpu", "host"]).warnings == []
     intel = translate(["-kernel", "k", "-cpu", "max,vendor=GenuineIntel"])
     assert "--cpu-features=vendor=GenuineIntel" in intel.run_args
+
+
+def test_features_the_host_kvm_lacks_are_dropped_with_qemus_warning() -> None:
+    supported = [CpuidEntry(1, 0, 0, 0, 0, 1 << FEATURES["x2apic"].bit, 0)]  # leaf 1: x2apic only
+    warnings: list[str] = []
+    kept = drop_unsupported(["+x2apic", "+pcid", "-fpu", "+svm", "vendor=AuthenticAMD"], warnings, supported)
+    assert kept == ["+x2apic", "-fpu", "vendor=AuthenticAMD"]
+    assert warnings == [
+        "host doesn't support requested feature: pcid",
+        "host doesn't support requested feature: svm",
+    ]
 
 
 @pytest.mark.parametrize(

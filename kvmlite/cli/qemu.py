@@ -46,7 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvmlite import __version__
-from kvmlite.errors import STATUS_BAD_INPUT, ConfigError
+from kvmlite.errors import STATUS_BAD_INPUT, ConfigError, KvmliteError
+from kvmlite.kvm.cpuid import CpuidEntry
 from kvmlite.vmm.cpuid import FEATURES
 
 PROG = "kvmlite-qemu"
@@ -325,6 +326,37 @@ def _opt_cpu(st: _State, value: str) -> None:
         st.cpu_spec.append(sign + feature)
 
 
+def drop_unsupported(
+    spec: list[str], warnings: list[str], supported: list[CpuidEntry] | None = None
+) -> list[str]:
+    """``spec`` without the ``+feature`` items this host's KVM does not offer, as QEMU drops them.
+
+    QEMU with KVM warns "host doesn't support requested feature" and leaves the
+    bit clear, so a test asking for ``+svm`` on a host without nested SVM skips
+    instead of failing; kvmlite's ``--cpu-features +name`` would set the bit.
+    ``supported`` is KVM_GET_SUPPORTED_CPUID (read from /dev/kvm when None; with
+    no /dev/kvm the spec is kept and the run's own error says why).
+    """
+    if supported is None:
+        from kvmlite.kvm import Kvm
+
+        try:
+            with Kvm() as kvm:
+                supported = kvm.supported_cpuid()
+        except KvmliteError:
+            return spec
+    offered = {(e.function, e.index): e for e in supported}
+    kept = []
+    for item in spec:
+        f = FEATURES.get(item[1:]) if item.startswith("+") else None
+        entry = offered.get((f.leaf, f.subleaf)) if f is not None else None
+        if f is not None and not (entry is not None and getattr(entry, f.reg) >> f.bit & 1):
+            warnings.append(f"host doesn't support requested feature: {item[1:]}")
+            continue
+        kept.append(item)
+    return kept
+
+
 def _serial_spec(st: _State, option: str, value: str) -> str:
     if value in SERIAL_NAMES:
         return SERIAL_NAMES[value]
@@ -556,6 +588,8 @@ def translate(argv: list[str]) -> Translation:
         run += ["--cmdline", st.append]
     for initrd in st.initrds:
         run += ["--initrd", initrd]
+    if st.accel != "emu" and any(item.startswith("+") for item in st.cpu_spec):
+        st.cpu_spec = drop_unsupported(st.cpu_spec, st.warnings)
     if st.cpu_spec:
         run.append("--cpu-features=" + ",".join(st.cpu_spec))
     for device in st.devices:
