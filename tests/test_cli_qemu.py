@@ -112,6 +112,7 @@ def test_features_the_host_kvm_lacks_are_dropped_with_qemus_warning() -> None:
         (["-machine", "pc,nvdimm=on"], "nvdimm=on"),
         (["-cpu", "max,+no-such-feature"], "no-such-feature"),
         (["-cpu", "Pentium9"], "Pentium9"),
+        (["-cpu", "host,hv_passthrough"], "Hyper-V"),
         (["-cpu", "max,phys-bits=36"], "phys-bits=36"),
         (["-global", "kvm-pit.other=1"], "kvm-pit.other=1"),
         (["-mon", "chardev=m,mode=control"], "QMP"),

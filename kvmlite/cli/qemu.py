@@ -320,6 +320,8 @@ def _opt_cpu(st: _State, value: str) -> None:
             sign = "+"
         else:
             raise QemuOptionError(f"-cpu {item}: kvmlite does not accept this CPU property")
+        if key.startswith("hv_") or key.startswith("hv-"):
+            raise QemuOptionError(f"-cpu {item}: kvmlite offers no Hyper-V enlightenments")
         feature = cpu_feature_name(key)
         if feature is None:
             raise QemuOptionError(f"-cpu {item}: kvmlite does not know the CPU feature {key!r}")
