@@ -24,8 +24,8 @@ SCRIPT = REPO / "scripts" / "kvm-unit-tests.sh"
 KUT_SRC = os.environ.get("KUT_SRC", "")
 BUILD_TIMEOUT_S = 1800
 RUN_TIMEOUT_S = 900
-#: Quick tests that need what kvmlite-qemu provides: pc-testdev's ports and IRQ lines, SMP, the env initrd.
-QUICK_TESTS = ("smptest", "realmode", "ioapic")
+#: Quick tests that need what kvmlite-qemu provides: pc-testdev (realmode), SMP, ACPI S3, the env initrd.
+QUICK_TESTS = ("smptest", "realmode", "s3")
 
 needs_source = pytest.mark.skipif(
     not KUT_SRC,
