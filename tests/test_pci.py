@@ -206,9 +206,15 @@ def test_machine_assigns_bars_and_an_interrupt_like_firmware(machine: Machine) -
     assert machine.mmio.read(L.ECAM_BASE, 4) == 0x29C0_8086  # the host bridge at 00.0
 
 
-def test_mcfg_describes_the_ecam_window(machine: Machine) -> None:
+def test_mcfg_and_the_dsdt_describe_the_bus_as_attached(machine: Machine) -> None:
     machine.attach_acpi()
     machine.attach_pci()
+    machine.attach_pci_device("toy0", "toy", Toy())
+    gsi = machine.devices["toy0"].irqs[0]
+    assert machine.devices["toy0"].describe().startswith("toy0 (toy): pci 00:01.0, ")
     rsdp = machine.write_acpi_tables()
-    mcfg = A.read_tables(machine.memory, rsdp)[b"MCFG"]
-    assert struct.unpack_from("<QHBB", mcfg, 44) == (L.ECAM_BASE, 0, 0, 0)
+    tables = A.read_tables(machine.memory, rsdp)
+    assert struct.unpack_from("<QHBB", tables[b"MCFG"], 44) == (L.ECAM_BASE, 0, 0, 0)
+    dsdt = tables[b"DSDT"]
+    assert b"PCI0" in dsdt and b"_PRT" in dsdt and b"MRES" in dsdt
+    assert A.aml_package([(1 << 16) | 0xFFFF, 0, 0, gsi]) in dsdt  # slot 1's INTA# -> its GSI

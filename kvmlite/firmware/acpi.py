@@ -55,6 +55,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kvmlite.errors import ConfigError, GuestMemoryError, KvmliteError
+from kvmlite.firmware.aml import (  # noqa: F401  (aml_pkg_length and aml_integer: used by the tests through here)
+    aml_integer,
+    aml_name,
+    aml_package,
+    aml_pkg_length,
+    pci_host_bridge,
+)
 from kvmlite.memory.guest import GuestMemory
 from kvmlite.vmm import layout as L
 
@@ -126,12 +133,6 @@ LINT1 = 1
 #: APIC IDs 0..N-1 for the CPUs and N for the IOAPIC must fit xAPIC's 8 bits with 0xFF left as broadcast.
 MAX_CPUS = 254
 
-# --- AML opcodes ----------------------------------------------------------------------------------
-AML_ZERO, AML_ONE = 0x00, 0x01
-AML_BYTE_PREFIX, AML_WORD_PREFIX, AML_DWORD_PREFIX, AML_QWORD_PREFIX = 0x0A, 0x0B, 0x0C, 0x0E
-AML_NAME_OP = 0x08
-AML_PACKAGE_OP = 0x12
-
 _SDT_HEADER = struct.Struct("<4sIBB6s8sI4sI")
 _RSDP = struct.Struct("<8sB6sBIIQB3s")
 _GAS = struct.Struct("<BBBBQ")
@@ -157,8 +158,10 @@ class AcpiPlatform:
     s5_slp_typ: int = L.S5_SLP_TYP
     lapic_address: int = L.LAPIC_ADDRESS
     ioapic_address: int = L.IOAPIC_ADDRESS
-    #: The PCI ECAM window (base, number of buses from bus 0) the MCFG announces; None: no MCFG.
+    #: The PCI ECAM window (base, number of buses from bus 0) the MCFG announces; None: no PCI.
     ecam: tuple[int, int] | None = None
+    #: (device number, GSI) of each PCI slot's INTA#, for the DSDT's ``_PRT``.
+    pci_routes: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def from_registry(cls, registry: DeviceRegistry, cpus: int) -> AcpiPlatform:
@@ -177,6 +180,7 @@ class AcpiPlatform:
             reset_port=reset.pio[0].base,
             s5_slp_typ=pm.device.s5_slp_typ,
             ecam=(ecam.base, ecam.length // L.ECAM_BUS_SIZE) if ecam is not None else None,
+            pci_routes=tuple((r.pci >> 3, r.irqs[0]) for r in registry if r.pci is not None and r.irqs),
         )
 
     def validate(self) -> None:
@@ -237,53 +241,6 @@ def gas(address: int, bit_width: int, access_size: int, space: int = GAS_SYSTEM_
     return _GAS.pack(space, bit_width, 0, access_size, address)
 
 
-# --- AML (just what the DSDT needs) ---------------------------------------------------------------
-def aml_pkg_length(content_len: int) -> bytes:
-    """PkgLength for ``content_len`` bytes following it (the encoding counts its own bytes too)."""
-    for extra in range(4):
-        total = content_len + 1 + extra
-        if extra == 0 and total < 0x40:
-            return bytes([total])
-        if extra and total < 1 << (4 + 8 * extra):
-            out = [(extra << 6) | (total & 0xF)]
-            out += [(total >> (4 + 8 * i)) & 0xFF for i in range(extra)]
-            return bytes(out)
-    raise ConfigError(f"an AML package of {content_len} bytes is too long to encode")
-
-
-def aml_integer(value: int) -> bytes:
-    """The shortest AML encoding of an unsigned integer."""
-    if value < 0 or value >= 1 << 64:
-        raise ConfigError(f"AML integers are unsigned 64-bit: {value} does not fit")
-    if value in (0, 1):
-        return bytes([AML_ZERO if value == 0 else AML_ONE])
-    for prefix, size in ((AML_BYTE_PREFIX, 1), (AML_WORD_PREFIX, 2), (AML_DWORD_PREFIX, 4)):
-        if value < 1 << (8 * size):
-            return bytes([prefix]) + value.to_bytes(size, "little")
-    return bytes([AML_QWORD_PREFIX]) + value.to_bytes(8, "little")
-
-
-def aml_name_seg(name: str) -> bytes:
-    """A 4-character NameSeg, padded with '_' as ASL does (``_S5`` -> ``_S5_``)."""
-    seg = name.ljust(4, "_").encode("ascii")
-    if len(seg) != 4 or not (seg[:1].isupper() or seg[:1] == b"_"):
-        raise ConfigError(f"{name!r} is not an ACPI name segment")
-    return seg
-
-
-def aml_package(elements: list[int]) -> bytes:
-    """``Package () {integers...}``."""
-    if len(elements) > 0xFF:
-        raise ConfigError("an AML Package holds at most 255 elements")
-    content = bytes([len(elements)]) + b"".join(aml_integer(e) for e in elements)
-    return bytes([AML_PACKAGE_OP]) + aml_pkg_length(len(content)) + content
-
-
-def aml_name(name: str, obj: bytes) -> bytes:
-    """``Name (NAME, obj)`` in the current scope."""
-    return bytes([AML_NAME_OP]) + aml_name_seg(name) + obj
-
-
 # --- tables -----------------------------------------------------------------------------------------
 def build_rsdp(xsdt_addr: int, rsdt_addr: int = 0) -> bytes:
     """The Root System Description Pointer, revision 2: both checksums filled."""
@@ -309,9 +266,20 @@ def build_facs() -> bytes:
 
 
 def build_dsdt(platform: AcpiPlatform) -> bytes:
-    """``Name (\\_S5, Package () {SLP_TYPa, SLP_TYPb, 0, 0})``: the one sleep state kvmlite offers."""
+    """``Name (\\_S5, Package () {SLP_TYPa, SLP_TYPb, 0, 0})``, the one sleep state kvmlite offers, and
+    the PCI host bridge with its interrupt routing where the machine has PCI."""
     s5 = platform.s5_slp_typ
-    return sdt(b"DSDT", DSDT_REVISION, aml_name("_S5", aml_package([s5, s5, 0, 0])))
+    body = aml_name("_S5", aml_package([s5, s5, 0, 0]))
+    if platform.ecam is not None:
+        ecam_base, buses = platform.ecam
+        body += pci_host_bridge(
+            (L.PCI_CONFIG_ADDRESS, 8),
+            (L.PCI_IO_BASE, L.PCI_IO_END - L.PCI_IO_BASE),
+            (L.PCI_MMIO32_BASE, L.PCI_MMIO32_SIZE),
+            (ecam_base, buses * L.ECAM_BUS_SIZE),
+            list(platform.pci_routes),
+        )
+    return sdt(b"DSDT", DSDT_REVISION, body)
 
 
 def build_fadt(platform: AcpiPlatform, dsdt_addr: int, facs_addr: int) -> bytes:

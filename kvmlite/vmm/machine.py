@@ -504,7 +504,7 @@ class Machine:
             command |= COMMAND_IO if spec.kind is BarKind.IO else COMMAND_MEMORY
         config.set(COMMAND, 2, command)
         where = devfn(self.pci.free_device() if device is None else device)
-        self.place(name, type_, function, irqs=irqs)
+        self.place(name, type_, function, irqs=irqs).pci = where
         self._pci_names[where] = name
         try:
             return self.pci.add(function, where >> 3)

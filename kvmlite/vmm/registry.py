@@ -54,6 +54,8 @@ class DeviceRecord:
     pio: list[BusSlot] = field(default_factory=list)
     mmio: list[BusSlot] = field(default_factory=list)
     irqs: list[int] = field(default_factory=list)
+    #: For a PCI function: its devfn on bus 0 (device << 3 | function).
+    pci: int | None = None
 
     def slot(self, name: str) -> BusSlot:
         """The PIO or MMIO range called ``name``."""
@@ -66,6 +68,8 @@ class DeviceRecord:
         """One line: ``name (type): pio 0x3f8-0x3ff, irq 4``."""
         parts = [f"pio {s.range}" for s in self.pio] + [f"mmio {s.range}" for s in self.mmio]
         parts += [f"irq {irq}" for irq in self.irqs]
+        if self.pci is not None:
+            parts.insert(0, f"pci 00:{self.pci >> 3:02x}.{self.pci & 7}")
         return f"{self.name} ({self.type})" + (": " + ", ".join(parts) if parts else "")
 
 
