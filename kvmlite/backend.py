@@ -32,6 +32,7 @@ from kvmlite.errors import KvmliteError, KvmUnavailableError
 if TYPE_CHECKING:
     from kvmlite.kvm import exits as E
     from kvmlite.kvm import structs as S
+    from kvmlite.kvm.coalesced import CoalescedRing, Writer
     from kvmlite.kvm.constants import MpState
     from kvmlite.kvm.cpuid import CpuidEntry
     from kvmlite.memory.guest import GuestMemory
@@ -76,6 +77,9 @@ class BackendCaps:
     rescue_emulation: bool
     #: KVM_IOEVENTFD: a guest write to a chosen address signals an eventfd instead of exiting.
     ioeventfd: bool = False
+    #: KVM_REGISTER_COALESCED_MMIO with KVM_CAP_COALESCED_PIO: guest writes to chosen ports go to a
+    #: ring the VMM replays later instead of exiting (kvmlite.kvm.coalesced).
+    coalesced_pio: bool = False
 
 
 @runtime_checkable
@@ -145,6 +149,11 @@ class VmBackend(Protocol):
     def ioeventfd(
         self, fd: int, addr: int, length: int, pio: bool, datamatch: int | None = None, deassign: bool = False
     ) -> None: ...
+    def coalesce_writes(self, addr: int, length: int, pio: bool) -> None: ...
+    def coalesced_ring(self, pio: Writer, mmio: Writer) -> CoalescedRing | None:
+        """The ring of coalesced writes, replaying into ``pio``/``mmio`` (after the first vCPU exists)."""
+        ...
+
     def new_vm(self) -> VmBackend:
         """Another, empty VM of the same backend (to probe the host's behaviour)."""
         ...

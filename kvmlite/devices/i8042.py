@@ -557,7 +557,8 @@ class PortA20Reset:
 class PostCodePort:
     """Port 0x80: firmware POST codes (and Linux's I/O delay writes).  Keeps the last value.
 
-    Every write is logged at DEBUG and passed to ``on_code``; reads return the last code.
+    Every write is passed to ``on_code`` (which may log it: the machine does under ``--trace``);
+    reads return the last code.  No logging call per write: Linux writes this port constantly.
     """
 
     def __init__(self, on_code: Callable[[int], None] | None = None) -> None:
@@ -572,7 +573,6 @@ class PostCodePort:
     def write(self, offset: int, size: int, value: int) -> None:
         value &= (1 << (8 * size)) - 1 if 0 < size <= 8 else 0
         self.last = value
-        log.debug("POST code %#x", value)
         if self._on_code is not None:
             self._on_code(value)
 

@@ -41,6 +41,7 @@ from kvmlite.emulator.ops import EmulatorOps, PagedOps
 from kvmlite.errors import EmulatorError, GuestMemoryError
 from kvmlite.kvm import exits as E
 from kvmlite.kvm import structs as S
+from kvmlite.kvm.coalesced import CoalescedRing, Writer
 from kvmlite.kvm.constants import GuestDebug, InternalError, MpState
 from kvmlite.kvm.cpuid import CpuidEntry
 from kvmlite.memory.guest import GuestMemory
@@ -516,3 +517,9 @@ class EmuVm:
         self, fd: int, addr: int, length: int, pio: bool, datamatch: int | None = None, deassign: bool = False
     ) -> None:
         unsupported(BACKEND, "signal eventfds on guest writes (ioeventfd)")
+
+    def coalesce_writes(self, addr: int, length: int, pio: bool) -> None:
+        unsupported(BACKEND, "coalesce guest writes")
+
+    def coalesced_ring(self, pio: Writer, mmio: Writer) -> CoalescedRing | None:
+        return None

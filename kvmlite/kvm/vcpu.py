@@ -99,6 +99,11 @@ class Vcpu:
         os.close(self.fd)
         self.fd = -1
 
+    @property
+    def run_mapping(self) -> mmap.mmap:
+        """The whole kvm_run mapping (kvm_run, the PIO data page, the coalesced ring)."""
+        return self._mm
+
     # --- running -------------------------------------------------------------
     def run(self) -> E.Exit:
         """KVM_RUN once; return the typed exit."""

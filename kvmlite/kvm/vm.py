@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from kvmlite.backend import BackendCaps
 from kvmlite.kvm import structs as S
+from kvmlite.kvm.coalesced import PAGE_SIZE, CoalescedRing, Writer
 from kvmlite.kvm.constants import Cap, Ioctl, IoeventfdFlag, IrqchipId, IrqfdFlag, MemFlag, MsrExitReason
 from kvmlite.kvm.ioctl import ioctl
 from kvmlite.kvm.vcpu import Vcpu
@@ -216,6 +217,17 @@ class Vm:
     def register_coalesced_mmio(self, addr: int, size: int, pio: bool = False) -> None:
         ioctl(self.fd, Ioctl.KVM_REGISTER_COALESCED_MMIO, S.kvm_coalesced_mmio_zone(addr, size, int(pio)))
 
+    def coalesce_writes(self, addr: int, length: int, pio: bool) -> None:
+        """Guest writes to [addr, addr+length) go to the coalesced ring instead of exiting."""
+        self.register_coalesced_mmio(addr, length, pio)
+
+    def coalesced_ring(self, pio: Writer, mmio: Writer) -> CoalescedRing | None:
+        """The VM's coalesced-write ring (in the first vCPU's kvm_run mapping); None without one."""
+        page = self.kvm.check_extension(Cap.COALESCED_MMIO)
+        if not self.vcpus or not page or (page + 1) * PAGE_SIZE > self.run_size:
+            return None
+        return CoalescedRing(self.vcpus[0].run_mapping, page, pio, mmio)
+
     def get_clock(self) -> S.kvm_clock_data:
         st = S.kvm_clock_data()
         ioctl(self.fd, Ioctl.KVM_GET_CLOCK, st)
@@ -249,6 +261,7 @@ class Vm:
                 lapic_state=True,
                 rescue_emulation=True,
                 ioeventfd=bool(has(Cap.IOEVENTFD)),
+                coalesced_pio=bool(has(Cap.COALESCED_MMIO) and has(Cap.COALESCED_PIO)),
             )
         return self._caps
 

@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 from kvmlite.backend import VcpuBackend
 from kvmlite.errors import KvmliteError
 from kvmlite.kvm import exits as E
+from kvmlite.kvm.coalesced import CoalescedRing
 from kvmlite.kvm.constants import SystemEvent
 from kvmlite.memory.bus import Bus
 from kvmlite.status import ExitStatus
@@ -58,7 +59,8 @@ from kvmlite.vmm.stats import ExitStats
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
+#: The ring test of a loop without a coalesced ring: never pending.
+_NO_RING = memoryview(bytes(8)).cast("I")
 
 
 @dataclass
@@ -256,6 +258,8 @@ class VcpuLoop:
         #: The one writer of this vCPU's KVM_SET_GUEST_DEBUG (see kvmlite.vmm.debug).
         self.debug = GuestDebugSettings(vcpu)
         self.extensions: list[LoopExtension] = []
+        #: The VM's coalesced-write ring (kvmlite.kvm.coalesced), drained before each exit is handled.
+        self.coalesced: CoalescedRing | None = None
         self._before_run: list[Callable[[VcpuLoop], None]] = []
         self._every_exit: list[Callable[[E.Exit], bool]] = []
         self._halt_wait: Callable[[VcpuLoop], None] | None = None
@@ -329,6 +333,8 @@ class VcpuLoop:
                 ExitStatus.GUEST_CRASH, f"vcpu {self.vcpu.id}: internal VMM error (see log)", self.vcpu.id
             )
         finally:
+            if self.coalesced is not None:
+                self.coalesced.drain()  # the guest's last coalesced writes reach their devices
             self.control.loop_ended()
             self.stats.ended_ns = time.perf_counter_ns()
 
@@ -342,6 +348,8 @@ class VcpuLoop:
         timing = self.timing
         clock = time.perf_counter_ns
         stats = self.stats
+        ring = self.coalesced
+        pending = _NO_RING if ring is None else ring.words  # first != last: coalesced writes wait
         ex: E.Exit | None = None
         while True:
             if control.attention:  # a stop or a pause: the only test the hot path pays for
@@ -350,6 +358,8 @@ class VcpuLoop:
                 ex = self._settle(ex)
                 if control.stopping:
                     return
+                if ring is not None:
+                    ring.drain()
                 control.park()
                 continue
             for hook in before_run:
@@ -361,6 +371,8 @@ class VcpuLoop:
                 stats.run_ns += t1 - t0
             else:
                 ex = vcpu.run()
+            if pending[0] != pending[1]:
+                ring.drain()  # type: ignore[union-attr]  # before this exit: the guest's order
             kind = type(ex)
             counter = by_reason[kind.__name__]
             counter.count += 1
@@ -381,6 +393,8 @@ class VcpuLoop:
         while ex is not None and type(ex) is not E.Interrupted and not self.control.stopping:
             vcpu.kick()
             ex = vcpu.run()
+            if self.coalesced is not None:
+                self.coalesced.drain()
             self.stats.by_reason[type(ex).__name__].count += 1
             if not (self._every_exit and any(h(ex) for h in self._every_exit)):
                 self._handlers[type(ex)](ex)

@@ -44,6 +44,7 @@ from kvmlite.devices.rtc import CmosRtc
 from kvmlite.devices.serial import Serial16550
 from kvmlite.errors import ConfigError, KvmliteError
 from kvmlite.firmware.acpi import MAX_CPUS, AcpiPlatform, write_tables
+from kvmlite.kvm.coalesced import CoalescedRing
 from kvmlite.loaders import LoadResult, load_kernel
 from kvmlite.memory.bus import Bus
 from kvmlite.memory.guest import GuestMemory
@@ -211,6 +212,10 @@ class Machine:
         self.pci: PciBus | None = None
         self._pci_names: dict[int, str] = {}  # devfn -> the PCI function's registry name
         self._closing: list[Callable[[], None]] = []  # host resources of devices (image files, ...)
+        #: Write-only ports whose writes go to the coalesced ring (kvmlite.kvm.coalesced) where the
+        #: backend has one: (port, length), registered with the first vCPU.
+        self.coalesced_ports: list[tuple[int, int]] = []
+        self.coalesced: CoalescedRing | None = None
         self.iothread = IoThread(self.lock)
         #: Appended to the kernel command line by load() (virtio-mmio devices announce themselves there).
         self.cmdline_extra: list[str] = []
@@ -367,6 +372,8 @@ class Machine:
 
         port = PostCodePort(on_code=on_code)
         self.place("post", "post-codes", port, pio=[slot(L.POST_PORT, 1)])
+        # Linux writes port 0x80 between legacy port accesses as an I/O delay: no exit for those.
+        self.coalesced_ports.append((L.POST_PORT, 1))
         return port
 
     def attach_fw_cfg(self) -> FwCfg:
@@ -450,7 +457,12 @@ class Machine:
                 setup_cpu(regs, sregs, self.memory, self.load_result)
                 vcpu.set_sregs(sregs)
                 vcpu.set_regs(regs)
+            if i == 0 and caps.coalesced_pio and self.coalesced_ports:
+                for port, length in self.coalesced_ports:
+                    vm.coalesce_writes(port, length, pio=True)
+                self.coalesced = vm.coalesced_ring(self.pio.write, self.mmio.write)
             loop = VcpuLoop(vcpu, self.control, self.pio, self.mmio, timing=self.config.stats)
+            loop.coalesced = self.coalesced
             if i == 0 or isinstance(self.irqchip, KernelIrqChip):
                 self.irqchip.attach(loop)
             if self.tracer is not None:
@@ -734,6 +746,8 @@ class Machine:
         total = ExitStats()
         for loop in self.loops:
             total.merge(loop.stats)
+        if self.coalesced is not None:
+            total.coalesced = self.coalesced.replayed
         return total
 
     def close(self) -> None:
@@ -745,6 +759,8 @@ class Machine:
             close()
         if self.tracer is not None:
             self.tracer.close()
+        if self.coalesced is not None:
+            self.coalesced.close()
         self.vm.close()
         self.memory.close()
 

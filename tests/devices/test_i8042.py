@@ -284,7 +284,7 @@ def test_post_code_port_records_and_reports(caplog: pytest.LogCaptureFixture) ->
     assert codes == [0x34]
     assert port.last == 0x34
     assert port.read(0, 1) == 0x34
-    assert "POST code 0x34" in caplog.text
+    assert not caplog.records  # no logging call per write: Linux writes the port constantly
     assert PostCodePort.from_state(port.state()).last == 0x34
 
 
