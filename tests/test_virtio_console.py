@@ -36,12 +36,15 @@ def offer(memory: GuestMemory, queue: int, slot: int, addr: int, length: int, fl
 
 def test_input_fills_the_receive_buffers_and_says_how_much_fitted() -> None:
     dev, memory, _, wakeups = console()
+    assert dev.rx_space() == 0
     assert dev.enqueue_input(b"early") == 0  # no buffer yet: the host keeps it
     offer(memory, RECEIVEQ, 0, BUF, 4, VIRTQ_DESC_F_WRITE)
     offer(memory, RECEIVEQ, 1, BUF + 0x100, 4, VIRTQ_DESC_F_WRITE)
     dev.notify(RECEIVEQ)
     assert wakeups == [1]  # the host is told there is room now
+    assert dev.rx_space() == 8  # what the console host asks before it feeds input
     assert dev.enqueue_input(b"abcdefghij") == 8
+    assert dev.rx_space() == 0
     assert memory.read(BUF, 4) == b"abcd" and memory.read(BUF + 0x100, 4) == b"efgh"
     used = RINGS[RECEIVEQ][2]
     assert memory.read_u16(used + 2) == 2 and struct.unpack_from("<II", memory.read(used + 4, 8)) == (0, 4)

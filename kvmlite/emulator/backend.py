@@ -513,6 +513,9 @@ class EmuVm:
     def irq_line(self, irq: int, level: bool) -> None:
         unsupported(BACKEND, "drive in-kernel interrupt lines")
 
+    def signal_msi(self, address: int, data: int, flags: int = 0, devid: int = 0) -> int:
+        return unsupported(BACKEND, "deliver MSIs to in-kernel LAPICs")
+
     def ioeventfd(
         self, fd: int, addr: int, length: int, pio: bool, datamatch: int | None = None, deassign: bool = False
     ) -> None:

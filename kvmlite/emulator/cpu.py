@@ -70,8 +70,8 @@ class CpuState:
     rip: int = RESET_RIP
     rflags: int = RESET_RFLAGS
     segs: list[Segment] = field(default_factory=lambda: [Segment() for _ in range(6)])
-    ldtr: Segment = field(default_factory=lambda: Segment(type=LDT_TYPE, s=0))
-    tr: Segment = field(default_factory=lambda: Segment(type=TSS_BUSY_TYPE, s=0))
+    ldtr: Segment = field(default_factory=lambda: Segment(type=LDT_TYPE, s=False))
+    tr: Segment = field(default_factory=lambda: Segment(type=TSS_BUSY_TYPE, s=False))
     gdtr: TableRegister = field(default_factory=TableRegister)
     idtr: TableRegister = field(default_factory=lambda: TableRegister(0, 0x3FF))
     cr0: int = RESET_CR0
@@ -87,6 +87,9 @@ class CpuState:
     cpl: int = 0
     halted: bool = False
     interrupt_shadow: bool = False  # set by STI / MOV SS / POP SS for one instruction
+    #: The x87/SSE/AVX state as a standard-format XSAVE area, made on first use
+    #: (``Executor.xsave_area``) or loaded from KVM by the rescue; not compared, not printed.
+    xsave_area: bytearray | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def reset(cls) -> CpuState:

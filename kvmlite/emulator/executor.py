@@ -58,7 +58,7 @@ from kvmlite.emulator.cpu import (
 from kvmlite.emulator.faults import GP, PF, UD, GuestFault, gp
 from kvmlite.emulator.faults import SS as VEC_SS
 from kvmlite.emulator.handlers import interrupt
-from kvmlite.emulator.mmu import NonCanonicalAddress, PageFault
+from kvmlite.emulator.mmu import Access, NonCanonicalAddress, PageFault
 from kvmlite.emulator.ops import ACCESS_FETCH, ACCESS_READ, ACCESS_USER, ACCESS_WRITE, EmulatorOps
 from kvmlite.emulator.segments import RIGHT_READ, RIGHT_WRITE
 from kvmlite.errors import DecodeError, UnsupportedInstruction
@@ -219,7 +219,8 @@ class Executor:
             need = RIGHT_WRITE if write else RIGHT_READ
             if s.rights & need and s.lo <= offset and offset + size - 1 <= s.hi and not s.unusable:
                 return (s.base + offset) & 0xFFFFFFFF
-            return s.linear(offset, size, ACCESS_WRITE if write else 0, seg == SS)  # raises the fault
+            access = Access.WRITE if write else Access.READ
+            return s.linear(offset, size, access, seg == SS)  # raises the fault
         if s.lo <= offset and offset + size - 1 <= s.hi:
             return (s.base + offset) & 0xFFFFFFFF
         return s.linear_real(offset, size, seg == SS)  # raises #GP/#SS
@@ -396,10 +397,9 @@ class Executor:
     # ================================================================== SSE registers (in the XSAVE area)
     def xsave_area(self) -> bytearray:
         """The CPU's x87/SSE/AVX state as a standard-format XSAVE area (see :mod:`.xstate`)."""
-        area = getattr(self.cpu, "xsave_area", None)
+        area = self.cpu.xsave_area
         if area is None:
-            area = xstate.init_area()
-            self.cpu.xsave_area = area  # type: ignore[attr-defined]
+            area = self.cpu.xsave_area = xstate.init_area()
         return area
 
     def get_xmm(self, reg: int) -> int:

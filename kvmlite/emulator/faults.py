@@ -63,7 +63,7 @@ class PageFault(EmulatorError):
         self.address = address
         self.error_code = error_code
         self.reason = reason
-        bits = [flag.name for flag in PfErr if error_code & flag]
+        bits = [flag.name for flag in PfErr if error_code & flag and flag.name]
         detail = f": {reason}" if reason else ""
         super().__init__(f"#PF at {address:#x}, error code {error_code:#x} [{' '.join(bits) or '-'}]{detail}")
 

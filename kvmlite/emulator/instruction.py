@@ -184,6 +184,19 @@ class Instruction:
         "row",
         "seg_override",
     )
+    # Set by the decoder (``Decoder.instruction``); declared here, no class-level values (slots).
+    addrsize: int
+    length: int
+    lock: bool
+    mnemonic: str
+    mode: int
+    name: str
+    opcode: int
+    opsize: int
+    raw: bytes
+    rep: int
+    rex: int
+    seg_override: int
 
     def __init__(self) -> None:
         self.operands: list[Operand] = []

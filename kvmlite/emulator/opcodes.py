@@ -41,7 +41,7 @@ Sizes: ``b w d q`` fixed, ``v`` operand size, ``z`` operand size capped at 32,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from kvmlite.emulator.cpu import CS, DS, ES, FS, GS, SEG_NAMES, SS
@@ -219,10 +219,10 @@ def parse_operand(text: str) -> OperandSpec:
     if text == "Ibs":
         return OperandSpec(M_IS, 1)
     method = _METHODS.get(text[0])
-    size = _SIZE_CODES.get(text[1:])
-    if method is None or size is None:
+    size_code = _SIZE_CODES.get(text[1:])
+    if method is None or size_code is None:
         raise ValueError(f"bad operand kind {text!r} in the opcode table")
-    return OperandSpec(method, size)
+    return OperandSpec(method, size_code)
 
 
 _MODRM_METHODS = frozenset({M_E, M_G, M_M, M_R, M_S, M_C, M_D, M_V, M_W, M_U, M_P, M_Q, M_N, M_ST})
@@ -275,7 +275,7 @@ class Group:
 
     __slots__ = ("entries",)
 
-    def __init__(self, entries: list[Entry | None]):
+    def __init__(self, entries: Sequence[Entry | None]):
         if len(entries) != 8:
             raise ValueError("a group has eight entries")
         self.entries = entries
@@ -302,7 +302,7 @@ class ModSplit:
     __slots__ = ("mem", "reg", "reg_by_rm")
 
     def __init__(
-        self, mem: Entry | None, reg: Entry | None = None, reg_by_rm: list[Entry | None] | None = None
+        self, mem: Entry | None, reg: Entry | None = None, reg_by_rm: Sequence[Entry | None] | None = None
     ):
         self.mem = mem
         self.reg = reg
@@ -313,7 +313,9 @@ Entry = Row | Group | Prefixed | ModSplit
 
 # --- helpers to write the tables compactly ---------------------------------------------
 
-CONDITIONS = ("o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g")
+CONDITIONS: tuple[str, ...] = (
+    "o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g",
+)
 ALU_OPS: tuple[tuple[str, Handler], ...] = (
     ("add", arith.add),
     ("or", arith.or_),

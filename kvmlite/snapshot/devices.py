@@ -14,7 +14,6 @@ stay the ones in use, and callables (wiring) stay ``d``'s own.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 from typing import Any
@@ -102,10 +101,17 @@ def _wiring(device: Any) -> dict[str, Any]:
     return out
 
 
-@functools.cache
+_CONSTRUCTOR_PARAMS: dict[type, tuple[str, ...]] = {}
+
+
 def _constructor_params(cls: type) -> tuple[str, ...]:
-    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
-    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    known = _CONSTRUCTOR_PARAMS.get(cls)
+    if known is None:
+        init = inspect.getattr_static(cls, "__init__")  # the function itself, as the class holds it
+        params = list(inspect.signature(init).parameters.values())[1:]
+        known = tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        _CONSTRUCTOR_PARAMS[cls] = known
+    return known
 
 
 def _adoptable(old: Any, new: Any) -> bool:

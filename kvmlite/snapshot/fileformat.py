@@ -337,7 +337,7 @@ def map_memory(memory: GuestMemory, snap: SnapshotFile) -> None:
                 snap.memory_offset + start,
             )
             if got != region.host_addr:
-                err = ctypes.get_errno()
-                raise SnapshotError(f"cannot map snapshot memory {snap.memory_path}: {os.strerror(err)}")
+                errno_ = ctypes.get_errno()
+                raise SnapshotError(f"cannot map snapshot memory {snap.memory_path}: {os.strerror(errno_)}")
     finally:
         os.close(fd)

@@ -173,7 +173,7 @@ def _emulator_extras(vcpu: VcpuBackend) -> dict[str, Any] | None:
     if not isinstance(vcpu, EmuVcpu):
         return None
     cpu = vcpu.cpu
-    area = getattr(cpu, "xsave_area", None)
+    area = cpu.xsave_area
     return {
         "xcr0": cpu.xcr0,
         "dr": list(cpu.dr),
@@ -201,7 +201,7 @@ def _load_emulator_extras(vcpu: VcpuBackend, emu: dict[str, Any]) -> None:
     vcpu._pending_vector = None if pending is None else int(pending) & 0xFF
     area = emu.get("xsave_area")
     if area is not None:
-        cpu.xsave_area = bytearray(area)  # type: ignore[attr-defined]
+        cpu.xsave_area = bytearray(area)
 
 
 # --- the VM's in-kernel devices ---------------------------------------------------------------

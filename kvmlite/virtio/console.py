@@ -60,6 +60,10 @@ class VirtioConsole(VirtioDevice):
         self.tx_busy = False
 
     # --- what the host console calls ------------------------------------------------------------
+    def rx_space(self) -> int:
+        """Bytes :meth:`enqueue_input` would accept now: the room in the receive buffers the guest gave."""
+        return sum(chain.writable_len for chain in self.rx_buffers)
+
     def enqueue_input(self, data: bytes) -> int:
         """Put ``data`` in the receive buffers the guest gave; returns how many bytes fitted."""
         taken = 0

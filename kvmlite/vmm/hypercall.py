@@ -36,7 +36,7 @@ from dataclasses import replace
 from typing import Any
 
 from kvmlite.errors import KvmliteError
-from kvmlite.kvm.system import CpuidEntry
+from kvmlite.kvm.cpuid import CpuidEntry
 from kvmlite.vmm.host_probe import CODE, PORT, HostProbe, NewVm, long_mode_vm, reported
 
 log = logging.getLogger(__name__)

@@ -626,10 +626,10 @@ class Machine:
                 vm.ioeventfd(fd, addr, width, pio=False, datamatch=match, deassign=True)
             assigned.clear()
             for queue, fd in enumerate(fds):
-                addr = address(queue)
-                if addr is not None:
-                    vm.ioeventfd(fd, addr, width, pio=False, datamatch=queue if datamatch else None)
-                    assigned.append((fd, addr, queue))
+                notify_addr = address(queue)
+                if notify_addr is not None:
+                    vm.ioeventfd(fd, notify_addr, width, pio=False, datamatch=queue if datamatch else None)
+                    assigned.append((fd, notify_addr, queue))
 
         for queue, fd in enumerate(fds):
             self.iothread.watch(fd, functools.partial(on_eventfd, fd, queue))

@@ -112,10 +112,11 @@ class Rescuer(LoopExtension):
         changed = {k: v for k, v in cpu.msrs.items() if msrs_before.get(k) != v and k in STATE_MSRS}
         if changed:
             vcpu.set_msrs(changed)
-        if xsave_before is not None and bytes(cpu.xsave_area) != xsave_before:
-            state = type(vcpu.get_xsave())()
-            ctypes.memmove(ctypes.addressof(state), bytes(cpu.xsave_area), ctypes.sizeof(state))
-            vcpu.set_xsave(state)
+        area = cpu.xsave_area
+        if xsave_before is not None and area is not None and bytes(area) != xsave_before:
+            xsave = type(vcpu.get_xsave())()
+            ctypes.memmove(ctypes.addressof(xsave), bytes(area), ctypes.sizeof(xsave))
+            vcpu.set_xsave(xsave)
         mnemonic = what.split()[0] if what else "?"
         self.loop.stats.rescues[mnemonic] += 1
         log.debug("vcpu %d: rescued `%s` for KVM", vcpu.id, what)
@@ -132,7 +133,7 @@ class Rescuer(LoopExtension):
         except KvmIoctlError as err:  # a host without XSAVE support: the emulator keeps its own image
             log.debug("vcpu %d: no XSAVE state from KVM (%s)", vcpu.id, err)
             return None
-        cpu.xsave_area = bytearray(area)  # type: ignore[attr-defined]
+        cpu.xsave_area = bytearray(area)
         cpu.xcr0 = next((x.value for x in xcrs.xcrs[: xcrs.nr_xcrs] if x.xcr == 0), 1)
         return area
 

@@ -125,7 +125,7 @@ class Sleep:
 
 def _reset_state(regs: Any, sregs: S.kvm_sregs) -> None:
     """General and system registers as after INIT, for the parts setup_cpu's real mode leaves alone."""
-    for name, _ in S.kvm_regs._fields_:
+    for name, *_ in S.kvm_regs._fields_:
         setattr(regs, name, 0)
     sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4, sregs.cr8, sregs.efer = RESET_CR0, 0, 0, 0, 0, 0
     for table in (sregs.gdt, sregs.idt):

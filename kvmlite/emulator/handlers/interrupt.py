@@ -86,6 +86,8 @@ def deliver_exception(
             _deliver(ex, vector, error_code, soft=False, return_rip=cpu.rip)
             return
         except (GuestFault, PageFault, NonCanonicalAddress) as second:
+            vec2: int
+            code2: int | None
             if isinstance(second, PageFault):
                 vec2, code2, addr2 = PF, second.error_code, second.address
             elif isinstance(second, NonCanonicalAddress):
