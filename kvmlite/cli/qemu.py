@@ -46,15 +46,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvmlite import __version__
-from kvmlite.errors import STATUS_BAD_INPUT, ConfigError, KvmliteError
+from kvmlite.devices.debug_exit import DEFAULT_WIDTH
+from kvmlite.errors import ConfigError, KvmliteError
 from kvmlite.kvm.cpuid import CpuidEntry
+from kvmlite.status import ExitStatus
 from kvmlite.vmm.cpuid import FEATURES
+from kvmlite.vmm.layout import DEBUG_EXIT_PORT
 
 PROG = "kvmlite-qemu"
-STATUS_OK = 0
 
-#: What kvmlite's own isa-debug-exit is: QEMU's defaults are iobase=0x501,iosize=2.
-DEBUG_EXIT_IOBASE, DEBUG_EXIT_IOSIZE = 0xF4, 4
+#: kvmlite's own isa-debug-exit is at DEBUG_EXIT_PORT, DEFAULT_WIDTH bytes wide; QEMU's defaults are these.
 QEMU_DEBUG_EXIT_DEFAULTS = {"iobase": 0x501, "iosize": 2}
 
 MACHINE_TYPES = ("pc", "q35", "microvm")
@@ -462,10 +463,10 @@ def _opt_device(st: _State, value: str) -> None:
                 raise QemuOptionError(f"-device isa-debug-exit,{key}=: kvmlite does not accept this property")
         iobase = _int("-device isa-debug-exit,iobase=", props.get("iobase", "0x501"))
         iosize = _int("-device isa-debug-exit,iosize=", props.get("iosize", "2"))
-        if (iobase, iosize) != (DEBUG_EXIT_IOBASE, DEBUG_EXIT_IOSIZE):
+        if (iobase, iosize) != (DEBUG_EXIT_PORT, DEFAULT_WIDTH):
             raise QemuOptionError(
                 f"-device isa-debug-exit,iobase={iobase:#x},iosize={iosize}: kvmlite's isa-debug-exit "
-                f"is at iobase={DEBUG_EXIT_IOBASE:#x},iosize={DEBUG_EXIT_IOSIZE} only"
+                f"is at iobase={DEBUG_EXIT_PORT:#x},iosize={DEFAULT_WIDTH} only"
             )
     elif driver == "pc-testdev":
         if props:
@@ -623,10 +624,10 @@ def main(argv: list[str] | None = None) -> int:
             raise QemuOptionError(f"could not open kernel file '{tr.run_args[1]}': No such file or directory")
     except QemuOptionError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
-        return STATUS_BAD_INPUT
+        return ExitStatus.BAD_INPUT
     if tr.info is not None:
         sys.stdout.write(tr.info)
-        return STATUS_OK
+        return ExitStatus.OK
     for warning in tr.warnings:
         log.warning("%s", warning)
     log.info("kvmlite run %s", " ".join(tr.run_args))

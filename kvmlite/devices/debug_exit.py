@@ -13,7 +13,6 @@ from typing import Any
 
 from kvmlite.devices.base import DeviceState, checked_state
 
-DEFAULT_PORT = 0xF4
 DEFAULT_WIDTH = 4
 
 
