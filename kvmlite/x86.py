@@ -104,6 +104,22 @@ class Efer(IntFlag):
     TCE = 1 << 15  # AMD: translation cache extension
 
 
+class Dr6(IntFlag):
+    """DR6 debug-status bits (SDM vol. 3, 18.2.3); the bits named by :data:`DR6_FIXED1` read as 1."""
+
+    B0 = 1 << 0  # breakpoint condition 0 (DR0) met
+    B1 = 1 << 1
+    B2 = 1 << 2
+    B3 = 1 << 3
+    BD = 1 << 13  # debug-register access detected
+    BS = 1 << 14  # single step
+    BT = 1 << 15  # task switch
+
+
+#: DR6's reserved bits that read as 1 (the value of DR6 with no condition recorded).
+DR6_FIXED1 = 0xFFFF_0FF0
+
+
 class Xcr0(IntFlag):
     """XCR0 state-component bits (SDM vol. 1, 13.1)."""
 

@@ -18,7 +18,7 @@ def entries() -> list[CpuidEntry]:
 def bit(es: list[CpuidEntry], name: str) -> bool:
     f = FEATURES[name]
     e = next(e for e in es if (e.function, e.index) == (f.leaf, f.subleaf))
-    return bool(getattr(e, f.reg) >> f.bit & 1)
+    return bool(getattr(e, f.reg.name.lower()) >> f.bit & 1)
 
 
 def test_hiding_xsave_hides_what_depends_on_it():

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from kvmlite.guests import DEMO_FINAL_LINE, DEMO_GUEST
+from kvmlite.x86 import Rflags
 from tests.guest_expectations import (
     EXPECTATIONS,
     GuestExpectation,
@@ -46,7 +47,6 @@ QEMU_TIMEOUT_S = 60.0
 HALT_SETTLE_S = 0.3
 """After the demo's last line, how long to keep reading to prove nothing else follows."""
 QMP_TIMEOUT_S = 10.0
-EFLAGS_IF = 1 << 9
 DEMO_TOOLCHAIN = "GNU ld (GNU Binutils for Debian) 2.40"
 """The linker that produced kvmlite/guests/demo.elf; other linkers may lay bytes out differently."""
 
@@ -190,7 +190,7 @@ def assert_run_matches(exp: GuestExpectation, run: QemuRun) -> None:
         flags = re.search(r"\b[ER]FL=([0-9a-fA-F]+)", run.registers)
         assert flags, f"no flags register in:\n{run.registers}"
         eflags = int(flags.group(1), 16)
-        assert not eflags & EFLAGS_IF, f"halted with interrupts enabled (EFL={eflags:#x})"
+        assert not eflags & Rflags.IF, f"halted with interrupts enabled (EFL={eflags:#x})"
     else:
         assert run.status == exp.exit_status, f"exit status {run.status}, expected {exp.exit_status}"
 

@@ -14,10 +14,11 @@ from kvmlite.firmware.acpi import MAX_CPUS
 from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import MpState
 from kvmlite.kvm.cpuid import CpuidEntry
-from kvmlite.vmm.cpu_setup import MSR_IA32_TSC, MSR_LSTAR, MSR_MTRR_DEF_TYPE, boot_msrs, guest_cpuid
+from kvmlite.vmm.cpu_setup import boot_msrs, guest_cpuid
 from kvmlite.vmm.irqchip import KernelIrqChip
 from kvmlite.vmm.loop import VmControl
 from kvmlite.vmm.machine import SMP_NEEDS_KERNEL_IRQCHIP, Machine, MachineConfig
+from kvmlite.x86 import Msr
 from tests.conftest import MULTIBOOT_HEADER, build_multiboot, requires_kvm
 
 # --- CPUID topology (no KVM needed) -------------------------------------------------------------------
@@ -91,9 +92,9 @@ def test_kvm_signature_and_paravirt_feature_leaves_pass_through_unchanged() -> N
 
 
 def test_boot_msrs_leave_out_what_kvm_does_not_save_but_always_enable_the_mtrrs() -> None:
-    assert boot_msrs(set()) == {MSR_MTRR_DEF_TYPE: 0x806}
-    msrs = boot_msrs({MSR_IA32_TSC, MSR_LSTAR, 0x1234})
-    assert msrs == {MSR_IA32_TSC: 0, MSR_LSTAR: 0, MSR_MTRR_DEF_TYPE: 0x806}
+    assert boot_msrs(set()) == {Msr.MTRR_DEF_TYPE: 0x806}
+    msrs = boot_msrs({Msr.TSC, Msr.LSTAR, 0x1234})
+    assert msrs == {Msr.TSC: 0, Msr.LSTAR: 0, Msr.MTRR_DEF_TYPE: 0x806}
 
 
 @pytest.mark.parametrize("cpus", [0, MAX_CPUS + 1])
@@ -242,8 +243,8 @@ def test_every_vcpu_starts_with_the_firmware_msrs(tmp_path: Path) -> None:
     machine = smp_machine(tmp_path, READ_MTRR_THEN_EXIT)
     try:
         for loop in machine.loops:
-            msrs = loop.vcpu.get_msrs([0x2FF, 0x174, 0xC000_0082])
-            assert msrs == {0x2FF: 0x806, 0x174: 0, 0xC000_0082: 0}
+            msrs = loop.vcpu.get_msrs([Msr.MTRR_DEF_TYPE, Msr.SYSENTER_CS, Msr.LSTAR])
+            assert msrs == {Msr.MTRR_DEF_TYPE: 0x806, Msr.SYSENTER_CS: 0, Msr.LSTAR: 0}
         status = run_bounded(machine)
         # the BSP read MTRRs enabled, write-back default (6 | 8 = 14), and so did the AP after its SIPI
         assert status == (14 << 1) | 1, machine.control.stop_info

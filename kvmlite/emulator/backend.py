@@ -45,7 +45,7 @@ from kvmlite.kvm.coalesced import CoalescedRing, Writer
 from kvmlite.kvm.constants import GuestDebug, InternalError, MpState
 from kvmlite.kvm.cpuid import CpuidEntry
 from kvmlite.memory.guest import GuestMemory
-from kvmlite.x86 import Msr
+from kvmlite.x86 import DR6_FIXED1, Dr6, Msr
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,7 @@ CAPS = BackendCaps(
     lapic_state=False,
     rescue_emulation=False,
 )
-DR6_FIXED = 0xFFFF_0FF0
-DR6_BS = 1 << 14
+DR6_FIXED, DR6_BS = DR6_FIXED1, int(Dr6.BS)  # plain ints for the run loop
 _RCX, _RSI, _RDI = 1, 6, 7
 
 

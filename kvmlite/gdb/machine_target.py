@@ -40,14 +40,12 @@ from kvmlite.vmm import vmem
 from kvmlite.vmm.debug import BreakKind as DrKind
 from kvmlite.vmm.debug import HwBreakpoint
 from kvmlite.vmm.dump import format_state
+from kvmlite.x86 import Dr6, Efer, Vector
 
 log = logging.getLogger(__name__)
 
 USER = "gdb"
 INT3 = b"\xcc"
-DB_VECTOR, BP_VECTOR = 1, 3
-DR6_BS = 1 << 14
-EFER_LMA = 1 << 10
 _DR_KIND = {BreakKind.HARDWARE: DrKind.EXEC, BreakKind.WRITE: DrKind.WRITE, BreakKind.ACCESS: DrKind.ACCESS,
             BreakKind.READ: DrKind.ACCESS}  # fmt: skip  # x86 has no read-only data breakpoint
 _WATCH_REASON = {DrKind.WRITE: "watch", DrKind.ACCESS: "awatch"}
@@ -55,7 +53,7 @@ _WATCH_REASON = {DrKind.WRITE: "watch", DrKind.ACCESS: "awatch"}
 
 def linear_pc(regs: Any, sregs: Any) -> int:
     """RIP as a linear address: CS's base added outside 64-bit code."""
-    if sregs.efer & EFER_LMA and sregs.cs.l:
+    if sregs.efer & Efer.LMA and sregs.cs.l:
         return int(regs.rip)
     return (sregs.cs.base + regs.rip) & 0xFFFF_FFFF
 
@@ -99,7 +97,7 @@ class MachineTarget:
     def arch(self) -> str:
         """vCPU 0's mode when gdb connects decides, for the whole session (as with QEMU)."""
         sregs = self._run_paused(lambda: self.loops[0].vcpu.get_sregs())
-        self._arch = R.ARCH_64 if sregs.efer & EFER_LMA else R.ARCH_32
+        self._arch = R.ARCH_64 if sregs.efer & Efer.LMA else R.ARCH_32
         return self._arch
 
     def cpus(self) -> list[int]:
@@ -335,7 +333,7 @@ class MachineTarget:
         cpu = loop.vcpu.id
 
         def on_debug(ex: E.Debug) -> bool:
-            if ex.exception == BP_VECTOR:
+            if ex.exception == Vector.BP:
                 if ex.pc not in self.sw:
                     return False
                 return self._stop(StopEvent(cpu, SIGTRAP, "swbreak")) or True
@@ -346,7 +344,7 @@ class MachineTarget:
                 if bp.kind == DrKind.EXEC:
                     return self._stop(StopEvent(cpu, SIGTRAP, "hwbreak")) or True
                 return self._stop(StopEvent(cpu, SIGTRAP, _WATCH_REASON[bp.kind], bp.addr)) or True
-            if ex.dr6 & DR6_BS and cpu in self._stepping:
+            if ex.dr6 & Dr6.BS and cpu in self._stepping:
                 return self._stop(StopEvent(cpu, SIGTRAP)) or True
             return False
 

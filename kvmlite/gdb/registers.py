@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
+from kvmlite.x86 import Msr
+
 CORE = "org.gnu.gdb.i386.core"
 SSE = "org.gnu.gdb.i386.sse"
 SYSTEM = "org.kvmlite.gdb.x86.system"
@@ -229,8 +231,8 @@ def from_kvm(
     out["fs_base"], out["gs_base"] = sregs.fs.base, sregs.gs.base
     for name in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer"):
         out[name] = getattr(sregs, name)
-    if msrs and MSR_KERNEL_GS_BASE in msrs:
-        out["k_gs_base"] = msrs[MSR_KERNEL_GS_BASE]
+    if msrs and Msr.KERNEL_GS_BASE in msrs:
+        out["k_gs_base"] = msrs[Msr.KERNEL_GS_BASE]
     if fpu is not None:
         for i in range(8):
             out[f"st{i}"] = int.from_bytes(bytes(fpu.fpr[i])[:10], "little")
@@ -246,9 +248,6 @@ def from_kvm(
             out[f"xmm{i}"] = int.from_bytes(bytes(fpu.xmm[i]), "little")
         out["mxcsr"] = fpu.mxcsr
     return out
-
-
-MSR_KERNEL_GS_BASE = 0xC000_0102
 
 
 def _full_tag_word(abridged: int) -> int:

@@ -30,7 +30,6 @@ from kvmlite.x86 import Msr
 
 log = logging.getLogger(__name__)
 
-MSR_IA32_TSC = 0x10
 #: kvm_vcpu_events.flags on restore: the NMI-pending and SIPI-vector fields are meant.
 EVENTS_VALID_NMI_PENDING = 1 << 0
 EVENTS_VALID_SIPI_VECTOR = 1 << 1
@@ -135,8 +134,8 @@ def restore_vcpu(
         if lapic and "lapic" in st:
             vcpu.set_lapic(to_struct(S.kvm_lapic_state, st["lapic"], f"{what} lapic"))
         msrs = {int(k): int(v) for k, v in st["msrs"].items()}
-        if tsc is not None and MSR_IA32_TSC in msrs:
-            msrs[MSR_IA32_TSC] = tsc
+        if tsc is not None and Msr.TSC in msrs:
+            msrs[Msr.TSC] = tsc
         write_msrs(vcpu, msrs)
         set_debugregs = getattr(vcpu, "set_debugregs", None)
         if caps.lapic_state and "debugregs" in st and set_debugregs is not None:
@@ -162,7 +161,7 @@ def boot_tsc(cpus: list[dict[str, Any]]) -> int | None:
     """The boot vCPU's saved TSC (every vCPU is given it, see the module docstring)."""
     if not cpus:
         return None
-    value = cpus[0].get("msrs", {}).get(str(MSR_IA32_TSC))
+    value = cpus[0].get("msrs", {}).get(str(int(Msr.TSC)))
     return int(value) if value is not None else None
 
 

@@ -26,17 +26,15 @@ from typing import Any, BinaryIO
 
 from kvmlite.errors import KvmliteError
 from kvmlite.memory.guest import GuestMemory
+from kvmlite.x86 import Cr0, Efer, Pte
 
 ET_CORE = 4
 EM_386, EM_X86_64 = 3, 62
 PT_LOAD, PT_NOTE = 1, 4
 PF_RWX = 7
 NT_PRSTATUS = 1
-EFER_LMA = 1 << 10
 _CHUNK = 1 << 20
 PAGE = 0x1000
-CR0_PG = 1 << 31
-PTE_PRESENT, PTE_LARGE = 1 << 0, 1 << 7
 PTE_ADDR = 0x000F_FFFF_FFFF_F000
 _LEVEL_SHIFTS = (39, 30, 21, 12)  # PML4, PDPT, PD, PT
 
@@ -157,12 +155,12 @@ def virtual_runs(memory: GuestMemory, cr3: int) -> list[tuple[int, int, int]]:
             return
         shift = _LEVEL_SHIFTS[level]
         for i, entry in enumerate(struct.unpack("<512Q", memory.read(table, PAGE))):
-            if not entry & PTE_PRESENT:
+            if not entry & Pte.P:
                 continue
             va = base | i << shift
             if level == 0 and va & 1 << 47:
                 va |= 0xFFFF << 48  # canonical upper half
-            if level == 3 or (level in (1, 2) and entry & PTE_LARGE):
+            if level == 3 or (level in (1, 2) and entry & Pte.PS):
                 size = 1 << shift
                 add(va, entry & PTE_ADDR & ~(size - 1), size)
             else:
@@ -176,8 +174,8 @@ def write_core(path: Path, memory: GuestMemory, cpus: Sequence[tuple[Any, Any]],
     """Write the core file; ``cpus`` is each vCPU's (kvm_regs, kvm_sregs).  Returns the file's size."""
     if not cpus:
         raise DumpError("dump-guest-memory needs at least one vCPU")
-    wide = bool(cpus[0][1].efer & EFER_LMA)
-    if paging and not (wide and cpus[0][1].cr0 & CR0_PG):
+    wide = bool(cpus[0][1].efer & Efer.LMA)
+    if paging and not (wide and cpus[0][1].cr0 & Cr0.PG):
         raise DumpError("dump-guest-memory with paging needs vCPU 0 in long mode with paging on")
     notes = b"".join(
         _note(b"CORE", NT_PRSTATUS, prstatus(i + 1, r, s, wide)) for i, (r, s) in enumerate(cpus)

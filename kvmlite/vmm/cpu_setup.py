@@ -14,17 +14,19 @@ from kvmlite.kvm.cpuid import CpuidEntry
 from kvmlite.loaders import layout as L
 from kvmlite.loaders.base import EntryMode, LoadResult
 from kvmlite.memory.guest import GuestMemory
-
-CR0_PE = 1 << 0
-CR0_MP = 1 << 1
-CR0_ET = 1 << 4
-CR0_NE = 1 << 5
-CR0_WP = 1 << 16
-CR0_PG = 1 << 31
-CR4_PAE = 1 << 5
-EFER_LME = 1 << 8
-EFER_LMA = 1 << 10
-RFLAGS_RESERVED = 1 << 1
+from kvmlite.x86 import (
+    SEG_TYPE_CODE_RX_ACCESSED,
+    SEG_TYPE_DATA_RW_ACCESSED,
+    Cr0,
+    Cr4,
+    Efer,
+    MemType,
+    MiscEnable,
+    Msr,
+    MtrrDefType,
+    Pte,
+    Rflags,
+)
 
 GDT_NULL = 0
 GDT_CODE32 = 0x00CF_9A00_0000_FFFF  # base 0, limit 4G, exec/read, DPL 0, 32-bit
@@ -35,18 +37,6 @@ GDT_DATA16 = 0x0000_9200_0000_FFFF  # base 0, limit 64K, 16-bit read/write (QEMU
 #: The real-mode IVT firmware leaves in the IDT register (base 0, 256 4-byte vectors).
 REAL_MODE_IDT_LIMIT = 0x3FF
 SEL_CODE, SEL_DATA = 0x08, 0x10
-
-PTE_P, PTE_RW, PTE_US, PTE_PS = 1 << 0, 1 << 1, 1 << 2, 1 << 7
-
-# MSRs a vCPU starts with (KVM's reset values leave the MTRRs disabled, which firmware would enable)
-MSR_IA32_TSC = 0x10
-MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP = 0x174, 0x175, 0x176
-MSR_IA32_MISC_ENABLE = 0x1A0
-MISC_ENABLE_FAST_STRING = 1 << 0
-MSR_MTRR_DEF_TYPE = 0x2FF
-MTRR_DEF_TYPE_ENABLE, MTRR_TYPE_WRBACK = 1 << 11, 6
-MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SYSCALL_MASK = 0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084
-MSR_KERNEL_GS_BASE = 0xC000_0102
 
 # CPUID
 CPUID_FLAG_SIGNIFICANT_INDEX = 1  # KVM_CPUID_FLAG_SIGNIFCANT_INDEX: the entry is per subleaf
@@ -59,7 +49,7 @@ def _flat(seg: S.kvm_segment, selector: int, code: bool, long: bool = False) -> 
     seg.base = 0
     seg.limit = 0xFFFF_FFFF
     seg.selector = selector
-    seg.type = 0xB if code else 0x3  # accessed exec/read code, accessed read/write data
+    seg.type = SEG_TYPE_CODE_RX_ACCESSED if code else SEG_TYPE_DATA_RW_ACCESSED
     seg.present, seg.dpl, seg.s, seg.g, seg.avl, seg.unusable = 1, 0, 1, 1, 0, 0
     seg.l = int(long)
     seg.db = 0 if long else 1
@@ -69,18 +59,19 @@ def _real(seg: S.kvm_segment, selector: int, code: bool) -> None:
     seg.base = selector << 4
     seg.limit = 0xFFFF
     seg.selector = selector
-    seg.type = 0xB if code else 0x3
+    seg.type = SEG_TYPE_CODE_RX_ACCESSED if code else SEG_TYPE_DATA_RW_ACCESSED
     seg.present, seg.dpl, seg.s, seg.g, seg.db, seg.l, seg.unusable = 1, 0, 1, 0, 0, 0, 0
 
 
 def write_identity_page_tables(memory: GuestMemory, user: bool = False) -> int:
     """Map the first 4 GiB 1:1 with 2 MiB pages (``user``: accessible from ring 3 too); returns CR3."""
-    flags = PTE_P | PTE_RW | (PTE_US if user else 0)
+    flags = int(Pte.P | Pte.RW | (Pte.US if user else 0))
     memory.write_u64(L.BOOT_PML4, L.BOOT_PDPT | flags)
     memory.fill(L.BOOT_PML4 + 8, 4096 - 8)
     pdpt = b"".join(struct.pack("<Q", (L.BOOT_PD + i * 4096) | flags) for i in range(4))
     memory.write(L.BOOT_PDPT, pdpt + bytes(4096 - len(pdpt)))
-    pds = b"".join(struct.pack("<Q", (i << 21) | flags | PTE_PS) for i in range(4 * 512))
+    large = flags | int(Pte.PS)
+    pds = b"".join(struct.pack("<Q", (i << 21) | large) for i in range(4 * 512))
     memory.write(L.BOOT_PD, pds)
     return L.BOOT_PML4
 
@@ -96,7 +87,7 @@ def _flat_segments(sregs: S.kvm_sregs, memory: GuestMemory, base: int, gdt: byte
 
 def setup_cpu(regs: S.kvm_regs, sregs: S.kvm_sregs, memory: GuestMemory, result: LoadResult) -> None:
     """Fill ``regs``/``sregs`` (holding the reset state) so the vCPU starts at the loaded image."""
-    regs.rflags = RFLAGS_RESERVED
+    regs.rflags = Rflags.FIXED1
     regs.rip = result.entry
     if result.mode is EntryMode.REAL:
         _real(sregs.cs, result.cs, code=True)
@@ -105,16 +96,16 @@ def setup_cpu(regs: S.kvm_regs, sregs: S.kvm_sregs, memory: GuestMemory, result:
     elif result.mode is EntryMode.LONG64:
         gdt = struct.pack("<QQQ", GDT_NULL, GDT_CODE64, GDT_DATA)
         _flat_segments(sregs, memory, result.gdt, gdt, long=True)
-        sregs.cr0 = CR0_PE | CR0_ET | CR0_NE | CR0_PG | CR0_WP | CR0_MP
+        sregs.cr0 = Cr0.PE | Cr0.ET | Cr0.NE | Cr0.PG | Cr0.WP | Cr0.MP
         sregs.cr3 = write_identity_page_tables(memory)
-        sregs.cr4 = CR4_PAE
-        sregs.efer = EFER_LME | EFER_LMA
+        sregs.cr4 = Cr4.PAE
+        sregs.efer = Efer.LME | Efer.LMA
     else:
         # As QEMU's multiboot option ROM leaves a multiboot kernel (and as the PVH spec asks):
         # CR0 = PE|ET only, its five-entry GDT, and the real-mode IVT still in the IDT register.
         gdt = struct.pack("<5Q", GDT_NULL, GDT_CODE32, GDT_DATA, GDT_CODE16, GDT_DATA16)
         _flat_segments(sregs, memory, result.gdt, gdt, long=False)
-        sregs.cr0 = CR0_PE | CR0_ET
+        sregs.cr0 = Cr0.PE | Cr0.ET
         sregs.idt.base, sregs.idt.limit = 0, REAL_MODE_IDT_LIMIT
     for name, value in result.regs.items():
         setattr(regs, "r" + name[1:] if name.startswith("e") else name, value)
@@ -131,19 +122,19 @@ def boot_msrs(saved: set[int]) -> dict[int, int]:
     architectural MTRR default type, which KVM always emulates.
     """
     values = {
-        MSR_IA32_SYSENTER_CS: 0,
-        MSR_IA32_SYSENTER_ESP: 0,
-        MSR_IA32_SYSENTER_EIP: 0,
-        MSR_STAR: 0,
-        MSR_LSTAR: 0,
-        MSR_CSTAR: 0,
-        MSR_SYSCALL_MASK: 0,
-        MSR_KERNEL_GS_BASE: 0,
-        MSR_IA32_TSC: 0,
-        MSR_IA32_MISC_ENABLE: MISC_ENABLE_FAST_STRING,
+        Msr.SYSENTER_CS: 0,
+        Msr.SYSENTER_ESP: 0,
+        Msr.SYSENTER_EIP: 0,
+        Msr.STAR: 0,
+        Msr.LSTAR: 0,
+        Msr.CSTAR: 0,
+        Msr.SFMASK: 0,
+        Msr.KERNEL_GS_BASE: 0,
+        Msr.TSC: 0,
+        Msr.MISC_ENABLE: int(MiscEnable.FAST_STRING),
     }
-    out = {index: value for index, value in values.items() if index in saved}
-    out[MSR_MTRR_DEF_TYPE] = MTRR_DEF_TYPE_ENABLE | MTRR_TYPE_WRBACK
+    out = {int(index): value for index, value in values.items() if index in saved}
+    out[int(Msr.MTRR_DEF_TYPE)] = int(MtrrDefType.E | MemType.WB)
     return out
 
 

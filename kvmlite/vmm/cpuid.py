@@ -13,106 +13,102 @@ and 0x80000000, as QEMU's ``-cpu ...,vendor=`` does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from kvmlite.errors import ConfigError
 from kvmlite.kvm.cpuid import CpuidEntry
+from kvmlite.x86 import CpuidBit, CpuidReg, Feature, Xcr0
 
+EAX, EBX, ECX, EDX = CpuidReg.EAX, CpuidReg.EBX, CpuidReg.ECX, CpuidReg.EDX
 
-@dataclass(frozen=True)
-class Feature:
-    leaf: int
-    subleaf: int
-    reg: str  # "eax", "ebx", "ecx" or "edx"
-    bit: int
-
-
-FEATURES: dict[str, Feature] = {
+#: Every feature ``--cpu-features`` knows, by its Linux name; those instructions depend on are
+#: :class:`kvmlite.x86.Feature`'s.
+FEATURES: dict[str, CpuidBit] = {
     # leaf 1 ECX
-    "sse3": Feature(1, 0, "ecx", 0),
-    "pclmulqdq": Feature(1, 0, "ecx", 1),
-    "monitor": Feature(1, 0, "ecx", 3),
-    "vmx": Feature(1, 0, "ecx", 5),
-    "ssse3": Feature(1, 0, "ecx", 9),
-    "fma": Feature(1, 0, "ecx", 12),
-    "cx16": Feature(1, 0, "ecx", 13),
-    "pcid": Feature(1, 0, "ecx", 17),
-    "sse4_1": Feature(1, 0, "ecx", 19),
-    "sse4_2": Feature(1, 0, "ecx", 20),
-    "x2apic": Feature(1, 0, "ecx", 21),
-    "movbe": Feature(1, 0, "ecx", 22),
-    "popcnt": Feature(1, 0, "ecx", 23),
-    "tsc_deadline_timer": Feature(1, 0, "ecx", 24),
-    "aes": Feature(1, 0, "ecx", 25),
-    "xsave": Feature(1, 0, "ecx", 26),
-    "osxsave": Feature(1, 0, "ecx", 27),
-    "avx": Feature(1, 0, "ecx", 28),
-    "f16c": Feature(1, 0, "ecx", 29),
-    "rdrand": Feature(1, 0, "ecx", 30),
-    "hypervisor": Feature(1, 0, "ecx", 31),
+    "sse3": CpuidBit(1, 0, ECX, 0),
+    "pclmulqdq": CpuidBit(1, 0, ECX, 1),
+    "monitor": Feature.MONITOR,
+    "vmx": CpuidBit(1, 0, ECX, 5),
+    "ssse3": CpuidBit(1, 0, ECX, 9),
+    "fma": CpuidBit(1, 0, ECX, 12),
+    "cx16": Feature.CX16,
+    "pcid": CpuidBit(1, 0, ECX, 17),
+    "sse4_1": CpuidBit(1, 0, ECX, 19),
+    "sse4_2": CpuidBit(1, 0, ECX, 20),
+    "x2apic": CpuidBit(1, 0, ECX, 21),
+    "movbe": Feature.MOVBE,
+    "popcnt": Feature.POPCNT,
+    "tsc_deadline_timer": CpuidBit(1, 0, ECX, 24),
+    "aes": CpuidBit(1, 0, ECX, 25),
+    "xsave": Feature.XSAVE,
+    "osxsave": CpuidBit(1, 0, ECX, 27),
+    "avx": CpuidBit(1, 0, ECX, 28),
+    "f16c": CpuidBit(1, 0, ECX, 29),
+    "rdrand": Feature.RDRAND,
+    "hypervisor": CpuidBit(1, 0, ECX, 31),
     # leaf 1 EDX
-    "fpu": Feature(1, 0, "edx", 0),
-    "pse": Feature(1, 0, "edx", 3),
-    "tsc": Feature(1, 0, "edx", 4),
-    "msr": Feature(1, 0, "edx", 5),
-    "pae": Feature(1, 0, "edx", 6),
-    "cx8": Feature(1, 0, "edx", 8),
-    "apic": Feature(1, 0, "edx", 9),
-    "sep": Feature(1, 0, "edx", 11),
-    "pge": Feature(1, 0, "edx", 13),
-    "cmov": Feature(1, 0, "edx", 15),
-    "pat": Feature(1, 0, "edx", 16),
-    "clflush": Feature(1, 0, "edx", 19),
-    "mmx": Feature(1, 0, "edx", 23),
-    "fxsr": Feature(1, 0, "edx", 24),
-    "sse": Feature(1, 0, "edx", 25),
-    "sse2": Feature(1, 0, "edx", 26),
+    "fpu": CpuidBit(1, 0, EDX, 0),
+    "pse": CpuidBit(1, 0, EDX, 3),
+    "tsc": CpuidBit(1, 0, EDX, 4),
+    "msr": CpuidBit(1, 0, EDX, 5),
+    "pae": CpuidBit(1, 0, EDX, 6),
+    "cx8": Feature.CX8,
+    "apic": CpuidBit(1, 0, EDX, 9),
+    "sep": Feature.SEP,
+    "pge": CpuidBit(1, 0, EDX, 13),
+    "cmov": Feature.CMOV,
+    "pat": CpuidBit(1, 0, EDX, 16),
+    "clflush": Feature.CLFLUSH,
+    "mmx": CpuidBit(1, 0, EDX, 23),
+    "fxsr": Feature.FXSR,
+    "sse": Feature.SSE,
+    "sse2": Feature.SSE2,
     # leaf 7 EBX / ECX / EDX
-    "fsgsbase": Feature(7, 0, "ebx", 0),
-    "bmi1": Feature(7, 0, "ebx", 3),
-    "avx2": Feature(7, 0, "ebx", 5),
-    "smep": Feature(7, 0, "ebx", 7),
-    "bmi2": Feature(7, 0, "ebx", 8),
-    "erms": Feature(7, 0, "ebx", 9),
-    "invpcid": Feature(7, 0, "ebx", 10),
-    "avx512f": Feature(7, 0, "ebx", 16),
-    "avx512dq": Feature(7, 0, "ebx", 17),
-    "rdseed": Feature(7, 0, "ebx", 18),
-    "adx": Feature(7, 0, "ebx", 19),
-    "smap": Feature(7, 0, "ebx", 20),
-    "avx512ifma": Feature(7, 0, "ebx", 21),
-    "clflushopt": Feature(7, 0, "ebx", 23),
-    "clwb": Feature(7, 0, "ebx", 24),
-    "avx512cd": Feature(7, 0, "ebx", 28),
-    "sha_ni": Feature(7, 0, "ebx", 29),
-    "avx512bw": Feature(7, 0, "ebx", 30),
-    "avx512vl": Feature(7, 0, "ebx", 31),
-    "avx512vbmi": Feature(7, 0, "ecx", 1),
-    "umip": Feature(7, 0, "ecx", 2),
-    "pku": Feature(7, 0, "ecx", 3),
-    "avx512_vbmi2": Feature(7, 0, "ecx", 6),
-    "vaes": Feature(7, 0, "ecx", 9),
-    "vpclmulqdq": Feature(7, 0, "ecx", 10),
-    "avx512_vnni": Feature(7, 0, "ecx", 11),
-    "avx512_bitalg": Feature(7, 0, "ecx", 12),
-    "avx512_vpopcntdq": Feature(7, 0, "ecx", 14),
-    "la57": Feature(7, 0, "ecx", 16),
-    "rdpid": Feature(7, 0, "ecx", 22),
+    "fsgsbase": Feature.FSGSBASE,
+    "bmi1": Feature.BMI1,
+    "avx2": CpuidBit(7, 0, EBX, 5),
+    "smep": CpuidBit(7, 0, EBX, 7),
+    "bmi2": CpuidBit(7, 0, EBX, 8),
+    "erms": CpuidBit(7, 0, EBX, 9),
+    "invpcid": CpuidBit(7, 0, EBX, 10),
+    "avx512f": CpuidBit(7, 0, EBX, 16),
+    "avx512dq": CpuidBit(7, 0, EBX, 17),
+    "rdseed": Feature.RDSEED,
+    "adx": CpuidBit(7, 0, EBX, 19),
+    "smap": Feature.SMAP,
+    "avx512ifma": CpuidBit(7, 0, EBX, 21),
+    "clflushopt": Feature.CLFLUSHOPT,
+    "clwb": Feature.CLWB,
+    "avx512cd": CpuidBit(7, 0, EBX, 28),
+    "sha_ni": CpuidBit(7, 0, EBX, 29),
+    "avx512bw": CpuidBit(7, 0, EBX, 30),
+    "avx512vl": CpuidBit(7, 0, EBX, 31),
+    "avx512vbmi": CpuidBit(7, 0, ECX, 1),
+    "umip": CpuidBit(7, 0, ECX, 2),
+    "pku": CpuidBit(7, 0, ECX, 3),
+    "avx512_vbmi2": CpuidBit(7, 0, ECX, 6),
+    "vaes": CpuidBit(7, 0, ECX, 9),
+    "vpclmulqdq": CpuidBit(7, 0, ECX, 10),
+    "avx512_vnni": CpuidBit(7, 0, ECX, 11),
+    "avx512_bitalg": CpuidBit(7, 0, ECX, 12),
+    "avx512_vpopcntdq": CpuidBit(7, 0, ECX, 14),
+    "la57": CpuidBit(7, 0, ECX, 16),
+    "rdpid": Feature.RDPID,
     # leaf 0xD subleaf 1 EAX
-    "xsaveopt": Feature(0xD, 1, "eax", 0),
-    "xsavec": Feature(0xD, 1, "eax", 1),
-    "xgetbv1": Feature(0xD, 1, "eax", 2),
-    "xsaves": Feature(0xD, 1, "eax", 3),
+    "xsaveopt": Feature.XSAVEOPT,
+    "xsavec": Feature.XSAVEC,
+    "xgetbv1": CpuidBit(0xD, 1, EAX, 2),
+    "xsaves": Feature.XSAVES,
     # leaf 0x80000001
-    "lahf_lm": Feature(0x8000_0001, 0, "ecx", 0),
-    "svm": Feature(0x8000_0001, 0, "ecx", 2),
-    "abm": Feature(0x8000_0001, 0, "ecx", 5),
-    "sse4a": Feature(0x8000_0001, 0, "ecx", 6),
-    "syscall": Feature(0x8000_0001, 0, "edx", 11),
-    "nx": Feature(0x8000_0001, 0, "edx", 20),
-    "pdpe1gb": Feature(0x8000_0001, 0, "edx", 26),
-    "rdtscp": Feature(0x8000_0001, 0, "edx", 27),
-    "lm": Feature(0x8000_0001, 0, "edx", 29),
+    "lahf_lm": Feature.LAHF_LM,
+    "svm": CpuidBit(0x8000_0001, 0, ECX, 2),
+    "abm": Feature.ABM,
+    "sse4a": CpuidBit(0x8000_0001, 0, ECX, 6),
+    "syscall": Feature.SYSCALL,
+    "nx": CpuidBit(0x8000_0001, 0, EDX, 20),
+    "pdpe1gb": CpuidBit(0x8000_0001, 0, EDX, 26),
+    "rdtscp": Feature.RDTSCP,
+    "lm": Feature.LM,
 }
 
 #: Hiding the key hides these too.
@@ -132,8 +128,11 @@ DEPENDENTS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 #: XCR0 state components that go with features, for leaf 0xD subleaf 0 (EAX: supported XCR0 bits).
-XCR0_COMPONENTS: dict[str, int] = {"avx": 1 << 2, "avx512f": (1 << 5) | (1 << 6) | (1 << 7), "pku": 1 << 9}
-_REG_INDEX = {"eax": 3, "ebx": 4, "ecx": 5, "edx": 6}
+XCR0_COMPONENTS: dict[str, int] = {
+    "avx": int(Xcr0.AVX),
+    "avx512f": int(Xcr0.OPMASK | Xcr0.ZMM_HI256 | Xcr0.HI16_ZMM),
+    "pku": int(Xcr0.PKRU),
+}
 
 
 VENDOR_LEAVES = (0, 0x8000_0000)
@@ -190,12 +189,13 @@ def apply_features(entries: list[CpuidEntry], spec: str) -> list[CpuidEntry]:
     masks: dict[tuple[int, int, str], tuple[int, int]] = {}  # (leaf, subleaf, reg) -> (set bits, clear bits)
     for name in on | off:
         f = FEATURES[name]
-        set_bits, clear_bits = masks.get((f.leaf, f.subleaf, f.reg), (0, 0))
+        reg = f.reg.name.lower()
+        set_bits, clear_bits = masks.get((f.leaf, f.subleaf, reg), (0, 0))
         if name in on:
             set_bits |= 1 << f.bit
         else:
             clear_bits |= 1 << f.bit
-        masks[(f.leaf, f.subleaf, f.reg)] = (set_bits, clear_bits)
+        masks[(f.leaf, f.subleaf, reg)] = (set_bits, clear_bits)
     xcr0_clear = 0
     for name in off:
         xcr0_clear |= XCR0_COMPONENTS.get(name, 0)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from kvmlite.errors import KvmIoctlError
 from kvmlite.vmm.host_probe import PORT, HostProbe, NewVm, long_mode_vm, reported, run_to_exit
+from kvmlite.x86 import Cr4, Xcr0
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,7 @@ log = logging.getLogger(__name__)
 #: raises #GP there), SMAP (XSAVE to a signal frame at ring 0 faults for ever).
 LINUX_CLEARCPUID = "clearcpuid=avx512f,avx2,avx,smap,xsaves,ssse3,sse4_1,sse4_2,pclmulqdq,aes"
 LINUX_FORMATS = ("bzimage", "pvh")
-CR4_OSXSAVE = 1 << 18
-XCR0_AVX = 0x7  # x87 | SSE | AVX
+XCR0_AVX = int(Xcr0.X87 | Xcr0.SSE | Xcr0.AVX)
 
 def _probe(new_vm: NewVm) -> bool:
     """True if ``vzeroupper`` at CPL 0, with AVX enabled in CR4 and XCR0, does not run."""
@@ -44,7 +44,7 @@ def _probe(new_vm: NewVm) -> bool:
     code = bytes.fromhex("c5f877 e6") + bytes([PORT]) + b"\xf4"  # vzeroupper; out PORT, al; hlt
     with long_mode_vm(new_vm, code) as (vm, vcpu, _, regs, sregs):
         vcpu.set_cpuid(guest_cpuid(vm.supported_cpuid(), 0))
-        sregs.cr4 |= CR4_OSXSAVE
+        sregs.cr4 |= Cr4.OSXSAVE
         sregs.idt.base, sregs.idt.limit = 0, 0  # a #UD triple-faults: the run ends either way
         vcpu.set_sregs(sregs)
         vcpu.set_regs(regs)

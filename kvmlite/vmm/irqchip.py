@@ -30,10 +30,10 @@ from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import MpState
 from kvmlite.status import ExitStatus
 from kvmlite.vmm.loop import LoopExtension, VcpuLoop, VmControl
+from kvmlite.x86 import Rflags
 
 log = logging.getLogger(__name__)
 
-RFLAGS_IF = 1 << 9
 #: How often the kernel-irqchip mode looks for a vCPU halted with interrupts off.
 HALT_WATCH_INTERVAL_S = 0.5
 #: An AP in these states has not been started (or was sent INIT): it runs no code until a SIPI.
@@ -151,7 +151,7 @@ class KernelIrqChip(LoopExtension):
             return False
         vcpu = loop.vcpu
         state = vcpu.get_mp_state()
-        halted = state == MpState.HALTED and not vcpu.get_regs().rflags & RFLAGS_IF
+        halted = state == MpState.HALTED and not vcpu.get_regs().rflags & Rflags.IF
         parked = halted or state in WAITING_FOR_SIPI
         with self._watch_lock:
             if parked:

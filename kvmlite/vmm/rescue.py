@@ -29,27 +29,28 @@ from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import InternalError
 from kvmlite.memory.guest import GuestMemory
 from kvmlite.vmm.loop import LoopExtension, VcpuLoop
+from kvmlite.x86 import Msr
 
 if TYPE_CHECKING:
     from kvmlite.memory.bus import Bus
 
 log = logging.getLogger(__name__)
 
-MSR_IA32_TSC = 0x10
-#: MSRs the emulator reads from its own state (STAR, LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE,
-#: TSC_AUX, SYSENTER_CS/ESP/EIP): loaded from KVM before a rescue, written back after.
-STATE_MSRS = (
-    0xC000_0081,
-    0xC000_0082,
-    0xC000_0083,
-    0xC000_0084,
-    0xC000_0102,
-    0xC000_0103,
-    0x174,
-    0x175,
-    0x176,
+#: MSRs the emulator reads from its own state: loaded from KVM before a rescue, written back after.
+STATE_MSRS = tuple(
+    int(msr)
+    for msr in (
+        Msr.STAR,
+        Msr.LSTAR,
+        Msr.CSTAR,
+        Msr.SFMASK,
+        Msr.KERNEL_GS_BASE,
+        Msr.TSC_AUX,
+        Msr.SYSENTER_CS,
+        Msr.SYSENTER_ESP,
+        Msr.SYSENTER_EIP,
+    )
 )
-RFLAGS_IF = 1 << 9
 MAX_INSN = 15
 
 
@@ -213,6 +214,6 @@ def _vcpu_ops(memory: GuestMemory, pio: Bus, mmio: Bus, vcpu: Any) -> Any:
             return entry if entry is not None else (0, 0, 0, 0)
 
         def rdtsc(self) -> int:
-            return int(self.vcpu.get_msrs([MSR_IA32_TSC]).get(MSR_IA32_TSC, 0))
+            return int(self.vcpu.get_msrs([Msr.TSC]).get(Msr.TSC, 0))
 
     return VcpuOps(memory, pio, mmio, vcpu)

@@ -37,20 +37,17 @@ from kvmlite.errors import KvmIoctlError, KvmliteError
 from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import MsrFilterFlag
 from kvmlite.memory.guest import GuestMemory
-from kvmlite.vmm.cpu_setup import MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK
 from kvmlite.vmm.debug import HwBreakpoint
 from kvmlite.vmm.host_probe import CODE, PORT, HostProbe, NewVm, long_mode_vm, reported, run_to_exit
 from kvmlite.vmm.loop import LoopExtension, VcpuLoop
 from kvmlite.vmm.vmem import read_virtual
+from kvmlite.x86 import Efer, Msr, Rflags, Vector
 
 log = logging.getLogger(__name__)
 
-EFER_SCE = 1 << 0
-VECTOR_PF = 14
-RFLAGS_FIXED = 1 << 1
 STATS_LABEL = "syscall (CPL 3)"
 DEBUG_USER = "syscall-fix"  # its name in the vCPU's guest-debug settings
-RFLAGS_DF, RFLAGS_AC = 1 << 10, 1 << 18
+RFLAGS_DF, RFLAGS_AC = int(Rflags.DF), int(Rflags.AC)  # plain ints: `~` of an IntFlag keeps only named bits
 #: Instructions the breakpoint can be stepped over by hand: RFLAGS bits (cleared, set) besides RIP.
 STEP_OVER = {
     "nop": (0, 0),
@@ -66,11 +63,11 @@ def _probe(new_vm: NewVm) -> bool:
     handler = CODE + 0x100
     with long_mode_vm(new_vm, b"\x0f\x05\xf4", ring3=True) as (_, vcpu, memory, regs, sregs):  # syscall; hlt
         memory.write(handler, bytes([0xE6, PORT, 0xF4]))  # out PORT, al; hlt
-        sregs.efer |= EFER_SCE
+        sregs.efer |= Efer.SCE
         vcpu.set_sregs(sregs)
         vcpu.set_regs(regs)
         # SYSRET selectors 0x10 (+16 = 0x20 user code), SYSCALL selectors 0x08 (kernel code, +8 data)
-        vcpu.set_msrs({MSR_STAR: (0x10 << 48) | (0x08 << 32), MSR_LSTAR: handler, MSR_SYSCALL_MASK: 0})
+        vcpu.set_msrs({Msr.STAR: (0x10 << 48) | (0x08 << 32), Msr.LSTAR: handler, Msr.SFMASK: 0})
         quirk = reported(run_to_exit(vcpu)) is not None and vcpu.get_sregs().cs.dpl == 3
     if quirk:
         log.info("this host's KVM leaves SYSCALL from ring 3 at CPL 3: kvmlite completes them")
@@ -109,7 +106,7 @@ class SyscallRepair(LoopExtension):
         hosts with the quirk have them.
         """
         try:
-            vm.set_msr_filter({MSR_LSTAR: MsrFilterFlag.WRITE})
+            vm.set_msr_filter({Msr.LSTAR: MsrFilterFlag.WRITE})
         except KvmIoctlError as err:
             log.debug("no MSR filter (%s): SYSCALLs are left to the host", err)
             return False
@@ -124,10 +121,10 @@ class SyscallRepair(LoopExtension):
         one exit per vCPU) cost nothing at start-up.
         """
         assert isinstance(ex, E.WrMsr)
-        if ex.index != MSR_LSTAR:
+        if ex.index != Msr.LSTAR:
             return False
         try:
-            self.vcpu.set_msrs({MSR_LSTAR: ex.value})
+            self.vcpu.set_msrs({Msr.LSTAR: ex.value})
         except KvmIoctlError:  # e.g. a non-canonical address: the #GP the CPU would raise
             ex.fail()
             return True
@@ -142,9 +139,9 @@ class SyscallRepair(LoopExtension):
 
     def _try_arm(self) -> None:
         sregs = self.vcpu.get_sregs()
-        if sregs.idt.limit < VECTOR_PF * 16 + 15:
+        if sregs.idt.limit < Vector.PF * 16 + 15:
             raise KvmliteError("its IDT has no page-fault gate yet when it sets LSTAR")
-        gate = read_virtual(self.vcpu, self.memory, sregs.idt.base + VECTOR_PF * 16, 16)
+        gate = read_virtual(self.vcpu, self.memory, sregs.idt.base + Vector.PF * 16, 16)
         low, mid, high = struct.unpack_from("<HxxxxHI", gate)
         handler = low | (mid << 16) | (high << 32)
         self._watch(handler)
@@ -213,8 +210,8 @@ class SyscallRepair(LoopExtension):
             self._syscall = _syscall_executor()
         cpu, executor = self._syscall
         cpu.assign(CpuState.from_kvm(regs, self.vcpu.get_sregs()))
-        cpu.msrs.update(self.vcpu.get_msrs([MSR_STAR, MSR_SYSCALL_MASK]))
-        cpu.msrs[MSR_LSTAR] = self.lstar
+        cpu.msrs.update(self.vcpu.get_msrs([Msr.STAR, Msr.SFMASK]))
+        cpu.msrs[Msr.LSTAR] = self.lstar
         cpu.rip, cpu.rflags = regs.rcx - len(SYSCALL), regs.r11
         cpu.gpr[_RSP] = rsp
         executor.step()

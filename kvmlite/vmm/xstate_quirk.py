@@ -41,6 +41,7 @@ from typing import Any
 
 from kvmlite.errors import KvmliteError
 from kvmlite.vmm.host_probe import PORT, HostProbe, NewVm, long_mode_vm, reported, run_to_exit
+from kvmlite.x86 import Cr4, Xcr0
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,7 @@ RESTORES = frozenset({"xrstor", "xrstor64", "xrstors", "xrstors64"})
 FINGERPRINT_SIZE = 464
 #: Areas remembered per VM: one per guest task, plus signal frames (about 2.3 KB each with AVX-512).
 MAX_AREAS = 4096
-XCR0_X87_SSE = 0x3
-XCR0_SSE = 1 << 1
-CR4_OSXSAVE = 1 << 18
+XCR0_X87_SSE = int(Xcr0.X87 | Xcr0.SSE)
 #: The emulator's numbers of FS and GS: the only segment registers with a base in 64-bit mode.
 FS_GS = (4, 5)
 MASK64 = (1 << 64) - 1
@@ -70,7 +69,7 @@ def _probe(new_vm: NewVm) -> int:
     code = bytes.fromhex("31c9 0f01d0 e7") + bytes([PORT]) + b"\xf4"  # xor ecx,ecx; xgetbv; out PORT,eax; hlt
     with long_mode_vm(new_vm, code, ring3=True) as (vm, vcpu, _, regs, sregs):
         vcpu.set_cpuid(guest_cpuid(vm.supported_cpuid(), 0))
-        sregs.cr4 |= CR4_OSXSAVE
+        sregs.cr4 |= Cr4.OSXSAVE
         vcpu.set_sregs(sregs)
         vcpu.set_regs(regs)
         xcrs = vcpu.get_xcrs()
@@ -122,7 +121,7 @@ class ExtendedStateKeeper:
         cpu = rescuer.cpu
         extra = self._extra & ~cpu.xcr0
         rfbm = ((cpu.gpr[2] & 0xFFFF_FFFF) << 32 | (cpu.gpr[0] & 0xFFFF_FFFF)) & cpu.xcr0
-        if not extra or not rfbm & XCR0_SSE:
+        if not extra or not rfbm & Xcr0.SSE:
             return None
         located = _area_address(rescuer)
         if located is None:

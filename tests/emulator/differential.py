@@ -60,6 +60,7 @@ from kvmlite.kvm import Kvm, Vcpu, Vm
 from kvmlite.kvm import exits as E
 from kvmlite.kvm import structs as S
 from kvmlite.memory import GuestMemory
+from kvmlite.x86 import Cr0, Cr4, Efer, Pte, Rflags
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +85,8 @@ STOP_PORT = 0x50
 STOP_INSN = "out 0x50, al"
 STOP_LEN = 2  # E6 ib
 
-PTE_P, PTE_RW, PTE_US, PTE_PS = 0x1, 0x2, 0x4, 0x80
 PAGE_2M = 1 << 21
 
-CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 0x1, 0x2, 0x10, 0x20, 0x10000, 0x8000_0000
-CR4_PAE = 0x20
-EFER_LME, EFER_LMA = 0x100, 0x400
-RFLAGS_FIXED, RFLAGS_IOPL3 = 0x2, 0x3000
 
 GDT_CODE64_USER = 0x00AF_FA00_0000_FFFF  # DPL 3, long mode
 GDT_DATA_USER = 0x00CF_F200_0000_FFFF  # DPL 3, read/write
@@ -205,10 +201,10 @@ class Start:
 
 def _page_tables(mem: GuestMemory) -> None:
     """Identity-map the first 4 MiB with two user-accessible 2 MiB pages."""
-    mem.write_u64(PML4_ADDR, PDPT_ADDR | PTE_P | PTE_RW | PTE_US)
-    mem.write_u64(PDPT_ADDR, PD_ADDR | PTE_P | PTE_RW | PTE_US)
+    mem.write_u64(PML4_ADDR, PDPT_ADDR | Pte.P | Pte.RW | Pte.US)
+    mem.write_u64(PDPT_ADDR, PD_ADDR | Pte.P | Pte.RW | Pte.US)
     for i in range(MEM_SIZE // PAGE_2M):
-        mem.write_u64(PD_ADDR + 8 * i, i * PAGE_2M | PTE_P | PTE_RW | PTE_US | PTE_PS)
+        mem.write_u64(PD_ADDR + 8 * i, i * PAGE_2M | Pte.P | Pte.RW | Pte.US | Pte.PS)
     mem.write(GDT_ADDR, struct.pack("<QQQQQ", 0, 0, 0, GDT_CODE64_USER, GDT_DATA_USER))
 
 
@@ -227,10 +223,10 @@ def ring3_sregs(sregs: S.kvm_sregs) -> None:
     sregs.fs.base, sregs.gs.base = FS_BASE, GS_BASE
     sregs.gdt.base, sregs.gdt.limit = GDT_ADDR, 5 * 8 - 1
     sregs.idt.base, sregs.idt.limit = 0, 0  # any exception becomes a triple fault
-    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
+    sregs.cr0 = Cr0.PE | Cr0.MP | Cr0.ET | Cr0.NE | Cr0.WP | Cr0.PG
     sregs.cr3 = PML4_ADDR
-    sregs.cr4 = CR4_PAE
-    sregs.efer = EFER_LME | EFER_LMA
+    sregs.cr4 = Cr4.PAE
+    sregs.efer = Efer.LME | Efer.LMA
 
 
 def _load(mem: GuestMemory, code: bytes, start: Start) -> None:
@@ -247,7 +243,7 @@ def _regs(template: S.kvm_regs, start: Start) -> S.kvm_regs:
         setattr(regs, name, value)
     regs.rsp = STACK_START
     regs.rip = CODE_ADDR
-    regs.rflags = start.rflags | RFLAGS_FIXED | RFLAGS_IOPL3
+    regs.rflags = start.rflags | Rflags.FIXED1 | Rflags.IOPL
     return regs
 
 
@@ -332,7 +328,7 @@ POPF_SAFE = ARITH | DF | 0x200 | 0x4000 | 0x20_0000  # + IF, NT, ID
 #: RFLAGS bits ring-3 code sees from the host, not the guest, on kvm-pvm (IF reads 1 and IOPL 0 in
 #: PUSHF whatever the vCPU's RFLAGS hold; the exit reports IOPL 0; a CPL-3 OUT exits even with IOPL
 #: 0).  Never compared; PUSHF results are masked with :data:`PUSHF_MASK` before they are stored.
-RFLAGS_HOST_VIEW = 0x200 | 0x3000
+RFLAGS_HOST_VIEW = int(Rflags.IF | Rflags.IOPL)
 PUSHF_MASK = ~RFLAGS_HOST_VIEW & 0xFFFF_FFFF
 #: Defines every arithmetic flag; put before an instruction that would read an undefined one.
 FLAG_FENCE = "cmp rax, rbx"
