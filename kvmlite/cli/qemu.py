@@ -353,7 +353,7 @@ def drop_unsupported(
     for item in spec:
         f = FEATURES.get(item[1:]) if item.startswith("+") else None
         entry = offered.get((f.leaf, f.subleaf)) if f is not None else None
-        if f is not None and not (entry is not None and getattr(entry, f.reg) >> f.bit & 1):
+        if f is not None and not (entry is not None and getattr(entry, f.reg.name.lower()) >> f.bit & 1):
             warnings.append(f"host doesn't support requested feature: {item[1:]}")
             continue
         kept.append(item)
