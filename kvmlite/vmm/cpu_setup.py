@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 
 from kvmlite.kvm import structs as S
+from kvmlite.kvm.constants import KVM_CPUID_FLAG_SIGNIFCANT_INDEX
 from kvmlite.kvm.cpuid import CpuidEntry
 from kvmlite.loaders import layout as L
 from kvmlite.loaders.base import EntryMode, LoadResult
@@ -39,7 +40,6 @@ REAL_MODE_IDT_LIMIT = 0x3FF
 SEL_CODE, SEL_DATA = 0x08, 0x10
 
 # CPUID
-CPUID_FLAG_SIGNIFICANT_INDEX = 1  # KVM_CPUID_FLAG_SIGNIFCANT_INDEX: the entry is per subleaf
 CPUID_1_EDX_HTT = 1 << 28  # leaf 1 EBX[23:16] (logical processors per package) is valid
 CACHE_TYPE_MASK = 0x1F  # leaf 4 / 0x8000001D EAX[4:0]: 0 = no more caches
 TOPO_SMT, TOPO_CORE = 1, 2  # leaf 0xB/0x1F level types
@@ -151,7 +151,7 @@ def _cache_sharing_bits(eax: int, ncpus: int) -> int:
 def _topology_leaf(function: int, vcpu_id: int, ncpus: int) -> list[CpuidEntry]:
     """Leaf 0xB or 0x1F: one package of ``ncpus`` cores with one thread each; EDX is the x2APIC ID."""
     core_bits = (ncpus - 1).bit_length()
-    flags = CPUID_FLAG_SIGNIFICANT_INDEX
+    flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX  # the entry is per subleaf
     return [
         CpuidEntry(function, 0, flags, 0, 1, 0 | (TOPO_SMT << 8), vcpu_id),
         CpuidEntry(function, 1, flags, core_bits, ncpus, 1 | (TOPO_CORE << 8), vcpu_id),

@@ -36,21 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: MSRs the emulator reads from its own state: loaded from KVM before a rescue, written back after.
-STATE_MSRS = tuple(
-    int(msr)
-    for msr in (
-        Msr.STAR,
-        Msr.LSTAR,
-        Msr.CSTAR,
-        Msr.SFMASK,
-        Msr.KERNEL_GS_BASE,
-        Msr.TSC_AUX,
-        Msr.SYSENTER_CS,
-        Msr.SYSENTER_ESP,
-        Msr.SYSENTER_EIP,
-    )
-)
 MAX_INSN = 15
 
 
@@ -81,6 +66,7 @@ class Rescuer(LoopExtension):
             return False
         from kvmlite.emulator.cpu import CpuState
         from kvmlite.emulator.faults import TripleFault
+        from kvmlite.emulator.handlers.privileged import LOCAL_MSRS
         from kvmlite.errors import EmulatorError
 
         if self.executor is None:
@@ -89,7 +75,9 @@ class Rescuer(LoopExtension):
         state = CpuState.from_kvm(vcpu.get_regs(), vcpu.get_sregs())
         cpu.assign(state)
         cpu.msrs.clear()
-        cpu.msrs.update(vcpu.get_msrs(STATE_MSRS))
+        # the MSRs the executor keeps in its own state: loaded from KVM first, written back after
+        # (in index order: TSC_AUX, which a host may not save, last, since KVM stops at the first refusal)
+        cpu.msrs.update(vcpu.get_msrs(sorted(LOCAL_MSRS)))
         msrs_before = dict(cpu.msrs)
         cpu.halted = cpu.interrupt_shadow = False
         xsave_before = self._load_fpu_state()
@@ -110,7 +98,7 @@ class Rescuer(LoopExtension):
         regs, sregs = cpu.to_kvm()
         vcpu.set_sregs(sregs)
         vcpu.set_regs(regs)
-        changed = {k: v for k, v in cpu.msrs.items() if msrs_before.get(k) != v and k in STATE_MSRS}
+        changed = {k: v for k, v in cpu.msrs.items() if msrs_before.get(k) != v and k in LOCAL_MSRS}
         if changed:
             vcpu.set_msrs(changed)
         area = cpu.xsave_area
