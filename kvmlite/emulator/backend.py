@@ -432,31 +432,31 @@ class EmuVcpu:
         unsupported(BACKEND, "inject an NMI")
 
     def get_fpu(self) -> S.kvm_fpu:
-        return unsupported(BACKEND, "read the FPU state (kvm_fpu)")  # type: ignore[no-any-return]
+        return unsupported(BACKEND, "read the FPU state (kvm_fpu)")
 
     def set_fpu(self, fpu: S.kvm_fpu) -> None:
         unsupported(BACKEND, "load an FPU state (kvm_fpu)")
 
     def get_xsave(self) -> S.kvm_xsave:
-        return unsupported(BACKEND, "read the XSAVE state")  # type: ignore[no-any-return]
+        return unsupported(BACKEND, "read the XSAVE state")
 
     def set_xsave(self, xs: S.kvm_xsave) -> None:
         unsupported(BACKEND, "load an XSAVE state")
 
     def get_xcrs(self) -> S.kvm_xcrs:
-        return unsupported(BACKEND, "read the XCRs")  # type: ignore[no-any-return]
+        return unsupported(BACKEND, "read the XCRs")
 
     def set_xcrs(self, xcrs: S.kvm_xcrs) -> None:
         unsupported(BACKEND, "load the XCRs")
 
     def get_lapic(self) -> S.kvm_lapic_state:
-        return unsupported(BACKEND, "read a local APIC (it has none)")  # type: ignore[no-any-return]
+        return unsupported(BACKEND, "read a local APIC (it has none)")
 
     def set_lapic(self, lapic: S.kvm_lapic_state) -> None:
         unsupported(BACKEND, "load a local APIC (it has none)")
 
     def get_vcpu_events(self) -> S.kvm_vcpu_events:
-        return unsupported(BACKEND, "read pending vCPU events")  # type: ignore[no-any-return]
+        return unsupported(BACKEND, "read pending vCPU events")
 
     def set_vcpu_events(self, events: S.kvm_vcpu_events) -> None:
         unsupported(BACKEND, "load vCPU events")

@@ -43,7 +43,7 @@ class DataBreakpoints:
         def read_linear(addr: int, size: int, access: int) -> bytes:
             if not access & ACCESS_FETCH:
                 self._touch(addr, size, write=False)
-            return read(addr, size, access)  # type: ignore[no-any-return]
+            return read(addr, size, access)
 
         def write_linear(addr: int, data: bytes, access: int) -> None:
             write(addr, data, access)

@@ -348,7 +348,7 @@ class Segment:
         fields = {name: getattr(self, name) for name in _PUBLIC_FIELDS}
         fields.update(changes)
         head = (fields.pop("selector"), fields.pop("base"), fields.pop("limit"), fields.pop("type"))
-        return Segment(*head, **fields)  # type: ignore[arg-type]
+        return Segment(*head, **fields)
 
     def as_dict(self) -> dict[str, int]:
         """The ``kvm_segment`` fields as ints, e.g. ``cpu.Segment(**seg.as_dict())``."""

@@ -78,7 +78,7 @@ def _dataclass(value: dict[str, Any]) -> DeviceState:
             f"device state {qualname} has fields this kvmlite does not know: {sorted(unknown)}"
         )
     try:
-        return obj(**{k: decode(v) for k, v in fields.items()})  # type: ignore[no-any-return]
+        return obj(**{k: decode(v) for k, v in fields.items()})
     except TypeError as err:
         raise SnapshotError(f"device state {qualname}: {err}") from None
 

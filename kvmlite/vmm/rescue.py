@@ -153,7 +153,7 @@ def _vcpu_ops(memory: GuestMemory, pio: Bus, mmio: Bus, vcpu: Any) -> Any:
     from kvmlite.emulator.ops import PagedOps
     from kvmlite.errors import KvmIoctlError
 
-    class VcpuOps(PagedOps):  # type: ignore[valid-type,misc]
+    class VcpuOps(PagedOps):
         """Guest RAM through the MMU; ports and MMIO straight to the buses; MSRs, CPUID and TSC from KVM."""
 
         def __init__(self, memory: GuestMemory, pio: Bus, mmio: Bus, vcpu: Any) -> None:

@@ -232,7 +232,7 @@ def _syscall_executor() -> tuple[Any, Any]:
     from kvmlite.emulator.executor import Executor
     from kvmlite.emulator.ops import ACCESS_FETCH, EmulatorOps
 
-    class SyscallOnly(EmulatorOps):  # type: ignore[misc]
+    class SyscallOnly(EmulatorOps):
         def read_linear(self, addr: int, size: int, access: int) -> bytes:
             if not access & ACCESS_FETCH:
                 raise KvmliteError(f"the SYSCALL repair's emulator read guest memory at {addr:#x}")

@@ -106,7 +106,7 @@ def parse_trace_filter(spec: str) -> list[Term]:
 def exit_record(ex: E.Exit) -> dict[str, Any]:
     """An exit's fields as JSON-ready data (bytes as hex)."""
     out: dict[str, Any] = {"exit": type(ex).__name__}
-    for f in fields(ex):  # type: ignore[arg-type]
+    for f in fields(ex):
         value = getattr(ex, f.name)
         if isinstance(value, memoryview | bytes | bytearray):
             value = bytes(value).hex()
