@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
-from kvmlite.x86 import Msr
+from kvmlite.x86 import Msr, Rflags
 
 CORE = "org.gnu.gdb.i386.core"
 SSE = "org.gnu.gdb.i386.sse"
@@ -81,24 +81,9 @@ def _layout(bits: int) -> tuple[Reg, ...]:
 
 LAYOUTS: dict[str, tuple[Reg, ...]] = {ARCH_64: _layout(64), ARCH_32: _layout(32)}
 
-_EFLAGS_BITS = (
-    (0, "CF"),
-    (1, ""),
-    (2, "PF"),
-    (4, "AF"),
-    (6, "ZF"),
-    (7, "SF"),
-    (8, "TF"),
-    (9, "IF"),
-    (10, "DF"),
-    (11, "OF"),
-    (14, "NT"),
-    (16, "RF"),
-    (17, "VM"),
-    (18, "AC"),
-    (19, "VIF"),
-    (20, "VIP"),
-    (21, "ID"),
+#: target.xml's EFLAGS fields: every one-bit RFLAGS flag (IOPL, two bits, has none), bit 1 unnamed.
+_EFLAGS_BITS = tuple(
+    (flag.bit_length() - 1, "" if flag is Rflags.FIXED1 else str(flag.name)) for flag in Rflags
 )
 _MXCSR_BITS = (
     (0, "IE"),

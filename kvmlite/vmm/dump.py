@@ -4,21 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-_FLAGS = [(0, "CF"), (2, "PF"), (4, "AF"), (6, "ZF"), (7, "SF"), (8, "TF"), (9, "IF"), (10, "DF"), (11, "OF")]
+from kvmlite.x86 import IOPL_SHIFT, Cr0, Efer, Rflags
+
+#: The flags a dump names, as plain (mask, name) pairs: --trace formats one per exit.
+_NAMED = (Rflags.CF, Rflags.PF, Rflags.AF, Rflags.ZF, Rflags.SF, Rflags.TF, Rflags.IF, Rflags.DF, Rflags.OF)
+_FLAGS = tuple((int(flag), str(flag.name)) for flag in _NAMED)
+_IOPL = int(Rflags.IOPL)
 
 
 def format_flags(rflags: int) -> str:
-    names = [name for bit, name in _FLAGS if rflags >> bit & 1]
-    iopl = rflags >> 12 & 3
+    names = [name for mask, name in _FLAGS if rflags & mask]
+    iopl = (rflags & _IOPL) >> IOPL_SHIFT
     if iopl:
         names.append(f"IOPL={iopl}")
     return " ".join(names) or "-"
 
 
 def cpu_mode(sregs: Any) -> str:
-    if not sregs.cr0 & 1:
+    if not sregs.cr0 & Cr0.PE:
         return "real mode"
-    if sregs.efer & 0x400:
+    if sregs.efer & Efer.LMA:
         return "64-bit long mode" if sregs.cs.l else "compatibility mode"
     return "32-bit protected mode" if sregs.cs.db else "16-bit protected mode"
 
