@@ -183,11 +183,11 @@ idt:
 )
 
 
-def expected_output() -> tuple[bytes, int]:
+def expected_output(ticks: int = TICKS) -> tuple[bytes, int]:
     """What an uninterrupted run prints, and its exit status."""
     state = 12345
     out = b""
-    for n in range(1, TICKS + 1):
+    for n in range(1, ticks + 1):
         out += f"tick {n}\n".encode()
         for _ in range(ROUNDS):
             state = (state * 1103515245 + 12345 + n) & 0xFFFF_FFFF
@@ -195,6 +195,6 @@ def expected_output() -> tuple[bytes, int]:
     return out, (((state & 0x3F) + 1) << 1) | 1
 
 
-def build_ticks_guest(tmp: Path) -> Path:
-    source = GUEST.replace("$TICKS", f"${TICKS}").replace("$ROUNDS", f"${ROUNDS}")
-    return build_multiboot(tmp, "snapticks", source)
+def build_ticks_guest(tmp: Path, ticks: int = TICKS) -> Path:
+    source = GUEST.replace("$TICKS", f"${ticks}").replace("$ROUNDS", f"${ROUNDS}")
+    return build_multiboot(tmp, f"snapticks{ticks}", source)

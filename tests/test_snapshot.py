@@ -102,10 +102,10 @@ def test_a_snapshot_file_is_sparse_and_checked(tmp_path: Path) -> None:
 
 # --- the CLI and the control socket (the "done when") ------------------------------------
 def kvmlite(*args: str, **kw) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
+    kw.setdefault("stderr", subprocess.PIPE)
     return subprocess.Popen(
         [sys.executable, "-m", "kvmlite", "run", *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         **kw,
     )
@@ -373,3 +373,58 @@ def test_the_fuzz_harness_runs_inputs_from_the_snapshot_and_finds_the_crash(
         harness.close()
     finally:
         machine.close()
+
+
+# --- live migration -------------------------------------------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("backend", [pytest.param("kvm", marks=requires_kvm), "emu"])
+def test_live_migration_between_two_processes_continues_the_output(tmp_path: Path, backend: str) -> None:
+    ticks = 400
+    elf = build_ticks_guest(tmp_path, ticks)
+    sock, out1, out2 = (tmp_path / n for n in ("api.sock", "out1", "out2"))
+    uri = f"tcp:127.0.0.1:{free_port()}"
+    target_log = (tmp_path / "target.log").open("wb")
+    target = kvmlite("--incoming", uri, "--serial", f"file:{out2}", "-v", stderr=target_log)
+    source = kvmlite(
+        "--kernel", str(elf), "--memory", "16", "--backend", backend,
+        "--serial", f"file:{out1}", "--api", f"unix:{sock}", "-v",
+    )  # fmt: skip
+    try:
+        wait_for(lambda: out1.exists() and out1.read_bytes().count(b"\n") >= 10, "10 ticks on the source")
+        listening = b"waiting for a migration"
+        wait_for(lambda: listening in (tmp_path / "target.log").read_bytes(), "the target to listen")
+        assert execute(str(sock), "migrate", {"uri": uri}) == {"return": {}}
+        _, source_err = source.communicate(timeout=120)
+        target.communicate(timeout=300)
+        target_err = (tmp_path / "target.log").read_bytes()
+    finally:
+        for proc in (source, target):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        target_log.close()
+    expected, expected_status = expected_output(ticks)
+    assert source.returncode == 0, source_err.decode()
+    assert b"downtime" in source_err and b"migrated to" in source_err
+    first = out1.read_bytes()
+    assert b"sum=" not in first  # the source stopped mid-run
+    assert first + out2.read_bytes() == expected
+    assert target.returncode == expected_status, target_err.decode()
+
+
+def test_incoming_refuses_a_bad_uri() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kvmlite", "run", "--incoming", "udp:x", "--serial", "none"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "expected tcp:HOST:PORT" in result.stderr and "Traceback" not in result.stderr

@@ -196,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the VM saved in snapshot PATH (control command snapshot-save) instead of booting",
     )
     run.add_argument(
+        "--incoming",
+        metavar="tcp:HOST:PORT",
+        help="wait for a VM migrated from another kvmlite (control command migrate) and run it",
+    )
+    run.add_argument(
         "--restore-memory",
         choices=["read", "map"],
         default="read",
@@ -223,7 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kvmlite.guests import DEMO_GUEST
     from kvmlite.vmm.machine import MachineConfig
 
-    if args.restore is not None:
+    if args.restore is not None or args.incoming is not None:
         return _restore(args)
     config = MachineConfig(  # validated here, once, before anything is built or opened
         kernel=args.kernel if args.kernel is not None else DEMO_GUEST,
@@ -308,12 +313,18 @@ def _install_handlers(handler: Callable[[int, object], None]) -> dict[int, Any]:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    """``run --restore PATH``: the snapshot's machine with this command line's devices, continued."""
+    """``run --restore PATH`` / ``--incoming tcp:HOST:PORT``: a saved or migrated VM with this
+    command line's devices, continued."""
     from kvmlite.snapshot.machine import build_restored
+    from kvmlite.snapshot.migration import incoming, parse_tcp
     from kvmlite.vmm.machine import MachineConfig
 
     if args.kernel is not None:
-        raise ConfigError("--restore continues a saved VM: give no --kernel")
+        raise ConfigError("--restore and --incoming continue a saved VM: give no --kernel")
+    if args.restore is not None and args.incoming is not None:
+        raise ConfigError("--restore and --incoming exclude each other")
+    if args.incoming is not None:
+        parse_tcp(args.incoming, "--incoming")
     config = MachineConfig(
         kernel=Path(),
         backend=args.backend,
@@ -327,7 +338,11 @@ def _restore(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         max_output=args.max_output,
     )
-    machine = build_restored(config, args.restore, lazy=args.restore_memory == "map")
+    config.validate()
+    if args.incoming is not None:
+        machine = incoming(config, args.incoming)
+    else:
+        machine = build_restored(config, args.restore, lazy=args.restore_memory == "map")
     try:
         return _run_once(machine, args)
     finally:

@@ -121,6 +121,13 @@ SCHEMA: dict[str, Command] = {
                 Arg("separate", bool, False),
             ),
         ),
+        Command(
+            "migrate",
+            'send the running VM to a kvmlite waiting with --incoming: {"uri": "tcp:HOST:PORT"}; '
+            "the VM stops (status 0) once the target has it; progress in query-migrate",
+            (Arg("uri", str),),
+        ),
+        Command("query-migrate", "the last migration: status, rounds, pages, total and downtime (ms)"),
         Command("query-commands", "the commands this server knows"),
     )
 }
@@ -156,6 +163,7 @@ class MachineApi:
         self.control = machine.control
         self._lock = threading.Lock()
         self._stopped = False  # this API holds one pause of the VM (stop without cont yet)
+        self._migration: dict[str, Any] = {}  # query-migrate's answer
         #: Called with (event name, data) for QMP's asynchronous events.
         self.on_event: list[Callable[[str, dict[str, Any]], None]] = []
 
@@ -375,6 +383,34 @@ class MachineApi:
                 self._stopped = True
                 self._emit("STOP")
         return result
+
+    def migrate(self, uri: str) -> dict[str, Any]:
+        from kvmlite.snapshot.migration import migrate, parse_tcp
+
+        parse_tcp(uri, "migrate")
+        with self._lock:
+            if self._migration.get("status") == "active":
+                raise CommandError("migrate: a migration is already running")
+            if self.control.stopping:
+                raise CommandError("migrate: the VM is shutting down", NOT_ACTIVE)
+            self._migration = {"status": "active", "uri": uri}
+
+        def run() -> None:
+            try:
+                stats = migrate(self.machine, uri)
+            except KvmliteError as err:
+                log.warning("%s", err)
+                self._migration = {"status": "failed", "uri": uri, "error": str(err)}
+            else:
+                self._migration = {"status": "completed", "uri": uri, **dataclasses.asdict(stats)}
+                log.warning("migrated to %s: %s", uri, stats.describe())
+            self._emit("MIGRATION", dict(self._migration))
+
+        threading.Thread(target=run, name="migrate", daemon=True).start()
+        return {}
+
+    def query_migrate(self) -> dict[str, Any]:
+        return dict(self._migration)
 
     def query_commands(self) -> list[dict[str, Any]]:
         return [{"name": c.name, "doc": c.doc, "args": [a.name for a in c.args]} for c in SCHEMA.values()]

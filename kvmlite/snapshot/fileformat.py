@@ -285,13 +285,23 @@ def read_memory_runs(snap: SnapshotFile) -> list[tuple[int, bytes]]:
 def load_memory(memory: GuestMemory, runs: list[tuple[int, bytes]]) -> None:
     """Zero ``memory`` and write the (checked) runs into it."""
     zero_memory(memory)
-    regions = list(memory)
-    starts = _image_starts(memory)
     for offset, data in runs:
-        for region, start in zip(regions, starts, strict=True):
-            if start <= offset < start + region.size:
-                region.view[offset - start : offset - start + len(data)] = data
-                break
+        write_image(memory, offset, data)
+
+
+def write_image(memory: GuestMemory, offset: int, data: bytes | memoryview) -> None:
+    """Write ``data`` at ``offset`` of the memory image (within one region; else a SnapshotError)."""
+    for region, start in zip(memory, _image_starts(memory), strict=True):
+        if start <= offset and offset + len(data) <= start + region.size:
+            region.view[offset - start : offset - start + len(data)] = data
+            return
+    where = f"image offset {offset:#x} (+{len(data):#x})"
+    raise SnapshotError(f"memory data at {where} lies outside the RAM regions")
+
+
+def image_offset(memory: GuestMemory, region_index: int, offset: int) -> int:
+    """The image offset of ``offset`` in region number ``region_index``."""
+    return _image_starts(memory)[region_index] + offset
 
 
 def zero_memory(memory: GuestMemory) -> None:

@@ -106,51 +106,44 @@ def save(
     }
 
 
-def restore_config(config: MachineConfig, snap: F.SnapshotFile) -> MachineConfig:
-    """``config`` (the new command line) with what the snapshot fixes: RAM size, vCPUs, backend, irqchip."""
-    saved = snap.state.get("machine")
+def restore_config(config: MachineConfig, saved: Any, source: str) -> MachineConfig:
+    """``config`` (the new command line) with what the snapshot fixes: RAM size, vCPUs, backend, irqchip.
+
+    ``saved`` is the state's ``machine`` record; ``source`` names where it came from in messages
+    ("snapshot PATH", "the migration source").
+    """
     if not isinstance(saved, dict) or any(k not in saved for k in MACHINE_KEYS):
-        raise SnapshotError(f"snapshot {snap.path} does not describe its machine")
+        raise SnapshotError(f"{source} does not describe its machine")
     try:
         memory_mib, cpus = int(saved["memory_mib"]), int(saved["cpus"])
         backend, irqchip = str(saved["backend"]), str(saved["irqchip"])
         extras, disks = [str(d) for d in saved["extra_devices"]], int(saved["disks"])
     except (TypeError, ValueError) as err:
-        raise SnapshotError(f"snapshot {snap.path} has a malformed machine record ({err!r})") from None
+        raise SnapshotError(f"{source} has a malformed machine record ({err!r})") from None
     if config.backend != "auto" and config.backend != backend:
-        raise SnapshotError(f"snapshot {snap.path} was taken on the {backend} backend, not {config.backend}")
+        raise SnapshotError(f"{source} comes from the {backend} backend, not {config.backend}")
     if sorted(config.extra_devices) != extras:
         raise SnapshotError(
-            f"device set mismatch: the snapshot has the optional devices {extras or 'none'}, "
+            f"device set mismatch: {source} has the optional devices {extras or 'none'}, "
             f"this command line {sorted(config.extra_devices) or 'none'}"
         )
     if len(config.disks) != disks:
         raise SnapshotError(
-            f"device set mismatch: the snapshot has {disks} disks, this command line {len(config.disks)}"
+            f"device set mismatch: {source} has {disks} disks, this command line {len(config.disks)}"
         )
     return replace(config, memory_mib=memory_mib, cpus=cpus, backend=backend, irqchip=irqchip)
 
 
 def build_restored(config: MachineConfig, path: Path, lazy: bool = False) -> Machine:
     """The machine of snapshot ``path``, with the devices ``config`` attaches, ready to :meth:`run`."""
-    from kvmlite.vmm.machine import Machine
 
     start = time.monotonic()
     snap = F.read_snapshot(path)
+    source = f"snapshot {path}"
+    machine = build_empty(config, snap.state.get("machine"), snap.state.get("devices"), source)
     try:
-        config = restore_config(config, snap)
-        machine = Machine(config)
-    except SnapshotError:
-        raise
-    except KvmliteError as err:
-        raise SnapshotError(f"snapshot {path}: {err}") from None
-    try:
-        machine.attach_configured_devices()
-        check_device_set(machine.devices, snap.state.get("devices") or [])
         F.check_regions(snap, machine.memory)
         runs = [] if lazy else F.read_memory_runs(snap)  # every CRC checked before anything is loaded
-        machine.load_result = LoadResult(format="snapshot", entry=0, mode=EntryMode.REAL)
-        machine.create_vcpus(config.cpus)
         load_into(machine, snap.state)
         if lazy:
             F.map_memory(machine.memory, snap)
@@ -161,11 +154,44 @@ def build_restored(config: MachineConfig, path: Path, lazy: bool = False) -> Mac
         raise
     except MALFORMED as err:  # a value of the wrong kind deep in a state that passed its checksum
         machine.close()
-        raise SnapshotError(f"snapshot {path} has a malformed state ({type(err).__name__}: {err})") from None
+        raise SnapshotError(f"{source} has a malformed state ({type(err).__name__}: {err})") from None
     except BaseException:
         machine.close()
         raise
     log.info("restored %s in %.1f ms", path, (time.monotonic() - start) * 1e3)
+    return machine
+
+
+def build_empty(config: MachineConfig, record: Any, devices: Any, source: str) -> Machine:
+    """The machine ``record`` describes with ``config``'s devices, vCPUs created, nothing loaded or run.
+
+    Its device set must be ``devices`` (the state's ``[{name, type}]``).
+    """
+    from kvmlite.vmm.machine import Machine
+
+    try:
+        config = restore_config(config, record, source)
+        machine = Machine(config)
+    except SnapshotError:
+        raise
+    except KvmliteError as err:
+        raise SnapshotError(f"{source}: {err}") from None
+    try:
+        machine.attach_configured_devices()
+        if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
+            raise SnapshotError(f"{source} has a malformed device list")
+        check_device_set(machine.devices, devices)
+        machine.load_result = LoadResult(format="snapshot", entry=0, mode=EntryMode.REAL)
+        machine.create_vcpus(config.cpus)
+    except SnapshotError:
+        machine.close()
+        raise
+    except MALFORMED as err:
+        machine.close()
+        raise SnapshotError(f"{source} has a malformed state ({type(err).__name__}: {err})") from None
+    except BaseException:
+        machine.close()
+        raise
     return machine
 
 
@@ -201,6 +227,35 @@ def _earliest_deadline(machine: Machine) -> int | None:
     return min(deadlines, default=None)
 
 
+class DirtyLog:
+    """KVM's dirty log over every RAM slot of a machine: :meth:`take` lists the pages the guest wrote
+    since the last call, as (region index, offset in the region).  Writes kvmlite makes itself
+    (device models, a restore) are not logged."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        _log_dirty(machine, True)
+        self.take()  # start from a clean log
+
+    @staticmethod
+    def available(machine: Machine) -> bool:
+        return hasattr(machine.vm, "get_dirty_log")
+
+    def take(self) -> list[tuple[int, int]]:
+        vm: Any = self.machine.vm
+        out = []
+        for slot, _region in enumerate(self.machine.memory):
+            bits = int.from_bytes(vm.get_dirty_log(slot), "little")
+            while bits:
+                low = bits & -bits
+                out.append((slot, (low.bit_length() - 1) * F.PAGE))
+                bits ^= low
+        return out
+
+    def close(self) -> None:
+        _log_dirty(self.machine, False)
+
+
 class ResetPoint:
     """Reset-to-snapshot in memory: ``point = ResetPoint(machine)``, run, ``point.restore()``, run...
 
@@ -215,34 +270,16 @@ class ResetPoint:
         self.state = capture_state(machine)
         for loop, cpu in zip(machine.loops, self.state["cpus"], strict=True):
             cpu["msrs"] = {str(k): v for k, v in writable_msrs(loop.vcpu, cpu["msrs"]).items()}
-        self.pages: list[bytes] = []
-        self._dirty_log = hasattr(machine.vm, "get_dirty_log")
         self.copy = [bytes(region.view) for region in machine.memory]
-        if self._dirty_log:
-            _log_dirty(machine, True)
-            self._take_dirty()  # start from a clean log
+        self.log = DirtyLog(machine) if DirtyLog.available(machine) else None
         self.restored_pages = 0
-
-    def _take_dirty(self) -> list[tuple[int, int]]:
-        """(region index, page offset) of each page dirtied since the last call."""
-        vm: Any = self.machine.vm
-        out = []
-        for slot, _region in enumerate(self.machine.memory):
-            bitmap = vm.get_dirty_log(slot)
-            for word_index in range(0, len(bitmap), 8):
-                word = int.from_bytes(bitmap[word_index : word_index + 8], "little")
-                while word:
-                    low = word & -word
-                    out.append((slot, (word_index * 8 + low.bit_length() - 1) * F.PAGE))
-                    word ^= low
-        return out
 
     def restore(self) -> int:
         """Back to the snapshot; returns how many pages were copied back."""
         machine = self.machine
         regions = list(machine.memory)
-        if self._dirty_log:
-            dirty = self._take_dirty()
+        if self.log is not None:
+            dirty = self.log.take()
         else:
             dirty = [
                 (i, off)
@@ -257,8 +294,8 @@ class ResetPoint:
         return len(dirty)
 
     def close(self) -> None:
-        if self._dirty_log:
-            _log_dirty(self.machine, False)
+        if self.log is not None:
+            self.log.close()
 
 
 def _log_dirty(machine: Machine, on: bool) -> None:
