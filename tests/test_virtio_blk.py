@@ -1,4 +1,4 @@
-"""virtio-blk alone: disk specs, image locking, chains a driver gets wrong."""
+"""virtio-blk alone: disk specs, image locking, malformed chains, notifications that follow the BAR."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import pytest
 
 from kvmlite.errors import ConfigError
 from kvmlite.memory.guest import GuestMemory
+from kvmlite.pci import config as C
 from kvmlite.virtio import blk as B
+from kvmlite.virtio import pci as P
 from kvmlite.virtio.device import STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VIRTIO_F_VERSION_1
+from kvmlite.vmm.machine import Machine, MachineConfig
+from tests.conftest import KVM_OK
 from tests.images import make_disk_image as make_image
 
 # --- the device alone ----------------------------------------------------------------------------
@@ -54,3 +58,28 @@ def test_a_chain_that_loops_marks_the_device_needs_reset(tmp_path: Path) -> None
     assert dev.status == 0
     image.close()
     memory.close()
+
+
+@pytest.mark.skipif(not KVM_OK, reason="needs a usable /dev/kvm")
+def test_moving_the_bar_moves_the_notification_eventfds(tmp_path: Path) -> None:
+    """KVM_IOEVENTFD follows BAR 4: deassigning at the old place and assigning at the new one succeed."""
+    config = MachineConfig(kernel=Path("unused"), backend="kvm", memory_mib=4, serial_out=lambda b: None)
+    machine = Machine(config)
+    try:
+        machine.attach_pci()
+        machine.attach_virtio_blk(B.DiskSpec(make_image(tmp_path / "moved.img")))
+        pci = machine.pci
+        assert pci is not None
+        where = machine.devices["virtio-blk0"].pci
+        assert where is not None and pci.mapped(where, P.BAR_INDEX) is not None
+        bar = C.BAR0 + 4 * P.BAR_INDEX
+        pci.config_write(0, where, C.COMMAND, 2, 0)  # decoding off: the eventfds go away
+        assert pci.mapped(where, P.BAR_INDEX) is None
+        pci.config_write(0, where, bar, 4, 0xC800_0000)
+        pci.config_write(0, where, C.COMMAND, 2, C.COMMAND_MEMORY)  # on again, elsewhere
+        assert pci.mapped(where, P.BAR_INDEX) == 0xC800_0000
+        pci.config_write(0, where, bar, 4, 0xC900_0000)  # moved while decoding
+        assert pci.mapped(where, P.BAR_INDEX) == 0xC900_0000
+        assert [s.base for s in machine.devices["virtio-blk0"].mmio if s.name == "BAR4"] == [0xC900_0000]
+    finally:
+        machine.close()
