@@ -20,7 +20,7 @@ from tests.hostile.support import (
     hostile_guest,
     run_watched,
 )
-from tests.images import build_guest
+from tests.images import build_guest, make_disk_image
 
 pytestmark = requires_kvm
 
@@ -279,3 +279,151 @@ def test_a_triple_fault_is_a_guest_crash(tmp_path):
     out = run_watched(build_guest(tmp_path, "triple"), "--timeout", "60")
     contained(out, GUEST_CRASH, 30)
     assert "RIP=" in out.stderr
+
+
+#: Nonsense for the platform's register interfaces, from a fixed pseudo-random sequence (an LCG):
+#: fw_cfg selectors and data reads, fw_cfg DMA requests whose descriptors hold random control
+#: words, lengths and 64-bit addresses, ACPI PM1 writes with every sleep type but S3 and S5 (which
+#: suspend and power off, as they should), and on every PCI function of bus 0: its memory BARs
+#: written with random dwords every 4 bytes for 16 KiB (virtio's common, ISR, device and notify
+#: registers and the MSI-X table: random queue addresses, sizes, enables and notifies), its I/O
+#: BARs likewise for 64 ports, then every dword of its configuration space written with all ones
+#: and with random values (BARs moved to random places, over RAM or the LAPIC).
+PLATFORM_NONSENSE = """
+    mov $200, %ecx              /* fw_cfg: random selectors, 16 data reads each */
+1:  call random
+    mov $0x510, %dx
+    out %ax, %dx
+    inc %dx
+    push %ecx
+    mov $16, %ecx
+2:  in %dx, %al
+    loop 2b
+    pop %ecx
+    loop 1b
+    mov $100, %ecx              /* fw_cfg DMA: random descriptors */
+1:  call random
+    mov %eax, dma
+    call random
+    mov %eax, dma + 4
+    call random
+    mov %eax, dma + 8
+    call random
+    and $0x3, %eax              /* the address: below 16 GiB, in RAM now and then */
+    mov %eax, dma + 12
+    xor %eax, %eax
+    mov $0x514, %dx
+    out %eax, %dx
+    mov $dma, %eax
+    bswap %eax
+    mov $0x518, %dx
+    out %eax, %dx
+    loop 1b
+    mov $0x600, %dx             /* ACPI PM1: status and enable, then sleep types 2-4, 6, 7 */
+    mov $0xffff, %ax
+    out %ax, %dx
+    add $2, %dx
+    out %ax, %dx
+    mov $0x604, %dx
+    mov $20, %ecx
+1:  mov $0x2801, %ax
+    out %ax, %dx
+    mov $0x2c01, %ax
+    out %ax, %dx
+    mov $0x3001, %ax
+    out %ax, %dx
+    mov $0x3801, %ax
+    out %ax, %dx
+    mov $0x3c01, %ax
+    out %ax, %dx
+    loop 1b
+    mov $0x80000000, %ebx       /* PCI: every function on bus 0 */
+pcifn:
+    call cfg_read
+    cmp $0xffff, %ax
+    je nextfn
+    or $4, %bl                  /* COMMAND: I/O, memory, bus master */
+    mov $7, %eax
+    call cfg_write
+    mov $0x10, %bl
+bar:
+    call cfg_read
+    test $1, %al
+    jnz iobar
+    and $0xfffffff0, %eax
+    jz nextbar
+    mov %eax, %esi
+    mov $0x1000, %ecx
+2:  call random
+    mov %eax, (%esi)
+    mov (%esi), %eax
+    add $4, %esi
+    loop 2b
+    jmp nextbar
+iobar:
+    and $0xfffc, %eax
+    mov %eax, %esi
+    mov $64, %ecx
+2:  call random
+    mov %si, %dx
+    out %al, %dx
+    in %dx, %al
+    inc %esi
+    loop 2b
+nextbar:
+    add $4, %bl
+    cmp $0x28, %bl
+    jb bar
+    xor %bl, %bl                /* configuration space: all ones, then random */
+3:  mov $0xffffffff, %eax
+    call cfg_write
+    call cfg_read
+    call random
+    call cfg_write
+    add $4, %bl
+    jnz 3b
+nextfn:
+    and $0xffffff00, %ebx
+    add $0x100, %ebx
+    cmp $0x80010000, %ebx
+    jb pcifn
+    mov $done, %esi
+    call puts
+    jmp 9f
+cfg_read:                       /* EAX = the dword at EBX (a CONFIG_ADDRESS) */
+    mov %ebx, %eax
+    mov $0xcf8, %dx
+    out %eax, %dx
+    mov $0xcfc, %dx
+    in %dx, %eax
+    ret
+cfg_write:                      /* the dword at EBX = EAX */
+    push %eax
+    mov %ebx, %eax
+    mov $0xcf8, %dx
+    out %eax, %dx
+    pop %eax
+    mov $0xcfc, %dx
+    out %eax, %dx
+    ret
+random:                         /* EAX = the next value of a 32-bit LCG */
+    mov seed, %eax
+    imul $1103515245, %eax
+    add $12345, %eax
+    mov %eax, seed
+    ret
+seed: .long 17
+.align 16
+dma: .skip 16
+done: .asciz "survived"
+9:
+"""
+
+
+def test_nonsense_to_fw_cfg_acpi_pci_and_virtio(tmp_path):
+    guest = hostile_guest(tmp_path, "nonsense", PLATFORM_NONSENSE)
+    disk = make_disk_image(tmp_path / "disk.img")
+    args = ["--device", "virtio-rng-pci", "--disk", str(disk), "--timeout", "60"]
+    out = run_watched(guest, *args, bound=90)
+    contained(out, EXITED, 60)
+    assert out.stdout.endswith(b"survived")
