@@ -11,8 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from kvmlite.kvm.system import Kvm
+
+#: The fuzz tests' budget (tests/test_fuzz.py): the same examples on every run, a fixed number.
+settings.register_profile("fuzz", derandomize=True, max_examples=120, deadline=None, database=None)
 
 KVM_OK, KVM_REASON = Kvm.available()
 requires_kvm = pytest.mark.skipif(not KVM_OK, reason=f"needs a usable /dev/kvm: {KVM_REASON}")
