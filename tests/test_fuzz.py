@@ -192,3 +192,12 @@ def test_gdb_packets_any_bytes_any_payload(stream, payloads, data):
         letter = data.draw(st.sampled_from(list(COMMAND_LETTERS)))
         reply = stub.handle(bytes([letter]) + payload)
         assert reply is not None
+
+
+NOT_HEX = [b"G" + b"t" * 40, b"P0=zzzzzzzz", b"P0=" + b"\xff\xfe" * 4, b"G\xd9" * 20]
+
+
+@pytest.mark.parametrize("packet", NOT_HEX)
+def test_register_writes_that_are_not_hex_get_an_error_reply(packet):
+    """Found by the atheris gdb target: a G packet of non-hex bytes raised ValueError out of the stub."""
+    assert GdbStub(FakeTarget()).handle(packet) == b"E16"

@@ -43,6 +43,14 @@ def _hex(text: str) -> bytes:
     return text.encode().hex().encode()
 
 
+def _decode(layout: tuple[R.Reg, ...], data: bytes) -> dict[str, int]:
+    """Register values from a ``G`` or ``P`` packet; anything but hex (or ``xx``) is a bad packet."""
+    try:
+        return R.decode(layout, data)
+    except (ValueError, UnicodeDecodeError):
+        raise PacketError("register data is not hex") from None
+
+
 def _int(field: bytes) -> int:
     try:
         return int(field, 16)
@@ -99,7 +107,7 @@ class GdbStub:
         if cmd == b"g":
             return R.encode(self.layout, self.target.read_registers(self.g_cpu))
         if cmd == b"G":
-            self.target.write_registers(self.g_cpu, R.decode(self.layout, p[1:]))
+            self.target.write_registers(self.g_cpu, _decode(self.layout, p[1:]))
             return b"OK"
         if cmd == b"p":
             return self._read_register(_int(p[1:]))
@@ -147,7 +155,7 @@ class GdbStub:
         regnum = _int(num)
         if regnum >= len(self.layout):
             return b"E%02x" % EINVAL
-        self.target.write_registers(self.g_cpu, R.decode((self.layout[regnum],), value))
+        self.target.write_registers(self.g_cpu, _decode((self.layout[regnum],), value))
         return b"OK"
 
     @staticmethod
