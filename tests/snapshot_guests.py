@@ -26,6 +26,7 @@ GUEST = (
 .globl _start
 _start:
     mov $0x2ff000, %esp
+    START_AP
     mov $tick, %eax
     mov $0x20, %ecx
     call set_gate
@@ -84,6 +85,7 @@ main:
     cmpl $TICKS, printed
     jb 1b
     cli
+    WAIT_AP
     mov $msg_sum, %esi
     call puts
     mov state, %eax
@@ -168,6 +170,7 @@ set_gate:
 idt_ptr:
     .word 256 * 8 - 1
     .long idt
+TRAMPOLINE
 msg_tick: .asciz "tick "
 msg_sum: .asciz "sum="
 hexdigits: .ascii "0123456789abcdef"
@@ -183,7 +186,50 @@ idt:
 )
 
 
-def expected_output(ticks: int = TICKS) -> tuple[bytes, int]:
+#: With two vCPUs: the BSP wakes the AP (INIT, startup IPI) which computes AP_ROUNDS rounds of the LCG in
+#: real mode while the BSP counts; the BSP waits for it at the end and folds its result into the sum.
+START_AP = """
+    cld
+    mov $trampoline, %esi
+    mov $0x8000, %edi
+    mov $(trampoline_end - trampoline), %ecx
+    rep movsb
+    movl $0x1FF, 0xFEE000F0
+    movl $(1 << 24), 0xFEE00310
+    movl $0x00004500, 0xFEE00300
+    movl $(1 << 24), 0xFEE00310
+    movl $0x00004608, 0xFEE00300
+"""
+WAIT_AP = """
+8:  pause
+    cmpl $1, 0x9010
+    jne 8b
+    mov 0x9020, %eax
+    xor %eax, state
+"""
+AP_ROUNDS = 100000
+TRAMPOLINE = f"""
+trampoline:
+.code16
+    xor %ax, %ax
+    mov %ax, %ds
+    mov $1, %eax
+    mov ${AP_ROUNDS}, %ecx
+9:  imul $1103515245, %eax, %eax
+    add $12345, %eax
+    dec %ecx
+    jnz 9b
+    mov %eax, 0x9020
+    movl $1, 0x9010
+    cli
+10: hlt
+    jmp 10b
+.code32
+trampoline_end:
+"""
+
+
+def expected_output(ticks: int = TICKS, smp: bool = False) -> tuple[bytes, int]:
     """What an uninterrupted run prints, and its exit status."""
     state = 12345
     out = b""
@@ -191,10 +237,20 @@ def expected_output(ticks: int = TICKS) -> tuple[bytes, int]:
         out += f"tick {n}\n".encode()
         for _ in range(ROUNDS):
             state = (state * 1103515245 + 12345 + n) & 0xFFFF_FFFF
+    if smp:
+        ap = 1
+        for _ in range(AP_ROUNDS):
+            ap = (ap * 1103515245 + 12345) & 0xFFFF_FFFF
+        state ^= ap
     out += f"sum={state:08x}\n".encode()
     return out, (((state & 0x3F) + 1) << 1) | 1
 
 
-def build_ticks_guest(tmp: Path, ticks: int = TICKS) -> Path:
+def build_ticks_guest(tmp: Path, ticks: int = TICKS, smp: bool = False) -> Path:
     source = GUEST.replace("$TICKS", f"${ticks}").replace("$ROUNDS", f"${ROUNDS}")
-    return build_multiboot(tmp, f"snapticks{ticks}", source)
+    source = (
+        source.replace("START_AP", START_AP if smp else "")
+        .replace("WAIT_AP", WAIT_AP if smp else "")
+        .replace("TRAMPOLINE", TRAMPOLINE if smp else "")
+    )
+    return build_multiboot(tmp, f"snapticks{ticks}{'smp' if smp else ''}", source)

@@ -41,8 +41,12 @@ def wait_for(predicate, what: str, timeout: float = 60.0) -> None:  # type: igno
         time.sleep(0.01)
 
 
-def start(elf: Path, backend: str, irqchip: str, out: bytearray) -> tuple[Machine, threading.Thread]:
-    config = MachineConfig(kernel=elf, backend=backend, irqchip=irqchip, memory_mib=16, serial_out=out.extend)
+def start(
+    elf: Path, backend: str, irqchip: str, out: bytearray, cpus: int = 1
+) -> tuple[Machine, threading.Thread]:
+    config = MachineConfig(
+        kernel=elf, backend=backend, irqchip=irqchip, memory_mib=16, cpus=cpus, serial_out=out.extend
+    )
     machine = Machine.build(config)
     thread = threading.Thread(target=machine.run, daemon=True)
     thread.start()
@@ -74,6 +78,36 @@ def test_a_restored_machine_continues_the_count_where_it_was(
     finally:
         restored.close()
     expected, expected_status = expected_output()
+    assert before + bytes(after) == expected
+    assert status == expected_status
+
+
+@requires_kvm
+def test_a_two_vcpu_guest_is_restored_with_its_ap_mid_computation(tmp_path: Path) -> None:
+    from kvmlite.kvm.constants import MpState
+
+    elf = build_ticks_guest(tmp_path, smp=True)
+    out = bytearray()
+    machine, thread = start(elf, "kvm", "kernel", out, cpus=2)
+    try:
+        wait_for(lambda: out.count(b"\n") >= 5, "5 ticks")
+        save(machine, tmp_path / "vm.snap", stay_paused=True)
+        ap_done = machine.memory.read_u32(0x9010)
+        ap_state = machine.loops[1].vcpu.get_mp_state()
+        before = bytes(out)
+        machine.control.stop(0, "the test ends the original")
+        thread.join(10)
+    finally:
+        machine.close()
+    assert ap_done == 0 and ap_state == MpState.RUNNABLE  # the AP was computing when saved
+    after = bytearray()
+    restored = build_restored(MachineConfig(kernel=Path(), serial_out=after.extend), tmp_path / "vm.snap")
+    try:
+        assert len(restored.loops) == 2
+        status = restored.run()
+    finally:
+        restored.close()
+    expected, expected_status = expected_output(smp=True)
     assert before + bytes(after) == expected
     assert status == expected_status
 
