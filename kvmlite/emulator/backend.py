@@ -36,8 +36,9 @@ from kvmlite.emulator.cpu import FLAG_IF, CpuState
 from kvmlite.emulator.executor import Executor
 from kvmlite.emulator.faults import TripleFault
 from kvmlite.emulator.guest_debug import DataBreakpoints
+from kvmlite.emulator.instruction import MAX_INSN_LENGTH
 from kvmlite.emulator.mmu import Mmu
-from kvmlite.emulator.ops import EmulatorOps, PagedOps
+from kvmlite.emulator.ops import ACCESS_FETCH, EmulatorOps, PagedOps
 from kvmlite.errors import EmulatorError, GuestMemoryError
 from kvmlite.kvm import exits as E
 from kvmlite.kvm import structs as S
@@ -45,7 +46,7 @@ from kvmlite.kvm.coalesced import CoalescedRing, Writer
 from kvmlite.kvm.constants import GuestDebug, InternalError, MpState
 from kvmlite.kvm.cpuid import CpuidEntry
 from kvmlite.memory.guest import GuestMemory
-from kvmlite.x86 import DR6_FIXED1, Dr6, Msr
+from kvmlite.x86 import DR6_FIXED1, Dr6, Msr, Vector
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ CAPS = BackendCaps(
     rescue_emulation=False,
 )
 DR6_FIXED, DR6_BS = DR6_FIXED1, int(Dr6.BS)  # plain ints for the run loop
+VECTOR_DB, VECTOR_BP = int(Vector.DB), int(Vector.BP)  # what a Debug exit reports, as KVM does
 _RCX, _RSI, _RDI = 1, 6, 7
 
 
@@ -263,7 +265,7 @@ class EmuVcpu:
                     dr6 = self._watch.take() | (DR6_BS if debugging & GuestDebug.SINGLESTEP else 0)
                     if dr6:
                         cpu.halted = False
-                        return self._exit(E.Debug(1, self._rip_linear(), DR6_FIXED | dr6, self._dr7))
+                        return self._exit(E.Debug(VECTOR_DB, self._rip_linear(), DR6_FIXED | dr6, self._dr7))
                 if cpu.halted:
                     cpu.halted = False  # as with KVM's userspace irqchip: RIP is past HLT, the VMM waits
                     return self._exit(E.Hlt())
@@ -281,7 +283,7 @@ class EmuVcpu:
 
     def _internal(self, detail: str) -> E.InternalErrorExit:
         try:
-            code = self.ops.read_linear(self._rip_linear(), 15, 4)
+            code = self.ops.read_linear(self._rip_linear(), MAX_INSN_LENGTH, ACCESS_FETCH)
         except Exception:
             code = b""
         return E.InternalErrorExit(int(InternalError.EMULATION), (), code, detail)
@@ -416,15 +418,15 @@ class EmuVcpu:
             return None
         if rip in self._breakpoints:
             self._resume_over = rip
-            return E.Debug(1, rip, DR6_FIXED | (1 << self._breakpoints.index(rip)), self._dr7)
+            return E.Debug(VECTOR_DB, rip, DR6_FIXED | (1 << self._breakpoints.index(rip)), self._dr7)
         if self._debug_flags & GuestDebug.USE_SW_BP:
             try:
-                opcode = self.ops.read_linear(rip, 1, 4)
+                opcode = self.ops.read_linear(rip, 1, ACCESS_FETCH)
             except Exception:  # unmapped: the instruction fetch itself raises the guest's #PF
                 return None
             if opcode == b"\xcc":
                 self._resume_over = rip
-                return E.Debug(3, rip, DR6_FIXED, self._dr7)
+                return E.Debug(VECTOR_BP, rip, DR6_FIXED, self._dr7)
         return None
 
     # --- what the emulator does not have -----------------------------------------------------------

@@ -28,15 +28,13 @@ import time
 from collections.abc import Callable
 
 from kvmlite.emulator.faults import GP, GuestFault
-from kvmlite.emulator.mmu import Mmu
+from kvmlite.emulator.mmu import Access, Mmu
 
 log = logging.getLogger(__name__)
 
-ACCESS_READ = 0
-ACCESS_WRITE = 1
-ACCESS_USER = 2
-ACCESS_FETCH = 4
-ACCESS_AC = 8
+# Plain-int aliases of mmu.Access for the executor's per-access paths.
+ACCESS_READ, ACCESS_WRITE, ACCESS_USER = int(Access.READ), int(Access.WRITE), int(Access.USER)
+ACCESS_FETCH, ACCESS_AC = int(Access.FETCH), int(Access.AC)
 
 PAGE_SIZE = 4096
 

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_INSN = 15
 
 
 class Rescuer(LoopExtension):
@@ -129,14 +128,17 @@ class Rescuer(LoopExtension):
     def _describe(self) -> str:
         """The failing instruction in Intel syntax (or its bytes when it does not decode)."""
         from kvmlite.emulator import decoder as D
+        from kvmlite.emulator.cpu import CS
+        from kvmlite.emulator.instruction import MAX_INSN_LENGTH
+        from kvmlite.emulator.ops import ACCESS_FETCH
         from kvmlite.errors import EmulatorError
 
         cpu = self.cpu
         mode = cpu.code_bits
-        lin = cpu.rip if mode == 64 else (cpu.segs[1].base + cpu.rip) & 0xFFFF_FFFF
+        lin = cpu.rip if mode == 64 else (cpu.segs[CS].base + cpu.rip) & 0xFFFF_FFFF
         self.insn = None
         try:
-            code = self.ops.read_linear(lin, MAX_INSN, 4)
+            code = self.ops.read_linear(lin, MAX_INSN_LENGTH, ACCESS_FETCH)
         except Exception:  # only for the message; the step itself reports the real fault
             return "instruction at an unreadable address"
         try:
