@@ -282,8 +282,8 @@ class SegType(IntFlag):
 
 
 #: Common code/data types, as they appear in ``kvm_segment.type``.
-SEG_TYPE_DATA_RW_ACCESSED = 0x3
-SEG_TYPE_CODE_RX_ACCESSED = 0xB
+SEG_TYPE_DATA_RW_ACCESSED = int(SegType.WRITABLE | SegType.ACCESSED)  # 0x3
+SEG_TYPE_CODE_RX_ACCESSED = int(SegType.CODE | SegType.READABLE | SegType.ACCESSED)  # 0xB
 
 
 class SysType(IntEnum):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from kvmlite.emulator.segments import Segment, TableRegister
 from kvmlite.kvm.structs import kvm_dtable, kvm_regs, kvm_sregs
-from kvmlite.x86 import RFLAGS_ARITH, Cr0, Cr4, Efer, Rflags, SegType, SysType
+from kvmlite.x86 import RFLAGS_ARITH, SEG_TYPE_CODE_RX_ACCESSED, Cr0, Cr4, Efer, Rflags, SysType
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,6 @@ RESET_CR0 = CR0_ET | CR0_NW | CR0_CD
 RESET_CS_SELECTOR = 0xF000
 RESET_CS_BASE = 0xFFFF0000
 RESET_RIP = 0xFFF0
-DATA_RW_ACCESSED = int(SegType.WRITABLE | SegType.ACCESSED)
-CODE_RX_ACCESSED = int(SegType.CODE | SegType.READABLE | SegType.ACCESSED)
 LDT_TYPE = int(SysType.LDT)
 TSS_BUSY_TYPE = int(SysType.TSS_BUSY)
 
@@ -95,7 +93,7 @@ class CpuState:
     def reset(cls) -> CpuState:
         """The state after RESET/INIT: real mode at F000:FFF0 (linear FFFFFFF0)."""
         cpu = cls()
-        cpu.segs[CS] = Segment(selector=RESET_CS_SELECTOR, base=RESET_CS_BASE, type=CODE_RX_ACCESSED)
+        cpu.segs[CS] = Segment(selector=RESET_CS_SELECTOR, base=RESET_CS_BASE, type=SEG_TYPE_CODE_RX_ACCESSED)
         cpu.gpr[2] = 0x600  # EDX: family/model/stepping
         return cpu
 
@@ -103,7 +101,7 @@ class CpuState:
     def real_mode(cls, cs: int = 0, ip: int = 0x7C00) -> CpuState:
         """A convenient real-mode state with every segment at 0 and CS:IP as given."""
         cpu = cls()
-        cpu.segs[CS] = Segment(selector=cs, base=cs << 4, type=CODE_RX_ACCESSED)
+        cpu.segs[CS] = Segment(selector=cs, base=cs << 4, type=SEG_TYPE_CODE_RX_ACCESSED)
         cpu.rip = ip
         return cpu
 
