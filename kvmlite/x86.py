@@ -4,6 +4,8 @@ RFLAGS, CR0, CR4, EFER, XCR0 and paging-entry bits are :class:`~enum.IntFlag`;
 MSR numbers, exception vectors and descriptor types are :class:`~enum.IntEnum`.
 Names are the SDM's without the ``IA32_`` prefix (``Msr.SYSENTER_CS`` is
 IA32_SYSENTER_CS; ``Msr.SFMASK`` is IA32_FMASK, Linux's MSR_SYSCALL_MASK).
+DR7's per-breakpoint fields are packed and read by :func:`dr7_slot` and
+:func:`dr7_fields` (the VMM's guest-debug owner and the emulator share them).
 
 The module imports nothing but :mod:`enum`, so anything may import it at
 start-up.  Hot paths (the emulator's per-instruction code) should bind the
@@ -118,6 +120,34 @@ class Dr6(IntFlag):
 
 #: DR6's reserved bits that read as 1 (the value of DR6 with no condition recorded).
 DR6_FIXED1 = 0xFFFF_0FF0
+
+
+class DrRw(IntEnum):
+    """DR7's R/Wn field (SDM vol. 3, 18.2.4): what breakpoint n fires on."""
+
+    EXEC = 0
+    WRITE = 1
+    IO = 2  # with CR4.DE
+    ACCESS = 3  # read or write
+
+
+#: DR7's LENn field by the breakpoint's length in bytes (8 is 0b10, out of order).
+DR7_LEN_CODE = {1: 0b00, 2: 0b01, 4: 0b11, 8: 0b10}
+DR7_LEN_BYTES = {code: length for length, code in DR7_LEN_CODE.items()}
+
+
+def dr7_slot(index: int, rw: int, length: int) -> int:
+    """DR7 bits that enable breakpoint ``index`` (its G bit) with its R/W and LEN fields."""
+    return (2 << (2 * index)) | (rw << (16 + 4 * index)) | (DR7_LEN_CODE[length] << (18 + 4 * index))
+
+
+def dr7_fields(dr7: int, index: int) -> tuple[bool, int, int]:
+    """Breakpoint ``index`` of ``dr7``: (enabled by its L or G bit, R/W, length in bytes)."""
+    return (
+        bool(dr7 >> (2 * index) & 3),
+        dr7 >> (16 + 4 * index) & 3,
+        DR7_LEN_BYTES[dr7 >> (18 + 4 * index) & 3],
+    )
 
 
 class Xcr0(IntFlag):

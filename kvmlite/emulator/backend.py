@@ -46,7 +46,7 @@ from kvmlite.kvm.coalesced import CoalescedRing, Writer
 from kvmlite.kvm.constants import GuestDebug, InternalError, MpState
 from kvmlite.kvm.cpuid import CpuidEntry
 from kvmlite.memory.guest import GuestMemory
-from kvmlite.x86 import DR6_FIXED1, Dr6, Msr, Vector
+from kvmlite.x86 import DR6_FIXED1, Dr6, DrRw, Msr, Vector, dr7_fields, dr7_slot
 
 log = logging.getLogger(__name__)
 
@@ -398,14 +398,14 @@ class EmuVcpu:
         addrs = list(hw_breakpoints)[:4]
         if not dr7:
             for i in range(len(addrs)):
-                dr7 |= 2 << (2 * i)
-        for i in range(len(addrs)):
-            if dr7 >> (16 + 4 * i) & 3 == 2:  # R/W=10: I/O breakpoints (CR4.DE) are not emulated
-                unsupported(BACKEND, "break on I/O port accesses")
+                dr7 |= dr7_slot(i, DrRw.EXEC, 1)
+        fields = [dr7_fields(dr7, i) for i in range(len(addrs))]
+        if any(rw == DrRw.IO for _, rw, _ in fields):  # I/O breakpoints (CR4.DE) are not emulated
+            unsupported(BACKEND, "break on I/O port accesses")
         enabled = flags & GuestDebug.ENABLE
         self._debug_flags = int(flags) if enabled else 0
         use_hw = enabled and flags & GuestDebug.USE_HW_BP
-        execute = [use_hw and dr7 & (3 << (2 * i)) and not dr7 >> (16 + 4 * i) & 3 for i in range(len(addrs))]
+        execute = [use_hw and enabled and rw == DrRw.EXEC for enabled, rw, _ in fields]
         self._breakpoints = [a if execute[i] else -1 for i, a in enumerate(addrs)]
         self._watch.configure(self.ops, addrs if use_hw else [], dr7)
         self._dr7 = dr7 if use_hw else 0

@@ -14,9 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvmlite.emulator.ops import ACCESS_FETCH
-
-RW_WRITE, RW_IO, RW_ACCESS = 1, 2, 3
-_LEN = {0: 1, 1: 2, 3: 4, 2: 8}  # DR7 LEN field -> bytes
+from kvmlite.x86 import DrRw, dr7_fields
 
 
 class DataBreakpoints:
@@ -28,11 +26,11 @@ class DataBreakpoints:
 
     def configure(self, ops: Any, addrs: list[int], dr7: int) -> None:
         """Take DR0-3 and DR7; wrap or unwrap ``ops``' linear accessors to match."""
-        self.ranges = [
-            (i, addr, addr + _LEN[dr7 >> (18 + 4 * i) & 3], dr7 >> (16 + 4 * i) & 3)
-            for i, addr in enumerate(addrs[:4])
-            if dr7 >> (2 * i) & 3 and dr7 >> (16 + 4 * i) & 3 in (RW_WRITE, RW_ACCESS)
-        ]
+        self.ranges = []
+        for i, addr in enumerate(addrs[:4]):
+            enabled, rw, length = dr7_fields(dr7, i)
+            if enabled and rw in (DrRw.WRITE, DrRw.ACCESS):
+                self.ranges.append((i, addr, addr + length, rw))
         self.hits = 0
         for name in ("read_linear", "write_linear"):
             ops.__dict__.pop(name, None)
@@ -53,7 +51,7 @@ class DataBreakpoints:
 
     def _touch(self, addr: int, size: int, write: bool) -> None:
         for i, start, end, rw in self.ranges:
-            if addr < end and start < addr + size and (write or rw == RW_ACCESS):
+            if addr < end and start < addr + size and (write or rw == DrRw.ACCESS):
                 self.hits |= 1 << i
 
     def take(self) -> int:

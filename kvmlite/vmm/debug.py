@@ -28,26 +28,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any
 
 from kvmlite.errors import KvmliteError
 from kvmlite.kvm.constants import GuestDebug
+from kvmlite.x86 import DR7_LEN_CODE, DrRw, dr7_slot
 
 log = logging.getLogger(__name__)
 
 DEBUG_REGISTERS = 4
-#: DR7's LEN field for a breakpoint of 1, 2, 4 or 8 bytes.
-_DR7_LEN = {1: 0, 2: 1, 4: 3, 8: 2}
-
-
-class BreakKind(IntEnum):
-    """DR7's R/W field: what a hardware breakpoint fires on."""
-
-    EXEC = 0
-    WRITE = 1
-    IO = 2
-    ACCESS = 3  # read or write
+#: DR7's R/W field: what a hardware breakpoint fires on (EXEC, WRITE, IO, ACCESS).
+BreakKind = DrRw
 
 
 @dataclass(frozen=True)
@@ -59,7 +50,7 @@ class HwBreakpoint:
     length: int = 1
 
     def __post_init__(self) -> None:
-        if self.length not in _DR7_LEN:
+        if self.length not in DR7_LEN_CODE:
             raise KvmliteError(f"a hardware breakpoint covers 1, 2, 4 or 8 bytes, not {self.length}")
         if self.kind == BreakKind.EXEC and self.length != 1:
             raise KvmliteError("an execution breakpoint has length 1")
@@ -116,7 +107,7 @@ class GuestDebugSettings:
             flags |= GuestDebug.USE_SW_BP
         dr7 = 0
         for i, bp in enumerate(slots):
-            dr7 |= (2 << (2 * i)) | (int(bp.kind) << (16 + 4 * i)) | (_DR7_LEN[bp.length] << (18 + 4 * i))
+            dr7 |= dr7_slot(i, bp.kind, bp.length)
         if slots:
             flags |= GuestDebug.USE_HW_BP
         if flags:
