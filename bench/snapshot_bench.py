@@ -1,0 +1,193 @@
+"""Snapshots: resets per second for fuzzing, and restoring a VM against booting it.
+
+Rows:
+
+* reset to snapshot: one input of ``examples/snapshot_fuzz.py``'s guest (64 MiB
+  of RAM, 10 pages dirtied per input) through :class:`kvmlite.snapshot.fuzz.FuzzHarness`,
+  in ms per input (run + reset; resets per second = 1000 / ms).  Baseline: the
+  same loop resetting by copying all of RAM back (what a reset without a dirty
+  log costs).  Target (issue 16): 1 ms or less (1,000 resets/s).
+* restore vs boot: wall time until a guest has printed its 5th timer tick,
+  either restored from a snapshot taken at that point (``build_restored``,
+  memory mapped lazily) or booted and run there, 512 MiB of RAM, in-process,
+  so Python's start-up is in neither.
+
+Standalone: ``python3 bench/snapshot_bench.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+
+from harness import BenchFailed, Benchmark, BenchUnavailable, Result, alternate
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+INPUTS, INPUTS_QUICK = 2000, 300
+RUNS, RUNS_QUICK = 3, 2
+RESTORE_MIB = 512
+
+
+def _example() -> ModuleType:
+    path = REPO / "examples" / "snapshot_fuzz.py"
+    spec = importlib.util.spec_from_file_location("snapshot_fuzz_bench", path)
+    if spec is None or spec.loader is None:
+        raise BenchFailed(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _need_tools() -> None:
+    if shutil.which("as") is None or shutil.which("ld") is None:
+        raise BenchUnavailable("building the guest needs GNU as and ld")
+
+
+def resets(quick: bool) -> Result:
+    _need_tools()
+    sys.path.insert(0, str(REPO))
+    from kvmlite.snapshot.fuzz import FuzzHarness
+    from kvmlite.vmm.machine import Machine, MachineConfig
+
+    example = _example()
+    n = INPUTS_QUICK if quick else INPUTS
+    with tempfile.TemporaryDirectory() as tmp:
+        guest = example.build_guest(Path(tmp), pages=10)
+
+        def measure(full_copy: bool) -> float:
+            machine = Machine.build(MachineConfig(kernel=guest, memory_mib=64, backend="kvm", serial="none"))
+            try:
+                harness = FuzzHarness(machine, example.INPUT_ADDR)
+                if full_copy:  # every reset copies all of RAM back, as without a dirty log
+                    point = harness.point
+                    point.log.take = lambda: [  # type: ignore[union-attr]
+                        (i, off) for i, r in enumerate(machine.memory) for off in range(0, r.size, 4096)
+                    ]
+                start = time.perf_counter()
+                for i in range(n):
+                    result = harness.run(bytes([i & 0xFF, 1, 2]))
+                    if result.value != (i & 0xFF) + 3:
+                        raise BenchFailed(f"input {i}: the guest answered {result.value}")
+                elapsed = time.perf_counter() - start
+                harness.close()
+            finally:
+                machine.close()
+            return elapsed / n * 1e3
+
+        ours, theirs = alternate(
+            lambda: measure(False), lambda: measure(True), runs=RUNS_QUICK if quick else RUNS
+        )
+    return Result(
+        "reset to snapshot, 64 MiB, 10 dirty pages",
+        "ms per input",
+        ours,
+        theirs,
+        "full RAM copy per reset",
+        note=f"{1000 / min(ours):.0f} resets/s at best; target 1,000",
+    )
+
+
+def restore_vs_boot(quick: bool) -> Result:
+    _need_tools()
+    sys.path.insert(0, str(REPO))
+    from kvmlite.snapshot.machine import build_restored, save
+    from kvmlite.vmm.machine import Machine, MachineConfig
+
+    spec = importlib.util.spec_from_file_location(
+        "snapshot_guests_bench", REPO / "tests" / "snapshot_guests.py"
+    )
+    if spec is None or spec.loader is None:
+        raise BenchFailed("cannot load tests/snapshot_guests.py")
+    guests = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(guests)
+    except Exception as err:  # it needs pytest (for its skip) and binutils
+        raise BenchUnavailable(f"the tick guest cannot be built here: {err}") from err
+
+    with tempfile.TemporaryDirectory() as tmp:
+        elf = guests.build_ticks_guest(Path(tmp), 100_000)
+        snap = Path(tmp) / "vm.snap"
+
+        def boot(save_at_end: bool = False) -> float:
+            out = bytearray()
+            start = time.perf_counter()
+            config = MachineConfig(kernel=elf, memory_mib=RESTORE_MIB, backend="kvm", serial_out=out.extend)
+            machine = Machine.build(config)
+            thread = threading.Thread(target=machine.run, daemon=True)
+            thread.start()
+            while out.count(b"\n") < 5:
+                time.sleep(0.0005)
+            elapsed = time.perf_counter() - start
+            if save_at_end:
+                save(machine, snap, separate_memory=True, stay_paused=True)
+            machine.control.stop(0)
+            thread.join(10)
+            machine.close()
+            return elapsed * 1e3
+
+        def restore() -> float:
+            start = time.perf_counter()
+            config = MachineConfig(kernel=Path(), backend="kvm", serial="none")
+            machine = build_restored(config, snap, lazy=True)
+            elapsed = time.perf_counter() - start
+            machine.close()
+            return elapsed * 1e3
+
+        boot(save_at_end=True)
+        ours, theirs = alternate(restore, boot, runs=RUNS_QUICK if quick else RUNS)
+    return Result(
+        f"restore vs boot to the 5th tick, {RESTORE_MIB} MiB",
+        "ms",
+        ours,
+        theirs,
+        "boot and run to the same point",
+        note="restore maps the memory file lazily (MAP_PRIVATE)",
+    )
+
+
+def benchmarks() -> list[Benchmark]:
+    return [
+        Benchmark("reset to snapshot", "resets per second for fuzzing (64 MiB, 10 dirty pages)", resets),
+        Benchmark(
+            "restore vs boot", "restoring a 512 MiB VM from a snapshot against booting it", restore_vs_boot
+        ),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for bench in benchmarks():
+        try:
+            res = bench.measure(args.quick)
+        except (BenchUnavailable, BenchFailed) as err:
+            log.error("%s: %s", bench.name, err)
+            continue
+        log.info(
+            "%s: kvmlite %.3f %s (runs %s), %s %.3f (ratio %.2f); %s",
+            res.name,
+            res.kvmlite,
+            res.unit,
+            ", ".join(f"{v:.3f}" for v in res.kvmlite_samples),
+            res.baseline_name,
+            res.baseline,
+            res.ratio,
+            res.note,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
