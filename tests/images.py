@@ -220,3 +220,45 @@ def make_disk_image(path: Path) -> Path:
     data[: len(DISK_SECTOR_0)] = DISK_SECTOR_0
     path.write_bytes(bytes(data))
     return path
+
+
+#: Timer-tick set-up of the 32-bit tick guests (tests/test_control.py, tests/snapshot_guests.py):
+#: interrupt gates for IRQ 0 (label ``tick``) and the spurious vector (``spurious``) through the
+#: guest's ``set_gate``, ``lidt idt_ptr``, the PIC pair at vectors 0x20/0x28 with only IRQ 0 open,
+#: and PIT channel 0 in mode 2 at 1193182 / divisor Hz.
+def tick_setup(divisor: int) -> str:
+    return _TICK_SETUP.replace("DIVISOR", str(divisor))
+
+
+_TICK_SETUP = """    mov $tick, %eax
+    mov $0x20, %ecx
+    call set_gate
+    mov $spurious, %eax
+    mov $0x27, %ecx
+    call set_gate
+    lidt idt_ptr
+    mov $0x11, %al          /* PIC pair: ICW1-4, vectors 0x20 and 0x28, only IRQ 0 open */
+    out %al, $0x20
+    out %al, $0xa0
+    mov $0x20, %al
+    out %al, $0x21
+    mov $0x28, %al
+    out %al, $0xa1
+    mov $0x04, %al
+    out %al, $0x21
+    mov $0x02, %al
+    out %al, $0xa1
+    mov $0x01, %al
+    out %al, $0x21
+    out %al, $0xa1
+    mov $0xfe, %al
+    out %al, $0x21
+    mov $0xff, %al
+    out %al, $0xa1
+    mov $0x34, %al          /* PIT channel 0, mode 2, 1193182 / DIVISOR Hz */
+    out %al, $0x43
+    mov $(DIVISOR & 0xff), %al
+    out %al, $0x40
+    mov $(DIVISOR >> 8), %al
+    out %al, $0x40
+"""

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import MULTIBOOT_HEADER, build_multiboot
+from tests.images import tick_setup
 
 TICKS = 120
 ROUNDS = 200
@@ -27,37 +28,7 @@ GUEST = (
 _start:
     mov $0x2ff000, %esp
     START_AP
-    mov $tick, %eax
-    mov $0x20, %ecx
-    call set_gate
-    mov $spurious, %eax
-    mov $0x27, %ecx
-    call set_gate
-    lidt idt_ptr
-    mov $0x11, %al
-    out %al, $0x20
-    out %al, $0xa0
-    mov $0x20, %al
-    out %al, $0x21
-    mov $0x28, %al
-    out %al, $0xa1
-    mov $0x04, %al
-    out %al, $0x21
-    mov $0x02, %al
-    out %al, $0xa1
-    mov $0x01, %al
-    out %al, $0x21
-    out %al, $0xa1
-    mov $0xfe, %al
-    out %al, $0x21
-    mov $0xff, %al
-    out %al, $0xa1
-    mov $0x34, %al          /* PIT channel 0, mode 2, 1193182 / 11932 = 100 Hz */
-    out %al, $0x43
-    mov $(11932 & 0xff), %al
-    out %al, $0x40
-    mov $(11932 >> 8), %al
-    out %al, $0x40
+TICK_SETUP
     movl $0, ticks
     movl $0, printed
     movl $12345, state
@@ -247,7 +218,8 @@ def expected_output(ticks: int = TICKS, smp: bool = False) -> tuple[bytes, int]:
 
 
 def build_ticks_guest(tmp: Path, ticks: int = TICKS, smp: bool = False) -> Path:
-    source = GUEST.replace("$TICKS", f"${ticks}").replace("$ROUNDS", f"${ROUNDS}")
+    source = GUEST.replace("TICK_SETUP", tick_setup(11932))
+    source = source.replace("$TICKS", f"${ticks}").replace("$ROUNDS", f"${ROUNDS}")
     source = (
         source.replace("START_AP", START_AP if smp else "")
         .replace("WAIT_AP", WAIT_AP if smp else "")

@@ -25,6 +25,7 @@ from kvmlite.vmm.loop import VmControl
 from kvmlite.vmm.machine import Machine, MachineConfig
 from kvmlite.vmm.vmem import read_virtual, write_virtual
 from tests.conftest import KVM_OK, MULTIBOOT_HEADER, build_multiboot
+from tests.images import tick_setup
 
 SEQ_PORT, TICK_PORT, AP_SEQ_PORT = 0x700, 0x704, 0x708
 TICKS_ADDR, AP_STARTED, AP_DONE = 0x30_0000, 0x9000, 0x9010
@@ -85,37 +86,7 @@ GUEST = (
 _start:
     mov $0x2ff000, %esp
     START_AP
-    mov $tick, %eax
-    mov $0x20, %ecx
-    call set_gate
-    mov $spurious, %eax
-    mov $0x27, %ecx
-    call set_gate
-    lidt idt_ptr
-    mov $0x11, %al          /* PIC pair: ICW1-4, vectors 0x20 and 0x28, only IRQ 0 open */
-    out %al, $0x20
-    out %al, $0xa0
-    mov $0x20, %al
-    out %al, $0x21
-    mov $0x28, %al
-    out %al, $0xa1
-    mov $0x04, %al
-    out %al, $0x21
-    mov $0x02, %al
-    out %al, $0xa1
-    mov $0x01, %al
-    out %al, $0x21
-    out %al, $0xa1
-    mov $0xfe, %al
-    out %al, $0x21
-    mov $0xff, %al
-    out %al, $0xa1
-    mov $0x34, %al          /* PIT channel 0, mode 2, 1193182 / 5966 = 200 Hz */
-    out %al, $0x43
-    mov $(5966 & 0xff), %al
-    out %al, $0x40
-    mov $(5966 >> 8), %al
-    out %al, $0x40
+TICK_SETUP
     xor %ebx, %ebx
     xor %esi, %esi
     sti
@@ -208,7 +179,8 @@ def tick_machine(
 ) -> tuple[Machine, Sequence, Sequence, Recorder]:
     smp = cpus > 1
     source = (
-        GUEST.replace("START_AP", START_AP if smp else "")
+        GUEST.replace("TICK_SETUP", tick_setup(5966))
+        .replace("START_AP", START_AP if smp else "")
         .replace("WAIT_AP", WAIT_AP if smp else "")
         .replace("TRAMPOLINE_CODE", TRAMPOLINE if smp else "")
     )
