@@ -75,3 +75,33 @@ def test_post_codes_arrive_without_an_exit_each(tmp_path: Path) -> None:
         machine.close()
 
 
+
+
+#: 3,000 bytes to COM1 the way a polling driver sends them (wait for THRE in LSR, write THR), then exit.
+SERIAL_POLLED = (
+    MULTIBOOT_HEADER
+    + ENTRY
+    + "    mov $3000, %ecx\n    mov $0x3fd, %dx\n"
+    + "1:  in %dx, %al\n    test $0x20, %al\n    jz 1b\n"
+    + "    mov $0x3f8, %dx\n    mov %cl, %al\n    and $0x3f, %al\n    add $0x30, %al\n    out %al, %dx\n"
+    + "    mov $0x3fd, %dx\n    loop 1b\n"
+    + "    mov $0xf4, %dx\n    mov $0x21, %eax\n    out %eax, %dx\n"
+)
+
+
+@requires_kvm
+@requires_as
+def test_polled_serial_output_costs_one_exit_per_byte(tmp_path: Path) -> None:
+    kernel = build_multiboot(tmp_path, "serial", SERIAL_POLLED)
+    out = bytearray()
+    machine = Machine.build(MachineConfig(kernel=kernel, memory_mib=16, serial_out=out.extend))
+    try:
+        if not machine.caps.coalesced_pio:
+            pytest.skip("this host's KVM has no KVM_CAP_COALESCED_PIO")
+        assert machine.run() == (0x21 << 1) | 1
+        stats = machine.stats()
+        assert bytes(out) == bytes(0x30 + (n & 0x3F) for n in range(3000, 0, -1))  # every byte, in order
+        assert stats.by_reason["IoOut"].count < 10, stats.format()  # the THR writes did not exit
+        assert stats.coalesced >= 3000, stats.format()
+    finally:
+        machine.close()

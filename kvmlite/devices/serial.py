@@ -157,6 +157,11 @@ class Serial16550:
     ``out`` receives every byte the guest transmits, in order; ``on_rx_space``
     (optional) is called when the guest has emptied the RX FIFO, so a host
     wrapper holding back input knows when to call :meth:`enqueue_input` again.
+    ``on_quiet`` (optional) is called with True when the guest leaves no
+    interrupt enabled (IER 0: a polling driver, Linux's console) and False when
+    it enables one: while quiet, a write to THR needs no answer before the
+    guest's next read of this UART, so the VMM may let such writes pile up in
+    KVM's coalesced ring instead of exiting for each byte.
     """
 
     def __init__(
@@ -165,8 +170,10 @@ class Serial16550:
         out: Callable[[bytes], None] | None = None,
         *,
         on_rx_space: Callable[[], None] | None = None,
+        on_quiet: Callable[[bool], None] | None = None,
     ) -> None:
         self._irq = irq
+        self._on_quiet = on_quiet
         self._out = out
         self._on_rx_space = on_rx_space
         self._irq_level = False
@@ -343,6 +350,8 @@ class Serial16550:
     def _write_ier(self, value: int) -> None:
         old = self.ier
         self.ier = value & IER_MASK
+        if self._on_quiet is not None and (old == 0) != (self.ier == 0):
+            self._on_quiet(self.ier == 0)
         if self.ier & IER_THRI and not old & IER_THRI and not self.tx:
             # A 16550 asserts THRI as soon as it is enabled with THR empty.
             self.thri_pending = True

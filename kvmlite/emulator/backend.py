@@ -522,7 +522,7 @@ class EmuVm:
     ) -> None:
         unsupported(BACKEND, "signal eventfds on guest writes (ioeventfd)")
 
-    def coalesce_writes(self, addr: int, length: int, pio: bool) -> None:
+    def coalesce_writes(self, addr: int, length: int, pio: bool, deassign: bool = False) -> None:
         unsupported(BACKEND, "coalesce guest writes")
 
     def coalesced_ring(self, pio: Writer, mmio: Writer) -> CoalescedRing | None:

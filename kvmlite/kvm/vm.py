@@ -214,12 +214,10 @@ class Vm:
         )
         return ioctl(self.fd, Ioctl.KVM_SIGNAL_MSI, msi)
 
-    def register_coalesced_mmio(self, addr: int, size: int, pio: bool = False) -> None:
-        ioctl(self.fd, Ioctl.KVM_REGISTER_COALESCED_MMIO, S.kvm_coalesced_mmio_zone(addr, size, int(pio)))
-
-    def coalesce_writes(self, addr: int, length: int, pio: bool) -> None:
-        """Guest writes to [addr, addr+length) go to the coalesced ring instead of exiting."""
-        self.register_coalesced_mmio(addr, length, pio)
+    def coalesce_writes(self, addr: int, length: int, pio: bool, deassign: bool = False) -> None:
+        """Guest writes to [addr, addr+length) go to the coalesced ring instead of exiting (or no longer)."""
+        request = Ioctl.KVM_UNREGISTER_COALESCED_MMIO if deassign else Ioctl.KVM_REGISTER_COALESCED_MMIO
+        ioctl(self.fd, request, S.kvm_coalesced_mmio_zone(addr, length, int(pio)))
 
     def coalesced_ring(self, pio: Writer, mmio: Writer) -> CoalescedRing | None:
         """The VM's coalesced-write ring (in the first vCPU's kvm_run mapping); None without one."""

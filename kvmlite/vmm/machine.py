@@ -41,7 +41,7 @@ from kvmlite.devices.fw_cfg import FwCfg
 from kvmlite.devices.i8042 import I8042, PortA20Reset, PostCodePort
 from kvmlite.devices.pit import Pit8254
 from kvmlite.devices.rtc import CmosRtc
-from kvmlite.devices.serial import Serial16550
+from kvmlite.devices.serial import THR, Serial16550
 from kvmlite.errors import ConfigError, KvmliteError
 from kvmlite.firmware.acpi import MAX_CPUS, AcpiPlatform, write_tables
 from kvmlite.kvm.coalesced import CoalescedRing
@@ -216,6 +216,7 @@ class Machine:
         #: backend has one: (port, length), registered with the first vCPU.
         self.coalesced_ports: list[tuple[int, int]] = []
         self.coalesced: CoalescedRing | None = None
+        self._uarts: list[tuple[int, Serial16550]] = []  # (base port, UART) of every 16550
         self.iothread = IoThread(self.lock)
         #: Appended to the kernel command line by load() (virtio-mmio devices announce themselves there).
         self.cmdline_extra: list[str] = []
@@ -373,7 +374,7 @@ class Machine:
         port = PostCodePort(on_code=on_code)
         self.place("post", "post-codes", port, pio=[slot(L.POST_PORT, 1)])
         # Linux writes port 0x80 between legacy port accesses as an I/O delay: no exit for those.
-        self.coalesced_ports.append((L.POST_PORT, 1))
+        self.coalesce_port(L.POST_PORT, True)
         return port
 
     def attach_fw_cfg(self) -> FwCfg:
@@ -386,12 +387,37 @@ class Machine:
         sink = self.config.serial_out or console.write
         if self.config.max_output:
             sink = OutputLimit(sink, self.config.max_output, self.control).write
-        serial = Serial16550(irq=self.irqchip.line(irq), out=sink, on_rx_space=console.rx_space_available)
+        serial = Serial16550(
+            irq=self.irqchip.line(irq),
+            out=sink,
+            on_rx_space=console.rx_space_available,
+            on_quiet=functools.partial(self.coalesce_port, port + THR),
+        )
+        self.coalesce_port(port + THR, serial.ier == 0)  # THR writes of a polling guest: no exit each
+        self._uarts.append((port, serial))
         console.bind(serial)
         name = self.devices.unique_name("serial")
         self.place(name, "isa-serial", serial, pio=[slot(port, L.SERIAL_PORT_LEN)], irqs=[irq])
         self.serial, self.console = serial, console
         return serial
+
+    def coalesce_port(self, port: int, on: bool) -> None:
+        """Let the guest's writes to ``port`` go to the coalesced ring (on) or exit again (off).
+
+        Only for writes nobody needs to see before the guest's next exit (the
+        ring is replayed then, see :mod:`kvmlite.vmm.loop`); where the backend
+        has no ring, or under ``--trace`` (the trace shows every access), it
+        only records the wish.
+        """
+        entry = (port, 1)
+        if on == (entry in self.coalesced_ports):
+            return
+        if self.coalesced is not None:
+            self.vm.coalesce_writes(port, 1, pio=True, deassign=not on)
+        if on:
+            self.coalesced_ports.append(entry)
+        else:
+            self.coalesced_ports.remove(entry)
 
     def attach_debug_exit(self, port: int = L.DEBUG_EXIT_PORT) -> DebugExit:
         dev = DebugExit(lambda status: self.control.stop(status, "guest wrote to the debug-exit port"))
@@ -457,10 +483,10 @@ class Machine:
                 setup_cpu(regs, sregs, self.memory, self.load_result)
                 vcpu.set_sregs(sregs)
                 vcpu.set_regs(regs)
-            if i == 0 and caps.coalesced_pio and self.coalesced_ports:
-                for port, length in self.coalesced_ports:
-                    vm.coalesce_writes(port, length, pio=True)
+            if i == 0 and caps.coalesced_pio and not self.config.trace:
                 self.coalesced = vm.coalesced_ring(self.pio.write, self.mmio.write)
+                for port, length in self.coalesced_ports if self.coalesced is not None else ():
+                    vm.coalesce_writes(port, length, pio=True)
             loop = VcpuLoop(vcpu, self.control, self.pio, self.mmio, timing=self.config.stats)
             loop.coalesced = self.coalesced
             if i == 0 or isinstance(self.irqchip, KernelIrqChip):
@@ -717,9 +743,16 @@ class Machine:
         ]
         for t in threads:
             t.start()
+        for port, uart in self._uarts:  # a restored snapshot's IER decides (restore sets it directly)
+            self.coalesce_port(port + THR, uart.ier == 0)
+        ring = self.coalesced
         try:
             while any(t.is_alive() for t in threads):
-                self.control.stopped.wait(wait_slice(deadline))
+                # With a coalesced ring, writes a guest makes just before a long stretch without exits
+                # (serial output, then computing) are replayed from here, at most 50 ms late.
+                self.control.stopped.wait(wait_slice(deadline, 0.5 if ring is None else 0.05))
+                if ring is not None and ring.words[0] != ring.words[1]:
+                    ring.drain()
                 stop_if_past(self.control, deadline, self.config.timeout)
                 if self.control.stopping:
                     for t in threads:

@@ -419,3 +419,15 @@ def test_linux_8250_autoconfig_sequence_finds_a_16550a() -> None:
     wr(u, s.MCR, s.MCR_DTR | s.MCR_RTS | s.MCR_OUT2)
     assert not line.high  # nothing enabled yet
     assert rd(u, s.SCR) == 0
+
+
+def test_on_quiet_reports_when_the_guest_enables_or_disables_every_interrupt() -> None:
+    calls: list[bool] = []
+    u = Serial16550(on_quiet=calls.append)
+    u.write(s.IER, 1, s.IER_THRI)
+    u.write(s.IER, 1, s.IER_THRI | s.IER_RDI)  # still not quiet: no call
+    u.write(s.LCR, 1, s.LCR_DLAB)
+    u.write(s.IER, 1, 0)  # DLM, not IER
+    u.write(s.LCR, 1, 0)
+    u.write(s.IER, 1, 0)
+    assert calls == [False, True]
