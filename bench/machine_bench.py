@@ -8,6 +8,11 @@ Rows:
   by subtracting a short run from a long one;
 * serial output: bytes per second a guest pushes through the 16550 (polling
   LSR, writing THR), start-up cancelled likewise;
+* exit round trip on the real path: ``kvmlite run`` (the whole machine, the
+  device on its port) on a multiboot guest looping ``in`` from COM1's LSR or
+  ``out`` to COM1's scratch register, ns per iteration (a long run minus a
+  short one), against the C loop of ``exit_roundtrip`` at CPL 0 (the
+  multiboot guest runs at CPL 0 too) in the same run;
 * peak memory: the VMM process's peak RSS running the same guest (the guest
   touches the same pages under both, so the difference is each VMM's own).
 
@@ -20,6 +25,7 @@ run.  Guests are built from ``guests/`` into ``bench/_build/guests``.
 from __future__ import annotations
 
 import compileall
+import functools
 import importlib.util
 import shutil
 import subprocess
@@ -65,6 +71,27 @@ _start:
     xor %eax, %eax
     out %eax, %dx
 """
+# A multiboot guest doing COUNT port accesses (one exit each), then leaving through debug-exit.
+EXIT_LOOP = r"""
+.section .multiboot, "a"
+.align 4
+.long 0x1BADB002, 0, -(0x1BADB002)
+.text
+.code32
+.globl _start
+_start:
+    mov $COUNT, %ecx
+    mov $PORT, %dx
+1:  ACCESS
+    dec %ecx
+    jnz 1b
+    mov $0xf4, %dx
+    xor %eax, %eax
+    out %eax, %dx
+"""
+#: The real-path exit rows: (name, port, the instruction).
+EXIT_ACCESSES = {"in-lsr": (0x3FD, "in %dx, %al"), "out-scr": (0x3FF, "out %al, %dx")}
+EXIT_LONG, EXIT_SHORT, EXIT_LONG_QUICK = 150_000, 1_000, 50_000
 LINK_SCRIPT = "ENTRY(_start)\nSECTIONS { . = 0x100000; .text : { *(.multiboot) *(.text) } }\n"
 
 
@@ -82,15 +109,19 @@ def _build_guests() -> dict[str, Path]:
     GUEST_DIR.mkdir(parents=True, exist_ok=True)
     images = {name: build.build_guest(name, GUEST_DIR) for name in ("pm32", "cbench")}
     for n in (SERIAL_LONG, SERIAL_SHORT, SERIAL_LONG_QUICK):
-        images[f"serial{n}"] = _build_flood(n)
+        images[f"serial{n}"] = _build_flood(f"serial{n}", SERIAL_FLOOD, n)
+    for name, (port, access) in EXIT_ACCESSES.items():
+        for n in (EXIT_LONG, EXIT_SHORT, EXIT_LONG_QUICK):
+            source = EXIT_LOOP.replace("PORT", hex(port)).replace("ACCESS", access)
+            images[f"{name}{n}"] = _build_flood(f"{name}{n}", source, n)
     return images
 
 
-def _build_flood(count: int) -> Path:
-    src, obj, lds, elf = (GUEST_DIR / f"serial{count}{ext}" for ext in (".S", ".o", ".ld", ".elf"))
-    if elf.exists():
+def _build_flood(name: str, source: str, count: int) -> Path:
+    src, obj, lds, elf = (GUEST_DIR / f"{name}{ext}" for ext in (".S", ".o", ".ld", ".elf"))
+    if elf.exists() and src.exists() and src.read_text() == source:
         return elf
-    src.write_text(SERIAL_FLOOD)
+    src.write_text(source)
     lds.write_text(LINK_SCRIPT)
     subprocess.run(["as", "--32", f"--defsym=COUNT={count}", "-o", str(obj), str(src)], check=True)
     subprocess.run(
@@ -191,6 +222,29 @@ def measure_serial(quick: bool) -> Result:
     )
 
 
+def measure_exit(name: str, quick: bool) -> Result:
+    from exit_roundtrip import run_c
+
+    images = _prepare()
+    n_long = EXIT_LONG_QUICK if quick else EXIT_LONG
+    long, short = images[f"{name}{n_long}"], images[f"{name}{EXIT_SHORT}"]
+    n = n_long - EXIT_SHORT
+
+    def ours() -> float:
+        return _difference(_kvmlite_cmd, long, short, "", "", 1) * 1e9 / n
+
+    ours_s, theirs = alternate(ours, lambda: run_c("pio", n, 0).ns_per_exit, _runs(quick))
+    port, _ = EXIT_ACCESSES[name]
+    return Result(
+        f"exit roundtrip on kvmlite run: {name} {port:#x}",
+        "ns/exit",
+        ours_s,
+        theirs,
+        "C exit_loop cpl0",
+        note=f"{n} exits (a long run minus a short one)",
+    )
+
+
 _PEAK_RSS = (
     "import resource, subprocess, sys\n"
     "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
@@ -226,5 +280,15 @@ def benchmarks() -> list[Benchmark]:
             "compute", "ring-3 compute loop inside the guest, start-up cancelled", measure_compute, needs
         ),
         Benchmark("serial", "guest-to-host serial throughput through the 16550", measure_serial, needs),
+        *(
+            Benchmark(
+                f"exit-run-{name}",
+                f"exit round trip on the whole `kvmlite run` path ({name}) vs the C loop",
+                functools.partial(measure_exit, name),
+                (*needs, "cc"),
+                tags=("exit",),
+            )
+            for name in EXIT_ACCESSES
+        ),
         Benchmark("memory", "peak RSS of the VMM process on the same guest", measure_memory, needs),
     ]

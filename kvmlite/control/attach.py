@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
-
-from kvmlite.control.api import MachineApi
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +22,7 @@ class Attachments:
 
         if gdb_wait and gdb is None:
             raise ConfigError("--gdb-wait needs --gdb")
-        self.api = MachineApi(machine)
+        self._machine = machine
         self.gdb_server: Any = None
         self.control_server: Any = None
         try:
@@ -45,6 +44,13 @@ class Attachments:
         except BaseException:
             self.close()
             raise
+
+    @functools.cached_property
+    def api(self) -> Any:
+        """The machine's control API (made on first use: a plain run imports no control code)."""
+        from kvmlite.control.api import MachineApi
+
+        return MachineApi(self._machine)
 
     def _monitor(self, command: str) -> str:
         if command == "info devices":

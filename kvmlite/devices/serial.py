@@ -253,6 +253,8 @@ class Serial16550:
         if not 0 <= offset < NUM_REGS:
             self._warn_access("read", offset, size)
             return 0xFF
+        if offset == LSR:  # first: what a polling driver reads before every byte
+            return self._read_lsr()
         dlab = bool(self.lcr & LCR_DLAB)
         if offset == RBR:
             return self.divisor & 0xFF if dlab else self._read_rbr()
@@ -264,8 +266,6 @@ class Serial16550:
             return self.lcr
         if offset == MCR:
             return self.mcr
-        if offset == LSR:
-            return self._read_lsr()
         if offset == MSR:
             return self._read_msr()
         return self.scr
@@ -428,8 +428,9 @@ class Serial16550:
 
     def _read_lsr(self) -> int:
         value = self._lsr()
-        self.lsr_errors = 0
-        self._update_irq()
+        if self.lsr_errors:  # reading clears them, and with them the line-status interrupt
+            self.lsr_errors = 0
+            self._update_irq()
         return value
 
     def _rx_trigger(self) -> int:

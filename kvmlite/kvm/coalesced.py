@@ -24,6 +24,7 @@ from __future__ import annotations
 import mmap
 import struct
 import threading
+from collections import Counter
 from collections.abc import Callable
 
 PAGE_SIZE = 4096
@@ -44,12 +45,12 @@ class CoalescedRing:
         self.words = self._mv[: _HEADER.size].cast("I")
         self._pio, self._mmio = pio, mmio
         self._lock = threading.Lock()  # one ring for every vCPU of the VM
-        #: Writes replayed so far (``--stats`` shows them).
-        self.replayed = 0
+        #: Writes replayed so far, per ("pio" or "mmio", port or address) (``--stats`` shows them).
+        self.replayed: Counter[tuple[str, int]] = Counter()
 
     def drain(self) -> int:
         """Replay every waiting write into the buses, oldest first; how many."""
-        words, mv, n = self.words, self._mv, 0
+        words, mv, n, replayed = self.words, self._mv, 0, self.replayed
         with self._lock:
             first = words[0]
             while first != words[1]:
@@ -57,10 +58,10 @@ class CoalescedRing:
                 length = min(length, 8)
                 value = int.from_bytes(data[:length], "little")
                 (self._pio if pio else self._mmio)(addr, length, value)
+                replayed["pio" if pio else "mmio", addr] += 1
                 first = (first + 1) % RING_ENTRIES
                 words[0] = first  # give the slot back to KVM only once it is replayed
                 n += 1
-            self.replayed += n
         return n
 
     def close(self) -> None:

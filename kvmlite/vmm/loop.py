@@ -260,6 +260,9 @@ class VcpuLoop:
         self.extensions: list[LoopExtension] = []
         #: The VM's coalesced-write ring (kvmlite.kvm.coalesced), drained before each exit is handled.
         self.coalesced: CoalescedRing | None = None
+        #: Called when an extension wants every exit (a trace, a debugger): writes that go through
+        #: the coalesced ring make none, so the owner of the ring stops coalescing.
+        self.every_exit_wanted: Callable[[], None] | None = None
         self._before_run: list[Callable[[VcpuLoop], None]] = []
         self._every_exit: list[Callable[[E.Exit], bool]] = []
         self._halt_wait: Callable[[VcpuLoop], None] | None = None
@@ -296,6 +299,8 @@ class VcpuLoop:
         if extension._overrides("before_run"):
             self._before_run.append(extension.before_run)
         if extension.every_exit:
+            if self.every_exit_wanted is not None:
+                self.every_exit_wanted()
             on_exit = extension.on_exit
 
             def every(ex: E.Exit) -> bool:
@@ -424,6 +429,9 @@ class VcpuLoop:
 
     def _io_in(self, ex: E.IoIn) -> None:
         size, data, read, port = ex.size, ex.data, self.pio.read, ex.port
+        if ex.count == 1:
+            data[:] = read(port, size).to_bytes(size, "little")
+            return
         for i in range(0, size * ex.count, size):
             data[i : i + size] = read(port, size).to_bytes(size, "little")
 

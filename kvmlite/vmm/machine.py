@@ -217,6 +217,7 @@ class Machine:
         self.coalesced_ports: list[tuple[int, int]] = []
         self.coalesced: CoalescedRing | None = None
         self._uarts: list[tuple[int, Serial16550]] = []  # (base port, UART) of every 16550
+        self._every_exit = bool(config.trace)  # the trace (or a debugger) shows every access: no coalescing
         self.iothread = IoThread(self.lock)
         #: Appended to the kernel command line by load() (virtio-mmio devices announce themselves there).
         self.cmdline_extra: list[str] = []
@@ -412,12 +413,19 @@ class Machine:
         entry = (port, 1)
         if on == (entry in self.coalesced_ports):
             return
-        if self.coalesced is not None:
+        if self.coalesced is not None and not self._every_exit:
             self.vm.coalesce_writes(port, 1, pio=True, deassign=not on)
         if on:
             self.coalesced_ports.append(entry)
         else:
             self.coalesced_ports.remove(entry)
+
+    def _stop_coalescing(self) -> None:
+        """An extension wants every exit (a trace, a debugger): every port write exits again."""
+        if self.coalesced is not None and not self._every_exit:
+            for port, length in self.coalesced_ports:
+                self.vm.coalesce_writes(port, length, pio=True, deassign=True)
+        self._every_exit = True
 
     def attach_debug_exit(self, port: int = L.DEBUG_EXIT_PORT) -> DebugExit:
         dev = DebugExit(lambda status: self.control.stop(status, "guest wrote to the debug-exit port"))
@@ -483,12 +491,12 @@ class Machine:
                 setup_cpu(regs, sregs, self.memory, self.load_result)
                 vcpu.set_sregs(sregs)
                 vcpu.set_regs(regs)
-            if i == 0 and caps.coalesced_pio and not self.config.trace:
+            if i == 0 and caps.coalesced_pio:
                 self.coalesced = vm.coalesced_ring(self.pio.write, self.mmio.write)
-                for port, length in self.coalesced_ports if self.coalesced is not None else ():
+                for port, length in self.coalesced_ports if self.coalesced and not self._every_exit else ():
                     vm.coalesce_writes(port, length, pio=True)
             loop = VcpuLoop(vcpu, self.control, self.pio, self.mmio, timing=self.config.stats)
-            loop.coalesced = self.coalesced
+            loop.coalesced, loop.every_exit_wanted = self.coalesced, self._stop_coalescing
             if i == 0 or isinstance(self.irqchip, KernelIrqChip):
                 self.irqchip.attach(loop)
             if self.tracer is not None:
@@ -780,7 +788,7 @@ class Machine:
         for loop in self.loops:
             total.merge(loop.stats)
         if self.coalesced is not None:
-            total.coalesced = self.coalesced.replayed
+            total.coalesced.update(self.coalesced.replayed)
         return total
 
     def close(self) -> None:

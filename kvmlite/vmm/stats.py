@@ -29,7 +29,8 @@ class ExitStats:
     #: Instructions the host KVM failed to emulate and kvmlite emulated instead, per mnemonic.
     rescues: collections.Counter[str] = field(default_factory=collections.Counter)
     #: Guest writes that went through the coalesced ring instead of exiting (kvmlite.kvm.coalesced).
-    coalesced: int = 0
+    #: Per ("pio" or "mmio", port or address).
+    coalesced: collections.Counter[tuple[str, int]] = field(default_factory=collections.Counter)
     started_ns: int = field(default_factory=time.perf_counter_ns)
     ended_ns: int = 0
 
@@ -44,7 +45,7 @@ class ExitStats:
             mine.ns += c.ns
         self.run_ns += other.run_ns
         self.rescues.update(other.rescues)
-        self.coalesced += other.coalesced
+        self.coalesced.update(other.coalesced)
         self.started_ns = min(self.started_ns, other.started_ns)
         self.ended_ns = max(self.ended_ns, other.ended_ns)
 
@@ -74,7 +75,9 @@ class ExitStats:
             if len(ranked) > top:
                 lines.append(f"... and {len(ranked) - top} more addresses")
         if self.coalesced:
-            lines.append(f"{'coalesced writes':<20} {self.coalesced:>10} (replayed without an exit)")
+            lines.append(f"{'coalesced writes':<20} {'count':>10} (replayed without an exit)")
+            ranked_writes = self.coalesced.most_common(top)
+            lines += [f"{kind} {addr:#x}".ljust(20) + f" {n:>10}" for (kind, addr), n in ranked_writes]
         if self.rescues:
             lines.append(f"{'rescued by kvmlite':<20} {'count':>10}")
             lines += [f"{name:<20} {n:>10}" for name, n in self.rescues.most_common()]
