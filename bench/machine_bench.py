@@ -45,9 +45,8 @@ QEMU = "qemu-system-x86_64"
 CBENCH_LONG, CBENCH_SHORT, CBENCH_LONG_QUICK = 2_000_000_000, 10_000_000, 500_000_000
 SERIAL_LONG, SERIAL_SHORT, SERIAL_LONG_QUICK = 40_000, 2_000, 10_000
 
-# A multiboot guest that writes N bytes to COM1 the way a driver does (wait for THRE, write THR), then
-# leaves through the debug-exit port.  N is fixed at assembly time with --defsym so no parsing is timed.
-SERIAL_FLOOD = r"""
+#: The multiboot header and entry of the bench's own guests.
+MULTIBOOT_START = r"""
 .section .multiboot, "a"
 .align 4
 .long 0x1BADB002, 0, -(0x1BADB002)
@@ -55,6 +54,10 @@ SERIAL_FLOOD = r"""
 .code32
 .globl _start
 _start:
+"""
+# A multiboot guest that writes N bytes to COM1 the way a driver does (wait for THRE, write THR), then
+# leaves through the debug-exit port.  N is fixed at assembly time with --defsym so no parsing is timed.
+SERIAL_FLOOD = MULTIBOOT_START + r"""
     mov $COUNT, %ecx
     mov $0x3fd, %dx
 1:  in %dx, %al
@@ -72,14 +75,7 @@ _start:
     out %eax, %dx
 """
 # A multiboot guest doing COUNT port accesses (one exit each), then leaving through debug-exit.
-EXIT_LOOP = r"""
-.section .multiboot, "a"
-.align 4
-.long 0x1BADB002, 0, -(0x1BADB002)
-.text
-.code32
-.globl _start
-_start:
+EXIT_LOOP = MULTIBOOT_START + r"""
     mov $COUNT, %ecx
     mov $PORT, %dx
 1:  ACCESS
