@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME",
-        help="add an optional device by QEMU's name: pc-testdev, virtio-rng-pci (repeatable)",
+        help="add an optional device by QEMU's name: pc-testdev, pci-testdev, virtio-rng-pci (repeatable)",
     )
     run.add_argument(
         "--disk",

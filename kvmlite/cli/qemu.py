@@ -25,7 +25,8 @@ How each option maps (``-help`` prints the same):
   ``-mon`` (a ``readline`` monitor is ignored with a warning: kvmlite has none;
   ``mode=control`` (QMP) is refused);
 * ``-device isa-debug-exit,iobase=0xf4,iosize=4`` (kvmlite's is always
-  there, at that port), ``-device pc-testdev``; ``-device help`` lists them;
+  there, at that port), ``-device pc-testdev``, ``-device pci-testdev``; ``-device help``
+  lists them;
 * ``-no-reboot`` (a guest reset ends the run; without it the guest restarts,
   as under QEMU), ``-global kvm-pit.lost_tick_policy=...`` (accepted: see
   docs/conformance.md), ``-name``, ``-no-user-config``.
@@ -113,6 +114,7 @@ Every option not listed here is refused with a message naming it (exit status 2)
 -no-reboot                a guest reset ends the run (otherwise the guest restarts)
 -device isa-debug-exit,iobase=0xf4,iosize=4    a write of v exits with status (v << 1) | 1
 -device pc-testdev        QEMU's ISA test device (kvm-unit-tests)
+-device pci-testdev       QEMU's PCI test device (kvm-unit-tests)
 -device help              list the devices
 -global kvm-pit.lost_tick_policy=discard|delay|slew     accepted (kvmlite keeps KVM's default)
 -help, -version
@@ -122,6 +124,7 @@ DEVICE_LIST = """\
 Misc devices:
 name "isa-debug-exit", bus ISA
 name "pc-testdev", bus ISA
+name "pci-testdev", bus PCI, desc "PCI Test Device"
 """
 
 log = logging.getLogger("kvmlite")
@@ -468,13 +471,11 @@ def _opt_device(st: _State, value: str) -> None:
                 f"-device isa-debug-exit,iobase={iobase:#x},iosize={iosize}: kvmlite's isa-debug-exit "
                 f"is at iobase={DEBUG_EXIT_PORT:#x},iosize={DEFAULT_WIDTH} only"
             )
-    elif driver == "pc-testdev":
+    elif driver in ("pc-testdev", "pci-testdev"):
         if props:
-            raise QemuOptionError(f"-device {value}: pc-testdev has no properties")
+            raise QemuOptionError(f"-device {value}: kvmlite's {driver} has no properties")
         if driver not in st.devices:
             st.devices.append(driver)
-    elif driver == "pci-testdev":
-        raise QemuOptionError("-device pci-testdev: kvmlite's machine has no PCI bus")
     else:
         raise QemuOptionError(f"-device {driver}: kvmlite has no such device (-device help lists them)")
 

@@ -157,7 +157,9 @@ class ConfigAddress:
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset == 0 and size == 4:
-            self.value = value & (CONFIG_ENABLE | 0x00FF_FFFC)
+            # QEMU keeps the two low bits and ORs them into the register offset (pci_host.c);
+            # kvm-unit-tests' config reads rely on it (CONFIG_ADDRESS | reg, then inw(0xCFC))
+            self.value = value & (CONFIG_ENABLE | 0x00FF_FFFF)
 
 
 class ConfigData:
@@ -170,7 +172,7 @@ class ConfigData:
         value = self.address.value
         if not value & CONFIG_ENABLE:
             return None
-        return (value >> 16) & 0xFF, (value >> 8) & 0xFF, (value & 0xFC) + offset
+        return (value >> 16) & 0xFF, (value >> 8) & 0xFF, (value & 0xFF) | offset
 
     def read(self, offset: int, size: int) -> int:
         target = self._target(offset)

@@ -39,6 +39,7 @@ from kvmlite.devices.base import Device
 from kvmlite.devices.debug_exit import DebugExit
 from kvmlite.devices.fw_cfg import FwCfg
 from kvmlite.devices.i8042 import I8042, PortA20Reset, PostCodePort
+from kvmlite.devices.pci_testdev import PciTestdev
 from kvmlite.devices.pit import Pit8254
 from kvmlite.devices.rtc import CmosRtc
 from kvmlite.devices.serial import THR, Serial16550
@@ -85,7 +86,7 @@ MIB = 1 << 20
 MIN_MEMORY_MIB = 2
 MAX_MEMORY_MIB = 64 * 1024
 #: Devices a MachineConfig may ask for by name, beyond the standard PC's.
-OPTIONAL_DEVICES = ("pc-testdev", "virtio-rng-pci")
+OPTIONAL_DEVICES = ("pc-testdev", "pci-testdev", "virtio-rng-pci")
 SMP_NEEDS_KERNEL_IRQCHIP = "SMP needs the in-kernel irqchip (the KVM backend with --irqchip kernel or auto)"
 
 
@@ -116,7 +117,7 @@ class MachineConfig:
     host_workarounds: str = "auto"
     #: Library use: where the guest's serial output goes (overrides ``serial``).
     serial_out: Callable[[bytes], None] | None = None
-    #: Devices attached only on request, by QEMU's names: "pc-testdev", "virtio-rng-pci" (OPTIONAL_DEVICES).
+    #: Devices attached only on request, by QEMU's names (OPTIONAL_DEVICES): "pc-testdev", "pci-testdev", ...
     extra_devices: list[str] = field(default_factory=list)
     #: ``--disk PATH[,readonly=on][,serial=ID]`` specs: one virtio-blk-pci each.
     disks: list[str] = field(default_factory=list)
@@ -716,6 +717,8 @@ class Machine:
         self.attach_pc_devices()
         if "pc-testdev" in self.config.extra_devices:
             self.attach_pc_testdev()
+        if "pci-testdev" in self.config.extra_devices:
+            self.attach_pci_device("pci-testdev", "pci-testdev", PciTestdev())
         if "virtio-rng-pci" in self.config.extra_devices:
             self.attach_virtio_rng()
         if self.config.virtio_console:
