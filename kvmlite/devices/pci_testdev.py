@@ -72,7 +72,7 @@ class PciTestdev(PciFunction):
         self.config.add_bar(BarSpec(IO_BAR, IO_SIZE, BarKind.IO))
         self.tests = [IoTest(i) for i in range(len(TESTS) * len(KINDS))]
         self.current: IoTest | None = None
-        self._blocks = [_Block(self, kind) for kind in range(len(KINDS))]
+        self._blocks = [PciTestdevBlock(self, kind) for kind in range(len(KINDS))]
 
     def state(self) -> PciTestdevState:
         current = -1 if self.current is None else self.current.number
@@ -111,7 +111,7 @@ class PciTestdev(PciFunction):
         test.count += 1
 
 
-class _Block:
+class PciTestdevBlock:
     """One BAR's registers, byte-wide as in QEMU: wider accesses become byte accesses."""
 
     def __init__(self, dev: PciTestdev, kind: int) -> None:

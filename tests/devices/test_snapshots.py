@@ -13,6 +13,7 @@ from kvmlite.devices.debug_exit import DebugExit, DebugExitState
 from kvmlite.devices.fw_cfg import FwCfg
 from kvmlite.devices.i8042 import I8042, PortA20Reset, PostCodePort
 from kvmlite.devices.pc_testdev import PcTestdev, PcTestdevIomem
+from kvmlite.devices.pci_testdev import PciTestdev, PciTestdevBlock
 from kvmlite.devices.pic import Elcr, Pic8259, Pic8259Pair
 from kvmlite.devices.pit import Pit8254, PitChannel, SystemPortB
 from kvmlite.devices.rtc import CmosRtc
@@ -22,7 +23,7 @@ from kvmlite.vmm import layout as L
 from tests.devices.conftest import Calls, FakeClock, Line
 
 #: Parts of a device above (a chip of the pair, a register window) whose state is in its record.
-PARTS = {Elcr, Pic8259, PitChannel, SystemPortB, PcTestdevIomem}
+PARTS = {Elcr, Pic8259, PitChannel, SystemPortB, PcTestdevIomem, PciTestdevBlock}
 
 #: Each device class with what its constructor needs injected.
 DEVICES: list[tuple[type, dict[str, object]]] = [
@@ -38,6 +39,7 @@ DEVICES: list[tuple[type, dict[str, object]]] = [
     (PM.ResetControl, {"reset": Calls()}),
     (DebugExit, {"on_exit": print}),
     (PcTestdev, {}),
+    (PciTestdev, {}),
 ]
 
 
