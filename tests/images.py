@@ -262,3 +262,20 @@ _TICK_SETUP = """    mov $tick, %eax
     mov $(DIVISOR >> 8), %al
     out %al, $0x40
 """
+
+
+#: ``set_gate`` (interrupt gate %ecx -> handler %eax in the current code segment, in the guest's
+#: ``idt``) and the ``idt_ptr`` that ``tick_setup`` loads, for the same tick guests.
+TICK_GATES = """set_gate:
+    lea idt(, %ecx, 8), %edi
+    mov %ax, (%edi)
+    mov %cs, 2(%edi)
+    movw $0x8e00, 4(%edi)
+    shr $16, %eax
+    mov %ax, 6(%edi)
+    ret
+
+idt_ptr:
+    .word 256 * 8 - 1
+    .long idt
+"""

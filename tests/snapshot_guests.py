@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import MULTIBOOT_HEADER, build_multiboot
-from tests.images import tick_setup
+from tests.images import TICK_GATES, tick_setup
 
 TICKS = 120
 ROUNDS = 200
@@ -129,18 +129,7 @@ puthex:
     loop 7b
     ret
 
-set_gate:
-    lea idt(, %ecx, 8), %edi
-    mov %ax, (%edi)
-    mov %cs, 2(%edi)
-    movw $0x8e00, 4(%edi)
-    shr $16, %eax
-    mov %ax, 6(%edi)
-    ret
-
-idt_ptr:
-    .word 256 * 8 - 1
-    .long idt
+TICK_GATES
 TRAMPOLINE
 msg_tick: .asciz "tick "
 msg_sum: .asciz "sum="
@@ -218,7 +207,7 @@ def expected_output(ticks: int = TICKS, smp: bool = False) -> tuple[bytes, int]:
 
 
 def build_ticks_guest(tmp: Path, ticks: int = TICKS, smp: bool = False) -> Path:
-    source = GUEST.replace("TICK_SETUP", tick_setup(11932))
+    source = GUEST.replace("TICK_SETUP", tick_setup(11932)).replace("TICK_GATES", TICK_GATES)
     source = source.replace("$TICKS", f"${ticks}").replace("$ROUNDS", f"${ROUNDS}")
     source = (
         source.replace("START_AP", START_AP if smp else "")

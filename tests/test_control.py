@@ -25,7 +25,7 @@ from kvmlite.vmm.loop import VmControl
 from kvmlite.vmm.machine import Machine, MachineConfig
 from kvmlite.vmm.vmem import read_virtual, write_virtual
 from tests.conftest import KVM_OK, MULTIBOOT_HEADER, build_multiboot
-from tests.images import tick_setup
+from tests.images import TICK_GATES, tick_setup
 
 SEQ_PORT, TICK_PORT, AP_SEQ_PORT = 0x700, 0x704, 0x708
 TICKS_ADDR, AP_STARTED, AP_DONE = 0x30_0000, 0x9000, 0x9010
@@ -125,19 +125,7 @@ tick:
 spurious:
     iret
 
-/* set_gate: interrupt gate %ecx -> handler %eax in the current code segment */
-set_gate:
-    lea idt(, %ecx, 8), %edi
-    mov %ax, (%edi)
-    mov %cs, 2(%edi)
-    movw $0x8e00, 4(%edi)
-    shr $16, %eax
-    mov %ax, 6(%edi)
-    ret
-
-idt_ptr:
-    .word 256 * 8 - 1
-    .long idt
+TICK_GATES
 TRAMPOLINE_CODE
 
 .bss
@@ -180,6 +168,7 @@ def tick_machine(
     smp = cpus > 1
     source = (
         GUEST.replace("TICK_SETUP", tick_setup(5966))
+        .replace("TICK_GATES", TICK_GATES)
         .replace("START_AP", START_AP if smp else "")
         .replace("WAIT_AP", WAIT_AP if smp else "")
         .replace("TRAMPOLINE_CODE", TRAMPOLINE if smp else "")
