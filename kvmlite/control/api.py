@@ -214,8 +214,8 @@ class MachineApi:
         with self._lock:
             if self._stopped:
                 self._stopped = False
+                self._emit("RESUME")  # before the guest runs: its own events (SHUTDOWN...) come after
                 self.control.resume()
-                self._emit("RESUME")
         return {}
 
     def system_reset(self) -> dict[str, Any]:
