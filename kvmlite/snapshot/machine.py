@@ -214,6 +214,7 @@ def load_into(machine: Machine, state: dict[str, Any]) -> None:
         if not isinstance(st, dict):
             raise SnapshotError("the snapshot's vCPU state is malformed")
         restore_vcpu(loop.vcpu, machine.caps, st, lapic, tsc)
+        loop.state_reloaded = True
     with machine.lock:
         before = _earliest_deadline(machine)
         restore_devices(machine.devices, state.get("devices") or [])

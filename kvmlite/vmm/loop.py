@@ -255,6 +255,8 @@ class VcpuLoop:
         self.mmio = mmio
         self.timing = timing
         self.stats = ExitStats()
+        #: Set by a state restore (kvmlite.snapshot) while the loop is parked: do not go back to a halt wait.
+        self.state_reloaded = False
         #: The one writer of this vCPU's KVM_SET_GUEST_DEBUG (see kvmlite.vmm.debug).
         self.debug = GuestDebugSettings(vcpu)
         self.extensions: list[LoopExtension] = []
@@ -327,6 +329,7 @@ class VcpuLoop:
     def run(self) -> None:
         """Run until the VM stops.  Any kvmlite error stops the VM with a message instead of escaping."""
         self.vcpu.bind_thread()
+        self.state_reloaded = False  # a state loaded before the start is simply where it starts
         self.control.loop_started()
         try:
             self._loop()
@@ -366,6 +369,7 @@ class VcpuLoop:
                 if ring is not None:
                     ring.drain()
                 control.park()
+                self.state_reloaded = False
                 continue
             for hook in before_run:
                 hook(self)
@@ -460,6 +464,9 @@ class VcpuLoop:
             self._halt_wait(self)  # returns on an interrupt, a stop or a pause
             while control.attention and not control.stopping:
                 control.park()  # halted: nothing is pending in the vCPU
+                if self.state_reloaded:  # a restore replaced the vCPU's state while it was parked here:
+                    self.state_reloaded = False  # run what it holds now (it may be inside an interrupt
+                    return  # handler whose EOI the wait would never see); a restored HLT wakes early
                 self._halt_wait(self)  # and still halted after the resume
         else:
             self.control.stop(
