@@ -15,14 +15,17 @@ its ``measure`` callable returns a :class:`Result` or raises
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
 import statistics
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 log = logging.getLogger(__name__)
 
@@ -196,3 +199,19 @@ def parse_key_values(line: str) -> dict[str, str]:
         if sep:
             out[key] = value
     return out
+
+
+def guest_builder() -> ModuleType:
+    """``guests/build.py`` as a module; BenchUnavailable when it or the tools it needs are missing."""
+    path = BENCH_DIR.parent / "guests" / "build.py"
+    spec = importlib.util.spec_from_file_location("kvmlite_guest_build", path)
+    if spec is None or spec.loader is None:
+        raise BenchUnavailable("guests/build.py is missing")
+    build = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = build
+    spec.loader.exec_module(build)
+    missing = build.missing_tools()
+    if missing:
+        raise BenchUnavailable(f"building the guests needs {', '.join(missing)}")
+    (BUILD_DIR / "guests").mkdir(parents=True, exist_ok=True)
+    return build

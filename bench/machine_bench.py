@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import compileall
 import functools
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import BUILD_DIR, BenchFailed, Benchmark, BenchUnavailable, Result, alternate
+from harness import BUILD_DIR, BenchFailed, Benchmark, BenchUnavailable, Result, alternate, guest_builder
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST_DIR = BUILD_DIR / "guests"
@@ -93,16 +92,7 @@ LINK_SCRIPT = "ENTRY(_start)\nSECTIONS { . = 0x100000; .text : { *(.multiboot) *
 
 def _build_guests() -> dict[str, Path]:
     """pm32 and cbench from guests/build.py, and the serial flood guest, built once."""
-    spec = importlib.util.spec_from_file_location("kvmlite_guest_build", REPO / "guests" / "build.py")
-    if spec is None or spec.loader is None:
-        raise BenchUnavailable("guests/build.py is missing")
-    build = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = build
-    spec.loader.exec_module(build)
-    missing = build.missing_tools()
-    if missing:
-        raise BenchUnavailable(f"building the guests needs {', '.join(missing)}")
-    GUEST_DIR.mkdir(parents=True, exist_ok=True)
+    build = guest_builder()
     images = {name: build.build_guest(name, GUEST_DIR) for name in ("pm32", "cbench")}
     for n in (SERIAL_LONG, SERIAL_SHORT, SERIAL_LONG_QUICK):
         images[f"serial{n}"] = _build_flood(f"serial{n}", SERIAL_FLOOD, n)

@@ -33,6 +33,7 @@ import exit_roundtrip
 import idle
 import linux_boot
 import machine_bench
+import net_bench
 import snapshot_bench
 from harness import BenchFailed, Benchmark, BenchUnavailable, Result, kvm_usable
 
@@ -48,6 +49,7 @@ def registered() -> list[Benchmark]:
         *exit_roundtrip.benchmarks(),
         *emulator_speed.benchmarks(),
         *machine_bench.benchmarks(),
+        *net_bench.benchmarks(),
         *idle.benchmarks(),
         *snapshot_bench.benchmarks(),
         *linux_boot.benchmarks(),

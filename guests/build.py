@@ -111,6 +111,7 @@ class GuestSpec:
 #: What every virtio test guest links: the entry, the C library and the virtio-pci driver.
 VIRTIO_GUEST = ("cmb/boot.S", "clib/klib.c", "virtio/vdrv.c")
 VBLK_SOURCES = (*VIRTIO_GUEST, "virtio/vblk.c")
+VNET_SOURCES = (*VIRTIO_GUEST, "virtio/vnet.c")
 
 GUESTS: dict[str, GuestSpec] = {
     spec.name: spec
@@ -150,6 +151,8 @@ OWN_TEST_GUESTS: dict[str, GuestSpec] = {
         GuestSpec("vcons", Kind.C_MULTIBOOT_ELF32, (*VIRTIO_GUEST, "virtio/vcons.c"), "vcons.elf"),
         # vblk finding its disk as a virtio-mmio device on its command line (kvmlite only: QEMU's PC has none)
         GuestSpec("vblk-mmio", Kind.C_MULTIBOOT_ELF32, VBLK_SOURCES, "vblk-mmio.elf", ("VIRTIO_MMIO",)),
+        GuestSpec("vnet", Kind.C_MULTIBOOT_ELF32, VNET_SOURCES, "vnet.elf"),
+        GuestSpec("vnet-mmio", Kind.C_MULTIBOOT_ELF32, VNET_SOURCES, "vnet-mmio.elf", ("VIRTIO_MMIO",)),
         # Vector register state of ring-3 tasks across context switches (tests/test_xstate.py).
         GuestSpec("xstate", Kind.MULTIBOOT_ELF32, ("xstate.S",), "xstate.elf"),
     )

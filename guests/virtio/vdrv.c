@@ -236,15 +236,8 @@ void vdev_find_mmio(struct vdev *dev, const char *tag, const char *cmdline, uint
     vdev_fail(dev, "no such virtio-mmio device on the command line");
 }
 
-uint32_t vdev_submit(struct vdev *dev, struct virtq *vq, const struct vbuf *bufs, unsigned n)
+void vdev_kick(struct vdev *dev, struct virtq *vq)
 {
-    for (unsigned i = 0; i < n; i++) {
-        uint16_t flags = (uint16_t)((i + 1 < n ? DESC_F_NEXT : 0) | (bufs[i].device_writes ? DESC_F_WRITE : 0));
-        vq->desc[i] = (struct vq_desc){(uint32_t)bufs[i].addr, bufs[i].len, flags, (uint16_t)(i + 1)};
-    }
-    vq->avail.ring[vq->avail.idx % VQ_SIZE] = 0;
-    __asm__ volatile("" ::: "memory");
-    vq->avail.idx++;
     __asm__ volatile("mfence" ::: "memory");
     if (dev->mmio) {
         C32(dev, 0x50) = vq->index; /* QueueNotify */
@@ -253,6 +246,22 @@ uint32_t vdev_submit(struct vdev *dev, struct virtq *vq, const struct vbuf *bufs
         uint16_t notify_off = C16(dev, 0x1e);
         *(volatile uint16_t *)(dev->notify_base + notify_off * dev->notify_mult) = vq->index;
     }
+}
+
+void vdev_post(struct vdev *dev, struct virtq *vq, const struct vbuf *bufs, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        uint16_t flags = (uint16_t)((i + 1 < n ? DESC_F_NEXT : 0) | (bufs[i].device_writes ? DESC_F_WRITE : 0));
+        vq->desc[i] = (struct vq_desc){(uint32_t)bufs[i].addr, bufs[i].len, flags, (uint16_t)(i + 1)};
+    }
+    vq->avail.ring[vq->avail.idx % VQ_SIZE] = 0;
+    __asm__ volatile("" ::: "memory");
+    vq->avail.idx++;
+    vdev_kick(dev, vq);
+}
+
+uint32_t vdev_wait(struct vdev *dev, struct virtq *vq)
+{
     for (uint32_t i = 0; i < POLL_LIMIT; i++) {
         if (*(volatile uint16_t *)&vq->used.idx != vq->last_used) {
             uint32_t len = vq->used.ring[vq->last_used % VQ_SIZE].len;
@@ -262,4 +271,10 @@ uint32_t vdev_submit(struct vdev *dev, struct virtq *vq, const struct vbuf *bufs
         __asm__ volatile("pause");
     }
     vdev_fail(dev, "the device never returned the request");
+}
+
+uint32_t vdev_submit(struct vdev *dev, struct virtq *vq, const struct vbuf *bufs, unsigned n)
+{
+    vdev_post(dev, vq, bufs, n);
+    return vdev_wait(dev, vq);
 }

@@ -73,6 +73,11 @@ void vdev_queue(struct vdev *dev, struct virtq *vq, uint16_t index);
 void vdev_driver_ok(struct vdev *dev);
 /* Make a chain of `n` buffers available on `vq`, notify, poll for it; returns used.len. */
 uint32_t vdev_submit(struct vdev *dev, struct virtq *vq, const struct vbuf *bufs, unsigned n);
+/* vdev_submit in two halves: make the chain available and notify; poll for the next used entry. */
+void vdev_post(struct vdev *dev, struct virtq *vq, const struct vbuf *bufs, unsigned n);
+uint32_t vdev_wait(struct vdev *dev, struct virtq *vq);
+/* Notify the device of what was made available on `vq`. */
+void vdev_kick(struct vdev *dev, struct virtq *vq);
 __attribute__((noreturn)) void vdev_fail(struct vdev *dev, const char *what);
 
 #endif

@@ -135,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a raw disk image as a virtio-blk-pci device (repeatable)",
     )
     run.add_argument(
+        "--net",
+        action="append",
+        default=[],
+        metavar="tap=NAME|user|stream=PATH[,mac=MAC]",
+        help="a virtio-net NIC on a TAP interface, on passt (user networking without root; Debian package "
+        "passt) or on a UNIX socket speaking QEMU's -netdev stream framing (repeatable)",
+    )
+    run.add_argument(
         "--virtio-console",
         default="",
         metavar="BACKEND",
@@ -247,6 +255,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         syscall_fix=args.syscall_fix,
         extra_devices=list(args.device),
         disks=list(args.disk),
+        nets=list(args.net),
         virtio_transport=args.virtio_transport,
         virtio_console=args.virtio_console,
         host_workarounds=args.host_workarounds,

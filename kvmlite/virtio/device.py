@@ -169,13 +169,20 @@ class VirtioDevice:
 
     def complete(self, index: int, chain: Chain, written: int) -> None:
         """Hand ``chain`` back on queue ``index``; interrupt the driver if it wants one."""
-        queue = self.queues[index]
+        self.push_used(index, chain, written)
+        self.signal_used(index)
+
+    def push_used(self, index: int, chain: Chain, written: int) -> None:
+        """Hand ``chain`` back on queue ``index`` without an interrupt (a batch ends with signal_used)."""
         stats = self.stats.queues[index]
         stats.requests += 1
         stats.bytes += written + chain.readable_len
-        queue.push(self.memory, chain.head, written)
-        if queue.should_notify(self.memory):
-            stats.interrupts += 1
+        self.queues[index].push(self.memory, chain.head, written)
+
+    def signal_used(self, index: int) -> None:
+        """Interrupt the driver for what queue ``index`` returned, if it wants one."""
+        if self.queues[index].should_notify(self.memory):
+            self.stats.queues[index].interrupts += 1
             self.interrupt_queue(index)
 
     def enable_queue(self, index: int) -> None:

@@ -203,7 +203,7 @@ def read_buffers(memory: GuestMemory, buffers: list[Buffer], limit: int | None =
     return bytes(out)
 
 
-def write_buffers(memory: GuestMemory, buffers: list[Buffer], data: bytes) -> int:
+def write_buffers(memory: GuestMemory, buffers: list[Buffer], data: bytes | bytearray | memoryview) -> int:
     """Scatter ``data`` over ``buffers``; returns how many bytes fitted."""
     done = 0
     for b in buffers:

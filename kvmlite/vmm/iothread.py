@@ -7,7 +7,7 @@ the machine's device lock held, the same lock every bus access takes, so a
 device never sees a register access and a queue run at once.
 
 ``watch(fd, callback)`` adds a file descriptor (the callback runs when it is
-readable); the thread starts with the machine and stops with it.  Nothing
+readable, or writable if asked); the thread starts with the machine and stops with it.  Nothing
 here knows about virtio.
 """
 
@@ -33,8 +33,9 @@ class IoThread:
         self._thread: threading.Thread | None = None
         self._stopping = False
 
-    def watch(self, fd: int, callback: Callable[[], None]) -> None:
-        self._selector.register(fd, selectors.EVENT_READ, callback)
+    def watch(self, fd: int, callback: Callable[[], None], writable: bool = False) -> None:
+        """Call ``callback`` whenever ``fd`` is readable (``writable``: can take more data)."""
+        self._selector.register(fd, selectors.EVENT_WRITE if writable else selectors.EVENT_READ, callback)
         self._poke()
 
     def unwatch(self, fd: int) -> None:

@@ -59,6 +59,7 @@ from kvmlite.virtio.blk import BlockImage, DiskSpec, VirtioBlk
 from kvmlite.virtio.console import VirtioConsole
 from kvmlite.virtio.device import VirtioDevice
 from kvmlite.virtio.mmio import VirtioMmio
+from kvmlite.virtio.net import VirtioNet
 from kvmlite.virtio.pci import VirtioPciFunction
 from kvmlite.virtio.rng import VirtioRng
 from kvmlite.vmm import layout as L
@@ -71,6 +72,8 @@ from kvmlite.vmm.irqchip import HALT_WATCH_INTERVAL_S, KernelIrqChip, UserspaceI
 from kvmlite.vmm.layout import Range, SystemAllocator
 from kvmlite.vmm.limits import OutputLimit, deadline_after, stop_if_past, wait_slice
 from kvmlite.vmm.loop import ExitHook, VcpuLoop, VmControl
+from kvmlite.vmm.netdev import NetHost, NetSpec
+from kvmlite.vmm.netdev import open_backend as open_netdev
 from kvmlite.vmm.registry import BusSlot, DeviceRecord, DeviceRegistry
 from kvmlite.vmm.rescue import Rescuer
 from kvmlite.vmm.sleep import Sleep
@@ -121,6 +124,8 @@ class MachineConfig:
     extra_devices: list[str] = field(default_factory=list)
     #: ``--disk PATH[,readonly=on][,serial=ID]`` specs: one virtio-blk-pci each.
     disks: list[str] = field(default_factory=list)
+    #: ``--net`` specs (kvmlite.vmm.netdev.NetSpec): one virtio-net NIC each.
+    nets: list[str] = field(default_factory=list)
     #: How virtio devices are attached: "pci" (virtio-pci modern) or "mmio" (virtio-mmio version 2).
     virtio_transport: str = "pci"
     #: A virtio console (the guest's hvc0) on this backend (as ``serial``: stdio, file:PATH, ...); "" none.
@@ -162,6 +167,8 @@ class MachineConfig:
                 raise ConfigError(f"unknown device {name!r} (kvmlite adds: {', '.join(OPTIONAL_DEVICES)})")
         for disk in self.disks:
             DiskSpec.parse(disk)
+        for index, net in enumerate(self.nets):
+            NetSpec.parse(net, index)
         if self.virtio_console:
             parse_serial_spec(self.virtio_console)
             if self.virtio_console == "stdio" and self.serial == "stdio" and self.serial_out is None:
@@ -579,6 +586,16 @@ class Machine:
         self.virtio_console = host
         return console
 
+    def attach_virtio_net(self, spec: NetSpec) -> VirtioNet:
+        """A virtio-net NIC on a host backend (TAP, passt, stream socket) served by the I/O thread."""
+        host = NetHost(open_netdev(spec), self.iothread)
+        self._closing.append(host.close)
+        name = self.devices.unique_name("virtio-net")
+        net = VirtioNet(self.memory, spec.mac, host.backend, name)
+        self.attach_virtio(name, "virtio-net", net)
+        host.bind(net)
+        return net
+
     def attach_virtio_rng(self) -> VirtioRng:
         """A virtio-rng-pci entropy device over the host's getrandom, rate-limited by the timer service."""
         name = self.devices.unique_name("virtio-rng")
@@ -723,6 +740,8 @@ class Machine:
             self.attach_virtio_rng()
         if self.config.virtio_console:
             self.attach_virtio_console(self.config.virtio_console)
+        for index, net in enumerate(self.config.nets):
+            self.attach_virtio_net(NetSpec.parse(net, index))
 
     @classmethod
     def build(cls, config: MachineConfig) -> Machine:
