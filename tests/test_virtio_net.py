@@ -35,7 +35,7 @@ from kvmlite.vmm import netdev as D
 from kvmlite.vmm.iothread import IoThread
 from tests.guest_expectations import debug_exit_status
 from tests.netpeer import PEER_MAC, StreamPeer
-from tests.test_virtio_guests import QEMU, build, kvmlite_run, qemu_run, requires_qemu, skip_without_kvm
+from tests.virtio_runs import QEMU, build, kvmlite_run, qemu_run, requires_qemu, skip_without_kvm
 
 RINGS = {N.RECEIVEQ: (0x1000, 0x2000, 0x3000), N.TRANSMITQ: (0x5000, 0x6000, 0x7000)}
 QSIZE = 8

@@ -89,8 +89,9 @@ GUEST_OFFLOADS = (
 VIRTIO_NET_S_LINK_UP = 1
 HDR_LEN = 12  # struct virtio_net_hdr with num_buffers (VERSION_1)
 _NUM_BUFFERS = 10  # offset of num_buffers in the header
-#: The largest frame either way: a 64 KiB GSO frame plus its Ethernet header and the virtio-net header.
-MAX_FRAME = HDR_LEN + 14 + 65535
+#: The largest frame either way: 64 KiB of GSO payload behind an Ethernet header with a VLAN tag, plus the
+#: virtio-net header.
+MAX_FRAME = HDR_LEN + 18 + 65536
 ZERO_HDR = bytes(HDR_LEN)
 # mac[6], status
 _CONFIG = struct.Struct("<6sH")
