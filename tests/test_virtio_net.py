@@ -249,7 +249,7 @@ def test_the_cli_refuses_a_bad_net_option_without_a_traceback() -> None:
     assert r.returncode == 2 and "Traceback" not in r.stderr and "unexpected 'speed=10'" in r.stderr
 
 
-def stream_nic(tmp_path: Path) -> tuple[N.VirtioNet, GuestMemory, D.NetHost, socket.socket, IoThread]:
+def stream_nic() -> tuple[N.VirtioNet, GuestMemory, D.NetHost, socket.socket, IoThread]:
     ours, theirs = socket.socketpair()
     iothread = IoThread(threading.RLock())
     host = D.NetHost(D.StreamBackend(ours, "test"), iothread)
@@ -264,8 +264,8 @@ def stream_nic(tmp_path: Path) -> tuple[N.VirtioNet, GuestMemory, D.NetHost, soc
     return dev, memory, host, theirs, iothread
 
 
-def test_a_stream_backend_reads_only_while_the_guest_has_buffers(tmp_path: Path) -> None:
-    dev, memory, host, peer, iothread = stream_nic(tmp_path)
+def test_a_stream_backend_reads_only_while_the_guest_has_buffers() -> None:
+    dev, memory, host, peer, iothread = stream_nic()
     frames = [bytes([i]) * 60 for i in range(3)]
     peer.sendall(b"".join(struct.pack(">I", len(f)) + f for f in frames))
     host._readable()  # the I/O thread's call: no receive buffer yet
@@ -284,10 +284,8 @@ def test_a_stream_backend_reads_only_while_the_guest_has_buffers(tmp_path: Path)
     memory.close()
 
 
-def test_a_stream_backend_sends_length_prefixed_frames_and_stops_when_the_socket_is_full(
-    tmp_path: Path,
-) -> None:
-    dev, memory, host, peer, iothread = stream_nic(tmp_path)
+def test_a_stream_backend_sends_length_prefixed_frames_and_stops_when_the_socket_is_full() -> None:
+    dev, memory, host, peer, iothread = stream_nic()
     big = 60000
     memory.write(BUF, bytes(N.HDR_LEN) + bytes(range(256)) * (big // 256) + bytes(big % 256))
     for slot in range(QSIZE):
@@ -321,6 +319,35 @@ descriptor = st.tuples(
     st.integers(0, 0xFFFF),
     st.integers(0, 0xFFFF),
 )
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    stream=st.lists(
+        st.one_of(
+            st.binary(max_size=200).map(lambda f: struct.pack(">I", len(f)) + f),  # a well-formed frame
+            st.binary(max_size=64),  # anything at all: torn frames, huge lengths
+        ),
+        max_size=8,
+    ),
+    buffers=st.integers(0, QSIZE),
+)
+def test_random_bytes_from_a_stream_peer_never_raise(stream: list[bytes], buffers: int) -> None:
+    dev, memory, host, peer, iothread = stream_nic()
+    try:
+        for slot in range(buffers):
+            offer(memory, N.RECEIVEQ, [(BUF + 0x1000 * slot, 2048, WRITE)], slot)
+        dev.notify(N.RECEIVEQ)
+        peer.sendall(b"".join(stream))
+        for _ in range(3):
+            host._readable()
+        assert len(used(memory, N.RECEIVEQ)) <= buffers
+        assert len(host.backend.inbox) <= D.STREAM_CHUNK + D.N.MAX_FRAME + 4  # bounded host buffering
+    finally:
+        host.close()
+        peer.close()
+        iothread.close()
+        memory.close()
 
 
 @settings(max_examples=150, deadline=None)
