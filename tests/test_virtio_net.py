@@ -242,6 +242,23 @@ def test_user_networking_without_passt_names_the_package(monkeypatch: pytest.Mon
         D.PasstBackend()
 
 
+def test_a_passt_that_exits_takes_the_link_down_with_its_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = tmp_path / "passt"
+    fake.write_text("#!/bin/sh\necho 'No routable interface' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    backend = D.PasstBackend()
+    try:
+        backend.process.wait(timeout=30)
+        assert not backend.pull() and backend.closed and backend.read_frame() is None
+        assert "passt exited with status 1: No routable interface" in caplog.text
+        assert backend.transmit([memoryview(ARP_REQUEST)])  # frames to a dead link are dropped, not held
+    finally:
+        backend.close()
+
+
 def test_the_cli_refuses_a_bad_net_option_without_a_traceback() -> None:
     r = subprocess.run(
         [sys.executable, "-m", "kvmlite", "run", "--net", "tap=a,speed=10"], capture_output=True, text=True

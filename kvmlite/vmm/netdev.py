@@ -28,6 +28,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -272,16 +273,29 @@ class PasstBackend(StreamBackend):
             raise ConfigError("--net user needs passt, which is not installed (Debian package passt)")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         cmd = [passt, "--foreground", "--one-off", "--quiet", "--fd", str(theirs.fileno())]
+        # passt's own messages (even with --quiet: dropping root, no syslog) go to the log, not the console
+        self.messages = tempfile.TemporaryFile()
         try:
             self.process = subprocess.Popen(
-                cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
-            )
+                cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=self.messages,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
         except OSError as err:
             ours.close()
+            self.messages.close()
             raise ConfigError(f"--net user: cannot start {passt}: {err.strerror}") from err
         finally:
             theirs.close()
         super().__init__(ours, "user (passt)")
+
+    def _closed(self, why: str) -> None:
+        if not self.closed and self.process.poll() is not None:
+            why = f"passt exited with status {self.process.returncode}: {self._messages() or why}"
+        super()._closed(why)
+
+    def _messages(self) -> str:
+        self.messages.seek(0)
+        return " ".join(self.messages.read(4096).decode(errors="replace").split())
 
     def close(self) -> None:
         super().close()
@@ -292,6 +306,8 @@ class PasstBackend(StreamBackend):
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        log.debug("passt said: %s", self._messages())
+        self.messages.close()
 
 
 def open_backend(spec: NetSpec) -> TapBackend | StreamBackend:
