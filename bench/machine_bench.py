@@ -13,6 +13,8 @@ Rows:
   ``out`` to COM1's scratch register, ns per iteration (a long run minus a
   short one), against the C loop of ``exit_roundtrip`` at CPL 0 (the
   multiboot guest runs at CPL 0 too) in the same run;
+* seccomp on the exit path: the same ``out`` loop under ``kvmlite run --seccomp on`` against
+  ``--seccomp off`` (the baseline is kvmlite itself: the ratio is the filters' cost);
 * peak memory: the VMM process's peak RSS running the same guest (the guest
   touches the same pages under both, so the difference is each VMM's own).
 
@@ -231,6 +233,31 @@ def measure_exit(name: str, quick: bool) -> Result:
     )
 
 
+def measure_exit_seccomp(quick: bool) -> Result:
+    """The same exit loop (``out`` to COM1's scratch register) with every thread under its seccomp
+    allow-list against the same run without filters: the filters' cost on the exit path."""
+    images = _prepare()
+    n_long = EXIT_LONG_QUICK if quick else EXIT_LONG
+    long, short = images[f"out-scr{n_long}"], images[f"out-scr{EXIT_SHORT}"]
+    n = n_long - EXIT_SHORT
+
+    def per_exit(mode: str) -> float:
+        def cmd(image: Path, args: str) -> list[str]:
+            return [*_kvmlite_cmd(image, args), "--seccomp", mode]
+
+        return _difference(cmd, long, short, "", "", 1) * 1e9 / n
+
+    ours, theirs = alternate(lambda: per_exit("on"), lambda: per_exit("off"), _runs(quick))
+    return Result(
+        "exit roundtrip on kvmlite run, --seccomp on",
+        "ns/exit",
+        ours,
+        theirs,
+        "kvmlite run --seccomp off",
+        note=f"{n} exits (a long run minus a short one)",
+    )
+
+
 _PEAK_RSS = (
     "import resource, subprocess, sys\n"
     "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
@@ -275,6 +302,13 @@ def benchmarks() -> list[Benchmark]:
                 tags=("exit",),
             )
             for name in EXIT_ACCESSES
+        ),
+        Benchmark(
+            "exit-run-seccomp",
+            "exit round trip on the whole `kvmlite run` path with seccomp filters on vs off",
+            measure_exit_seccomp,
+            needs,
+            tags=("exit",),
         ),
         Benchmark("memory", "peak RSS of the VMM process on the same guest", measure_memory, needs),
     ]

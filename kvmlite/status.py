@@ -12,7 +12,9 @@ are therefore even, so that no guest can fake one:
 6      ``NO_BACKEND``      ``--backend kvm`` and no usable /dev/kvm
 8      ``TIMEOUT``         ``--timeout`` seconds of wall time passed (restarts included)
 10     ``OUTPUT_LIMIT``    the guest wrote more than ``--max-output`` bytes to the console
-128+n  ``SIGNALED + n``    ended by signal n (130: Ctrl-C, 143: SIGTERM), as a shell reports it
+128+n  ``SIGNALED + n``    ended by signal n (130: Ctrl-C, 143: SIGTERM), as a shell reports it;
+                           159 (SIGSYS): a thread made a system call its seccomp list forbids
+                           (kvmlite.vmm.seccomp)
 =====  ==================  ====================================================================
 """
 

@@ -8,15 +8,17 @@ python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 # (about 0.1 s of CPU). Compile once here; a wheel install is compiled by pip itself.
 python3 -m compileall -q kvmlite
 # QEMU is the reference VMM the guest tests compare against, iasl (acpica-tools) checks the ACPI tables,
-# passt is --net user's backend;
+# passt is --net user's backend, libseccomp2 gives kvmlite's threads their system-call allow-lists;
 # install what is missing where we may (root + apt).
 missing=()
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
 command -v iasl >/dev/null 2>&1 || missing+=(acpica-tools)
 command -v passt >/dev/null 2>&1 || missing+=(passt)  # --net user's backend
+# libseccomp: kvmlite run confines its threads with it (docs/seccomp.md); without it, --seccomp is off
+python3 -c "import ctypes.util, sys; sys.exit(not ctypes.util.find_library('seccomp'))" || missing+=(libseccomp2)
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && [ -z "${KVMLITE_NO_APT:-}" ]; then
-    echo "installing ${missing[*]} (QEMU: reference VMM; acpica-tools: iasl; passt: --net user; KVMLITE_NO_APT=1 skips this)"
+    echo "installing ${missing[*]} (QEMU: reference VMM; acpica-tools: iasl; passt: --net user; libseccomp2: --seccomp; KVMLITE_NO_APT=1 skips this)"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
       || echo "could not install ${missing[*]}: the tests that need them will skip"
   else

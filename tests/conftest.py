@@ -1,12 +1,15 @@
 """Shared fixtures: KVM availability, assembling snippets with GNU as, and the suite-wide check
-that no kvmlite subprocess prints a Python traceback (:func:`_no_kvmlite_traceback`)."""
+that no kvmlite subprocess prints a Python traceback (:func:`_no_kvmlite_traceback`): on a captured
+stderr, and on a stderr that goes to a file. Only a stderr sent to /dev/null goes unseen."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +127,60 @@ def _checked_communicate(self: subprocess.Popen[Any], *args: Any, **kwargs: Any)
     return out, err
 
 
+_real_popen_init = subprocess.Popen.__init__
+#: stderr files of the kvmlite processes the running test started: (args, the file opened for reading,
+#: its size when the process started); checked when the test ends.
+REDIRECTED: list[tuple[object, int, int]] = []
+#: At most this much of a redirected stderr is read (its end: a traceback is what a process prints last).
+REDIRECTED_TAIL = 1 << 20
+
+
+def _stderr_file(kwargs: dict[str, Any]) -> int | None:
+    """The descriptor a child's stderr goes to when that is a regular file (not a pipe, not /dev/null)."""
+    target = kwargs.get("stderr")
+    if target == subprocess.STDOUT:
+        target = kwargs.get("stdout")
+    if target in (subprocess.PIPE, subprocess.DEVNULL, subprocess.STDOUT):
+        return None
+    try:
+        fd = 2 if target is None else target if isinstance(target, int) else target.fileno()
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
+def _tracking_init(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+    fd = _stderr_file(kwargs) if not rest and _is_kvmlite(args) else None
+    if fd is not None:
+        # opened again for reading (the child's may be write-only); /proc reaches a deleted file too
+        reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        REDIRECTED.append((args, reader, os.fstat(fd).st_size))
+    _real_popen_init(self, args, *rest, **kwargs)
+
+
+def check_redirected() -> None:
+    """What kvmlite processes wrote to stderr files (a test's own, an inherited one) since they started."""
+    tracked = REDIRECTED[:]
+    REDIRECTED.clear()
+    for args, fd, start in tracked:
+        try:
+            end = os.fstat(fd).st_size
+            text = os.pread(fd, min(end - start, REDIRECTED_TAIL), max(start, end - REDIRECTED_TAIL))
+        finally:
+            os.close(fd)
+        assert_no_traceback(args, text)
+
+
 @pytest.fixture(autouse=True)
-def _no_kvmlite_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_kvmlite_traceback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every test: a kvmlite subprocess whose stderr is captured (``subprocess.run``,
-    ``Popen.communicate``) fails the test if that stderr holds a Python traceback."""
+    ``Popen.communicate``) fails the test if that stderr holds a Python traceback; one whose stderr
+    goes to a file (the test's, or pytest's own capture inherited) fails it when the test ends."""
     monkeypatch.setattr(subprocess, "run", _checked_run)
     monkeypatch.setattr(subprocess.Popen, "communicate", _checked_communicate)
+    monkeypatch.setattr(subprocess.Popen, "__init__", _tracking_init)
+    yield
+    check_redirected()
 
 
 def kvmlite_run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -72,6 +72,10 @@ def test_defaults_follow_qemu_reboot_restarts_and_serial_goes_nowhere_without_a_
         (["-chardev", "file,id=c0,path=/tmp/f", "-serial", "chardev:c0"], "--serial", "file:/tmp/f"),
         (["-chardev", "socket,id=s,path=/tmp/x,server=on,wait=off", "-serial", "chardev:s"],
          "--serial", "unix:/tmp/x"),
+        (["-sandbox", "on"], "--seccomp", "on"),
+        (["-sandbox", "off"], "--seccomp", "off"),
+        (["-chroot", "/srv/vm"], "--chroot", "/srv/vm"),
+        (["-runas", "vm1"], "--runas", "vm1"),
     ],
 )  # fmt: skip
 def test_option_maps_to_run_argument(args: list[str], option: str, value: str) -> None:
@@ -123,6 +127,7 @@ def test_features_the_host_kvm_lacks_are_dropped_with_qemus_warning() -> None:
         (["-m", "lots"], "lots"),
         (["-smp"], "-smp needs a value"),
         (["-initrd", "mod arg=1"], "module arguments"),
+        (["-sandbox", "on,obsolete=deny"], "-sandbox on or -sandbox off"),
     ],
 )
 def test_refused_options_are_named_in_one_sentence(args: list[str], named: str) -> None:

@@ -5,7 +5,8 @@
                 [--on-reset exit|restart] [--cpu-features SPEC] [--syscall-fix auto|off]
                 [--trace [FILTER]] [--trace-file FILE] [--stats]
                 [--profile FILE [--profile-hz HZ] [--symbols FILE]]
-                [--gdb [HOST:]PORT|unix:PATH [--gdb-wait]] [--api unix:PATH] [-v]
+                [--gdb [HOST:]PORT|unix:PATH [--gdb-wait]] [--api unix:PATH]
+                [--chroot DIR] [--runas USER] [--seccomp on|log|off] [-v]
     kvmlite info
     kvmlite ctl PATH COMMAND [JSON]                          (a control socket's command)
     kvmlite extract-vmlinux | initramfs | fetch-assets ...   (each with its own --help)
@@ -214,6 +215,25 @@ def build_parser() -> argparse.ArgumentParser:
         default="read",
         help="read: load and check all of the snapshot's RAM first; map: map it, pages read on first touch",
     )
+    run.add_argument(
+        "--chroot",
+        type=Path,
+        metavar="DIR",
+        help="once set up (/dev/kvm, images and sockets open), change the root directory to DIR (needs root)",
+    )
+    run.add_argument(
+        "--runas",
+        "--user",
+        metavar="USER",
+        help="once set up, drop to USER's uid and gid with no supplementary groups (needs root)",
+    )
+    run.add_argument(
+        "--seccomp",
+        choices=["on", "log", "off"],
+        default=None,
+        help="per-thread system-call allow-lists once set up (docs/seccomp.md): on stops kvmlite at a "
+        "forbidden call (status 159), log names it and lets it fail; on by default where libseccomp loads",
+    )
     run.add_argument("-v", "--verbose", action="count", default=0, dest="run_verbose", help=argparse.SUPPRESS)
 
     sub.add_parser("info", help="show the host's KVM API version and capabilities")
@@ -234,8 +254,11 @@ def _setup_logging(verbosity: int) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from kvmlite.guests import DEMO_GUEST
+    from kvmlite.vmm.jail import Jail
     from kvmlite.vmm.machine import MachineConfig
 
+    args.jail = Jail.from_options(args.chroot, args.runas, args.on_reset)
+    _enable_seccomp(args)
     if args.restore is not None or args.incoming is not None:
         return _restore(args)
     config = MachineConfig(  # validated here, once, before anything is built or opened
@@ -272,6 +295,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not initrd.is_file():
             raise ConfigError(f"initrd {initrd} does not exist or is not a file")
     return _run_restarting(config, args)
+
+
+def _enable_seccomp(args: argparse.Namespace) -> None:
+    """``--seccomp``: compile the allow-lists now; each thread loads its own once set up.
+
+    Filters are permanent, so the default (on where libseccomp loads) applies where kvmlite owns the
+    process (``python -m kvmlite``, the ``kvmlite`` script: ``main()`` without an argument list); a
+    program that calls ``main(ARGV)`` itself keeps its threads unfiltered unless ARGV asks.
+    """
+    from kvmlite.vmm import seccomp
+
+    default = seccomp.default_mode() if getattr(args, "own_process", False) else "off"
+    seccomp.enable(args.seccomp or default)
 
 
 def _run_restarting(config: Any, args: argparse.Namespace) -> int:
@@ -378,12 +414,18 @@ def _profiler(machine: Any, args: argparse.Namespace) -> Any:
 
 def _run_once(machine: Any, args: argparse.Namespace, deadline: float | None = None) -> int:
     from kvmlite.control.attach import Attachments
+    from kvmlite.vmm import seccomp
 
     attached = Attachments(machine, gdb=args.gdb, gdb_wait=args.gdb_wait, api=args.api)
     profiler = _profiler(machine, args) if args.profile is not None else None
-    if profiler is not None:
-        profiler.start()
     try:
+        if args.jail.active:  # before any thread starts: glibc changes every thread's uid by a signal
+            machine.open_consoles()  # their files and sockets are opened outside the chroot
+            args.jail.enter()
+        attached.start()
+        if profiler is not None:
+            profiler.start()
+        seccomp.confine("main")  # set-up is over: from here on the main thread only runs the machine
         status = machine.run(deadline)
     finally:
         if profiler is not None:
@@ -459,7 +501,10 @@ def _join_feature_spec(argv: list[str]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, own_process: bool | None = None) -> int:
+    """``kvmlite ARGV`` (``sys.argv`` when None); ``own_process``: kvmlite is the program (default: when
+    ``argv`` is None), so ``run`` confines its threads with seccomp unless ``--seccomp`` says otherwise."""
+    own_process = argv is None if own_process is None else own_process
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "qemu":
         from kvmlite.cli import qemu
@@ -474,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             return ExitStatus.BAD_INPUT
     parser = build_parser()
     args = parser.parse_args(_join_feature_spec(argv))
+    args.own_process = own_process
     _setup_logging(args.verbose + getattr(args, "run_verbose", 0))
     try:
         if args.command == "run":

@@ -161,6 +161,8 @@ class _State:
     chardevs: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     info: str | None = None
+    #: kvmlite run's confinement options from -sandbox, -chroot and -runas.
+    confine: list[str] = field(default_factory=list)
 
 
 def split_opts(text: str) -> list[str]:
@@ -523,6 +525,22 @@ def _append(st: _State, value: str) -> None:
     st.append = value
 
 
+def _opt_sandbox(st: _State, value: str) -> None:
+    """``-sandbox on|off``: QEMU's process-wide seccomp list; kvmlite's per-thread lists (--seccomp)."""
+    opts = split_opts(value)
+    if not opts or opts[0] not in ("on", "off") or len(opts) > 1:
+        raise QemuOptionError(f"-sandbox {value}: kvmlite accepts -sandbox on or -sandbox off")
+    st.confine += ["--seccomp", opts[0]]
+
+
+def _opt_chroot(st: _State, value: str) -> None:
+    st.confine += ["--chroot", value]
+
+
+def _opt_runas(st: _State, value: str) -> None:
+    st.confine += ["--runas", value]
+
+
 def _ignore(st: _State, value: str) -> None:
     """Options that name or describe the VM and change nothing in it (-name)."""
 
@@ -549,6 +567,9 @@ WITH_VALUE: dict[str, Callable[[_State, str], None]] = {
     "parallel": _only("-parallel", "none"),
     "net": _only("-net", "none"),
     "name": _ignore,
+    "sandbox": _opt_sandbox,
+    "chroot": _opt_chroot,
+    "runas": _opt_runas,
 }
 #: Options that take none.
 FLAGS: dict[str, Callable[[_State], None]] = {
@@ -598,7 +619,7 @@ def translate(argv: list[str]) -> Translation:
         run.append("--cpu-features=" + ",".join(st.cpu_spec))
     for device in st.devices:
         run += ["--device", device]
-    return Translation(run, st.warnings)
+    return Translation(run + st.confine, st.warnings)
 
 
 class _QemuStyle(logging.Formatter):
@@ -617,6 +638,7 @@ def _setup_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    own_process = argv is None
     argv = sys.argv[1:] if argv is None else argv
     _setup_logging()
     try:
@@ -634,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("kvmlite run %s", " ".join(tr.run_args))
     from kvmlite.cli import main as cli
 
-    return cli.main(["run", *tr.run_args])
+    return cli.main(["run", *tr.run_args], own_process=own_process)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmlite.errors import KvmliteError
+from kvmlite.vmm import seccomp
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +407,7 @@ class MachineApi:
                 log.warning("migrated to %s: %s", uri, stats.describe())
             self._emit("MIGRATION", dict(self._migration))
 
-        threading.Thread(target=run, name="migrate", daemon=True).start()
+        seccomp.thread("migrate", run, "migrate").start()
         return {}
 
     def query_migrate(self) -> dict[str, Any]:

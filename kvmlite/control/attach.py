@@ -13,7 +13,8 @@ EXIT_REPORT_S = 2.0
 
 
 class Attachments:
-    """The servers attached to one machine run; ``close()`` after ``machine.run()``."""
+    """The servers attached to one machine run: made (sockets bound), ``start()``-ed (threads), and
+    ``close()``-d after ``machine.run()``."""
 
     def __init__(
         self, machine: Any, gdb: str | None = None, gdb_wait: bool = False, api: str | None = None
@@ -34,16 +35,20 @@ class Attachments:
                 self.gdb_server = GdbServer(parse_endpoint(gdb), target)
                 if gdb_wait:
                     target.hold_at_start()
-                self.gdb_server.start()
             if api is not None:
                 from kvmlite.control.server import ControlServer, parse_api_spec
 
                 self.control_server = ControlServer(parse_api_spec(api).address, self.api)
-                self.control_server.start()
                 machine.control.on_stop.append(self._announce_stop(machine))
         except BaseException:
             self.close()
             raise
+
+    def start(self) -> None:
+        """Start the servers' threads (their sockets are bound already, by the constructor)."""
+        for server in (self.gdb_server, self.control_server):
+            if server is not None:
+                server.start()
 
     @functools.cached_property
     def api(self) -> Any:

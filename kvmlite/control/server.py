@@ -32,6 +32,7 @@ from typing import Any
 
 from kvmlite.control.api import GENERIC, NOT_FOUND, CommandError, MachineApi
 from kvmlite.gdb.server import Endpoint, listen
+from kvmlite.vmm import seccomp
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class ControlServer:
         api.on_event.append(self.broadcast)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._serve, name="control-socket", daemon=True)
+        self._thread = seccomp.thread("control", self._serve, "control-socket")
         self._thread.start()
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from kvmlite.errors import ConfigError
 from kvmlite.gdb.packets import Ack, BadPacket, Interrupt, Packet, PacketReader, frame
 from kvmlite.gdb.stub import CLOSE, RESUMED, GdbStub
 from kvmlite.gdb.target import Target
+from kvmlite.vmm import seccomp
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class GdbServer:
 
     def start(self) -> None:
         log.warning("gdb stub listening on %s", self.endpoint.describe())
-        self._thread = threading.Thread(target=self._serve, name="gdb-stub", daemon=True)
+        self._thread = seccomp.thread("gdb", self._serve, "gdb-stub")
         self._thread.start()
 
     def close(self) -> None:

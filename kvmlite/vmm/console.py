@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from kvmlite.errors import ConfigError
 from kvmlite.status import ExitStatus
+from kvmlite.vmm import seccomp
 from kvmlite.vmm.loop import VmControl
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class OutputPump:
         self.closed = False  # the reader went away (or close()): output is discarded
         self._shutdown = False
         self._wake_r, self._wake_w = os.pipe()
-        self._thread = threading.Thread(target=self._drain, name="serial-out", daemon=True)
+        self._thread = seccomp.thread("console", self._drain, "serial-out")
         self._thread.start()
 
     def close(self) -> None:
@@ -205,24 +206,35 @@ class SerialConsole:
             self.serial.set_tx_busy(busy)
 
     # --- set-up ---------------------------------------------------------------------
-    def start(self) -> None:
+    def open(self) -> None:
+        """Open the backend (the terminal's raw mode, a ``file:``, a ``unix:`` socket) without starting
+        any thread: what needs privileges happens here, before kvmlite drops them (kvmlite.vmm.jail)."""
+        if self._wake_r >= 0:
+            return
         self._wake_r, self._wake_w = os.pipe()
         if self.kind == "stdio":
             self._out_fd = 1
-            self._pump = OutputPump(1, self.lock, self._set_busy)
-            self._sink = self._pump.write
             if os.isatty(0):
                 self._enter_raw_mode()
-            self._start_reader(0)
         elif self.kind == "file":
             try:
                 self._out_fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             except OSError as err:
                 raise ConfigError(f"--serial file:{self.path}: {err.strerror}") from err
-            self._pump = OutputPump(self._out_fd, self.lock, self._set_busy)
-            self._sink = self._pump.write
         elif self.kind == "unix":
             self._listen(Path(self.path))
+
+    def start(self) -> None:
+        """:meth:`open` if not done, then the threads that move the bytes."""
+        self.open()
+        if self._out_fd is not None:
+            self._pump = OutputPump(self._out_fd, self.lock, self._set_busy)
+            self._sink = self._pump.write
+        if self.kind == "stdio":
+            self._start_reader(0)
+        elif self.kind == "unix":
+            self._sink = self._socket_out
+            self._start_thread(self._accept_loop, "serial-accept")
 
     def _enter_raw_mode(self) -> None:
         self._saved_tty = termios.tcgetattr(0)
@@ -255,8 +267,6 @@ class SerialConsole:
             raise ConfigError(f"--serial unix:{path}: {err.strerror or err}") from err
         sock.listen(1)
         self._listener = sock
-        self._sink = self._socket_out
-        self._start_thread(self._accept_loop, "serial-accept")
 
     def _accept_loop(self) -> None:
         assert self._listener is not None
@@ -284,7 +294,7 @@ class SerialConsole:
 
     # --- input ------------------------------------------------------------------------
     def _start_thread(self, target: Callable[..., None], name: str, *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread = seccomp.thread("console", target, name, *args)
         self._threads.append(thread)
         thread.start()
 

@@ -19,6 +19,8 @@ import selectors
 import threading
 from collections.abc import Callable
 
+from kvmlite.vmm import seccomp
+
 log = logging.getLogger(__name__)
 
 
@@ -51,7 +53,7 @@ class IoThread:
 
     def start(self) -> None:
         if self._thread is None and self.watching:
-            self._thread = threading.Thread(target=self._run, name="io", daemon=True)
+            self._thread = seccomp.thread("io", self._run, "io")
             self._thread.start()
 
     def stop(self) -> None:

@@ -63,6 +63,7 @@ from kvmlite.virtio.net import VirtioNet
 from kvmlite.virtio.pci import VirtioPciFunction
 from kvmlite.virtio.rng import VirtioRng
 from kvmlite.vmm import layout as L
+from kvmlite.vmm import seccomp
 from kvmlite.vmm.console import SerialConsole, parse_serial_spec
 from kvmlite.vmm.cpu_setup import boot_msrs, guest_cpuid, setup_cpu
 from kvmlite.vmm.cpuid import apply_features, parse_feature_spec
@@ -78,10 +79,10 @@ from kvmlite.vmm.registry import BusSlot, DeviceRecord, DeviceRegistry
 from kvmlite.vmm.rescue import Rescuer
 from kvmlite.vmm.sleep import Sleep
 from kvmlite.vmm.stats import ExitStats
-from kvmlite.vmm.syscall_fix import SyscallRepair
+from kvmlite.vmm.syscall_fix import SyscallRepair, host_drops_syscall_privilege
 from kvmlite.vmm.timers import Rescheduling, TimerService
 from kvmlite.vmm.trace import ExitTracer, parse_trace_filter
-from kvmlite.vmm.xstate_quirk import ExtendedStateKeeper
+from kvmlite.vmm.xstate_quirk import ExtendedStateKeeper, ring3_extra_xcr0
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,7 @@ class Machine:
         self._uarts: list[tuple[int, Serial16550]] = []  # (base port, UART) of every 16550
         self._every_exit = bool(config.trace)  # the trace (or a debugger) shows every access: no coalescing
         self.iothread = IoThread(self.lock)
+        self._lazy_probes: list[Callable[[Callable[[], Any]], object]] = []
         #: Appended to the kernel command line by load() (virtio-mmio devices announce themselves there).
         self.cmdline_extra: list[str] = []
         self.rsdp = 0  # guest-physical address of the ACPI RSDP once attach_acpi() ran
@@ -488,6 +490,10 @@ class Machine:
             caps.msr_filter and self.config.syscall_fix == "auto" and SyscallRepair.trap_lstar_writes(vm)
         )
         keeper = ExtendedStateKeeper(vm.new_vm) if caps.rescue_emulation and workarounds else None
+        #: Host probes a vCPU would run on first need (a probe VM): run before the threads confine
+        #: themselves with seccomp, whose vCPU list opens no device (kvmlite.vmm.seccomp).
+        self._lazy_probes = [host_drops_syscall_privilege] if fix_syscalls else []
+        self._lazy_probes += [ring3_extra_xcr0] if keeper is not None else []
         for i in range(count):
             vcpu = vm.create_vcpu(i)
             if supported:
@@ -757,19 +763,30 @@ class Machine:
         return machine
 
     # --- running --------------------------------------------------------------------
+    def _host_consoles(self) -> list[SerialConsole]:
+        consoles = [self.console] if self.console is not None and self.config.serial_out is None else []
+        return consoles + ([self.virtio_console] if self.virtio_console is not None else [])
+
+    def open_consoles(self) -> None:
+        """Open the console backends (a ``file:`` or ``unix:`` path, the terminal's raw mode) without
+        starting threads: before privileges are dropped (:mod:`kvmlite.vmm.jail`); ``run()`` does it too."""
+        for host in self._host_consoles():
+            host.open()
+
     def run(self, deadline: float | None = None) -> int:
         """Run until the guest stops; ``deadline`` (a :func:`time.monotonic` instant) overrides the
         config's ``timeout`` (so restarts can share one)."""
         if deadline is None:
             deadline = deadline_after(self.config.timeout)
-        if self.console is not None and self.config.serial_out is None:
-            self.console.start()
-        if self.virtio_console is not None:
-            self.virtio_console.start()
+        for console in self._host_consoles():
+            console.start()
+        if seccomp.mode() != "off":
+            for probe in self._lazy_probes:
+                probe(self.vm.new_vm)
         self.timers.start()
         self.iothread.start()
         threads = [
-            threading.Thread(target=loop.run, name=f"vcpu{loop.vcpu.id}", daemon=True) for loop in self.loops
+            seccomp.thread("vcpu", loop.run, f"vcpu{loop.vcpu.id}") for loop in self.loops
         ]
         for t in threads:
             t.start()

@@ -25,6 +25,7 @@ from pathlib import Path
 from kvmlite.errors import ConfigError, KvmliteError
 from kvmlite.kvm import exits as E
 from kvmlite.loaders.elf import elf_symbols, is_elf
+from kvmlite.vmm import seccomp
 from kvmlite.vmm.loop import LoopExtension, VcpuLoop
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class Profiler(LoopExtension):
     # --- the sampler thread -----------------------------------------------------------
     def start(self) -> None:
         self._started = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="profiler", daemon=True)
+        self._thread = seccomp.thread("profiler", self._run, "profiler")
         self._thread.start()
 
     def stop(self) -> None:

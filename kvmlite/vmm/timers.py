@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 
 from kvmlite.devices.base import Clock, TimedDevice, monotonic_ns
+from kvmlite.vmm import seccomp
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class TimerService:
             self.cond.notify()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="timers", daemon=True)
+        self._thread = seccomp.thread("timers", self._run, "timers")
         self._thread.start()
 
     def stop(self) -> None:

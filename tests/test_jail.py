@@ -1,0 +1,131 @@
+"""``--chroot DIR`` / ``--runas USER`` (issue 17): privileges dropped once /dev/kvm, images, sockets are open.
+
+The privileged run needs root (the suite runs as root on this project's machines)
+and uses the system's ``nobody`` user, which cannot open /dev/kvm itself.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import requires_kvm
+from tests.hostile.support import hostile_guest
+
+IS_ROOT = os.geteuid() == 0
+requires_root = pytest.mark.skipif(not IS_ROOT, reason="dropping privileges needs root")
+try:
+    NOBODY = pwd.getpwnam("nobody")
+except KeyError:  # pragma: no cover - every Debian system has it
+    NOBODY = None
+
+#: Says hello on COM1, then idles (HLT with interrupts on, nothing ever interrupts) until --timeout.
+IDLE = """
+    mov $hello, %esi
+    call puts
+    sti
+1:  hlt
+    jmp 1b
+.data
+hello: .asciz "hello from the jail\\n"
+.text
+"""
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+@requires_root
+@requires_kvm
+def test_runas_and_chroot_drop_privileges_after_set_up(tmp_path: Path) -> None:
+    assert NOBODY is not None
+    guest = hostile_guest(tmp_path, "idle", IDLE)
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    out = tmp_path / "console.txt"  # outside the jail: opened before the chroot
+    cmd = [sys.executable, "-m", "kvmlite", "run", "--kernel", str(guest), "--serial", f"file:{out}"]
+    cmd += ["--chroot", str(jail), "--runas", "nobody", "--timeout", "6"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: dict[str, str] = {}
+    root = ""
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            seen = _proc_status(proc.pid)
+            root = os.readlink(f"/proc/{proc.pid}/root")
+        except OSError:
+            break
+        if seen.get("Uid", "").split()[0] == str(NOBODY.pw_uid):
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 8, err  # the --timeout: the guest idled, confined, until then
+    assert seen["Uid"].split() == [str(NOBODY.pw_uid)] * 4
+    assert seen["Gid"].split() == [str(NOBODY.pw_gid)] * 4
+    assert seen["Groups"].strip() == ""
+    assert seen["CapEff"] == seen["CapPrm"] == "0000000000000000"
+    assert root == str(jail.resolve())
+    assert "hello from the jail" in out.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--runas", "no-such-user-kvmlite"], "--runas no-such-user-kvmlite: no such user"),
+        (["--runas", "root"], "--runas root: that user is root"),
+        (["--chroot", "/nonexistent-kvmlite"], "--chroot /nonexistent-kvmlite: not a directory"),
+        (["--runas", "nobody", "--on-reset", "restart"], "--runas exclude --on-reset restart"),
+    ],
+)
+@requires_root
+def test_bad_jail_options_are_one_sentence_and_status_2(args: list[str], message: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "kvmlite", "run", *args], capture_output=True, text=True)
+    assert r.returncode == 2, r
+    assert message in r.stderr and r.stderr.count("\n") == 1
+
+
+def _python_for(uid: int) -> str | None:
+    """A Python >= 3.11 that ``uid`` may run (this one may live in root's home)."""
+    for python in (sys.executable, "/usr/bin/python3"):
+        try:
+            check = [python, "-c", "import sys; assert sys.version_info >= (3, 11)"]
+            r = subprocess.run(check, user=uid, capture_output=True)
+        except OSError:
+            continue
+        if r.returncode == 0:
+            return python
+    return None
+
+
+@pytest.mark.skipif(NOBODY is None, reason="needs the nobody user")
+@requires_root
+def test_an_unprivileged_kvmlite_cannot_drop_privileges_and_says_so(tmp_path: Path) -> None:
+    assert NOBODY is not None
+    python = _python_for(NOBODY.pw_uid)
+    if python is None:
+        pytest.skip("no Python 3.11 that the nobody user may run")
+
+    def as_nobody() -> None:
+        os.setgroups([])
+        os.setgid(NOBODY.pw_gid)
+        os.setuid(NOBODY.pw_uid)
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    r = subprocess.run(
+        [python, "-m", "kvmlite", "run", "--runas", "nobody"],
+        capture_output=True,
+        text=True,
+        preexec_fn=as_nobody,
+        env=env,
+        cwd="/",
+    )
+    assert r.returncode == 2, r
+    assert f"--runas need root to drop privileges (kvmlite runs as uid {NOBODY.pw_uid})" in r.stderr
