@@ -195,9 +195,31 @@ def test_gdb_packets_any_bytes_any_payload(stream, payloads, data):
 
 
 NOT_HEX = [b"G" + b"t" * 40, b"P0=zzzzzzzz", b"P0=" + b"\xff\xfe" * 4, b"G\xd9" * 20]
+#: Found by the atheris gdb target (10-minute campaign, issue 17): a register number with a sign
+#: (int(x, 16) takes "-155") indexed the register layout from its end, then past it (IndexError).
+SIGNED = [b"P-155=0000000000000000", b"p-1", b"P+1=00", b"p 1", b"p1_0", b"m-10,4", b"M10,-4:00"]
 
 
 @pytest.mark.parametrize("packet", NOT_HEX)
 def test_register_writes_that_are_not_hex_get_an_error_reply(packet):
     """Found by the atheris gdb target: a G packet of non-hex bytes raised ValueError out of the stub."""
     assert GdbStub(FakeTarget()).handle(packet) == b"E16"
+
+
+@pytest.mark.parametrize("packet", SIGNED)
+def test_numbers_with_a_sign_blank_or_underscore_get_an_error_reply(packet):
+    assert GdbStub(FakeTarget()).handle(packet) == b"E16"
+
+
+def test_the_gdb_campaigns_crash_input_gets_replies():
+    """The atheris input itself (P packets for registers -0x155 and 0xd10), fed as fuzz/run.py's gdb
+    target feeds it."""
+    stream = (
+        b";;$Pd10=\n\x03#\x00\x00\x00\x00\x00\xff\xffY$P-155=\n\x03#\x00\x00\x00\x00\x00\xff\xffY$P55=\n"
+        b"\x03#\x03h9\x01\x00\xff\xff+\xffC\xff\xff\xff\xff\xff\xff\x03#\x03h9\x01\x00\xff\xff+\xffC"
+        b"\xff\xff\xff\xff\xff\xff\xff\xff"
+    )
+    stub = GdbStub(FakeTarget())
+    events = PacketReader().feed(stream)
+    replies = [stub.handle(event.payload) for event in events if hasattr(event, "payload")]
+    assert replies and all(reply is not None for reply in replies)

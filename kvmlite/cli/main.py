@@ -412,9 +412,22 @@ def _profiler(machine: Any, args: argparse.Namespace) -> Any:
     return Profiler(machine.loops, hz=args.profile_hz, symbols=symbols, output=args.profile)
 
 
+def _confine_main(machine: Any) -> None:
+    """The main thread's seccomp list, unless a guest reset would start a process again (passt)."""
+    from kvmlite.vmm import seccomp
+    from kvmlite.vmm.netdev import NetSpec
+
+    config = machine.config
+    nets = [NetSpec.parse(net, i) for i, net in enumerate(config.nets)]
+    if config.on_reset == "restart" and any(net.kind == "user" for net in nets):
+        if seccomp.mode() != "off":
+            log.info("seccomp: the main thread stays unconfined: each restart starts passt (--net user)")
+        return
+    seccomp.confine("main")
+
+
 def _run_once(machine: Any, args: argparse.Namespace, deadline: float | None = None) -> int:
     from kvmlite.control.attach import Attachments
-    from kvmlite.vmm import seccomp
 
     attached = Attachments(machine, gdb=args.gdb, gdb_wait=args.gdb_wait, api=args.api)
     profiler = _profiler(machine, args) if args.profile is not None else None
@@ -425,7 +438,7 @@ def _run_once(machine: Any, args: argparse.Namespace, deadline: float | None = N
         attached.start()
         if profiler is not None:
             profiler.start()
-        seccomp.confine("main")  # set-up is over: from here on the main thread only runs the machine
+        _confine_main(machine)  # set-up is over: from here on the main thread only runs the machine
         status = machine.run(deadline)
     finally:
         if profiler is not None:

@@ -51,11 +51,14 @@ def _decode(layout: tuple[R.Reg, ...], data: bytes) -> dict[str, int]:
         raise PacketError("register data is not hex") from None
 
 
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+
 def _int(field: bytes) -> int:
-    try:
-        return int(field, 16)
-    except ValueError:
-        raise PacketError(f"{field!r} is not a hex number") from None
+    """A field of hex digits (``int(x, 16)`` alone also takes a sign, blanks and underscores)."""
+    if not field or not _HEX_DIGITS.issuperset(field):
+        raise PacketError(f"{field!r} is not a hex number")
+    return int(field, 16)
 
 
 class GdbStub:

@@ -37,6 +37,7 @@ threads, ``socket`` only for Unix and TCP/IP sockets.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from signal import SIGKILL, SIGTERM
 from socket import AF_INET, AF_INET6, AF_UNIX
 
 ROLES = ("vcpu", "io", "timers", "console", "control", "gdb", "profiler", "migrate", "main")
@@ -66,6 +67,7 @@ def _calls(*names: str) -> tuple[Rule, ...]:
 KVM_IOCTL_TYPE = 0xAE
 TCGETS, TCSETS, TCSETSW, TCSETSF = 0x5401, 0x5402, 0x5403, 0x5404
 FIONBIO, FIOCLEX = 0x5421, 0x5451
+TUNSETOFFLOAD = 0x400454D0
 CLONE_THREAD = 0x10000
 PR_SET_NAME, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 15, 22, 38
 #: open(2) flags that write: O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_APPEND
@@ -109,6 +111,16 @@ GROUPS: dict[str, Group] = {
             Rule("ioctl", ((1, "&==", 0xFF00, KVM_IOCTL_TYPE << 8),)),
             *(Rule("ioctl", ((1, "==", U32, req),)) for req in (TCGETS, TCSETS, TCSETSW, TCSETSF)),
             *(Rule("ioctl", ((1, "==", U32, req),)) for req in (FIONBIO, FIOCLEX)),
+        ),
+    ),
+    "net": Group(
+        "virtio-net's TAP backend: the offloads follow the features the guest accepts (TUNSETOFFLOAD, "
+        "from the vCPU or I/O thread); passt (--net user) is a child kvmlite ends when the machine closes "
+        "(kill with SIGTERM or SIGKILL, wait4)",
+        (
+            Rule("ioctl", ((1, "==", U32, TUNSETOFFLOAD),)),
+            *(Rule("kill", ((1, "==", U32, sig),)) for sig in (SIGTERM, SIGKILL)),
+            Rule("wait4"),
         ),
     ),
     "poll": Group(
@@ -204,8 +216,8 @@ _COMMON = (
 
 #: Each role's groups.
 ROLE_GROUPS: dict[str, tuple[str, ...]] = {
-    "vcpu": (*_COMMON, "disk"),
-    "io": (*_COMMON, "disk"),
+    "vcpu": (*_COMMON, "disk", "net"),
+    "io": (*_COMMON, "disk", "net"),
     "timers": _COMMON,
     "console": _COMMON,
     "control": (*_COMMON, "write_files", "threads", "new_sockets"),
