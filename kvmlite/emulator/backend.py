@@ -147,7 +147,16 @@ class BackendOps(PagedOps):
         return self.memory.read(gpa, size)
 
     def _write_phys_ram(self, gpa: int, data: bytes) -> None:
+        if self.code_pages:
+            self.check_code_write(gpa, len(data))
         self.memory.write(gpa, data)
+
+    def ram_page(self, gpa: int) -> memoryview | None:
+        region = self.memory.find_region(gpa)
+        if region is None:
+            return None
+        off = gpa - region.start
+        return region.view[off : (off | 0xFFF) + 1]
 
     def _read_phys(self, gpa: int, size: int) -> bytes:
         region = self.memory.find_region(gpa)
@@ -165,6 +174,8 @@ class BackendOps(PagedOps):
     def _write_phys(self, gpa: int, data: bytes) -> None:
         region = self.memory.find_region(gpa)
         size = len(data)
+        if self.code_pages:
+            self.check_code_write(gpa, size)
         if region is not None and gpa + size <= region.end:
             off = gpa - region.start
             region.view[off : off + size] = data
@@ -224,6 +235,7 @@ class EmuVcpu:
     def run(self) -> E.Exit:
         self._complete_last_exit()
         cpu, ex, ops = self.cpu, self.executor, self.ops
+        ex.blocks.epoch += 1  # the VMM ran: guest memory may have changed under the translation blocks
         # As KVM with immediate_exit: an instruction whose device access was answered completes
         # before a kick is honoured, so a paused vCPU never holds half an instruction (a snapshot
         # would otherwise run its OUT twice).
@@ -241,7 +253,26 @@ class EmuVcpu:
             if self._window_requested and self._pending_vector is None and self._can_take_interrupt():
                 return self._exit(E.IrqWindowOpen())
             debugging = self._debug_flags
-            for _ in range(1 if debugging else SLICE):
+            if not debugging and not finishing:
+                # translation blocks (kvmlite.emulator.tb); guest debugging and replays go one by one
+                ops.start_instruction()
+                try:
+                    ex.run_blocks(SLICE)
+                except _DeviceAccess as access:
+                    return self._exit(access.exit)
+                except TripleFault as err:
+                    log.error("vcpu %d: %s", self.id, err)
+                    return self._exit(E.Shutdown())
+                except GuestMemoryError as err:
+                    return self._exit(self._internal(f"guest memory access failed: {err}"))
+                except EmulatorError as err:
+                    return self._exit(self._internal(str(err)))
+                ops.instruction_done()
+                if cpu.halted:
+                    cpu.halted = False  # as with KVM's userspace irqchip: RIP is past HLT, the VMM waits
+                    return self._exit(E.Hlt())
+                continue
+            for _ in range(1 if debugging or finishing else SLICE):
                 if debugging and (stop := self._breakpoint_here()) is not None:
                     return self._exit(stop)
                 shadow = cpu.interrupt_shadow
@@ -317,12 +348,14 @@ class EmuVcpu:
                 f"vcpu {self.id}: interrupt {vector:#x} queued while {self._pending_vector:#x} waits"
             )
         self._pending_vector = vector
+        self.executor.stop_requested = True
 
     def bind_thread(self) -> None:
         self._thread_id = threading.get_ident()
 
     def kick(self) -> None:
         self._kicked = True
+        self.executor.stop_requested = True
 
     def clear_kick(self) -> None:
         self._kicked = False

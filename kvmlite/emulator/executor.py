@@ -29,8 +29,8 @@ from __future__ import annotations
 import logging
 
 from kvmlite.emulator import decoder as D
+from kvmlite.emulator import fastops, tb, xstate
 from kvmlite.emulator import opcodes as T
-from kvmlite.emulator import xstate
 from kvmlite.emulator.alu import MASK
 from kvmlite.emulator.cpu import (
     AMASK,
@@ -41,20 +41,16 @@ from kvmlite.emulator.cpu import (
     CS,
     EFER_LMA,
     EFER_SCE,
-    FLAG_CF,
     FLAG_IF,
     FLAG_IOPL,
-    FLAG_OF,
-    FLAG_PF,
-    FLAG_SF,
     FLAG_VM,
-    FLAG_ZF,
     FS,
     MASK64,
     RSP,
     SS,
     CpuState,
 )
+from kvmlite.emulator.fastops import cond_of
 from kvmlite.emulator.faults import GP, PF, UD, GuestFault, gp
 from kvmlite.emulator.faults import SS as VEC_SS
 from kvmlite.emulator.handlers import interrupt
@@ -91,6 +87,12 @@ class Executor:
         self._acc = 0  # ACCESS_USER at CPL 3
         self.stack_size = 2
         self._decode_cache: dict[tuple[int, bytes], tuple[D.Instruction, Handler]] = {}
+        self.lazy: tuple | None = None  # pending lazy flags (.fastops), only inside run_blocks
+        self.tb_ctx = 0
+        self.stop_requested = False
+        self.blocks = tb.BlockCache()
+        self._generic: dict[tuple[int, bool], Handler] = {}
+        ops.watch_code(self.blocks.pages, self.blocks.invalidate_page, self.blocks.flush_jump_cache)
         ops.paging_changed(cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer)
 
     # ================================================================== run loop
@@ -107,18 +109,172 @@ class Executor:
             handler(self, insn)
             cpu.rip = self.next_rip
             self.instructions += 1
-        except GuestFault as fault:
+        except (GuestFault, PageFault, NonCanonicalAddress) as fault:
             cpu.rip = start
             cpu.interrupt_shadow = shadow
+            self._deliver(fault)
+
+    def _deliver(self, fault: GuestFault | PageFault | NonCanonicalAddress) -> None:
+        """Deliver the exception an instruction raised (RIP is already back on the instruction)."""
+        if isinstance(fault, GuestFault):
             interrupt.deliver_exception(self, fault.vector, fault.error_code, fault.address)
-        except PageFault as fault:
-            cpu.rip = start
-            cpu.interrupt_shadow = shadow
+        elif isinstance(fault, PageFault):
             interrupt.deliver_exception(self, PF, fault.error_code, fault.address)
-        except NonCanonicalAddress:
-            cpu.rip = start
-            cpu.interrupt_shadow = shadow
+        else:
             interrupt.deliver_exception(self, GP, 0)
+
+    def run_blocks(self, budget: int) -> int:
+        """Execute about ``budget`` instructions through translation blocks (:mod:`.tb`).
+
+        Stops early at HLT or when ``stop_requested`` is set (a kick); returns
+        how many instructions ran.  Lazy flags are synced before it returns or
+        raises, so callers see plain RFLAGS.  Each instruction's RIP is
+        committed only when something needs it: a fault or an exit rolls RIP
+        back to the instruction (``start``), generic handlers set it themselves.
+        """
+        cpu = self.cpu
+        cache = self.blocks
+        self.stop_requested = False
+        self.refresh_mode()
+        done = 0
+        prev: tb.TranslationBlock | None = None
+        try:
+            while done < budget and not cpu.halted and not self.stop_requested:
+                if cpu.interrupt_shadow:
+                    self._step_shadowed()
+                    done += 1
+                    prev = None
+                    continue
+                rip = cpu.rip
+                mode = self.mode
+                lin = rip if mode == 64 else (cpu.segs[CS].base + rip) & 0xFFFFFFFF
+                if prev is not None and prev.link_lin == lin and prev.link_gen == cache.generation:
+                    block = prev.link
+                else:
+                    block = cache.jump.get(lin)
+                    if block is None or block.ctx != self.tb_ctx:
+                        block = self._lookup_block(lin)
+                    if prev is not None:
+                        prev.link, prev.link_lin, prev.link_gen = block, lin, cache.generation
+                if (
+                    block is None
+                    or not block.ops
+                    or (block.epoch != cache.epoch and not self._revalidate(block))
+                    or (mode != 64 and rip + block.size - 1 > cpu.segs[CS].limit)
+                ):
+                    self.step()
+                    done += 1
+                    prev = None
+                    continue
+                bound = block.bound if block.bound_rip == rip else block.bind(rip, _IP_MASK[mode])
+                start = rip
+                try:
+                    while True:  # a block that branches to itself runs again without a lookup
+                        for fn, insn, start, self.next_rip in bound:  # noqa: B007 (start: for faults)
+                            fn(self, insn)
+                        done += len(bound)
+                        if (
+                            self.next_rip != rip
+                            or done >= budget
+                            or self.stop_requested
+                            or block.refresh
+                            or not block.valid
+                        ):
+                            break
+                except (GuestFault, PageFault, NonCanonicalAddress) as fault:
+                    cpu.rip = start
+                    if self.lazy is not None:
+                        self.sync_flags()
+                    self._deliver(fault)
+                    prev = None
+                    continue
+                except BaseException:
+                    cpu.rip = start  # a device exit replays the instruction; anything else reports it
+                    raise
+                cpu.rip = self.next_rip
+                if block.refresh:
+                    if self.lazy is not None:
+                        self.sync_flags()
+                    self.refresh_mode()
+                    prev = None
+                else:
+                    prev = block
+        finally:
+            if self.lazy is not None:
+                self.sync_flags()
+            self.instructions += done
+        return done
+
+    def _step_shadowed(self) -> None:
+        """``step()`` for an instruction in an interrupt shadow (a device exit keeps the shadow)."""
+        try:
+            self.step()
+        except BaseException:
+            self.cpu.interrupt_shadow = True
+            raise
+
+    def _lookup_block(self, lin: int) -> tb.TranslationBlock | None:
+        """The block at linear ``lin`` in the current context, translated if new; None: use step()."""
+        try:
+            found = self.ops.code_page(lin, ACCESS_FETCH | self._acc)
+        except (GuestFault, PageFault, NonCanonicalAddress):
+            return None  # step() raises the fault on its own fetch
+        if found is None:
+            return None
+        phys, view = found
+        cache = self.blocks
+        block = cache.blocks.get((phys, self.tb_ctx))
+        if block is None:
+            block = tb.translate(self, phys, bytes(view))
+            cache.add(block)
+            block.epoch = cache.epoch
+        cache.jump[lin] = block
+        return block
+
+    def _revalidate(self, block: tb.TranslationBlock) -> bool:
+        """First use of ``block`` in this epoch: is guest memory still what it was decoded from?"""
+        found = self.ops.ram_page(block.phys)
+        if found is not None and found[: block.size] == block.code:
+            block.epoch = self.blocks.epoch
+            return True
+        self.blocks.invalidate_page(block.phys >> tb.PAGE_SHIFT)
+        return False
+
+    # ================================================================== lazy flags (see .fastops)
+    def sync_flags(self) -> None:
+        """Fold the pending lazy flag record into RFLAGS."""
+        cpu = self.cpu
+        cpu.rflags = (cpu.rflags & ~ARITH_FLAGS) | fastops.lazy_flags(self.lazy, cpu.rflags)  # type: ignore[arg-type]
+        self.lazy = None
+
+    def flags(self) -> int:
+        """RFLAGS with any pending lazy record applied (does not commit it)."""
+        lz = self.lazy
+        rflags = self.cpu.rflags
+        if lz is None:
+            return rflags
+        return (rflags & ~ARITH_FLAGS) | fastops.lazy_flags(lz, rflags)
+
+    def generic_handler(self, row: T.Row, sync: bool) -> Handler:
+        """``row``'s handler with its checks for a block: RIP committed, lazy flags synced if ``sync``."""
+        key = (id(row), sync)
+        hit = self._generic.get(key)
+        if hit is not None:
+            return hit
+        handler: Handler = row.handler if row.handler is not None else unsupported
+        if row.checked:
+            handler = _checked(row, handler)
+        inner = handler
+
+        def generic(ex: Executor, insn: D.Instruction) -> None:
+            if sync and ex.lazy is not None:
+                ex.sync_flags()
+            ex.cpu.rip = (ex.next_rip - insn.length) & _IP_MASK[ex.mode]
+            inner(ex, insn)
+
+        handler = generic
+        self._generic[key] = handler
+        return handler
 
     def run(self, count: int) -> int:
         """Execute up to ``count`` instructions; stop early at HLT. Returns how many ran."""
@@ -138,6 +294,7 @@ class Executor:
             self.stack_size = 8
         else:
             self.stack_size = 4 if (cpu.cr0 & CR0_PE and cpu.segs[SS].db and not cpu.rflags & FLAG_VM) else 2
+        self.tb_ctx = self.mode | self._acc << 8 | self.stack_size << 12
 
     def _fetch(self) -> tuple[D.Instruction, Handler]:
         cpu = self.cpu
@@ -335,25 +492,7 @@ class Executor:
 
     # ================================================================== conditions
     def cond(self, cc: int) -> bool:
-        f = self.cpu.rflags
-        c = cc >> 1
-        if c == 0:
-            r = f & FLAG_OF
-        elif c == 1:
-            r = f & FLAG_CF
-        elif c == 2:
-            r = f & FLAG_ZF
-        elif c == 3:
-            r = f & (FLAG_CF | FLAG_ZF)
-        elif c == 4:
-            r = f & FLAG_SF
-        elif c == 5:
-            r = f & FLAG_PF
-        elif c == 6:
-            r = bool(f & FLAG_SF) != bool(f & FLAG_OF)
-        else:
-            r = (f & FLAG_ZF) or (bool(f & FLAG_SF) != bool(f & FLAG_OF))
-        return bool(r) != bool(cc & 1)
+        return cond_of(self.cpu.rflags, cc)
 
     def branch(self, target: int, opsize: int) -> None:
         if self.mode == 64:

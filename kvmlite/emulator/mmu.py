@@ -192,6 +192,8 @@ class Mmu:
         # pages per large page -> {first vpn: global}.
         self._large: dict[int, dict[int, bool]] = {}
         self._large_count = 0
+        #: Called whenever cached translations are dropped (the executor's jump cache follows the TLB).
+        self.on_flush: Callable[[], None] | None = None
         self._configure()
 
     # ------------------------------------------------------------------ modes
@@ -319,6 +321,8 @@ class Mmu:
     # ------------------------------------------------------------------ TLB
     def flush(self, keep_global: bool = False) -> None:
         """Drop cached translations; with ``keep_global``, keep those of global pages."""
+        if self.on_flush is not None:
+            self.on_flush()
         if keep_global and self._global_vpns:
             glob = self._global_vpns
             for d in self._tlb:
@@ -336,6 +340,8 @@ class Mmu:
 
     def invlpg(self, gva: int) -> None:
         """Invalidate the translation of the page holding ``gva`` (the whole page if large)."""
+        if self.on_flush is not None:
+            self.on_flush()
         vpn = (gva & self._va_mask) >> PAGE_SHIFT
         for d in self._tlb:
             d.pop(vpn, None)

@@ -69,6 +69,29 @@ class EmulatorOps:
     def write_linear(self, addr: int, data: bytes, access: int) -> None:
         raise NotImplementedError
 
+    # --- translation blocks (kvmlite.emulator.tb) ---------------------------------------
+    def code_page(self, addr: int, access: int) -> tuple[int, memoryview] | None:
+        """(physical address, bytes from there to the end of its page) of code at linear ``addr``.
+
+        None when the code is not in guest RAM (or the ops cannot say): the
+        executor then runs it instruction by instruction.  Raises the MMU's
+        faults like a fetch.
+        """
+        return None
+
+    def ram_page(self, gpa: int) -> memoryview | None:
+        """Guest RAM from ``gpa`` to the end of its page, or None outside RAM."""
+        return None
+
+    def watch_code(
+        self,
+        pages: dict[int, object],
+        written: Callable[[int], None],
+        tlb_flushed: Callable[[], None],
+    ) -> None:
+        """Call ``written(page number)`` when the CPU writes a page in ``pages`` (which holds decoded
+        code), and ``tlb_flushed()`` when cached translations are dropped."""
+
     # --- paging notifications ---------------------------------------------------------
     def paging_changed(self, cr0: int, cr3: int, cr4: int, efer: int) -> None:
         """CR0, CR4 or EFER changed (or the state was loaded): re-read the paging mode."""
@@ -125,6 +148,31 @@ class PagedOps(EmulatorOps):
         self.read_phys = read_phys
         self.write_phys = write_phys
         self.mmu = mmu if mmu is not None else Mmu(read_phys, write_phys)
+        self.code_pages: dict[int, object] = {}
+        self.code_written: Callable[[int], None] = lambda ppn: None
+
+    def watch_code(
+        self,
+        pages: dict[int, object],
+        written: Callable[[int], None],
+        tlb_flushed: Callable[[], None],
+    ) -> None:
+        self.code_pages, self.code_written = pages, written
+        self.mmu.on_flush = tlb_flushed
+
+    def check_code_write(self, gpa: int, size: int) -> None:
+        """A write to [gpa, gpa+size): drop the translation blocks of the pages it touches."""
+        pages = self.code_pages
+        first, last = gpa >> 12, (gpa + size - 1) >> 12
+        if first in pages:
+            self.code_written(first)
+        if last != first and last in pages:
+            self.code_written(last)
+
+    def code_page(self, addr: int, access: int) -> tuple[int, memoryview] | None:
+        gpa = self.mmu.translate(addr, access)  # type: ignore[arg-type]
+        view = self.ram_page(gpa)
+        return None if view is None else (gpa, view)
 
     def read_linear(self, addr: int, size: int, access: int) -> bytes:
         if (addr & (PAGE_SIZE - 1)) + size <= PAGE_SIZE:
