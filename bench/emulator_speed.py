@@ -46,8 +46,8 @@ QEMU = "qemu-system-x86_64"
 #: ``imul rax, rbx; add rax, rdx; dec rcx; jnz 1b`` per LCG step (see user_lcg in cbench.S).
 LOOP_INSNS_PER_ITER = 4
 #: (small N, large N) per side; the large N keeps one run at a few seconds on this project's machines.
-EMU_ITERS = (1_000, 150_000)
-EMU_ITERS_QUICK = (1_000, 40_000)
+EMU_ITERS = (1_000, 1_500_000)
+EMU_ITERS_QUICK = (1_000, 400_000)
 QEMU_ITERS = (1_000, 400_000_000)
 QEMU_ITERS_QUICK = (1_000, 100_000_000)
 RUNS = 3

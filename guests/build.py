@@ -125,6 +125,8 @@ GUESTS: dict[str, GuestSpec] = {
         # the reference run; kvmlite boots the plain one.
         GuestSpec("lm64-pvh", Kind.ELF64, ("lm64.S",), "lm64-pvh.elf", defines=("PVH_ENTRY",)),
         GuestSpec("cbench", Kind.MULTIBOOT_ELF32, ("cbench.S",), "cbench.elf"),
+        # rewrites its own page tables and code (the emulator's translation caches)
+        GuestSpec("smc", Kind.MULTIBOOT_ELF32, ("smc.S",), "smc.elf"),
         GuestSpec("outloop", Kind.MULTIBOOT_ELF32, ("outloop.S",), "outloop.elf"),
         GuestSpec("mmioloop", Kind.MULTIBOOT_ELF32, ("mmioloop.S",), "mmioloop.elf"),
         GuestSpec("cmb", Kind.C_MULTIBOOT_ELF32, ("cmb/boot.S", "cmb/kernel.c", "clib/klib.c"), "cmb.elf"),

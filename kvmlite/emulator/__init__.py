@@ -15,7 +15,11 @@ Layers, from data to behaviour::
     mmu.py         page walks and the software TLB (used through ops)
     alu.py         arithmetic with exact flags
     executor.py    Executor.step()/run(n): fetch, decode (cached), the row's
-                   generic checks, the handler; operand access and the stack
+                   generic checks, the handler; operand access and the stack;
+                   Executor.run_blocks(n): the same through translation blocks
+    tb.py          translation blocks: decode once per basic block, caches,
+                   chaining, invalidation on code writes
+    fastops.py     lazy flags and the handlers specialised per operand form
     handlers/      the handlers, one module per family (arith, data, control,
                    string, segment, interrupt, privileged, fastcall, xsave, sse)
     faults.py      GuestFault (#DE #UD #GP ...), PageFault, TripleFault

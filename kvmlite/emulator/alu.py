@@ -3,10 +3,10 @@
 Every function takes unsigned operands already truncated to ``size`` bytes
 and returns ``(result, flags)`` where ``flags`` holds only the six
 arithmetic flags (CF PF AF ZF SF OF); the executor merges them into RFLAGS
-with :data:`~kvmlite.emulator.cpu.ARITH_FLAGS`.  Flags are computed eagerly:
-lazy flags would be faster for flag-heavy loops, but eager flags keep every
-instruction's semantics in one readable place and are checked bit for bit
-against the host CPU in the tests.
+with :data:`~kvmlite.emulator.cpu.ARITH_FLAGS`.  The generic handlers compute
+flags eagerly here; translation blocks record the common ALU operations lazily
+(:mod:`kvmlite.emulator.fastops`) and derive the same bits when they are read.
+Both are checked bit for bit against the host CPU in the tests.
 
 Where the SDM calls a flag *undefined* we produce what current Intel and AMD
 parts produce for the common case (AF cleared by logic ops, SF/ZF/PF from the

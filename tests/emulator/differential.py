@@ -955,6 +955,73 @@ LOGIC_OPCODES = {0x08, 0x09, 0x0A, 0x20, 0x21, 0x30, 0x31, 0x84, 0x85}
 ADC_SBB_OPCODES = {0x10, 0x11, 0x18, 0x19}
 
 
+#: Producers whose flags translation blocks record lazily (kvmlite.emulator.fastops), and what each
+#: leaves undefined (logic ops: AF; IMUL: SF ZF AF PF).
+LAZY_PRODUCERS = {
+    "add": 0, "sub": 0, "cmp": 0, "and": AF, "or": AF, "xor": AF, "test": AF,
+    "inc": 0, "dec": 0, "imul": SF | ZF | AF | PF,
+}  # fmt: skip
+
+
+@st.composite
+def lazy_producer(draw: st.DrawFn, avoid: str = "") -> tuple[str, int, int]:
+    """(text, flags written, flags undefined after) of a lazily-flagged instruction not using ``avoid``."""
+    op = draw(st.sampled_from(sorted(LAZY_PRODUCERS)))
+    size = draw(st.sampled_from((4, 8)))
+    pool = [r for r in REGS[size] if R64[REGS[size].index(r)] != avoid]
+    a, b = draw(st.sampled_from(pool)), draw(st.sampled_from(pool))
+    if op in ("inc", "dec"):
+        return f"{op} {a}", ARITH & ~CF, 0
+    if op == "imul":
+        return f"imul {a}, {b}", ARITH, LAZY_PRODUCERS[op]
+    src = b if draw(st.booleans()) else str(draw(imm(size)))
+    return f"{op} {a}, {src}", ARITH, LAZY_PRODUCERS[op]
+
+
+@st.composite
+def across_blocks(draw: st.DrawFn) -> Insn:
+    """Flags made in one translation block and consumed in the next, after a jump (lazy flags that
+    outlive their block), with an INC/DEC between that must keep the producer's CF."""
+    text, writes, undef = draw(lazy_producer())
+    lines = [text, "jmp 5f", "5:"]
+    if draw(st.booleans()):
+        keep, _, _ = draw(lazy_producer())
+        if keep.startswith(("inc", "dec")):
+            lines += [keep, "jmp 6f", "6:"]
+            writes, undef = writes | (ARITH & ~CF), undef & CF
+    usable = [cc for cc in CONDITIONS if not COND_READS[cc] & undef]
+    cc = draw(st.sampled_from(usable))
+    form = draw(st.sampled_from(("adc", "set", "cmov", "jcc", "lahf")))
+    if form == "adc" and not undef & CF:
+        lines.append(f"adc {draw(reg(8))}, {draw(reg(8))}")
+        return Insn("\n".join(lines), ARITH, 0, reads=CF & ~writes)
+    if form == "lahf" and not undef & (ARITH & ~OF):
+        lines.append("lahf")
+        return Insn("\n".join(lines), writes, undef, reads=(ARITH & ~OF) & ~writes)
+    if form == "set":
+        lines.append(f"set{cc} {draw(reg(1, False))}")
+    elif form == "cmov":
+        lines.append(f"cmov{cc} {draw(reg(8))}, {draw(reg(8))}")
+    else:
+        lines += [f"j{cc} 7f", f"not {draw(reg(8))}", "7:"]
+    return Insn("\n".join(lines), writes, undef, reads=COND_READS[cc] & ~writes)
+
+
+@st.composite
+def counted_loop(draw: st.DrawFn) -> Insn:
+    """A backward loop (a block that branches to itself) whose body sets flags a branch inside reads."""
+    count = draw(st.integers(1, 7))
+    body, _writes, undef = draw(lazy_producer(avoid="rcx"))
+    usable = [cc for cc in CONDITIONS if not COND_READS[cc] & undef]
+    lines = [f"mov ecx, {count}", "8:", body]
+    if draw(st.booleans()):
+        cc = draw(st.sampled_from(usable))
+        lines += [f"j{cc} 9f", f"add {draw(st.sampled_from([r for r in R64 if r != 'rcx']))}, 3", "9:"]
+    lines += ["dec ecx", "jnz 8b"]
+    # DEC leaves CF to the body (or the ADD, or what came before): required defined on entry
+    return Insn("\n".join(lines), ARITH & ~CF, 0, reads=CF)
+
+
 @st.composite
 def prefixed(draw: st.DrawFn) -> Insn:
     """Raw bytes: prefixes in any order, REX anywhere among them, then a register-register op.
@@ -1002,6 +1069,8 @@ def instruction() -> st.SearchStrategy[Insn]:
         string(),
         misc(),
         prefixed(),
+        across_blocks(),
+        counted_loop(),
     )
 
 
