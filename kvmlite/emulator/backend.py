@@ -37,8 +37,8 @@ from kvmlite.emulator.executor import Executor
 from kvmlite.emulator.faults import TripleFault
 from kvmlite.emulator.guest_debug import DataBreakpoints
 from kvmlite.emulator.instruction import MAX_INSN_LENGTH
-from kvmlite.emulator.mmu import Mmu
 from kvmlite.emulator.ops import ACCESS_FETCH, EmulatorOps, PagedOps
+from kvmlite.emulator.shadow import ShadowMmu
 from kvmlite.errors import EmulatorError, GuestMemoryError
 from kvmlite.kvm import exits as E
 from kvmlite.kvm import structs as S
@@ -100,7 +100,9 @@ class BackendOps(PagedOps):
         self.cpuid_table = cpuid
         self.answers: list[_Answer] = []
         self.pending: _Answer | None = None  # the access the last exit asked about
-        super().__init__(self._read_phys, self._write_phys, Mmu(self._read_phys_ram, self._write_phys_ram))
+        super().__init__(
+            self._read_phys, self._write_phys, ShadowMmu(self._read_phys_ram, self._write_phys_ram)
+        )
 
     # --- replay of answered accesses --------------------------------------------------
     def _regs(self) -> tuple[int, int, int]:
@@ -147,8 +149,8 @@ class BackendOps(PagedOps):
         return self.memory.read(gpa, size)
 
     def _write_phys_ram(self, gpa: int, data: bytes) -> None:
-        if self.code_pages:
-            self.check_code_write(gpa, len(data))
+        if self.code_pages or self.pt_pages:
+            self.check_write(gpa, len(data))
         self.memory.write(gpa, data)
 
     def ram_page(self, gpa: int) -> memoryview | None:
@@ -174,8 +176,8 @@ class BackendOps(PagedOps):
     def _write_phys(self, gpa: int, data: bytes) -> None:
         region = self.memory.find_region(gpa)
         size = len(data)
-        if self.code_pages:
-            self.check_code_write(gpa, size)
+        if self.code_pages or self.pt_pages:
+            self.check_write(gpa, size)
         if region is not None and gpa + size <= region.end:
             off = gpa - region.start
             region.view[off : off + size] = data
@@ -378,6 +380,7 @@ class EmuVcpu:
         if sregs:
             self.ops.paging_changed(cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer)
             self.ops.cr3_written(cpu.cr3)
+            self.executor.reset_caches()  # memory may have been rewritten under them (a restore)
 
     def set_cpuid(self, entries: list[CpuidEntry]) -> None:
         self.cpuid.clear()
@@ -441,6 +444,7 @@ class EmuVcpu:
         execute = [use_hw and enabled and rw == DrRw.EXEC for enabled, rw, _ in fields]
         self._breakpoints = [a if execute[i] else -1 for i, a in enumerate(addrs)]
         self._watch.configure(self.ops, addrs if use_hw else [], dr7)
+        self.executor.use_views(not self._watch.ranges)  # direct accesses would bypass the watch
         self._dr7 = dr7 if use_hw else 0
         self._resume_over = None
 

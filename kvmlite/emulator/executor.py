@@ -67,6 +67,7 @@ XSTATE_BV_OFFSET = 512
 MAX_INSN = D.MAX_INSN_LENGTH
 PAGE_SIZE = 4096
 DECODE_CACHE_LIMIT = 1 << 14
+VIEW_LIMIT = 1 << 14
 CANONICAL_BIAS = 1 << 47
 CANONICAL_LIMIT = 1 << 48
 #: The next-RIP mask by code size.
@@ -92,7 +93,11 @@ class Executor:
         self.stop_requested = False
         self.blocks = tb.BlockCache()
         self._generic: dict[tuple[int, bool], Handler] = {}
-        ops.watch_code(self.blocks.pages, self.blocks.invalidate_page, self.blocks.flush_jump_cache)
+        self._views: list[dict[int, memoryview | bool]] = [{} for _ in range(4)]  # by WRITE|USER bits
+        self._rv, self._wv = self._views[0], self._views[ACCESS_WRITE]
+        self._views_on = True
+        self.blocks.on_new_page = self._watch_changed
+        ops.watch_code(self.blocks.pages, self.blocks.invalidate_page, self._tlb_flushed, self._watch_changed)
         ops.paging_changed(cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer)
 
     # ================================================================== run loop
@@ -295,6 +300,7 @@ class Executor:
         else:
             self.stack_size = 4 if (cpu.cr0 & CR0_PE and cpu.segs[SS].db and not cpu.rflags & FLAG_VM) else 2
         self.tb_ctx = self.mode | self._acc << 8 | self.stack_size << 12
+        self._rv, self._wv = self._views[self._acc], self._views[self._acc | ACCESS_WRITE]
 
     def _fetch(self) -> tuple[D.Instruction, Handler]:
         cpu = self.cpu
@@ -384,15 +390,64 @@ class Executor:
 
     def read(self, seg: int, offset: int, size: int) -> int:
         lin = self.linear(seg, offset, size)
-        return int.from_bytes(self.ops.read_linear(lin, size, self._acc), "little")
+        view = self._rv.get(lin >> 12)
+        if view:
+            off = lin & 0xFFF
+            if off + size <= PAGE_SIZE:
+                return int.from_bytes(view[off : off + size], "little")
+        data = self.ops.read_linear(lin, size, self._acc)
+        if view is None and self._views_on:
+            self._add_view(self._rv, lin, self._acc)
+        return int.from_bytes(data, "little")
 
     def write(self, seg: int, offset: int, size: int, value: int) -> None:
         lin = self.linear(seg, offset, size, True)
-        self.ops.write_linear(
-            lin,
-            (value & MASK[size] if size <= 8 else value).to_bytes(size, "little"),
-            ACCESS_WRITE | self._acc,
-        )
+        data = (value & MASK[size] if size <= 8 else value).to_bytes(size, "little")
+        view = self._wv.get(lin >> 12)
+        if view:
+            off = lin & 0xFFF
+            if off + size <= PAGE_SIZE:
+                view[off : off + size] = data
+                return
+        self.ops.write_linear(lin, data, ACCESS_WRITE | self._acc)
+        if view is None and self._views_on:
+            self._add_view(self._wv, lin, ACCESS_WRITE | self._acc)
+
+    # The host views: virtual page -> a memoryview of the guest RAM page, per access kind, filled
+    # from translations the MMU made (so its A/D and permission decisions stand) and emptied with
+    # them (the MMU's on_flush); write views skip pages holding decoded code or page tables, whose
+    # writes must be seen.  A page that is not RAM (MMIO) is remembered as False.
+    def _add_view(self, views: dict[int, memoryview | bool], lin: int, access: int) -> None:
+        if len(views) >= VIEW_LIMIT:
+            views.clear()
+        try:
+            views[lin >> 12] = self.ops.page_view(lin, access) or False
+        except (PageFault, NonCanonicalAddress, GuestFault):
+            pass
+
+    def _tlb_flushed(self) -> None:
+        """The MMU dropped translations: the jump cache and the host views go with them."""
+        self.blocks.flush_jump_cache()
+        for views in self._views:
+            views.clear()
+
+    def _watch_changed(self) -> None:
+        """A page became watched (code or page tables): no more direct writes until refilled."""
+        self._views[ACCESS_WRITE].clear()
+        self._views[ACCESS_WRITE | ACCESS_USER].clear()
+
+    def use_views(self, on: bool) -> None:
+        """Direct host-memory access on or off (off while data breakpoints watch the ops' accessors)."""
+        self._views_on = on
+        for views in self._views:
+            views.clear()
+
+    def reset_caches(self) -> None:
+        """A new CPU state was loaded from outside: forget translations, blocks and views."""
+        self.ops.reset_translations()
+        self.blocks.clear()
+        for views in self._views:
+            views.clear()
 
     def read_bytes(self, seg: int, offset: int, size: int) -> bytes:
         return self.ops.read_linear(self.linear(seg, offset, size), size, self._acc)

@@ -418,8 +418,12 @@ class Mmu:
         self._check_rights(va, access, res)
         self._set_accessed_dirty(res, access & Access.WRITE)
         vpn = va >> PAGE_SHIFT
+        self._walked(vpn, res.entries)
         self._insert(vpn, access, res.page_base, res.global_page, res.page_shift - PAGE_SHIFT)
         return res.page_base | (va & PAGE_OFFSET_MASK)
+
+    def _walked(self, vpn: int, entries: list[tuple[int, int, int]]) -> None:
+        """A walk for ``vpn`` succeeded through ``entries`` (the shadow MMU keeps its reverse map)."""
 
     def _insert(self, vpn: int, access: int, page: int, global_page: bool, large_order: int) -> None:
         """Cache one translation; ``large_order`` is log2 of the 4 KiB pages in its page."""

@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 from kvmlite.emulator.faults import GP, GuestFault
 from kvmlite.emulator.mmu import Access, Mmu
+from kvmlite.emulator.shadow import ShadowMmu
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,19 @@ class EmulatorOps:
         pages: dict[int, object],
         written: Callable[[int], None],
         tlb_flushed: Callable[[], None],
+        tracked: Callable[[], None],
     ) -> None:
         """Call ``written(page number)`` when the CPU writes a page in ``pages`` (which holds decoded
-        code), and ``tlb_flushed()`` when cached translations are dropped."""
+        code), ``tlb_flushed()`` when cached translations are dropped and ``tracked()`` when a
+        page-table page starts being watched."""
+
+    def page_view(self, addr: int, access: int) -> memoryview | None:
+        """The guest RAM page holding linear ``addr`` for direct access, or None (not RAM, or a
+        write to a page whose writes must be seen).  Translates like an access (faults included)."""
+        return None
+
+    def reset_translations(self) -> None:
+        """Forget every cached translation (a CPU state was loaded from outside)."""
 
     # --- paging notifications ---------------------------------------------------------
     def paging_changed(self, cr0: int, cr3: int, cr4: int, efer: int) -> None:
@@ -150,24 +161,46 @@ class PagedOps(EmulatorOps):
         self.mmu = mmu if mmu is not None else Mmu(read_phys, write_phys)
         self.code_pages: dict[int, object] = {}
         self.code_written: Callable[[int], None] = lambda ppn: None
+        #: page-table frames the shadow MMU tracks (empty with a plain MMU): writes to them are seen
+        self.pt_pages: dict[int, int] = self.mmu.pt_pages if isinstance(self.mmu, ShadowMmu) else {}
 
     def watch_code(
         self,
         pages: dict[int, object],
         written: Callable[[int], None],
         tlb_flushed: Callable[[], None],
+        tracked: Callable[[], None],
     ) -> None:
         self.code_pages, self.code_written = pages, written
         self.mmu.on_flush = tlb_flushed
+        if isinstance(self.mmu, ShadowMmu):
+            self.mmu.on_track = tracked
 
-    def check_code_write(self, gpa: int, size: int) -> None:
-        """A write to [gpa, gpa+size): drop the translation blocks of the pages it touches."""
+    def check_write(self, gpa: int, size: int) -> None:
+        """A CPU write to [gpa, gpa+size): drop the translation blocks of the pages it touches and
+        the shadow MMU's translations derived from the page-table entries it changes."""
         pages = self.code_pages
         first, last = gpa >> 12, (gpa + size - 1) >> 12
         if first in pages:
             self.code_written(first)
         if last != first and last in pages:
             self.code_written(last)
+        pt = self.pt_pages
+        if first in pt or last in pt:
+            self.mmu.written(gpa, size)  # type: ignore[attr-defined]
+
+    def page_view(self, addr: int, access: int) -> memoryview | None:
+        gpa = self.mmu.translate(addr, access)  # type: ignore[arg-type]
+        ppn = gpa >> 12
+        if access & ACCESS_WRITE and (ppn in self.code_pages or ppn in self.pt_pages):
+            return None
+        return self.ram_page(gpa & ~(PAGE_SIZE - 1))
+
+    def reset_translations(self) -> None:
+        if isinstance(self.mmu, ShadowMmu):
+            self.mmu.drop_all()
+        else:
+            self.mmu.flush()
 
     def code_page(self, addr: int, access: int) -> tuple[int, memoryview] | None:
         gpa = self.mmu.translate(addr, access)  # type: ignore[arg-type]

@@ -37,6 +37,7 @@ watchpoints) runs through ``step()`` and never enters blocks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kvmlite.emulator import decoder as D
@@ -122,6 +123,8 @@ class BlockCache:
         self.epoch = 0
         self.translated = 0
         self.invalidations = 0
+        #: called when a page starts holding blocks (its writes must now be seen)
+        self.on_new_page: Callable[[], None] = lambda: None
 
     def flush_jump_cache(self) -> None:
         self.jump.clear()
@@ -131,7 +134,11 @@ class BlockCache:
         if len(self.blocks) >= MAX_BLOCKS:
             self.clear()
         self.blocks[(tb.phys, tb.ctx)] = tb
-        self.pages.setdefault(tb.phys >> PAGE_SHIFT, []).append(tb)
+        ppn = tb.phys >> PAGE_SHIFT
+        if ppn not in self.pages:
+            self.pages[ppn] = []
+            self.on_new_page()
+        self.pages[ppn].append(tb)
         self.translated += 1
 
     def invalidate_page(self, ppn: int) -> None:
