@@ -13,6 +13,8 @@ Layers, from data to behaviour::
     ops.py         EmulatorOps: memory (linear), ports, MSRs, CPUID, halt;
                    PagedOps: the same over physical accessors + mmu.Mmu
     mmu.py         page walks and the software TLB (used through ops)
+    shadow.py      ShadowMmu: TLB contexts per address space, tracked page-table
+                   pages and a reverse map (the software backend's MMU)
     alu.py         arithmetic with exact flags
     executor.py    Executor.step()/run(n): fetch, decode (cached), the row's
                    generic checks, the handler; operand access and the stack;

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from kvmlite.backend import BackendCaps, unsupported
 from kvmlite.emulator.cpu import FLAG_IF, CpuState
@@ -258,17 +258,9 @@ class EmuVcpu:
             if not debugging and not finishing:
                 # translation blocks (kvmlite.emulator.tb); guest debugging and replays go one by one
                 ops.start_instruction()
-                try:
-                    ex.run_blocks(SLICE)
-                except _DeviceAccess as access:
-                    return self._exit(access.exit)
-                except TripleFault as err:
-                    log.error("vcpu %d: %s", self.id, err)
-                    return self._exit(E.Shutdown())
-                except GuestMemoryError as err:
-                    return self._exit(self._internal(f"guest memory access failed: {err}"))
-                except EmulatorError as err:
-                    return self._exit(self._internal(str(err)))
+                stop = self._execute(ex.run_blocks, SLICE)  # keeps its own interrupt-shadow state
+                if stop is not None:
+                    return stop
                 ops.instruction_done()
                 if cpu.halted:
                     cpu.halted = False  # as with KVM's userspace irqchip: RIP is past HLT, the VMM waits
@@ -279,18 +271,11 @@ class EmuVcpu:
                     return self._exit(stop)
                 shadow = cpu.interrupt_shadow
                 ops.start_instruction()
-                try:
-                    ex.step()
-                except _DeviceAccess as access:
-                    cpu.interrupt_shadow = shadow  # the instruction will run again
-                    return self._exit(access.exit)
-                except TripleFault as err:
-                    log.error("vcpu %d: %s", self.id, err)
-                    return self._exit(E.Shutdown())
-                except GuestMemoryError as err:
-                    return self._exit(self._internal(f"guest memory access failed: {err}"))
-                except EmulatorError as err:
-                    return self._exit(self._internal(str(err)))
+                stop = self._execute(ex.step)
+                if stop is not None:
+                    if isinstance(stop, E.IoIn | E.IoOut | E.MmioRead | E.MmioWrite):
+                        cpu.interrupt_shadow = shadow  # the instruction will run again
+                    return stop
                 ops.instruction_done()
                 finishing = False
                 if debugging:
@@ -304,6 +289,21 @@ class EmuVcpu:
                     return self._exit(E.Hlt())
                 if self._kicked or self._pending_vector is not None:
                     break
+
+    def _execute(self, run: Callable[..., object], *args: int) -> E.Exit | None:
+        """Run guest instructions; the exit that stopped them early, or None."""
+        try:
+            run(*args)
+        except _DeviceAccess as access:
+            return self._exit(access.exit)
+        except TripleFault as err:
+            log.error("vcpu %d: %s", self.id, err)
+            return self._exit(E.Shutdown())
+        except GuestMemoryError as err:
+            return self._exit(self._internal(f"guest memory access failed: {err}"))
+        except EmulatorError as err:
+            return self._exit(self._internal(str(err)))
+        return None
 
     def _exit(self, exit_: E.Exit) -> E.Exit:
         self._last_exit = exit_

@@ -27,6 +27,7 @@ see the report in the module's tests.
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from kvmlite.emulator import decoder as D
 from kvmlite.emulator import fastops, tb, xstate
@@ -93,7 +94,8 @@ class Executor:
         self.stop_requested = False
         self.blocks = tb.BlockCache()
         self._generic: dict[tuple[int, bool], Handler] = {}
-        self._views: list[dict[int, memoryview | bool]] = [{} for _ in range(4)]  # by WRITE|USER bits
+        # host views by access kind (WRITE|USER bits): virtual page -> RAM page view (see read/write)
+        self._views: list[dict[int, memoryview | Literal[False]]] = [{} for _ in range(4)]
         self._rv, self._wv = self._views[0], self._views[ACCESS_WRITE]
         self._views_on = True
         self.blocks.on_new_page = self._watch_changed
@@ -417,13 +419,32 @@ class Executor:
     # from translations the MMU made (so its A/D and permission decisions stand) and emptied with
     # them (the MMU's on_flush); write views skip pages holding decoded code or page tables, whose
     # writes must be seen.  A page that is not RAM (MMIO) is remembered as False.
-    def _add_view(self, views: dict[int, memoryview | bool], lin: int, access: int) -> None:
+    def _add_view(self, views: dict[int, memoryview | Literal[False]], lin: int, access: int) -> None:
         if len(views) >= VIEW_LIMIT:
             views.clear()
         try:
             views[lin >> 12] = self.ops.page_view(lin, access) or False
         except (PageFault, NonCanonicalAddress, GuestFault):
             pass
+
+    def bulk_view(self, seg: int, offset: int, nbytes: int, write: bool) -> tuple[int, memoryview] | None:
+        """(linear address, its page's host view) for ``nbytes`` at ``seg:offset`` that lie in one RAM
+        page this CPU may access directly, or None (the caller goes element by element, which
+        raises whatever fault is due at the exact element)."""
+        if not self._views_on:
+            return None
+        try:
+            lin = self.linear(seg, offset, nbytes, write)
+        except (GuestFault, NonCanonicalAddress):
+            return None
+        if (lin & 0xFFF) + nbytes > PAGE_SIZE:
+            return None
+        views = self._wv if write else self._rv
+        view = views.get(lin >> 12)
+        if view is None:
+            self._add_view(views, lin, (ACCESS_WRITE if write else 0) | self._acc)
+            view = views.get(lin >> 12)
+        return (lin, view) if view else None
 
     def _tlb_flushed(self) -> None:
         """The MMU dropped translations: the jump cache and the host views go with them."""

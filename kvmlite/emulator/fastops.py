@@ -97,13 +97,6 @@ def lazy_flags(lz: tuple, rflags: int) -> int:
     return f | (cf & FLAG_CF)
 
 
-def carry_source(lz: tuple | None) -> tuple | None:
-    """What an INC/DEC recorded now takes its CF from (flattened: never another INC/DEC)."""
-    if lz is not None and (lz[0] == K_INC or lz[0] == K_DEC):
-        return lz[2]  # type: ignore[no-any-return]
-    return lz
-
-
 def cond_of(f: int, cc: int) -> bool:
     """Condition code ``cc`` (Jcc/SETcc/CMOVcc's low nibble) evaluated on flags ``f``."""
     c = cc >> 1
@@ -244,6 +237,79 @@ def _pop(insn: D.Instruction, stack_size: int, g: list[int]) -> FastHandler | No
     return pop_r
 
 
+def _extend(insn: D.Instruction, g: list[int], signed: bool) -> FastHandler | None:
+    """MOVZX / MOVSX / MOVSXD into a 32- or 64-bit register from a register or memory."""
+    dst, src = insn.operands
+    size, ssize = dst.size, src.size
+    if not (_is_gpr(dst) and _full(size)) or ssize > 4:
+        return None
+    m, sm, sign, wrap = MASK[size], MASK[ssize], SIGN[ssize], 1 << (8 * ssize)
+    d = dst.reg
+    if _is_gpr(src):
+        s = src.reg
+
+        def ext_r(ex: Executor, insn: D.Instruction) -> None:
+            v = g[s] & sm
+            g[d] = ((v - wrap) & m) if signed and v & sign else v
+
+        return ext_r
+    if src.kind != D.OP_MEM:
+        return None
+    ea, seg = make_ea(src, g), src.seg
+
+    def ext_m(ex: Executor, insn: D.Instruction) -> None:
+        v = ex.read(seg, ea(ex), ssize)
+        g[d] = ((v - wrap) & m) if signed and v & sign else v
+
+    return ext_m
+
+
+def _setcc(insn: D.Instruction, g: list[int]) -> FastHandler | None:
+    op = insn.operands[0]
+    if not _is_gpr(op):
+        return None
+    d, cc = op.reg, insn.row.cond
+
+    def setcc_r(ex: Executor, insn: D.Instruction) -> None:
+        g[d] = (g[d] & ~0xFF) | (1 if cond_of(ex.flags(), cc) else 0)
+
+    return setcc_r
+
+
+def _call(insn: D.Instruction, mode: int, stack_size: int, g: list[int]) -> FastHandler | None:
+    """CALL rel32 in 64-bit mode: push the return address, then go (a faulting push goes nowhere)."""
+    if mode != 64 or stack_size != 8 or insn.opsize != 8:
+        return None
+    disp = insn.operands[0].value
+
+    def call_rel(ex: Executor, insn: D.Instruction) -> None:
+        ret = ex.next_rip
+        t = (ret + disp) & MASK64
+        if (t + CANONICAL_BIAS) & MASK64 >= CANONICAL_LIMIT:
+            raise gp(0, f"branch to non-canonical {t:#x}")
+        sp = (g[RSP] - 8) & MASK64
+        ex.write(SS, sp, 8, ret)
+        g[RSP] = sp
+        ex.next_rip = t
+
+    return call_rel
+
+
+def _ret(insn: D.Instruction, mode: int, stack_size: int, g: list[int]) -> FastHandler | None:
+    if mode != 64 or stack_size != 8 or insn.opsize != 8 or insn.operands:
+        return None
+
+    def ret_near(ex: Executor, insn: D.Instruction) -> None:
+        sp = g[RSP]
+        t = ex.read(SS, sp, 8)
+        if (t + CANONICAL_BIAS) & MASK64 >= CANONICAL_LIMIT:
+            raise gp(0, f"branch to non-canonical {t:#x}")
+        g[RSP] = (sp + 8) & MASK64
+        ex.next_rip = t
+
+    return ret_near
+
+
 # ---------------------------------------------------------------------------- arithmetic
 #: handler name -> (lazy kind, Python expression of a and b, writes the destination)
 _ALU: dict[str, tuple[int, str, bool]] = {
@@ -256,76 +322,40 @@ _ALU: dict[str, tuple[int, str, bool]] = {
     "test": (K_LOGIC, "a & b", False),
 }
 
-# One closure factory per (operation, operand form), made from these templates once at import:
-# the operation is inlined, so a specialised ALU instruction is one call with no dispatch inside.
-# Forms: rr register/register, ri register/immediate, rm register/memory, mr memory/register,
-# mi memory/immediate.  Memory is read before any register is written, and written before flags.
-_ALU_TEMPLATES = {
-    "rr": """
-def make(g, d, s, m, size, kind, b_const, ea, seg):
-    def alu_rr(ex, insn):
-        a = g[d] & m
-        b = g[s] & m
-        r = ({expr}) & m
-        {store_reg}
-        ex.lazy = (kind, a, b, r, size)
-    return alu_rr
-""",
-    "ri": """
+# One closure factory per (operation, operand form), made from one template at import: the
+# operation and the operand accesses are inlined, so a specialised ALU instruction is one call with
+# no dispatch inside.  Forms: rr register/register, ri register/immediate, rm register/memory,
+# mr memory/register, mi memory/immediate (the immediate is bound as ``b``).  Memory is read before
+# any register is written, and written before the flags are recorded.
+_ALU_TEMPLATE = """
 def make(g, d, s, m, size, kind, b, ea, seg):
-    def alu_ri(ex, insn):
-        a = g[d] & m
+    def alu_{form}(ex, insn):
+        {load_b}
+        {load_a}
         r = ({expr}) & m
-        {store_reg}
+        {store}
         ex.lazy = (kind, a, b, r, size)
-    return alu_ri
-""",
-    "rm": """
-def make(g, d, s, m, size, kind, b_const, ea, seg):
-    def alu_rm(ex, insn):
-        b = ex.read(seg, ea(ex), size)
-        a = g[d] & m
-        r = ({expr}) & m
-        {store_reg}
-        ex.lazy = (kind, a, b, r, size)
-    return alu_rm
-""",
-    "mr": """
-def make(g, d, s, m, size, kind, b_const, ea, seg):
-    def alu_mr(ex, insn):
-        off = ea(ex)
-        a = ex.read(seg, off, size)
-        b = g[s] & m
-        r = ({expr}) & m
-        {store_mem}
-        ex.lazy = (kind, a, b, r, size)
-    return alu_mr
-""",
-    "mi": """
-def make(g, d, s, m, size, kind, b, ea, seg):
-    def alu_mi(ex, insn):
-        off = ea(ex)
-        a = ex.read(seg, off, size)
-        r = ({expr}) & m
-        {store_mem}
-        ex.lazy = (kind, a, b, r, size)
-    return alu_mi
-""",
+    return alu_{form}
+"""
+#: form -> (how b is loaded, how a is loaded, whether the destination is memory)
+_ALU_FORMS = {
+    "rr": ("b = g[s] & m", "a = g[d] & m", False),
+    "ri": ("pass", "a = g[d] & m", False),
+    "rm": ("b = ex.read(seg, ea(ex), size)", "a = g[d] & m", False),
+    "mr": ("b = g[s] & m", "off = ea(ex); a = ex.read(seg, off, size)", True),
+    "mi": ("pass", "off = ea(ex); a = ex.read(seg, off, size)", True),
 }
 
 
 def _alu_factories() -> dict[tuple[str, str], Callable[..., FastHandler]]:
-    out = {}
+    out: dict[tuple[str, str], Callable[..., FastHandler]] = {}
     for name, (_kind, expr, writes) in _ALU.items():
-        for form, template in _ALU_TEMPLATES.items():
-            code = template.format(
-                expr=expr,
-                store_reg="g[d] = r" if writes else "pass",
-                store_mem="ex.write(seg, off, size, r)" if writes else "pass",
-            )
+        for form, (load_b, load_a, to_memory) in _ALU_FORMS.items():
+            store = ("ex.write(seg, off, size, r)" if to_memory else "g[d] = r") if writes else "pass"
+            code = _ALU_TEMPLATE.format(form=form, load_b=load_b, load_a=load_a, expr=expr, store=store)
             namespace: dict[str, object] = {}
             exec(compile(code, f"<fastops {name} {form}>", "exec"), namespace)
-            out[(name, form)] = namespace["make"]
+            out[(name, form)] = namespace["make"]  # type: ignore[assignment]
     return out
 
 
@@ -530,6 +560,16 @@ def specialise(insn: D.Instruction, mode: int, stack_size: int, g: list[int]) ->
         return _imul(insn, g)
     if name == "lea":
         return _lea(insn, g)
+    if name == "movzx":
+        return _extend(insn, g, False)
+    if name == "movsx":
+        return _extend(insn, g, True)
+    if name == "setcc":
+        return _setcc(insn, g)
+    if name == "call" and insn.operands[0].kind == D.OP_REL:
+        return _call(insn, mode, stack_size, g)
+    if name == "ret":
+        return _ret(insn, mode, stack_size, g)
     if name == "push":
         return _push(insn, stack_size, g)
     if name == "pop":

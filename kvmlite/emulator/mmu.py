@@ -207,22 +207,27 @@ class Mmu:
         PDPTEs are (re)loaded; if one is invalid :class:`InvalidPdpte` is
         raised and nothing changes, as the faulting MOV changes nothing.
         """
+        mode_changed, cr3_changed = self._adopt(cr0, cr3, cr4, efer)
+        if mode_changed:
+            self._configure()
+            self.flush()
+        elif cr3_changed:
+            self.flush(keep_global=bool(self.cr4 & CR4_PGE))
+
+    def _adopt(self, cr0: int, cr3: int, cr4: int, efer: int) -> tuple[bool, bool]:
+        """Take the registers (reloading the PAE PDPTEs if needed): (mode changed, CR3 changed)."""
         old_key = self._mode_key()
-        old_cr3 = self.cr3
         saved = (self.cr0, self.cr3, self.cr4, self.efer)
         self.cr0, self.cr3, self.cr4, self.efer = cr0 & MASK64, cr3 & MASK64, cr4 & MASK64, efer & MASK64
         mode_changed = self._mode_key() != old_key
+        cr3_changed = self.cr3 != saved[1]
         try:
-            if mode_changed or self.cr3 != old_cr3:
+            if mode_changed or cr3_changed:
                 self._load_pdptes()
         except KvmliteError:
             self.cr0, self.cr3, self.cr4, self.efer = saved
             raise
-        if mode_changed:
-            self._configure()
-            self.flush()
-        elif self.cr3 != old_cr3:
-            self.flush(keep_global=bool(self.cr4 & CR4_PGE))
+        return mode_changed, cr3_changed
 
     def write_cr3(self, value: int) -> None:
         """A MOV to CR3: always flushes non-global entries (unless PCID no-flush applies).
@@ -236,6 +241,12 @@ class Mmu:
         if self.cr4 & CR4_PCIDE and value & CR3_NOFLUSH:
             value &= ~CR3_NOFLUSH
             keep = (value & CR3_PCID_MASK) == (self.cr3 & CR3_PCID_MASK)
+        self._load_cr3(value)
+        if not keep:
+            self.flush(keep_global=bool(self.cr4 & CR4_PGE))
+
+    def _load_cr3(self, value: int) -> None:
+        """Take a CR3 value (and in PAE mode its PDPTEs); an invalid PDPTE changes nothing."""
         old = self.cr3
         self.cr3 = value
         try:
@@ -243,8 +254,6 @@ class Mmu:
         except KvmliteError:
             self.cr3 = old
             raise
-        if not keep:
-            self.flush(keep_global=bool(self.cr4 & CR4_PGE))
 
     def _mode_key(self) -> tuple[int, int, int]:
         cr0_bits = self.cr0 & (CR0_PG | CR0_WP)

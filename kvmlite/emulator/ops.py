@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from kvmlite.emulator.faults import GP, GuestFault
+from kvmlite.emulator.faults import GP, GuestFault, NonCanonicalAddress, PageFault
 from kvmlite.emulator.mmu import Access, Mmu
 from kvmlite.emulator.shadow import ShadowMmu
 
@@ -86,7 +86,7 @@ class EmulatorOps:
 
     def watch_code(
         self,
-        pages: dict[int, object],
+        pages: Mapping[int, object],
         written: Callable[[int], None],
         tlb_flushed: Callable[[], None],
         tracked: Callable[[], None],
@@ -98,6 +98,10 @@ class EmulatorOps:
     def page_view(self, addr: int, access: int) -> memoryview | None:
         """The guest RAM page holding linear ``addr`` for direct access, or None (not RAM, or a
         write to a page whose writes must be seen).  Translates like an access (faults included)."""
+        return None
+
+    def phys_page(self, addr: int) -> int | None:
+        """The guest-physical page of linear ``addr`` as already translated (for aliasing checks)."""
         return None
 
     def reset_translations(self) -> None:
@@ -159,14 +163,14 @@ class PagedOps(EmulatorOps):
         self.read_phys = read_phys
         self.write_phys = write_phys
         self.mmu = mmu if mmu is not None else Mmu(read_phys, write_phys)
-        self.code_pages: dict[int, object] = {}
+        self.code_pages: Mapping[int, object] = {}
         self.code_written: Callable[[int], None] = lambda ppn: None
         #: page-table frames the shadow MMU tracks (empty with a plain MMU): writes to them are seen
         self.pt_pages: dict[int, int] = self.mmu.pt_pages if isinstance(self.mmu, ShadowMmu) else {}
 
     def watch_code(
         self,
-        pages: dict[int, object],
+        pages: Mapping[int, object],
         written: Callable[[int], None],
         tlb_flushed: Callable[[], None],
         tracked: Callable[[], None],
@@ -195,6 +199,12 @@ class PagedOps(EmulatorOps):
         if access & ACCESS_WRITE and (ppn in self.code_pages or ppn in self.pt_pages):
             return None
         return self.ram_page(gpa & ~(PAGE_SIZE - 1))
+
+    def phys_page(self, addr: int) -> int | None:
+        try:
+            return self.mmu.translate(addr, Access.READ) >> 12
+        except (PageFault, NonCanonicalAddress):
+            return None
 
     def reset_translations(self) -> None:
         if isinstance(self.mmu, ShadowMmu):

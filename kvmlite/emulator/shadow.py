@@ -55,7 +55,6 @@ from kvmlite.emulator.mmu import (
     Mmu,
     PagingMode,
 )
-from kvmlite.errors import KvmliteError
 
 log = logging.getLogger(__name__)
 
@@ -115,20 +114,11 @@ class ShadowMmu(Mmu):
             self.on_flush()
 
     def set_mode(self, cr0: int, cr3: int, cr4: int, efer: int) -> None:
-        old_key = self._mode_key()
-        saved = (self.cr0, self.cr3, self.cr4, self.efer)
-        self.cr0, self.cr3, self.cr4, self.efer = cr0 & MASK64, cr3 & MASK64, cr4 & MASK64, efer & MASK64
-        mode_changed = self._mode_key() != old_key
-        try:
-            if mode_changed or self.cr3 != saved[1]:
-                self._load_pdptes()
-        except KvmliteError:
-            self.cr0, self.cr3, self.cr4, self.efer = saved
-            raise
+        mode_changed, cr3_changed = self._adopt(cr0, cr3, cr4, efer)
         if mode_changed:
             self._configure()
             self.drop_all()
-        elif self.cr3 != saved[1]:
+        elif cr3_changed:
             self._switch()
             if self.on_flush is not None:
                 self.on_flush()
@@ -138,13 +128,7 @@ class ShadowMmu(Mmu):
         value &= MASK64
         if self.cr4 & CR4_PCIDE:
             value &= ~CR3_NOFLUSH
-        old = self.cr3
-        self.cr3 = value
-        try:
-            self._load_pdptes()
-        except KvmliteError:
-            self.cr3 = old
-            raise
+        self._load_cr3(value)
         self._switch()
         if self.on_flush is not None:
             self.on_flush()
