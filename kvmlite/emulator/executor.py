@@ -148,6 +148,8 @@ class Executor:
         try:
             while done < budget and not cpu.halted and not self.stop_requested:
                 if cpu.interrupt_shadow:
+                    if self.lazy is not None:
+                        self.sync_flags()
                     self._step_shadowed()
                     done += 1
                     prev = None
@@ -169,6 +171,8 @@ class Executor:
                     or (block.epoch != cache.epoch and not self._revalidate(block))
                     or (mode != 64 and rip + block.size - 1 > cpu.segs[CS].limit)
                 ):
+                    if self.lazy is not None:
+                        self.sync_flags()  # step() and its handlers read RFLAGS itself
                     self.step()
                     done += 1
                     prev = None
