@@ -332,6 +332,7 @@ class Executor:
 
     def _decode(self, code: bytes, lin: int, n: int, mode: int) -> tuple[D.Instruction, Handler]:
         """Decode (fetching the rest of an instruction that crosses a page) and cache it with its handler."""
+        complete = True  # decoded from ``code`` alone, so ``code`` can be its cache key
         try:
             try:
                 insn = D.decode(code, mode)
@@ -342,6 +343,7 @@ class Executor:
                     (lin + n) & AMASK[8 if mode == 64 else 4], MAX_INSN - n, ACCESS_FETCH | self._acc
                 )
                 insn = D.decode(code + more, mode)
+                complete = False
         except DecodeError as err:
             raise GuestFault(UD, reason=str(err)) from err
         row = insn.row
@@ -349,6 +351,8 @@ class Executor:
         if row.checked:
             handler = _checked(row, handler)
         hit = (insn, handler)
+        if not complete:
+            return hit  # the rest came from the next page: the first page's bytes do not identify it
         if len(self._decode_cache) >= DECODE_CACHE_LIMIT:
             self._decode_cache.clear()
         self._decode_cache[(mode, code)] = hit

@@ -74,3 +74,16 @@ def test_a_loop_block_runs_again_without_a_lookup_and_stops_at_the_budget(mem: G
     ex.run_blocks(5000)
     assert ex.cpu.halted and ex.cpu.gpr[RCX] == 0
     assert ex.blocks.translated == 2  # the loop and the HLT, each decoded once
+
+
+def test_instructions_straddling_a_page_are_not_confused_by_their_first_bytes(mem: GuestMemory) -> None:
+    # Two instructions that cross a page end after the same first byte (0f): a 3-byte NOP and a
+    # 6-byte JZ.  The decode cache used to key both by that one byte and ran the JZ as the NOP.
+    ex = machine(mem, 0x1FFF, bytes.fromhex("0f1f00") + HLT)
+    mem.write(0x2FFF, bytes.fromhex("0f84") + (0x10).to_bytes(4, "little") + HLT)
+    ex.step()
+    assert ex.cpu.rip == 0x2002
+    ex.cpu.rip = 0x2FFF
+    ex.cpu.rflags |= FLAG_ZF
+    ex.step()
+    assert ex.cpu.rip == 0x3005 + 0x10
