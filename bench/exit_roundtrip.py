@@ -127,10 +127,16 @@ class LoopTiming:
     cpl: int
     exits: int
     seconds: float
+    #: CPU time over the loop (the C baseline reports it): unlike ``seconds``, not inflated by load.
+    cpu_seconds: float = 0.0
 
     @property
     def ns_per_exit(self) -> float:
         return self.seconds * 1e9 / self.exits
+
+    @property
+    def cpu_ns_per_exit(self) -> float:
+        return self.cpu_seconds * 1e9 / self.exits
 
 
 def _check_args(variant: str, iterations: int, cpl: int) -> None:
@@ -430,8 +436,21 @@ def run_vmm(variant: str, iterations: int, cpl: int = 3) -> LoopTiming:
 def run_c(variant: str, iterations: int, cpl: int = 3) -> LoopTiming:
     """Build ``exit_loop.c`` if needed and run it once."""
     _check_args(variant, iterations, cpl)
+    return _run_exit_loop([variant, str(iterations), str(cpl)], variant, cpl)
+
+
+def run_c_pm32(access: str, port: int, iterations: int) -> LoopTiming:
+    """The C loop in a multiboot kernel's state with the in-kernel irqchip (``exit_loop.c``'s pm32
+    mode): ``access`` "in" or "out" on ``port``, the baseline of the `kvmlite run` rows."""
+    if access not in ("in", "out") or iterations < 1:
+        raise ValueError(f"access must be in or out and iterations positive, got {access!r}, {iterations}")
+    variant = "in" if access == "in" else "pio"
+    return _run_exit_loop([variant, str(iterations), "pm32", hex(port)], variant, 0)
+
+
+def _run_exit_loop(args: list[str], variant: str, cpl: int) -> LoopTiming:
     exe = build_c(C_SOURCE)
-    cmd = [str(exe), variant, str(iterations), str(cpl)]
+    cmd = [str(exe), *args]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=C_TIMEOUT_S)
     except subprocess.TimeoutExpired as err:
@@ -440,7 +459,8 @@ def run_c(variant: str, iterations: int, cpl: int = 3) -> LoopTiming:
         raise BenchFailed(f"{' '.join(cmd)} exited {res.returncode}: {res.stderr.strip()}")
     kv = parse_key_values(res.stdout)
     try:
-        return LoopTiming("c", variant, cpl, int(kv["exits"]), float(kv["seconds"]))
+        seconds, cpu = float(kv["seconds"]), float(kv["cpu_seconds"])
+        return LoopTiming("c", variant, cpl, int(kv["exits"]), seconds, cpu)
     except (KeyError, ValueError) as err:
         raise BenchFailed(f"cannot parse exit_loop output {res.stdout!r}") from err
 

@@ -206,6 +206,14 @@ def test_c_baseline_counts_every_exit(variant: str) -> None:
 
 
 @needs_kvm
+@needs_cc
+@pytest.mark.parametrize("access", ["in", "out"])
+def test_c_pm32_baseline_counts_every_exit_and_its_cpu_time(access: str) -> None:
+    timing = er.run_c_pm32(access, 0x3FD, SMALL_ITERATIONS)
+    assert timing.exits == SMALL_ITERATIONS and 0 < timing.cpu_seconds and timing.variant in ("in", "pio")
+
+
+@needs_kvm
 def test_kvmlite_driver_counts_every_exit() -> None:
     try:
         timing = er.run_kvmlite("pio", SMALL_ITERATIONS)

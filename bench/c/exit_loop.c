@@ -23,8 +23,14 @@
  * code, kernel segments): on the nested KVM an exit from CPL 0 costs about a
  * third of one from CPL 3, so both are worth measuring.
  *
- * Usage: exit_loop pio|mmio ITERATIONS [3|0]
- * Prints one line: variant=... cpl=C iterations=N exits=N seconds=S ns_per_exit=X
+ * A third argument "pm32" is the machine-like baseline of bench/machine_bench.py instead: the state
+ * a multiboot kernel starts in (32-bit protected mode, flat segments, paging off, CPL 0) with
+ * KVM's in-kernel irqchip, as under `kvmlite run`, looping `in al, dx` (variant "in", answered
+ * with 0x60) or `out dx, al` (variant "pio") on PORT (the fourth argument, default 0x500).
+ *
+ * Usage: exit_loop pio|mmio|in ITERATIONS [3|0|pm32 [PORT]]
+ * Prints one line: variant=... cpl=C iterations=N exits=N seconds=S cpu_seconds=S ns_per_exit=X
+ * (cpu_seconds: the process's CPU time over the loop, which load on the machine does not inflate)
  * Exit status: 0 ok, 1 usage, 2 KVM failure, 3 unexpected guest exit.
  */
 #include <errno.h>
@@ -84,6 +90,12 @@ static const uint8_t GUEST_PIO[] = {
 	0x66, 0xba, 0x00, 0x05, 0xee, 0x48, 0xff, 0xc9, 0x75, 0xfa,
 	0x66, 0xba, 0x01, 0x05, 0xee, 0xeb, 0xfe,
 };
+/* pm32: mov dx, PORT ; L: in al, dx (or out dx, al) ; dec ecx ; jnz L ; mov dx, 0x501 ; out dx, al ; jmp $ */
+static uint8_t GUEST_PM32[] = {
+	0x66, 0xba, 0x00, 0x05, 0xee, 0xff, 0xc9, 0x75, 0xfb, 0x66, 0xba, 0x01, 0x05, 0xee, 0xeb, 0xfe,
+};
+#define PM32_PORT_AT 2
+#define PM32_ACCESS_AT 4
 /* mov dx, 0x501 ; L: mov [rbx], al ; dec rcx ; jnz L ; out dx, al ; jmp $ */
 static const uint8_t GUEST_MMIO[] = {
 	0x66, 0xba, 0x01, 0x05, 0x88, 0x03, 0x48, 0xff, 0xc9, 0x75, 0xf9, 0xee, 0xeb, 0xfe,
@@ -100,8 +112,12 @@ static void put64(uint8_t *mem, uint64_t addr, uint64_t value)
 	memcpy(mem + addr, &value, sizeof(value));
 }
 
-static void build_guest(uint8_t *mem, int mmio)
+static void build_guest(uint8_t *mem, int mmio, int pm32)
 {
+	if (pm32) {
+		memcpy(mem + CODE_ADDR, GUEST_PM32, sizeof(GUEST_PM32));
+		return;
+	}
 	put64(mem, PML4_ADDR, PDPT_ADDR | PTE_P | PTE_RW | PTE_US);
 	put64(mem, PDPT_ADDR + 0 * 8, PD_LOW_ADDR | PTE_P | PTE_RW | PTE_US);
 	put64(mem, PDPT_ADDR + 3 * 8, PD_MMIO_ADDR | PTE_P | PTE_RW | PTE_US);
@@ -168,22 +184,58 @@ static void set_long_mode(int vcpu, int cpl)
 		die("KVM_SET_SREGS");
 }
 
-static double now_s(void)
+/* 32-bit protected mode, flat 4 GiB segments, paging off, CPL 0: a multiboot kernel's entry state. */
+static void set_pm32(int vcpu)
+{
+	struct kvm_sregs s;
+	struct kvm_segment code = {
+		.base = 0, .limit = 0xffffffff, .selector = 0x10, .type = 11, .present = 1, .db = 1, .s = 1, .g = 1,
+	};
+	struct kvm_segment data = {
+		.base = 0, .limit = 0xffffffff, .selector = 0x18, .type = 3, .present = 1, .db = 1, .s = 1, .g = 1,
+	};
+
+	if (ioctl(vcpu, KVM_GET_SREGS, &s) < 0)
+		die("KVM_GET_SREGS");
+	s.cs = code;
+	s.ds = s.es = s.fs = s.gs = s.ss = data;
+	s.cr0 = CR0_PE | CR0_ET;
+	if (ioctl(vcpu, KVM_SET_SREGS, &s) < 0)
+		die("KVM_SET_SREGS");
+}
+
+static double clock_s(clockid_t clock)
 {
 	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(clock, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double now_s(void)
+{
+	return clock_s(CLOCK_MONOTONIC);
 }
 
 int main(int argc, char **argv)
 {
-	if (argc < 3 || argc > 4 || (strcmp(argv[1], "pio") && strcmp(argv[1], "mmio")) ||
-	    (argc == 4 && strcmp(argv[3], "0") && strcmp(argv[3], "3"))) {
-		fprintf(stderr, "usage: %s pio|mmio ITERATIONS [3|0]\n", argv[0]);
+	int pm32 = argc >= 4 && strcmp(argv[3], "pm32") == 0;
+	if (argc < 3 || argc > (pm32 ? 5 : 4) ||
+	    (strcmp(argv[1], "pio") && strcmp(argv[1], "mmio") && strcmp(argv[1], "in")) ||
+	    (argc >= 4 && !pm32 && strcmp(argv[3], "0") && strcmp(argv[3], "3")) ||
+	    (!pm32 && strcmp(argv[1], "in") == 0) || (pm32 && strcmp(argv[1], "mmio") == 0)) {
+		fprintf(stderr, "usage: %s pio|mmio ITERATIONS [3|0] | %s pio|in ITERATIONS pm32 [PORT]\n", argv[0],
+			argv[0]);
 		return 1;
 	}
-	int cpl = argc == 4 ? atoi(argv[3]) : 3;
+	int cpl = argc >= 4 && !pm32 ? atoi(argv[3]) : pm32 ? 0 : 3;
 	int mmio = strcmp(argv[1], "mmio") == 0;
+	int in = strcmp(argv[1], "in") == 0;
+	unsigned port = argc == 5 ? (unsigned)strtoul(argv[4], NULL, 0) : PIO_PORT;
+	if (pm32) {
+		GUEST_PM32[PM32_PORT_AT] = port & 0xff;
+		GUEST_PM32[PM32_PORT_AT + 1] = (port >> 8) & 0xff;
+		GUEST_PM32[PM32_ACCESS_AT] = in ? 0xec : 0xee;
+	}
 	char *end;
 	unsigned long long iterations = strtoull(argv[2], &end, 0);
 	if (*end || iterations == 0) {
@@ -201,11 +253,13 @@ int main(int argc, char **argv)
 	int vm = ioctl(kvm, KVM_CREATE_VM, 0);
 	if (vm < 0)
 		die("KVM_CREATE_VM");
+	if (pm32 && ioctl(vm, KVM_CREATE_IRQCHIP, 0) < 0)
+		die("KVM_CREATE_IRQCHIP");
 
 	uint8_t *mem = mmap(NULL, MEM_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (mem == MAP_FAILED)
 		die("mmap guest memory");
-	build_guest(mem, mmio);
+	build_guest(mem, mmio, pm32);
 	struct kvm_userspace_memory_region region = {
 		.slot = 0, .flags = 0, .guest_phys_addr = 0, .memory_size = MEM_SIZE,
 		.userspace_addr = (uint64_t)(uintptr_t)mem,
@@ -223,7 +277,10 @@ int main(int argc, char **argv)
 	if (run == MAP_FAILED)
 		die("mmap kvm_run");
 
-	set_long_mode(vcpu, cpl);
+	if (pm32)
+		set_pm32(vcpu);
+	else
+		set_long_mode(vcpu, cpl);
 	struct kvm_regs regs;
 	memset(&regs, 0, sizeof(regs));
 	regs.rip = CODE_ADDR;
@@ -235,14 +292,16 @@ int main(int argc, char **argv)
 		die("KVM_SET_REGS");
 
 	unsigned long long exits = 0;
-	double t0 = now_s();
+	double t0 = now_s(), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
 	for (;;) {
 		if (ioctl(vcpu, KVM_RUN, 0) < 0) {
 			if (errno == EINTR || errno == EAGAIN)
 				continue;
 			die("KVM_RUN");
 		}
-		if (run->exit_reason == KVM_EXIT_IO && run->io.port == PIO_PORT && !mmio) {
+		if (run->exit_reason == KVM_EXIT_IO && run->io.port == port && !mmio) {
+			if (in)
+				*((uint8_t *)run + run->io.data_offset) = 0x60;
 			exits++;
 			continue;
 		}
@@ -258,12 +317,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "\n");
 		return 3;
 	}
-	double seconds = now_s() - t0;
+	double seconds = now_s() - t0, cpu_seconds = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
 	if (exits != iterations) {
 		fprintf(stderr, "exit_loop: counted %llu exits for %llu iterations\n", exits, iterations);
 		return 3;
 	}
-	printf("variant=%s cpl=%d iterations=%llu exits=%llu seconds=%.6f ns_per_exit=%.1f\n", argv[1], cpl,
-	       iterations, exits, seconds, seconds * 1e9 / (double)exits);
+	printf("variant=%s cpl=%d iterations=%llu exits=%llu seconds=%.6f cpu_seconds=%.6f ns_per_exit=%.1f\n",
+	       argv[1], cpl, iterations, exits, seconds, cpu_seconds, seconds * 1e9 / (double)exits);
 	return 0;
 }

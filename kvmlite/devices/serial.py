@@ -243,6 +243,8 @@ class Serial16550:
     # ------------------------------------------------------------------ bus side
 
     def read(self, offset: int, size: int) -> int:
+        if offset == LSR and size == 1:  # first: what a polling driver reads before every byte
+            return self._read_lsr()
         if size != 1:
             # The ISA bus splits wide accesses to an 8-bit device into byte cycles.
             self._warn_access("read", offset, size)
@@ -253,7 +255,7 @@ class Serial16550:
         if not 0 <= offset < NUM_REGS:
             self._warn_access("read", offset, size)
             return 0xFF
-        if offset == LSR:  # first: what a polling driver reads before every byte
+        if offset == LSR:
             return self._read_lsr()
         dlab = bool(self.lcr & LCR_DLAB)
         if offset == RBR:
@@ -281,6 +283,9 @@ class Serial16550:
             self._warn_access("write", offset, size)
             return
         value &= 0xFF
+        if offset == SCR:  # no interrupt source depends on it: nothing to update
+            self.scr = value
+            return
         dlab = bool(self.lcr & LCR_DLAB)
         if offset == THR:
             if dlab:
@@ -301,10 +306,8 @@ class Serial16550:
         elif offset == LSR:
             # LSR is read-only on a 16550 (a factory test register on some parts).
             log.debug("write %#x to read-only LSR ignored", value)
-        elif offset == MSR:
+        else:  # MSR
             log.debug("write %#x to read-only MSR ignored", value)
-        else:
-            self.scr = value
         self._update_irq()
 
     # ------------------------------------------------------------------ registers
@@ -418,17 +421,13 @@ class Serial16550:
         self._update_irq()
         return value
 
-    def _lsr(self) -> int:
+    def _read_lsr(self) -> int:
         value = self.lsr_errors
         if self.rx:
             value |= LSR_DR
         if not self.tx:
             value |= LSR_THRE | LSR_TEMT
-        return value
-
-    def _read_lsr(self) -> int:
-        value = self._lsr()
-        if self.lsr_errors:  # reading clears them, and with them the line-status interrupt
+        if value & LSR_ERRORS:  # reading clears them, and with them the line-status interrupt
             self.lsr_errors = 0
             self._update_irq()
         return value

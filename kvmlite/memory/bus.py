@@ -56,6 +56,7 @@ class Bus:
         self.kind = kind
         #: Held around every device access: devices are also touched by timer and console threads.
         self.lock = lock or threading.RLock()
+        self._acquire, self._release = self.lock.acquire, self.lock.release
         self._ranges: list[BusRange] = []
         self._bases: list[int] = []
         #: Accesses nobody claimed, per (direction, port or page); (direction, None) past the cap.
@@ -122,7 +123,9 @@ class Bus:
     # The lookup happens under the lock too: a device that moves (a PCI BAR the guest reprograms)
     # is moved by another device access holding the same lock, so no access sees it half-moved.
     def read(self, addr: int, size: int) -> int:
-        with self.lock:
+        # acquire()/release() rather than ``with``: half the cost (75 ns here) on every exit's path
+        self._acquire()
+        try:
             try:
                 read, base = self._readers[addr]
             except KeyError:
@@ -132,9 +135,12 @@ class Bus:
                     return (1 << (8 * size)) - 1
                 read, base = self._remember(self._readers, addr, (r.device.read, r.base - r.offset))
             return read(addr - base, size)  # type: ignore[operator,no-any-return]
+        finally:
+            self._release()
 
     def write(self, addr: int, size: int, value: int) -> None:
-        with self.lock:
+        self._acquire()
+        try:
             try:
                 write, base = self._writers[addr]
             except KeyError:
@@ -144,6 +150,8 @@ class Bus:
                     return
                 write, base = self._remember(self._writers, addr, (r.device.write, r.base - r.offset))
             write(addr - base, size, value)  # type: ignore[operator]
+        finally:
+            self._release()
 
     def _unclaimed(self, direction: str, addr: int, size: int, value: int | None = None) -> None:
         place = addr & self._granule_mask
