@@ -1,22 +1,31 @@
-"""Facts about the host's KVM, measured once per process with a tiny VM.
+"""Facts about the host's KVM, measured once per host boot with a tiny VM.
 
 Some hosts' KVM behaves unlike the hardware it stands for (this project's
 kvm-pvm machines, docs/platform-notes.md).  kvmlite works around such a quirk
 only where a probe finds it: a VM of a few bytes of code in long mode, at
 CPL 0 or CPL 3, that reports what it saw with an ``out``.  :class:`HostProbe`
-runs a probe at most once per process (the first time a guest needs the
-answer, not at start-up) and remembers the answer; :func:`long_mode_vm`
-builds the VM.  Users: kvmlite.vmm.syscall_fix, kvmlite.vmm.xstate_quirk,
+runs a probe the first time a guest needs the answer (not at start-up) and
+remembers the answer for the process and, in :data:`CACHE_NAME` under the
+user's cache directory, for later processes on the same host kernel: the
+key is the boot ID, the kernel release and the time the ``kvm`` module was
+loaded, so a reboot or a reloaded module probes again.  A probe can take a
+while (the hypercall one waits 0.2 s for a hypercall that never returns
+here), longer than the rest of a small guest's start-up.
+``KVMLITE_PROBE_CACHE=off`` probes every time.  :func:`long_mode_vm` builds
+the VM.  Users: kvmlite.vmm.syscall_fix, kvmlite.vmm.xstate_quirk,
 kvmlite.vmm.host_quirks, kvmlite.vmm.hypercall.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from kvmlite.errors import KvmliteError
@@ -37,10 +46,17 @@ USER_DESCRIPTORS = struct.pack("<QQ", 0x00CF_F200_0000_FFFF, 0x00AF_FA00_0000_FF
 RFLAGS_FIXED, RFLAGS_IOPL3 = 1 << 1, 3 << 12
 ProbeVm = Iterator[tuple[Any, Any, GuestMemory, Any, Any]]
 RUNS = 4  # KVM_RUNs before a probe gives up (a signal may interrupt one)
+#: The file of remembered answers, in ``$XDG_CACHE_HOME/kvmlite`` (``~/.cache/kvmlite``).
+CACHE_NAME = "host-probes.json"
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+_KVM_MODULE = Path("/sys/module/kvm")
 
 
 class HostProbe(Generic[T]):
-    """``probe(new_vm)`` run at most once per process; ``default`` if it fails (a correct host assumed)."""
+    """``probe(new_vm)`` run at most once per host boot; ``default`` if it fails (a correct host assumed).
+
+    ``what`` names the probe in the log and in the cache file; the answer is a bool or an int.
+    """
 
     def __init__(self, what: str, probe: Callable[[NewVm], T], default: T) -> None:
         self.what = what
@@ -52,12 +68,69 @@ class HostProbe(Generic[T]):
     def __call__(self, new_vm: NewVm) -> T:
         with self._lock:
             if self.result is None:
+                self.result = remembered(self.what)  # type: ignore[assignment]
+            if self.result is None:
                 try:
                     self.result = self.probe(new_vm)
                 except KvmliteError as err:
                     log.debug("%s probe failed (%s): assuming a correct host", self.what, err)
                     self.result = self.default
+                else:
+                    remember(self.what, self.result)
             return self.result
+
+
+def cache_path() -> Path | None:
+    """The cache file, or None when ``KVMLITE_PROBE_CACHE=off``."""
+    if os.environ.get("KVMLITE_PROBE_CACHE", "").lower() in ("off", "0", "no"):
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "kvmlite" / CACHE_NAME
+
+
+def host_key() -> str:
+    """What identifies this host kernel's KVM: boot ID, kernel release, when the kvm module loaded."""
+    try:
+        boot = _BOOT_ID.read_text().strip()
+    except OSError:
+        boot = "?"
+    try:
+        loaded = str(_KVM_MODULE.stat().st_mtime_ns)
+    except OSError:
+        loaded = "builtin"
+    return f"{boot} {os.uname().release} {loaded}"
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    probes = data.get("probes") if isinstance(data, dict) and data.get("host") == host_key() else None
+    return probes if isinstance(probes, dict) else {}
+
+
+def remembered(what: str) -> bool | int | None:
+    """The answer a process on this host kernel found for probe ``what``, if one is in the cache."""
+    path = cache_path()
+    value = _load(path).get(what) if path is not None else None
+    return value if isinstance(value, (bool, int)) else None
+
+
+def remember(what: str, value: object) -> None:
+    """Add ``what``'s answer to the cache (a cache that cannot be written is only logged)."""
+    path = cache_path()
+    if path is None or not isinstance(value, (bool, int)):
+        return
+    probes = _load(path)
+    probes[what] = value
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"host": host_key(), "probes": probes}))
+        os.replace(tmp, path)
+    except OSError as err:
+        log.debug("cannot remember the %s probe's answer in %s: %s", what, path, err)
 
 
 @contextmanager
