@@ -78,6 +78,36 @@ def test_post_codes_arrive_without_an_exit_each(tmp_path: Path) -> None:
 
 
 
+#: CMOS register 0x0f (shutdown status) set to 0x5a, then 2,000 rounds of: index 0x0f, read the data
+#: port, index 0x0d (status D, which reads 0x80); exits with the OR of every value read: 0x5a when each
+#: read saw the index written just before it, 0xda if a read saw a stale index.
+CMOS_LOOP = (
+    MULTIBOOT_HEADER
+    + ENTRY
+    + "    mov $0x0f, %al\n    out %al, $0x70\n    mov $0x5a, %al\n    out %al, $0x71\n"
+    + "    mov $2000, %ecx\n    xor %ebx, %ebx\n"
+    + "1:  mov $0x0f, %al\n    out %al, $0x70\n    in $0x71, %al\n    or %al, %bl\n"
+    + "    mov $0x0d, %al\n    out %al, $0x70\n    loop 1b\n"
+    + "    mov $0xf4, %dx\n    mov %ebx, %eax\n    out %eax, %dx\n"
+)
+
+
+@requires_kvm
+@requires_as
+def test_cmos_index_writes_arrive_in_order_without_an_exit_each(tmp_path: Path) -> None:
+    kernel = build_multiboot(tmp_path, "cmos", CMOS_LOOP)
+    machine = Machine.build(MachineConfig(kernel=kernel, memory_mib=16, serial_out=lambda b: None))
+    try:
+        if not machine.caps.coalesced_pio:
+            pytest.skip("this host's KVM has no KVM_CAP_COALESCED_PIO")
+        assert machine.run() == (0x5A << 1) | 1  # every data read saw the index written just before it
+        stats = machine.stats()
+        assert stats.coalesced["pio", 0x70] >= 3900, stats.format()  # two index writes per round
+        assert stats.by_reason["IoIn"].count == 2000 and stats.by_reason["IoOut"].count < 100, stats.format()
+    finally:
+        machine.close()
+
+
 #: 3,000 bytes to COM1 the way a polling driver sends them (wait for THRE in LSR, write THR), then exit.
 SERIAL_POLLED = (
     MULTIBOOT_HEADER

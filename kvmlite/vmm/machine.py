@@ -30,16 +30,14 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmlite.backend import VmBackend, open_backend
-from kvmlite.devices import pc_testdev
 from kvmlite.devices.acpi_pm import REG_PM1_CNT, REG_PM1_STS, AcpiPm, ResetControl
 from kvmlite.devices.base import Device
 from kvmlite.devices.debug_exit import DebugExit
 from kvmlite.devices.fw_cfg import FwCfg
 from kvmlite.devices.i8042 import I8042, PortA20Reset, PostCodePort
-from kvmlite.devices.pci_testdev import PciTestdev
 from kvmlite.devices.pit import Pit8254
 from kvmlite.devices.rtc import CmosRtc
 from kvmlite.devices.serial import THR, Serial16550
@@ -53,15 +51,6 @@ from kvmlite.pci.bus import ConfigAddress, ConfigData, Ecam, PciBus, devfn
 from kvmlite.pci.config import COMMAND, COMMAND_IO, COMMAND_MEMORY, INTERRUPT_LINE, INTERRUPT_PIN, BarKind
 from kvmlite.pci.device import HostBridge, PciFunction
 from kvmlite.status import ExitStatus
-from kvmlite.virtio import mmio as VM
-from kvmlite.virtio import pci as VP
-from kvmlite.virtio.blk import BlockImage, DiskSpec, VirtioBlk
-from kvmlite.virtio.console import VirtioConsole
-from kvmlite.virtio.device import VirtioDevice
-from kvmlite.virtio.mmio import VirtioMmio
-from kvmlite.virtio.net import VirtioNet
-from kvmlite.virtio.pci import VirtioPciFunction
-from kvmlite.virtio.rng import VirtioRng
 from kvmlite.vmm import layout as L
 from kvmlite.vmm import seccomp
 from kvmlite.vmm.console import SerialConsole, parse_serial_spec
@@ -73,16 +62,24 @@ from kvmlite.vmm.irqchip import HALT_WATCH_INTERVAL_S, KernelIrqChip, UserspaceI
 from kvmlite.vmm.layout import Range, SystemAllocator
 from kvmlite.vmm.limits import OutputLimit, deadline_after, stop_if_past, wait_slice
 from kvmlite.vmm.loop import ExitHook, VcpuLoop, VmControl
-from kvmlite.vmm.netdev import NetHost, NetSpec
-from kvmlite.vmm.netdev import open_backend as open_netdev
 from kvmlite.vmm.registry import BusSlot, DeviceRecord, DeviceRegistry
 from kvmlite.vmm.rescue import Rescuer
 from kvmlite.vmm.sleep import Sleep
 from kvmlite.vmm.stats import ExitStats
 from kvmlite.vmm.syscall_fix import SyscallRepair, host_drops_syscall_privilege
 from kvmlite.vmm.timers import Rescheduling, TimerService
-from kvmlite.vmm.trace import ExitTracer, parse_trace_filter
 from kvmlite.vmm.xstate_quirk import ExtendedStateKeeper, ring3_extra_xcr0
+
+if TYPE_CHECKING:  # imported where used: a run imports only what its configuration attaches
+    from kvmlite.devices.pc_testdev import PcTestdev
+    from kvmlite.virtio.blk import DiskSpec, VirtioBlk
+    from kvmlite.virtio.console import VirtioConsole
+    from kvmlite.virtio.device import VirtioDevice
+    from kvmlite.virtio.mmio import VirtioMmio
+    from kvmlite.virtio.net import VirtioNet
+    from kvmlite.virtio.pci import VirtioPciFunction
+    from kvmlite.virtio.rng import VirtioRng
+    from kvmlite.vmm.netdev import NetSpec
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +139,8 @@ class MachineConfig:
     def validate(self) -> None:
         parse_feature_spec(self.cpu_features)
         if self.trace:
+            from kvmlite.vmm.trace import parse_trace_filter
+
             parse_trace_filter(self.trace)
         if not MIN_MEMORY_MIB <= self.memory_mib <= MAX_MEMORY_MIB:
             raise ConfigError(f"--memory must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB")
@@ -166,10 +165,16 @@ class MachineConfig:
         for name in self.extra_devices:
             if name not in OPTIONAL_DEVICES:
                 raise ConfigError(f"unknown device {name!r} (kvmlite adds: {', '.join(OPTIONAL_DEVICES)})")
-        for disk in self.disks:
-            DiskSpec.parse(disk)
-        for index, net in enumerate(self.nets):
-            NetSpec.parse(net, index)
+        if self.disks:
+            from kvmlite.virtio.blk import DiskSpec
+
+            for disk in self.disks:
+                DiskSpec.parse(disk)
+        if self.nets:
+            from kvmlite.vmm.netdev import NetSpec
+
+            for index, net in enumerate(self.nets):
+                NetSpec.parse(net, index)
         if self.virtio_console:
             parse_serial_spec(self.virtio_console)
             if self.virtio_console == "stdio" and self.serial == "stdio" and self.serial_out is None:
@@ -200,7 +205,11 @@ class Machine:
             self.vm.register_memory(self.memory)
             self.irqchip = self._make_irqchip(config.irqchip)
             tracing = config.trace or config.trace_file is not None
-            self.tracer = ExitTracer(config.trace or "all", config.trace_file) if tracing else None
+            self.tracer = None
+            if tracing:
+                from kvmlite.vmm.trace import ExitTracer
+
+                self.tracer = ExitTracer(config.trace or "all", config.trace_file)
         except BaseException:
             self.vm.close()
             self.memory.close()
@@ -363,6 +372,9 @@ class Machine:
             irqs=[L.IRQ_RTC],
             handlers={"rtc": Rescheduling(rtc, self.timers)},
         )
+        # The index register is write-only and read back only through the data port, whose access
+        # exits (and replays the ring first): its writes need no exit of their own (as under QEMU).
+        self.coalesce_port(L.RTC_PORT, True)
         return rtc
 
     def attach_keyboard_controller(self) -> I8042:
@@ -442,9 +454,10 @@ class Machine:
         self.place("debug-exit", "isa-debug-exit", dev, pio=[slot(port, 1)])
         return dev
 
-    def attach_pc_testdev(self) -> pc_testdev.PcTestdev:
+    def attach_pc_testdev(self) -> PcTestdev:
         """QEMU's pc-testdev (kvm-unit-tests): scratch and flush ports, IRQ ports, the iomem window."""
-        T = pc_testdev
+        from kvmlite.devices import pc_testdev as T
+
         isa_irqs = L.IOAPIC_PINS if isinstance(self.irqchip, KernelIrqChip) else 16  # the PICs' 16 lines
         dev = T.PcTestdev([self.irqchip.line(i) for i in range(isa_irqs)], T.host_page_flusher(self.memory))
         ports = slot(L.PC_TESTDEV_PORT, T.IOPORT_LEN)
@@ -575,6 +588,8 @@ class Machine:
 
     def attach_virtio_blk(self, spec: DiskSpec) -> VirtioBlk:
         """A virtio-blk-pci disk over a raw image (locked while the machine lives)."""
+        from kvmlite.virtio.blk import BlockImage, VirtioBlk
+
         image = BlockImage(spec)
         self._closing.append(image.close)
         name = self.devices.unique_name("virtio-blk")
@@ -584,6 +599,8 @@ class Machine:
 
     def attach_virtio_console(self, spec: str) -> VirtioConsole:
         """A virtio console (hvc0) on a console backend: a raw tty with Ctrl-A x, a file, a socket."""
+        from kvmlite.virtio.console import VirtioConsole
+
         host = SerialConsole(spec, self.lock, self.control)
         name = self.devices.unique_name("virtio-console")
         console = VirtioConsole(self.memory, host.write, host.rx_space_available, name)
@@ -594,6 +611,10 @@ class Machine:
 
     def attach_virtio_net(self, spec: NetSpec) -> VirtioNet:
         """A virtio-net NIC on a host backend (TAP, passt, stream socket) served by the I/O thread."""
+        from kvmlite.virtio.net import VirtioNet
+        from kvmlite.vmm.netdev import NetHost
+        from kvmlite.vmm.netdev import open_backend as open_netdev
+
         host = NetHost(open_netdev(spec), self.iothread)
         self._closing.append(host.close)
         name = self.devices.unique_name("virtio-net")
@@ -604,6 +625,8 @@ class Machine:
 
     def attach_virtio_rng(self) -> VirtioRng:
         """A virtio-rng-pci entropy device over the host's getrandom, rate-limited by the timer service."""
+        from kvmlite.virtio.rng import VirtioRng
+
         name = self.devices.unique_name("virtio-rng")
         rng = VirtioRng(self.memory, name=name)
         rng.reschedule = self.timers.poke
@@ -620,6 +643,9 @@ class Machine:
 
     def attach_virtio_mmio(self, name: str, type_: str, device: VirtioDevice) -> VirtioMmio:
         """``device`` behind a virtio-mmio register block in the platform window, announced on the cmdline."""
+        from kvmlite.virtio import mmio as VM
+        from kvmlite.virtio.mmio import VirtioMmio
+
         window = self.allocator.platform_mmio.allocate(VM.REGION_SIZE, name)
         gsi = self.allocator.gsi.allocate(name)
         transport = VirtioMmio(device, self.irqchip.line(gsi))
@@ -632,6 +658,9 @@ class Machine:
 
     def attach_virtio_pci(self, name: str, type_: str, device: VirtioDevice) -> VirtioPciFunction:
         """A virtio device on PCI; with KVM its queue notifications go through ioeventfds."""
+        from kvmlite.virtio import pci as VP
+        from kvmlite.virtio.pci import VirtioPciFunction
+
         deliver = self._deliver_msi if isinstance(self.irqchip, KernelIrqChip) else None  # the PIC has no MSI
         function = VirtioPciFunction(device, deliver)
         where = self.attach_pci_device(name, type_, function)
@@ -665,6 +694,9 @@ class Machine:
         queues share one address and the written value (the queue index)
         tells them apart, as virtio-mmio's QueueNotify does.
         """
+        from kvmlite.virtio import mmio as VM
+        from kvmlite.virtio import pci as VP
+
         vm = self.vm
         width = VM.NOTIFY_WIDTH if datamatch else VP.NOTIFY_WIDTH
         fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in device.queues]
@@ -703,9 +735,9 @@ class Machine:
         """``--stats`` lines of the devices that keep statistics (virtio: per queue)."""
         lines: list[str] = []
         for record in self.devices:
-            inner = getattr(record.device, "device", None)
-            if isinstance(inner, VirtioDevice):
-                lines += inner.format_stats()
+            format_stats = getattr(getattr(record.device, "device", None), "format_stats", None)
+            if format_stats is not None:  # a virtio transport's device: per-queue statistics
+                lines += format_stats()
         return lines
 
     def _bar_moved(self, devfn_: int, index: int, kind: str, base: int | None) -> None:
@@ -732,8 +764,11 @@ class Machine:
         self.attach_debug_exit()
         self.attach_acpi()
         self.attach_pci()
-        for disk in self.config.disks:
-            self.attach_virtio_blk(DiskSpec.parse(disk))
+        if self.config.disks:
+            from kvmlite.virtio.blk import DiskSpec
+
+            for disk in self.config.disks:
+                self.attach_virtio_blk(DiskSpec.parse(disk))
 
     def attach_configured_devices(self) -> None:
         """The standard PC's devices and those the configuration asks for (boot and restore alike)."""
@@ -741,13 +776,18 @@ class Machine:
         if "pc-testdev" in self.config.extra_devices:
             self.attach_pc_testdev()
         if "pci-testdev" in self.config.extra_devices:
+            from kvmlite.devices.pci_testdev import PciTestdev
+
             self.attach_pci_device("pci-testdev", "pci-testdev", PciTestdev())
         if "virtio-rng-pci" in self.config.extra_devices:
             self.attach_virtio_rng()
         if self.config.virtio_console:
             self.attach_virtio_console(self.config.virtio_console)
-        for index, net in enumerate(self.config.nets):
-            self.attach_virtio_net(NetSpec.parse(net, index))
+        if self.config.nets:
+            from kvmlite.vmm.netdev import NetSpec
+
+            for index, net in enumerate(self.config.nets):
+                self.attach_virtio_net(NetSpec.parse(net, index))
 
     @classmethod
     def build(cls, config: MachineConfig) -> Machine:
