@@ -146,3 +146,37 @@ def test_ctrl_a_x_quits_with_status_0_and_restores_the_terminal(tty_kvmlite: Cal
     run.type(CTRL_A_X)
     assert run.wait(QUIT_WAIT_S) == 0
     assert termios.tcgetattr(run.slave) == before
+
+
+def test_output_pump_writes_files_and_dev_null_at_once_and_keeps_a_full_pipe_waiting(tmp_path: Path) -> None:
+    import threading
+
+    from kvmlite.vmm import console
+
+    busy: list[bool] = []
+    lock = threading.RLock()
+    path = tmp_path / "out"
+    with open(path, "wb") as f, open(os.devnull, "wb") as null:
+        assert console._never_blocks(f.fileno()) and console._never_blocks(null.fileno())
+        pump = console.OutputPump(f.fileno(), lock, busy.append)
+        for byte in b"hello, file":
+            pump.write(bytes([byte]))
+        pump.close()
+    assert path.read_bytes() == b"hello, file" and busy == []
+    r, w = os.pipe()
+    try:
+        assert not console._never_blocks(w)  # a pipe can fill: writes there go through select()
+        os.set_blocking(w, False)
+        while True:  # fill the pipe
+            try:
+                os.write(w, bytes(65536))
+            except BlockingIOError:
+                break
+        pump = console.OutputPump(w, lock, busy.append)
+        pump.write(b"x")  # cannot go now: kept, and the UART is told the line is busy
+        assert busy == [True] and pump.pending == b"x"
+        pump.closed = True
+        pump.close()
+    finally:
+        os.close(r)
+        os.close(w)

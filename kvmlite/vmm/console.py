@@ -28,6 +28,7 @@ import logging
 import os
 import select
 import socket
+import stat
 import termios
 import threading
 import tty
@@ -78,6 +79,17 @@ def parse_serial_spec(spec: str) -> tuple[str, str]:
     raise ConfigError(f"--serial {spec!r}: expected stdio, none, file:PATH or unix:PATH")
 
 
+def _never_blocks(fd: int) -> bool:
+    """``fd`` is a regular file or /dev/null: its writes complete at once (a pipe, tty or socket may wait)."""
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            return True
+        return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.stat(os.devnull).st_rdev
+    except OSError:
+        return False
+
+
 class OutputPump:
     """Writes to a file descriptor without ever blocking the vCPU; backpressure goes to the UART."""
 
@@ -87,6 +99,8 @@ class OutputPump:
         self.set_busy = set_busy
         self.pending = bytearray()
         self.closed = False  # the reader went away (or close()): output is discarded
+        #: A regular file or /dev/null never makes a write wait: no select() before each write.
+        self._never_blocks = _never_blocks(fd)
         self._shutdown = False
         self._wake_r, self._wake_w = os.pipe()
         self._thread = seccomp.thread("console", self._drain, "serial-out")
@@ -117,6 +131,8 @@ class OutputPump:
 
     def _try_write(self, data: bytes | bytearray) -> int:
         try:
+            if self._never_blocks:
+                return os.write(self.fd, data)
             _, writable, _ = select.select([], [self.fd], [], 0)
             if not writable:
                 return 0
