@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,7 @@ def test_a_later_process_takes_the_answer_from_the_cache(cache: Path) -> None:
     assert HostProbe("quirk", probe, True)(object) is False
     assert HostProbe("quirk", probe, True)(object) is False  # a new HostProbe: as in another process
     assert calls == [1]
-    assert json.loads(cache.read_text())["probes"] == {"quirk": False}
+    assert cache.read_text().splitlines()[1:] == ["quirk bool 0"]
 
 
 def test_int_answers_and_several_probes_share_the_file(cache: Path) -> None:
@@ -42,7 +41,7 @@ def test_int_answers_and_several_probes_share_the_file(cache: Path) -> None:
     HostProbe("b", counting(0xE0)[1], 0)(object)
     calls, probe = counting(7)
     assert HostProbe("a", probe, 5)(object) == 0 and calls == []
-    assert json.loads(cache.read_text())["probes"] == {"a": 0, "b": 0xE0}
+    assert cache.read_text().splitlines()[1:] == ["a int 0", f"b int {0xE0}"]
 
 
 def test_another_host_kernel_probes_again(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,16 +50,27 @@ def test_another_host_kernel_probes_again(cache: Path, monkeypatch: pytest.Monke
     calls, probe = counting(False)
     assert HostProbe("quirk", probe, True)(object) is False
     assert calls == [1]
-    assert json.loads(cache.read_text()) == {"host": "another boot", "probes": {"quirk": False}}
+    assert cache.read_text() == "host another boot\nquirk bool 0\n"
 
 
-@pytest.mark.parametrize("content", ["{not json", "[]", '{"host": 1}', '{"probes": {"quirk": "x"}}'])
+DAMAGED = ["", "\x00\xff", "host\n", "host x\nquirk bool 1\n", "{}", "quirk bool 0\n"]
+
+
+@pytest.mark.parametrize("content", DAMAGED)
 def test_a_damaged_cache_is_probed_over_and_rewritten(cache: Path, content: str) -> None:
     cache.parent.mkdir(parents=True)
     cache.write_text(content)
     calls, probe = counting(True)
     assert HostProbe("quirk", probe, False)(object) is True and calls == [1]
-    assert json.loads(cache.read_text())["probes"] == {"quirk": True}
+    assert cache.read_text().splitlines()[1:] == ["quirk bool 1"]
+
+
+def test_a_garbled_entry_is_ignored_and_the_others_kept(cache: Path) -> None:
+    cache.parent.mkdir(parents=True)
+    cache.write_text(f"host {host_probe.host_key()}\nquirk bool 7\nother int x\nfine int 3\n")
+    calls, probe = counting(False)
+    assert HostProbe("quirk", probe, True)(object) is False and calls == [1]
+    assert HostProbe("fine", counting(9)[1], 0)(object) == 3
 
 
 def test_off_probes_every_time_and_writes_nothing(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

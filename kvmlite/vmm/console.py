@@ -27,19 +27,21 @@ import contextlib
 import logging
 import os
 import select
-import socket
 import stat
 import termios
 import threading
 import tty
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kvmlite.errors import ConfigError
 from kvmlite.status import ExitStatus
 from kvmlite.vmm import seccomp
 from kvmlite.vmm.loop import VmControl
+
+if TYPE_CHECKING:  # imported by the unix: backend, the one that uses it
+    import socket
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ MAX_PENDING_INPUT = 64 * 1024
 JOIN_TIMEOUT_S = 2.0
 #: The longest Unix socket path (sun_path holds 108 bytes with the terminating NUL).
 MAX_UNIX_PATH = 107
+SHUT_RDWR = 2  # socket.SHUT_RDWR (socket is imported by the unix: backend only)
 
 
 class ConsoleDevice(Protocol):
@@ -275,6 +278,8 @@ class SerialConsole:
         with contextlib.suppress(FileNotFoundError):
             if path.is_socket():
                 path.unlink()
+        import socket
+
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(str(path))
@@ -376,7 +381,7 @@ class SerialConsole:
             os.write(self._wake_w, b"!")
         if self._listener is not None:
             with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept(); close() alone does not
+                self._listener.shutdown(SHUT_RDWR)  # wakes accept(); close() alone does not
             self._listener.close()
             with contextlib.suppress(OSError):
                 Path(self.path).unlink()
@@ -384,7 +389,7 @@ class SerialConsole:
             client, pump = self._client, self._pump
         if client is not None:
             with contextlib.suppress(OSError):
-                client.shutdown(socket.SHUT_RDWR)
+                client.shutdown(SHUT_RDWR)
         if pump is not None:
             pump.close()
         for thread in self._threads:

@@ -18,7 +18,6 @@ kvmlite.vmm.host_quirks, kvmlite.vmm.hypercall.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import struct
@@ -47,7 +46,7 @@ RFLAGS_FIXED, RFLAGS_IOPL3 = 1 << 1, 3 << 12
 ProbeVm = Iterator[tuple[Any, Any, GuestMemory, Any, Any]]
 RUNS = 4  # KVM_RUNs before a probe gives up (a signal may interrupt one)
 #: The file of remembered answers, in ``$XDG_CACHE_HOME/kvmlite`` (``~/.cache/kvmlite``).
-CACHE_NAME = "host-probes.json"
+CACHE_NAME = "host-probes"
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 _KVM_MODULE = Path("/sys/module/kvm")
 
@@ -101,33 +100,51 @@ def host_key() -> str:
     return f"{boot} {os.uname().release} {loaded}"
 
 
-def _load(path: Path) -> dict[str, Any]:
+def _load(path: Path) -> dict[str, bool | int]:
+    """The answers in ``path`` if it was written on this host kernel (else, or if unreadable, none).
+
+    The file is lines of text (no json: its import costs more than the rest of the start-up's
+    reading): ``host KEY`` first, then ``NAME bool 0|1`` or ``NAME int N`` per probe.
+    """
     try:
-        data = json.loads(path.read_text())
+        lines = path.read_text().splitlines()
     except (OSError, ValueError):
         return {}
-    probes = data.get("probes") if isinstance(data, dict) and data.get("host") == host_key() else None
-    return probes if isinstance(probes, dict) else {}
+    if not lines or lines[0] != f"host {host_key()}":
+        return {}
+    probes: dict[str, bool | int] = {}
+    for line in lines[1:]:
+        name, kind, value = [*line.split(" "), "", ""][:3]
+        try:
+            number = int(value)
+        except ValueError:
+            continue
+        if kind == "bool" and number in (0, 1):
+            probes[name] = bool(number)
+        elif kind == "int":
+            probes[name] = number
+    return probes
 
 
 def remembered(what: str) -> bool | int | None:
     """The answer a process on this host kernel found for probe ``what``, if one is in the cache."""
     path = cache_path()
-    value = _load(path).get(what) if path is not None else None
-    return value if isinstance(value, (bool, int)) else None
+    return _load(path).get(what) if path is not None else None
 
 
 def remember(what: str, value: object) -> None:
     """Add ``what``'s answer to the cache (a cache that cannot be written is only logged)."""
     path = cache_path()
-    if path is None or not isinstance(value, (bool, int)):
+    if path is None or not isinstance(value, int) or " " in what:
         return
     probes = _load(path)
     probes[what] = value
+    lines = [f"host {host_key()}"]
+    lines += [f"{k} {'bool' if isinstance(v, bool) else 'int'} {int(v)}" for k, v in probes.items()]
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"host": host_key(), "probes": probes}))
+        tmp.write_text("\n".join(lines) + "\n")
         os.replace(tmp, path)
     except OSError as err:
         log.debug("cannot remember the %s probe's answer in %s: %s", what, path, err)
