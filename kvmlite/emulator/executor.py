@@ -63,6 +63,7 @@ from kvmlite.errors import DecodeError, UnsupportedInstruction
 log = logging.getLogger(__name__)
 
 XMM_OFFSET = 160  # XMM0 in the XSAVE area's legacy region
+FSW_OFFSET, FTW_OFFSET, ST0_OFFSET = 2, 4, 32  # x87 status word (TOP: bits 11-13), abridged tags, ST(0)
 XSTATE_BV_OFFSET = 512
 
 MAX_INSN = D.MAX_INSN_LENGTH
@@ -508,6 +509,8 @@ class Executor:
                 return self.cpu.segs[op.reg].selector
             if rc == D.RC_XMM:
                 return self.get_xmm(op.reg) & ((1 << (8 * op.size)) - 1)
+            if rc == D.RC_MMX:
+                return self.get_mmx(op.reg) & MASK[op.size]
             raise UnsupportedInstruction(f"register class {rc} operands are not implemented")
         if kind == D.OP_MEM:
             if op.size > 8:
@@ -532,6 +535,8 @@ class Executor:
                 gpr[op.reg] = (gpr[op.reg] & ~0xFF00) | ((value & 0xFF) << 8)
             elif rc == D.RC_XMM:
                 self.set_xmm(op.reg, value & ((1 << (8 * size)) - 1))  # zero-extended to 128 bits
+            elif rc == D.RC_MMX:
+                self.set_mmx(op.reg, value & MASK[size])  # zero-extended to 64 bits (movd)
             else:
                 raise UnsupportedInstruction(f"register class {rc} operands are not implemented")
         elif kind == D.OP_MEM:
@@ -634,6 +639,29 @@ class Executor:
         off = XMM_OFFSET + 16 * reg
         area[off : off + 16] = value.to_bytes(16, "little")
         area[XSTATE_BV_OFFSET] |= 1 << 1  # SSE state no longer in its initial configuration
+
+    def get_mmx(self, reg: int) -> int:
+        """MMi: the low 64 bits of x87 physical register i, which the image holds as ST((i - TOP) & 7)."""
+        area = self.xsave_area()
+        off = ST0_OFFSET + 16 * ((reg - (area[FSW_OFFSET + 1] >> 3)) & 7)
+        return int.from_bytes(area[off : off + 8], "little")
+
+    def set_mmx(self, reg: int, value: int) -> None:
+        """Write MMi as an MMX instruction does: TOP becomes 0 (the image's ST slots turn with it,
+        ST(i) is then physical register i), every register is tagged valid, and the written
+        register's exponent field is all ones (SDM vol. 1, 9.5.1)."""
+        area = self.xsave_area()
+        top = (area[FSW_OFFSET + 1] >> 3) & 7
+        if top:
+            regs = area[ST0_OFFSET : ST0_OFFSET + 128]
+            for r in range(8):  # physical register r was ST((r - top) & 7)
+                src = 16 * ((r - top) & 7)
+                area[ST0_OFFSET + 16 * r : ST0_OFFSET + 16 * r + 16] = regs[src : src + 16]
+            area[FSW_OFFSET + 1] &= ~0x38 & 0xFF
+        area[FTW_OFFSET] = 0xFF  # the abridged tag word: all eight valid
+        off = ST0_OFFSET + 16 * reg
+        area[off : off + 10] = value.to_bytes(8, "little") + b"\xff\xff"
+        area[XSTATE_BV_OFFSET] |= 1  # x87 state no longer in its initial configuration
 
 
 def unsupported(ex: Executor, insn: D.Instruction) -> None:

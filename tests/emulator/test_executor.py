@@ -869,3 +869,30 @@ def test_sse2_integer_lanes_add_compare_and_logic(asm: Asm) -> None:
     assert gpr[RDX] == 0x0000FF00
     assert gpr[RSI] == (0x00FE << 16) | ((0x7F80 - 0x807F) & 0xFFFF)
     assert gpr[RDI] == 0x00FF7F80 & 0x0001807F
+
+
+def test_mmx_moves_use_the_x87_registers_of_the_xsave_area(asm: Asm) -> None:
+    # kvm-unit-tests' emulator test: movq rax -> mm0 -> memory -> mm1 -> rbx, and movd (zero-extends)
+    ex, _ = setup(
+        asm,
+        """
+        mov rax, 0x0123456789abcdef
+        movq mm0, rax
+        movq [0x40000], mm0
+        movq mm1, [0x40000]
+        movq rbx, mm1
+        mov ecx, 0x55667788
+        movd mm2, ecx
+        movq rdx, mm2
+        """,
+    )
+    area = ex.xsave_area()
+    area[3] |= 5 << 3  # TOP = 5 before the first MMX instruction
+    area[32 + 16 * 7] = 0xBB  # ST(7): physical register 4 while TOP is 5
+    run_until_hlt(ex)
+    gpr = ex.cpu.gpr
+    assert gpr[RBX] == 0x0123456789ABCDEF and gpr[RDX] == 0x55667788
+    assert area[3] & 0x38 == 0 and area[4] == 0xFF  # TOP 0, every register tagged valid
+    assert area[32 : 32 + 10] == (0x0123456789ABCDEF).to_bytes(8, "little") + b"\xff\xff"  # MM0 = R0 = ST(0)
+    assert area[32 + 16 * 4] == 0xBB  # R4 kept: the image turned with TOP
+    assert area[512] & 1  # XSTATE_BV: x87 in use
