@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import mmap
 import os
 import signal
 import struct
 import threading
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from kvmlite.errors import KvmIoctlError
 from kvmlite.kvm import exits as E
@@ -39,7 +40,7 @@ _MMIO = struct.Struct("<Q8sIB")  # phys_addr, data, len, is_write
 _MMIO_DATA = _EXIT_OFFSET + 8
 _KVM_RUN = int(Ioctl.KVM_RUN)
 _REASON_IO = int(ExitReason.IO)
-#: run_raw()'s header when KVM_RUN was interrupted.
+#: The raw header of an interrupted KVM_RUN (Vcpu.run_failed).
 _INTERRUPTED = (-1, 0, 0, 0, 0, 0)
 
 
@@ -63,6 +64,14 @@ def install_kick_handler() -> bool:
     return False
 
 
+class RawExits(NamedTuple):
+    """:meth:`Vcpu.raw_exits`: KVM_RUN, the exit's header, the header of a failed KVM_RUN."""
+
+    enter: Callable[[], object]
+    header: Callable[[], tuple[int, int, int, int, int, int]]
+    failed: Callable[[OSError], tuple[int, int, int, int, int, int]]
+
+
 class Vcpu:
     """One vCPU.  Made by :meth:`Vm.create_vcpu`."""
 
@@ -75,7 +84,12 @@ class Vcpu:
         self.kvm_run = S.kvm_run.from_buffer(self._mm)
         self._thread_id: int | None = None
         self._can_signal = install_kick_handler()
-        self.run_raw = self._raw_runner()  # type: ignore[method-assign]  # the closure shadows the method
+        # KVM_RUN with no third argument: given one, fcntl.ioctl first tries it as a writable and
+        # then as a read-only buffer, raising and clearing a TypeError each time, before taking it
+        # as an int (about 0.7 us per call here, 8% of an exit).  Without it the argument is 0.
+        # Partials: C calls with no Python frame of their own.
+        self._enter = functools.partial(fcntl.ioctl, fd, _KVM_RUN)
+        self._header = functools.partial(_HEADER_IO.unpack_from, self._mm, _REASON_OFFSET)
         self._decoders = {
             int(ExitReason.MMIO): self._exit_mmio,
             int(ExitReason.HLT): lambda: E.Hlt(),
@@ -110,40 +124,36 @@ class Vcpu:
     # --- running -------------------------------------------------------------
     def run(self) -> E.Exit:
         """KVM_RUN once; return the typed exit."""
-        return self.exit_for(self.run_raw())
+        try:
+            self._enter()
+        except OSError as err:
+            return self.exit_for(self.run_failed(err))
+        return self.exit_for(self._header())
 
-    def run_raw(self) -> tuple[int, int, int, int, int, int]:
-        """KVM_RUN once; the exit's header, undecoded: ``(reason, direction, size, port, count,
-        data_offset)``, the last five KVM's ``io`` fields (they mean something for an IO exit only).
+    def raw_exits(self) -> RawExits:
+        """KVM_RUN and the exit's header as calls that run no Python code of their own, for the
+        machine loop's fast path (:mod:`kvmlite.vmm.loop`), which answers a single port access
+        from the header without building an exit object::
 
-        The machine loop's fast path (:mod:`kvmlite.vmm.loop`) answers a single port access from
-        this without building an exit object; :meth:`exit_for` makes the typed exit of any other.
-        ``reason`` is -1 when KVM_RUN was interrupted (a kick, a signal).  (Replaced per instance
-        by :meth:`_raw_runner`'s closure; this is its documentation and type.)
-        """
-        raise NotImplementedError  # pragma: no cover  # shadowed in __init__
-
-    def _raw_runner(self) -> Callable[[], tuple[int, int, int, int, int, int]]:
-        """run_raw as a closure over the descriptor and the mapping: no attribute look-ups per exit."""
-        fd, mm, ioctl, unpack = self.fd, self._mm, fcntl.ioctl, _HEADER_IO.unpack_from
-        vcpu_id = self.id
-
-        def run_raw() -> tuple[int, int, int, int, int, int]:
             try:
-                # No third argument: given one, fcntl.ioctl first tries it as a writable and then as
-                # a read-only buffer, raising and clearing a TypeError each time, before taking it as
-                # an int: about 0.7 us per call here, 8% of an exit.  Without it the argument is 0.
-                ioctl(fd, _KVM_RUN)
+                raw.enter()                 # KVM_RUN
+                header = raw.header()       # (reason, direction, size, port, count, data_offset)
             except OSError as err:
-                if err.errno in (errno.EINTR, errno.EAGAIN):
-                    return _INTERRUPTED
-                raise KvmIoctlError("KVM_RUN", err.errno or 0, f"vcpu {vcpu_id}") from None
-            return unpack(mm, _REASON_OFFSET)  # type: ignore[return-value]
+                header = raw.failed(err)    # interrupted: reason -1; any other error raises
 
-        return run_raw
+        The last five of the header are KVM's ``io`` fields (they mean something for an IO exit
+        only); :meth:`exit_for` makes the typed exit of any header.
+        """
+        return RawExits(self._enter, self._header, self.run_failed)
+
+    def run_failed(self, err: OSError) -> tuple[int, int, int, int, int, int]:
+        """The header of an interrupted KVM_RUN (a kick, a signal); any other failure raises."""
+        if err.errno in (errno.EINTR, errno.EAGAIN):
+            return _INTERRUPTED
+        raise KvmIoctlError("KVM_RUN", err.errno or 0, f"vcpu {self.id}") from None
 
     def exit_for(self, header: tuple[int, int, int, int, int, int]) -> E.Exit:
-        """The typed exit of a :meth:`run_raw` header (valid until the next run)."""
+        """The typed exit of a :meth:`raw_exits` header (valid until the next run)."""
         reason, direction, size, port, count, off = header
         if reason == _REASON_IO:
             if direction:

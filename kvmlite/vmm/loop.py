@@ -406,14 +406,14 @@ class VcpuLoop:
         (an extension, ``--stats`` timing, a trace) that wants to see or time the port accesses."""
         handlers, defaults = self._handlers, self._defaults
         return (
-            hasattr(self.vcpu, "run_raw")
+            hasattr(self.vcpu, "raw_exits")
             and not (self.timing or self._before_run or self._every_exit)
             and handlers[E.IoIn] is defaults[E.IoIn]
             and handlers[E.IoOut] is defaults[E.IoOut]
         )
 
     def _run_fast(self) -> bool:
-        """:meth:`_run_generic` for a backend with ``run_raw``: a single IN or OUT (the commonest exit,
+        """:meth:`_run_generic` for a backend with ``raw_exits``: a single IN or OUT (the commonest exit,
         a device register) goes from the ``kvm_run`` page to the bus and back without an exit object.
 
         About 1 us of Python per exit less than the generic loop on this project's host, where a
@@ -421,7 +421,8 @@ class VcpuLoop:
         """
         control = self.control
         vcpu: Any = self.vcpu
-        run_raw, exit_for, mm = vcpu.run_raw, vcpu.exit_for, vcpu.run_mapping
+        enter, header_of, failed = vcpu.raw_exits()
+        exit_for, mm = vcpu.exit_for, vcpu.run_mapping
         handlers = self._handlers
         by_reason = self.stats.by_reason
         read, write = self.pio.read, self.pio.write
@@ -432,7 +433,11 @@ class VcpuLoop:
         header = None
         try:
             while not control.attention:
-                header = run_raw()
+                try:
+                    enter()
+                    header = header_of()
+                except OSError as err:
+                    header = failed(err)
                 reason, direction, size, port, count, off = header
                 if pending[0] != pending[1]:
                     ring.drain()  # type: ignore[union-attr]  # before this exit: the guest's order
