@@ -12,8 +12,8 @@ from tests.conftest import requires_kvm
 REPO = Path(__file__).resolve().parent.parent
 #: Packages a plain run of a multiboot guest on KVM must not import: each is for another use
 #: (the software backend and the rescue's emulator, host tools, the debugger, the control socket,
-#: snapshots, the sampling profiler, virtio devices and the test devices nobody attached, the
-#: exit tracer nobody asked for).
+#: snapshots, the sampling profiler, virtio devices, network backends and test devices nobody
+#: attached, the exit tracer nobody asked for).
 DENIED = (
     "kvmlite.emulator",
     "kvmlite.tools",
@@ -27,6 +27,7 @@ DENIED = (
     "kvmlite.devices.pc_testdev",
     "kvmlite.devices.pci_testdev",
     "kvmlite.vmm.trace",
+    "kvmlite.vmm.netdev",
 )
 
 
