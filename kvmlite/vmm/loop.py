@@ -428,7 +428,7 @@ class VcpuLoop:
         read, write = self.pio.read, self.pio.write
         ring = self.coalesced
         pending = _NO_RING if ring is None else ring.words
-        io, from_bytes, LE = _REASON_IO, int.from_bytes, "little"
+        io, from_bytes = _REASON_IO, int.from_bytes
         ins = outs = 0
         header = None
         try:
@@ -444,14 +444,15 @@ class VcpuLoop:
                 if reason == io and count == 1:
                     if direction:
                         outs += 1
-                        write(port, size, mm[off] if size == 1 else from_bytes(mm[off : off + size], LE))
+                        value = mm[off] if size == 1 else from_bytes(mm[off : off + size], "little")
+                        write(port, size, value)
                     else:
                         ins += 1
                         value = read(port, size)
                         if size == 1:
                             mm[off] = value
                         else:
-                            mm[off : off + size] = value.to_bytes(size, LE)
+                            mm[off : off + size] = value.to_bytes(size, "little")
                     continue
                 ex = exit_for(header)
                 kind = type(ex)
