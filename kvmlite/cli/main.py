@@ -415,11 +415,15 @@ def _profiler(machine: Any, args: argparse.Namespace) -> Any:
 def _confine_main(machine: Any) -> None:
     """The main thread's seccomp list, unless a guest reset would start a process again (passt)."""
     from kvmlite.vmm import seccomp
-    from kvmlite.vmm.netdev import NetSpec
 
     config = machine.config
-    nets = [NetSpec.parse(net, i) for i, net in enumerate(config.nets)]
-    if config.on_reset == "restart" and any(net.kind == "user" for net in nets):
+    if config.on_reset == "restart" and config.nets:
+        from kvmlite.vmm.netdev import NetSpec  # only then: a plain run imports no network code
+
+        nets = [NetSpec.parse(net, i) for i, net in enumerate(config.nets)]
+    else:
+        nets = []
+    if any(net.kind == "user" for net in nets):
         if seccomp.mode() != "off":
             log.info("seccomp: the main thread stays unconfined: each restart starts passt (--net user)")
         return
