@@ -301,6 +301,22 @@ def test_a_stream_backend_reads_only_while_the_guest_has_buffers() -> None:
     memory.close()
 
 
+def test_every_frame_a_stream_already_read_goes_to_the_guest_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(D, "RX_BATCH", 2)  # a TAP's batch: a stream must not stop at it
+    dev, memory, host, peer, iothread = stream_nic()
+    for slot in range(QSIZE):
+        offer(memory, N.RECEIVEQ, [(BUF + 0x1000 * slot, 2048, WRITE)], slot)
+    dev.notify(N.RECEIVEQ)
+    peer.sendall(b"".join(struct.pack(">I", 60) + bytes([i]) * 60 for i in range(6)))
+    host._readable()  # one wake-up: the socket will not be readable again for frames already read
+    assert [memory.read_u8(BUF + 0x1000 * s + N.HDR_LEN) for s in range(6)] == list(range(6))
+    assert len(used(memory, N.RECEIVEQ)) == 6 and not host.backend.inbox
+    host.close()
+    peer.close()
+    iothread.close()
+    memory.close()
+
+
 def test_a_stream_backend_sends_length_prefixed_frames_and_stops_when_the_socket_is_full() -> None:
     dev, memory, host, peer, iothread = stream_nic()
     big = 60000

@@ -356,9 +356,14 @@ class NetHost:
             self._pause()
 
     def _deliver(self) -> None:
+        """Frames to the guest while it has room: a batch from a TAP (epoll calls again while more wait),
+        everything a stream already read (bounded by one read; its socket may not wake us again)."""
         device = self.device
         assert device is not None
-        for _ in range(RX_BATCH):
+        limit = RX_BATCH if isinstance(self.backend, TapBackend) else None
+        count = 0
+        while limit is None or count < limit:
+            count += 1
             frame = self.held if self.held is not None else self.backend.read_frame()
             if frame is None:
                 return
