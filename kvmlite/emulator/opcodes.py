@@ -53,6 +53,7 @@ from kvmlite.emulator.handlers import (
     privileged,
     segment,
     string,
+    x87,
 )
 from kvmlite.emulator.instruction import REPZ, Instruction
 from kvmlite.x86 import CpuidBit
@@ -567,6 +568,15 @@ _X87_MEM: list[tuple[str, ...]] = [
     ("fiadd Mw", "fimul Mw", "ficom Mw", "ficomp Mw", "fisub Mw", "fisubr Mw", "fidiv Mw", "fidivr Mw"),
     ("fild Mw", "fisttp Mw", "fist Mw", "fistp Mw", "fbld Mt", "fild Mq", "fbstp Mt", "fistp Mq"),
 ]
+#: The x87 control instructions the emulator runs (handlers.x87): memory forms by mnemonic, and
+#: register forms by (opcode - D8, ModRM & 0x3F).
+_X87_HANDLERS = {"fldcw": x87.fldcw, "fnstcw": x87.fnstcw, "fnstsw": x87.fnstsw}
+_X87_REG_ROWS = {
+    (3, 0x22): Row("fnclex", "", x87.fnclex, X87 | NOSIZE_MNEM),
+    (3, 0x23): Row("fninit", "", x87.fninit, X87 | NOSIZE_MNEM),
+    (7, 0x20): Row("fnstsw", "AX", x87.fnstsw, X87 | NOSIZE_MNEM),
+}
+_X87_ANY = Row("x87", "", None, X87 | NOSIZE_MNEM)
 for _i in range(8):
     _mem: list[Entry | None] = []
     for _spec in _X87_MEM[_i]:
@@ -574,8 +584,10 @@ for _i in range(8):
             _mem.append(None)
             continue
         _mn, _ops = _spec.split()
-        _mem.append(Row(_mn, _ops, None, X87 | NOSIZE_MNEM))
-    ONE_BYTE[0xD8 + _i] = ModSplit(Group(_mem), Row("x87", "", None, X87 | NOSIZE_MNEM))
+        _mem.append(Row(_mn, _ops, _X87_HANDLERS.get(_mn), X87 | NOSIZE_MNEM))
+    _by_rm = [_X87_REG_ROWS.get((_i, _rm), _X87_ANY) for _rm in range(64)]
+    _split = _by_rm if any(r is not _X87_ANY for r in _by_rm) else None
+    ONE_BYTE[0xD8 + _i] = ModSplit(Group(_mem), _X87_ANY, _split)
 
 # --- the 0F, 0F 38 and 0F 3A maps live in opcodes_0f.py (imported here, after the machinery they use)
 from kvmlite.emulator.opcodes_0f import THREE_BYTE_3A, THREE_BYTE_38, TWO_BYTE  # noqa: E402

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from kvmlite.emulator import decoder as D
 from kvmlite.emulator.cpu import (
     CS,
     FLAG_CF,
@@ -19,6 +20,7 @@ from kvmlite.emulator.cpu import (
 )
 from kvmlite.emulator.executor import Executor
 from kvmlite.emulator.faults import TripleFault
+from kvmlite.emulator.handlers import x87
 from kvmlite.errors import UnsupportedInstruction
 from tests.emulator.fakes import FakeOps, make
 
@@ -896,3 +898,33 @@ def test_mmx_moves_use_the_x87_registers_of_the_xsave_area(asm: Asm) -> None:
     assert area[32 : 32 + 10] == (0x0123456789ABCDEF).to_bytes(8, "little") + b"\xff\xff"  # MM0 = R0 = ST(0)
     assert area[32 + 16 * 4] == 0xBB  # R4 kept: the image turned with TOP
     assert area[512] & 1  # XSTATE_BV: x87 in use
+
+
+def test_x87_control_instructions_find_and_reset_the_fpu(asm: Asm) -> None:
+    # Linux's FPU probe (fpu__init_system_early_generic): FNINIT, then FNSTSW and FNSTCW must read
+    # 0 and 0x37f; FLDCW loads a new control word, FNCLEX clears the exception flags only
+    ex, _ = setup(
+        asm,
+        """
+        mov word ptr [0x40000], 0xffff
+        mov word ptr [0x40002], 0xffff
+        fninit
+        fnstsw word ptr [0x40000]
+        fnstcw word ptr [0x40002]
+        mov word ptr [0x40004], 0x27f
+        fldcw word ptr [0x40004]
+        fnstsw ax
+        """,
+    )
+    area = ex.xsave_area()
+    area[2:4] = (0x3800 | 0x80FF).to_bytes(2, "little")  # TOP 7 and every exception flag
+    area[4] = 0xFF
+    run_until_hlt(ex)
+    mem = ex.ops
+    assert int.from_bytes(mem.read_linear(0x40000, 2, 0), "little") == 0
+    assert int.from_bytes(mem.read_linear(0x40002, 2, 0), "little") == 0x37F
+    assert int.from_bytes(area[0:2], "little") == 0x27F and area[4] == 0
+    assert ex.cpu.gpr[RAX] & 0xFFFF == 0
+    area[2:4] = (0x3800 | 0x80FF).to_bytes(2, "little")
+    x87.fnclex(ex, D.decode(bytes.fromhex("dbe2"), 64))
+    assert int.from_bytes(area[2:4], "little") == 0x3800
