@@ -4,7 +4,8 @@ One module per format (:mod:`multiboot`, :mod:`bzimage` (Linux boot
 protocol), :mod:`pvh` (an ELF with Xen's PVH entry note, such as Linux's
 vmlinux), :mod:`elf64`, :mod:`bootsector`), each with
 ``load(memory, image, ...) -> LoadResult``; :func:`load_kernel` detects the
-format from the bytes, never from the file name.
+format from the bytes, never from the file name.  The format modules are imported
+when an image needs them (start-up imports only what the run loads).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from kvmlite.errors import LoaderError
 from kvmlite.files import mib, read_bounded
-from kvmlite.loaders import bootsector, bzimage, elf64, multiboot, pvh
+from kvmlite.loaders import multiboot
 from kvmlite.loaders.base import EntryMode, LoadResult, encode_cmdline
 from kvmlite.loaders.elf import ELFCLASS64, is_elf
 from kvmlite.memory.guest import GuestMemory
@@ -30,10 +31,15 @@ def detect_format(data: bytes) -> str:
         return "multiboot"
     if data[BZIMAGE_MAGIC_OFFSET : BZIMAGE_MAGIC_OFFSET + 4] == BZIMAGE_MAGIC:
         return "bzimage"
-    if is_elf(data) and pvh.has_pvh_note(data):
-        return "pvh"
+    if is_elf(data):
+        from kvmlite.loaders import pvh
+
+        if pvh.has_pvh_note(data):
+            return "pvh"
     if is_elf(data) and len(data) > 4 and data[4] == ELFCLASS64:
         return "elf64"
+    from kvmlite.loaders import bootsector
+
     if bootsector.looks_like(data):
         return "bootsector"
     return "unknown"
@@ -70,18 +76,26 @@ def load_kernel(
     # Linux takes one initrd; several cpio archives concatenated are one initrd to it
     initrd = b"".join(contents for _, contents in modules) if modules else None
     if fmt == "bzimage":
+        from kvmlite.loaders import bzimage
+
         return bzimage.load(memory, data, cmdline, initrd, rsdp=rsdp)
     if fmt == "pvh":
+        from kvmlite.loaders import pvh
+
         return pvh.load(memory, data, cmdline, initrd, rsdp=rsdp)
     if modules:
         raise LoaderError(f"--initrd needs a multiboot, bzImage or PVH kernel, not a {fmt} image")
     if fmt == "elf64":
         if cmdline:
             raise LoaderError("a plain ELF64 kernel has no way to receive a command line")
+        from kvmlite.loaders import elf64
+
         return elf64.load(memory, data)
     if fmt == "bootsector":
         if cmdline:
             raise LoaderError("a boot sector takes no command line")
+        from kvmlite.loaders import bootsector
+
         return bootsector.load(memory, data)
     raise LoaderError(
         f"{path}: unrecognised kernel format "
