@@ -95,3 +95,17 @@ def test_an_unwritable_cache_still_answers(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # a file where the directory should be
     calls, probe = counting(False)
     assert HostProbe("quirk", probe, True)(object) is False and calls == [1]
+
+
+def test_a_thread_under_a_seccomp_filter_neither_reads_nor_writes_the_cache(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a probe run after set-up (the main thread confined) must not touch files: its list has no mkdir
+    from kvmlite.vmm import seccomp
+
+    HostProbe("quirk", counting(True)[1], False)(object)
+    monkeypatch.setattr(seccomp, "is_confined", lambda: True)
+    calls, probe = counting(False)
+    assert HostProbe("quirk", probe, True)(object) is False and calls == [1]  # probed, not read
+    assert HostProbe("other", counting(3)[1], 0)(object) == 3
+    assert cache.read_text().splitlines()[1:] == ["quirk bool 1"]  # nothing written

@@ -30,6 +30,7 @@ from typing import Any, Generic, TypeVar
 from kvmlite.errors import KvmliteError
 from kvmlite.kvm import exits as E
 from kvmlite.memory.guest import GuestMemory
+from kvmlite.vmm import seccomp
 from kvmlite.vmm.cpu_setup import setup_cpu, write_identity_page_tables
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,9 @@ class HostProbe(Generic[T]):
 
 
 def cache_path() -> Path | None:
-    """The cache file, or None when ``KVMLITE_PROBE_CACHE=off``."""
-    if os.environ.get("KVMLITE_PROBE_CACHE", "").lower() in ("off", "0", "no"):
+    """The cache file, or None when ``KVMLITE_PROBE_CACHE=off`` or the calling thread is under a
+    seccomp filter (a probe run after set-up, kvmlite.vmm.seccomp: its list has no file calls)."""
+    if os.environ.get("KVMLITE_PROBE_CACHE", "").lower() in ("off", "0", "no") or seccomp.is_confined():
         return None
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "kvmlite" / CACHE_NAME

@@ -316,6 +316,11 @@ def confine(role: str) -> None:
     _local.role = role
 
 
+def is_confined() -> bool:
+    """The calling thread runs under a filter (it may no longer touch files it did not open before)."""
+    return bool(getattr(_local, "roles", ()))
+
+
 T = TypeVar("T")
 
 
