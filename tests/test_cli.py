@@ -63,6 +63,7 @@ def test_stats_count_exits_per_reason_and_port(tmp_path):
         (["run", "--memory", "1"], "--memory must be between"),
         (["run", "--kernel", "/nonexistent/kernel"], "does not exist"),
         (["run", "--backend", "quantum"], "invalid choice"),
+        (["run", "--host-workarounds", "xstate,warp"], "list of clearcpuid, xstate, hypercalls"),
         (["frobnicate"], "invalid choice"),
     ],
 )

@@ -47,7 +47,8 @@ export PATH=/bin:/sbin
 bb=/bin/busybox
 $bb mount -t proc proc /proc
 $bb mount -t devtmpfs devtmpfs /dev 2>/dev/null
-echo "xstate-linux: started on $($bb grep -c ^processor /proc/cpuinfo) cpus"
+up() {{ $bb cut -d' ' -f1 /proc/uptime; }}
+echo "xstate-linux: started on $($bb grep -c ^processor /proc/cpuinfo) cpus at $(up) s"
 i=0
 died=0
 while [ $i -lt {PROCESSES // 2} ]; do
@@ -55,7 +56,7 @@ while [ $i -lt {PROCESSES // 2} ]; do
     $bb sh -c 'exit 0' || died=$((died + 1))
     i=$((i + 1))
 done
-echo "xstate-linux: {PROCESSES} processes, $died died"
+echo "xstate-linux: {PROCESSES} processes, $died died, at $(up) s"
 /memcpy_check {COPY_MIB} &
 one=$!
 /memcpy_check {COPY_MIB} &
@@ -63,7 +64,7 @@ two=$!
 wait $one
 first=$?
 wait $two
-echo "xstate-linux: copies exited $first $?"
+echo "xstate-linux: copies exited $first $? at $(up) s"
 $bb dmesg | $bb grep -E 'segfault|traps:|invalid opcode'
 echo "{DONE}"
 $bb poweroff -f

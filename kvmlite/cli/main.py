@@ -158,11 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--host-workarounds",
-        choices=["auto", "off"],
         default="auto",
+        metavar="auto|off|LIST",
         help="auto: where this host's KVM has a quirk kvmlite knows (docs/platform-notes.md), work around "
-        "it: keep the vector state the guest kernel leaves out, add the kernel's workaround to a Linux "
-        "command line (auto)",
+        "it: add Linux's clearcpuid= to its command line (clearcpuid), keep the vector state the guest "
+        "kernel leaves out (xstate), hide the hypercall-based PV features (hypercalls); off: none; or a "
+        "comma-separated list of those, e.g. clearcpuid,hypercalls (auto)",
     )
     run.add_argument(
         "--trace",

@@ -87,6 +87,10 @@ MIB = 1 << 20
 MIN_MEMORY_MIB = 2
 MAX_MEMORY_MIB = 64 * 1024
 #: Devices a MachineConfig may ask for by name, beyond the standard PC's.
+#: The host workarounds ``--host-workarounds`` names (docs/platform-notes.md): Linux's ``clearcpuid=`` on
+#: the command line (kvmlite.vmm.host_quirks), the vector state kept across the guest kernel's XSAVE/XRSTOR
+#: (kvmlite.vmm.xstate_quirk), the hypercall-based PV features hidden (kvmlite.vmm.hypercall).
+HOST_WORKAROUNDS = ("clearcpuid", "xstate", "hypercalls")
 OPTIONAL_DEVICES = ("pc-testdev", "pci-testdev", "virtio-rng-pci")
 SMP_NEEDS_KERNEL_IRQCHIP = "SMP needs the in-kernel irqchip (the KVM backend with --irqchip kernel or auto)"
 
@@ -113,8 +117,8 @@ class MachineConfig:
     trace_file: Path | None = None
     #: "auto": complete SYSCALLs the host leaves at CPL 3 (kvmlite.vmm.syscall_fix) where it does; "off".
     syscall_fix: str = "auto"
-    #: "auto": work around the host quirks kvmlite probes for (kvmlite.vmm.xstate_quirk, and the Linux
-    #: command line of kvmlite.vmm.host_quirks); "off": leave the guest to meet them.
+    #: "auto": work around every host quirk kvmlite probes for (HOST_WORKAROUNDS); "off": leave the guest
+    #: to meet them; or a comma-separated list of the workarounds to apply, e.g. "clearcpuid,hypercalls".
     host_workarounds: str = "auto"
     #: Library use: where the guest's serial output goes (overrides ``serial``).
     serial_out: Callable[[bytes], None] | None = None
@@ -136,6 +140,20 @@ class MachineConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    def workarounds(self) -> frozenset[str]:
+        """The host workarounds to apply where the host needs them (a subset of HOST_WORKAROUNDS)."""
+        spec = self.host_workarounds
+        if spec in ("auto", "off"):
+            return frozenset(HOST_WORKAROUNDS if spec == "auto" else ())
+        names = frozenset(spec.split(","))
+        unknown = sorted(names - set(HOST_WORKAROUNDS))
+        if unknown or not spec:
+            raise ConfigError(
+                f"--host-workarounds {spec!r}: choose auto, off or a comma-separated list of "
+                f"{', '.join(HOST_WORKAROUNDS)}"
+            )
+        return names
+
     def validate(self) -> None:
         parse_feature_spec(self.cpu_features)
         if self.trace:
@@ -153,8 +171,7 @@ class MachineConfig:
             raise ConfigError(f"unknown irqchip {self.irqchip!r} (choose kernel, userspace or auto)")
         if self.syscall_fix not in ("auto", "off"):
             raise ConfigError(f"--syscall-fix {self.syscall_fix!r}: choose auto or off")
-        if self.host_workarounds not in ("auto", "off"):
-            raise ConfigError(f"--host-workarounds {self.host_workarounds!r}: choose auto or off")
+        self.workarounds()
         if self.on_reset not in ("exit", "restart"):
             raise ConfigError(f"--on-reset {self.on_reset!r}: choose exit or restart")
         if self.cpus > 1 and (self.backend == "emu" or self.irqchip == "userspace"):
@@ -472,7 +489,7 @@ class Machine:
         if "acpi-pm" in self.devices:
             self.write_acpi_tables()
         cmdline = " ".join([cfg.cmdline, *self.cmdline_extra]).strip()
-        if self.caps.rescue_emulation and cfg.host_workarounds == "auto":
+        if self.caps.rescue_emulation and "clearcpuid" in cfg.workarounds():
             from kvmlite.vmm.host_quirks import linux_cmdline
 
             cmdline = linux_cmdline(cfg.kernel, cmdline, self.vm.new_vm)
@@ -495,14 +512,14 @@ class Machine:
         supported = vm.supported_cpuid() if caps.host_cpuid else []
         if supported and self.config.cpu_features:
             supported = apply_features(supported, self.config.cpu_features)
-        workarounds = self.config.host_workarounds == "auto"
-        if supported and workarounds and not host_completes_hypercalls(vm.new_vm):
+        workarounds = self.config.workarounds()
+        if supported and "hypercalls" in workarounds and not host_completes_hypercalls(vm.new_vm):
             supported = without_hypercall_features(supported)
         msrs = boot_msrs(set(vm.msr_index_list())) if caps.host_cpuid else {}
         fix_syscalls = (
             caps.msr_filter and self.config.syscall_fix == "auto" and SyscallRepair.trap_lstar_writes(vm)
         )
-        keeper = ExtendedStateKeeper(vm.new_vm) if caps.rescue_emulation and workarounds else None
+        keeper = ExtendedStateKeeper(vm.new_vm) if caps.rescue_emulation and "xstate" in workarounds else None
         #: Host probes a vCPU would run on first need (a probe VM): run before the threads confine
         #: themselves with seccomp, whose vCPU list opens no device (kvmlite.vmm.seccomp).
         self._lazy_probes = [host_drops_syscall_privilege] if fix_syscalls else []
