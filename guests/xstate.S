@@ -36,6 +36,8 @@
  * Output: "xstate: level=L user-xcr0=0x.. kernel-xcr0=0x..", counts, one
  * line per task, "xstate: ok" and v=0x31 (status 99); on a register that
  * changed, "xstate: FAIL task T offset O got G want W" and v=1 (status 3);
+ * on any other exception, lib/exceptions64.S's "EXCEPTION vec=.." line and
+ * v=0x7f (status 255).
  * Without XSAVE (kvmlite's software backend) the kernel uses FXSAVE/FXRSTOR and
  * the tasks XMM0-15 (level 0), as Linux would; kernel-xcr0 then reads 0.
  */
@@ -109,6 +111,7 @@
 #include "lib/serial32.S"
 #include "lib/cmdline32.S"
 #include "lib/serial64.S"
+#include "lib/exceptions64.S"     /* any exception but our page faults: report, exit 255 */
 
 .macro ARG key, dest, default
     call mb_cmdline32
@@ -248,9 +251,9 @@ setup_descriptors:
     mov $pf_entry, %eax
 2:  call set_gate
     add $16, %edi
-    add $16, %esi
+    add $EXC_STUB_SIZE, %esi
     inc %ecx
-    cmp $32, %ecx
+    cmp $NUM_EXCEPTIONS, %ecx
     jb 1b
     mov $(idt + VEC_TIMER * 16), %edi
     mov $timer_entry, %eax
@@ -652,39 +655,6 @@ exc_entry_pf:
     RESTORE_GPRS
     pushq $VEC_PF
     jmp exc_common
-
-/* Any other exception: report it and fail. */
-    .balign 16
-exc_stubs:
-    .set vec, 0
-    .rept 32
-    .balign 16
-    .if !(vec == 8 || vec == 10 || vec == 11 || vec == 12 || vec == 13 || vec == 14 || vec == 17 || vec == 21 || vec == 29 || vec == 30)
-    pushq $0
-    .endif
-    pushq $vec
-    jmp exc_common
-    .set vec, vec + 1
-    .endr
-exc_common:
-    PUTS64 "xstate: FAIL exception vec=0x"
-    mov (%rsp), %rax
-    call puthex64
-    PUTS64 " err=0x"
-    mov 8(%rsp), %rax
-    call puthex64
-    PUTS64 " rip=0x"
-    mov 16(%rsp), %rax
-    call puthex64
-    PUTS64 " cs=0x"
-    mov 24(%rsp), %rax
-    call puthex64
-    PUTS64 " cr2=0x"
-    mov %cr2, %rax
-    call puthex64
-    PUTS64 "\n"
-    mov $EXIT_FAIL, %eax
-    jmp exit64
 
 /* ---- reports (BSP, ring 0) ------------------------------------------------------------------------ */
 report_header:

@@ -21,8 +21,6 @@
  * reason: 2048 entries written by ring-0 code would cost milliseconds.
  */
 
-#define EXC_STUB_SIZE   16
-#define NUM_EXCEPTIONS  32
 #define VEC_BREAKPOINT  3               /* INT3: the way back from ring 3 */
 #define GATE_INTR       0x8e            /* present, DPL 0, 64-bit interrupt gate */
 #define GATE_INTR_USER  0xee            /* present, DPL 3: reachable by INT3 from ring 3 */
@@ -34,6 +32,8 @@
 #ifndef LM_MAIN
 #define LM_MAIN lm_main
 #endif
+
+#include "lib/exceptions64.S"
 
 /* ---- 32-bit side: protected mode -> long mode ---------------------------- */
     .code32
@@ -180,41 +180,6 @@ user_return_entry:                  /* on the TSS stack: RIP, CS, RFLAGS, RSP, S
     pop %rbp
     pop %rbx
     ret
-
-/*
- * Exception stubs, one per vector, EXC_STUB_SIZE bytes apart.  Vectors
- * without a CPU error code push a zero so exc_common sees one frame shape.
- */
-    .balign EXC_STUB_SIZE
-exc_stubs:
-    .set vec, 0
-    .rept NUM_EXCEPTIONS
-    .balign EXC_STUB_SIZE
-    .if !(vec == 8 || vec == 10 || vec == 11 || vec == 12 || vec == 13 || vec == 14 || vec == 17 || vec == 21 || vec == 29 || vec == 30)
-    pushq $0
-    .endif
-    pushq $vec
-    jmp exc_common
-    .set vec, vec + 1
-    .endr
-
-/* exc_common: report vector, error code, RIP and CS, then exit EXIT_EXCEPTION. */
-exc_common:
-    PUTS64 "EXCEPTION vec=0x"
-    mov (%rsp), %rax
-    call puthex64
-    PUTS64 " err=0x"
-    mov 8(%rsp), %rax
-    call puthex64
-    PUTS64 " rip=0x"
-    mov 16(%rsp), %rax
-    call puthex64
-    PUTS64 " cs=0x"
-    mov 24(%rsp), %rax
-    call puthex64
-    PUTS64 "\n"
-    mov $EXIT_EXCEPTION, %eax
-    jmp exit64
 
 /* ---- data ------------------------------------------------------------------ */
     .pushsection .data
