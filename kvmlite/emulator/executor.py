@@ -399,6 +399,10 @@ class Executor:
             return (s.base + offset) & 0xFFFFFFFF
         return s.linear_real(offset, size, seg == SS)  # raises #GP/#SS
 
+    def data_access(self, write: bool = False) -> int:
+        """The access kind (:class:`~kvmlite.emulator.mmu.Access`) of the instruction's data accesses."""
+        return ACCESS_WRITE | self._acc if write else self._acc
+
     def read(self, seg: int, offset: int, size: int) -> int:
         lin = self.linear(seg, offset, size)
         view = self._rv.get(lin >> 12)
@@ -612,15 +616,26 @@ class Executor:
         return MASK64 if self.cpu.efer & EFER_LMA else 0xFFFFFFFF
 
     def write_block(self, seg: int, off: int, data: bytes) -> None:
-        for i in range(0, len(data), 8):
-            chunk = data[i : i + 8]
-            self.write(seg, off + i, len(chunk), int.from_bytes(chunk, "little"))
+        """Write ``data`` (an operand wider than 8 bytes, an FXSAVE/XSAVE image) at ``seg:off``.
+
+        One segment check and one translation per page (every page before any byte is written), not
+        one per 8 bytes: an XSAVE image is dozens of such pieces, each a page walk and a RAM lookup.
+        """
+        if data:
+            self._block_end(seg, off, len(data), True)
+            self.ops.write_linear(self.linear(seg, off, len(data), True), data, ACCESS_WRITE | self._acc)
 
     def read_block(self, seg: int, off: int, size: int) -> bytes:
-        return b"".join(
-            self.read(seg, off + i, min(8, size - i)).to_bytes(min(8, size - i), "little")
-            for i in range(0, size, 8)
-        )
+        """The ``size`` bytes at ``seg:off``, read as :meth:`write_block` writes them."""
+        if not size:
+            return b""
+        self._block_end(seg, off, size, False)
+        return self.ops.read_linear(self.linear(seg, off, size), size, self._acc)
+
+    def _block_end(self, seg: int, off: int, size: int, write: bool) -> None:
+        """The fault for a block whose end is not canonical, in 64-bit mode (linear() checks its start)."""
+        if self.mode == 64:
+            self.linear(seg, off + size - 1, 1, write)
 
     # ================================================================== SSE registers (in the XSAVE area)
     def xsave_area(self) -> bytearray:

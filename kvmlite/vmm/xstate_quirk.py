@@ -53,12 +53,10 @@ FINGERPRINT_SIZE = 464
 #: Areas remembered per VM: one per guest task, plus signal frames (about 2.3 KB each with AVX-512).
 MAX_AREAS = 4096
 XCR0_X87_SSE = int(Xcr0.X87 | Xcr0.SSE)
+XCR0_SSE = int(Xcr0.SSE)  # a plain int: this runs at every rescued XSAVE/XRSTOR
 #: The emulator's numbers of FS and GS: the only segment registers with a base in 64-bit mode.
 FS_GS = (4, 5)
 MASK64 = (1 << 64) - 1
-#: kvmlite's own reads of the area (emulator.mmu.Access): supervisor, SMAP suspended as the XSAVE had it
-#: (Linux saves to a signal frame between STAC and CLAC), which already translated the same bytes.
-ACCESS_IMPLICIT = 8
 STATS_KEPT = "xrstor: extended state kept by kvmlite"
 STATS_INIT = "xrstor: extended state reset by kvmlite"
 
@@ -121,12 +119,12 @@ class ExtendedStateKeeper:
         cpu = rescuer.cpu
         extra = self._extra & ~cpu.xcr0
         rfbm = ((cpu.gpr[2] & 0xFFFF_FFFF) << 32 | (cpu.gpr[0] & 0xFFFF_FFFF)) & cpu.xcr0
-        if not extra or not rfbm & Xcr0.SSE:
+        if not extra or not rfbm & XCR0_SSE:
             return None
-        located = _area_address(rescuer)
+        located = _area_address(rescuer, save)
         if located is None:
             return None  # the step raises the fault the guest must see
-        linear, physical, next_rip = located
+        linear, physical, next_rip, access = located
         components = self._layouts.get(extra)
         if components is None:
             from kvmlite.emulator import xstate
@@ -136,7 +134,7 @@ class ExtendedStateKeeper:
         def after() -> None:
             if cpu.rip != next_rip:
                 return  # the instruction faulted: nothing was saved or restored
-            image = rescuer.ops.read_linear(linear, FINGERPRINT_SIZE, ACCESS_IMPLICIT)
+            image = rescuer.ops.read_linear(linear, FINGERPRINT_SIZE, access)  # translated already
             if save:
                 self._keep(physical, image, cpu.xsave_area, components)
             else:
@@ -179,8 +177,12 @@ class ExtendedStateKeeper:
         return len(self._areas)
 
 
-def _area_address(rescuer: Any) -> tuple[int, int, int] | None:
-    """(linear, guest-physical address, RIP after it) of the save area of the instruction being rescued."""
+def _area_address(rescuer: Any, write: bool) -> tuple[int, int, int, int] | None:
+    """(linear, guest-physical address, RIP after it, access kind) of the rescued instruction's save area.
+
+    Translated as the instruction itself will access it, so that the step finds the translation in the
+    emulator's TLB (a page walk is a good part of a rescue).
+    """
     from kvmlite.errors import EmulatorError
 
     cpu, executor, insn = rescuer.cpu, rescuer.executor, rescuer.insn
@@ -191,6 +193,8 @@ def _area_address(rescuer: Any) -> tuple[int, int, int] | None:
         next_rip = cpu.rip + insn.length
         executor.next_rip = next_rip  # for a RIP-relative operand; the step sets it again
         linear = (executor.ea(op) + (cpu.segs[op.seg].base if op.seg in FS_GS else 0)) & MASK64
-        return linear, rescuer.ops.mmu.translate(linear, ACCESS_IMPLICIT), next_rip
+        executor.refresh_mode()  # the step does it again: the access kind for this CPL
+        access = executor.data_access(write)
+        return linear, rescuer.ops.mmu.translate(linear, access), next_rip, access
     except (EmulatorError, KvmliteError):
         return None

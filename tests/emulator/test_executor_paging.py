@@ -140,3 +140,33 @@ def test_user_mode_access_to_supervisor_page_faults_with_u_bit() -> None:
     assert cpu.gpr[4] == STACK_VA - 0x100 - 6 * 8  # stack switched to RSP0 from the TSS
     code_pushed = int.from_bytes(ex.ops.read_linear(cpu.gpr[4], 8, 0), "little")
     assert code_pushed == P | US  # present, read, user
+
+
+def test_fxsave_straddling_into_an_unmapped_page_faults_before_writing_anything() -> None:
+    at = DATA_VA + 0x1000 - 256  # the image's last 256 bytes would go to the unmapped page after DATA_VA
+    code = bytes.fromhex("48b8" + struct.pack("<Q", at).hex() + "0fae00" + "f4")
+    ex, ram = build(code)  # mov rax, at; fxsave [rax]
+    ram.write(DATA_PA + 0xF00, b"\xaa" * 256)
+    ex.run(10)
+    assert ex.cpu.rip == PF_HANDLER + 1 and ex.cpu.cr2 == DATA_VA + 0x1000
+    assert ram.read(DATA_PA + 0xF00, 256) == b"\xaa" * 256  # every page is translated first
+
+
+def test_fxsave_within_a_page_writes_the_whole_image_and_a_noncanonical_end_is_gp() -> None:
+    code = bytes.fromhex("48b8" + struct.pack("<Q", DATA_VA).hex() + "0fae00" + "f4")
+    ex, ram = build(code)  # mov rax, DATA_VA; fxsave [rax]
+    ex.xsave_area()[160 + 16 * 15 : 160 + 16 * 16] = bytes(range(16))  # XMM15, the image's last register
+    ex.run(10)
+    assert ex.cpu.halted and ex.cpu.rip == CODE_VA + len(code)
+    assert ram.read(DATA_PA, 512) == bytes(ex.xsave_area()[:512])
+    assert ram.read(DATA_PA + 400, 16) == bytes(range(16))
+
+    last = 0x0000_7FFF_FFFF_FF00  # 256 bytes below the end of the canonical lower half
+    code = bytes.fromhex("48b8" + struct.pack("<Q", last).hex() + "0fae00" + "f4")
+    ex, ram = build(code)
+    gp_handler = PF_HANDLER + 0x10
+    low = (gp_handler & 0xFFFF) | (0x08 << 16) | (0x8E << 40) | (((gp_handler >> 16) & 0xFFFF) << 48)
+    ram.setq(IDT + 16 * 13, low)
+    ram.write(gp_handler, b"\xf4")
+    ex.run(10)
+    assert ex.cpu.rip == gp_handler + 1  # #GP(0), not #PF: the end of the image is not canonical
