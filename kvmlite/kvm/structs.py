@@ -9,6 +9,7 @@ headers by compiling a small C program.
 from __future__ import annotations
 
 import ctypes as C
+import functools
 
 u8 = C.c_uint8
 u16 = C.c_uint16
@@ -481,13 +482,19 @@ def cpuid2_with(nent: int) -> C.Structure:
     return obj
 
 
-def msrs_with(nmsrs: int) -> C.Structure:
-    """A ``kvm_msrs`` with room for ``nmsrs`` entries."""
+@functools.lru_cache(maxsize=64)
+def _msrs_type(nmsrs: int) -> type[C.Structure]:
+    """The ``kvm_msrs`` class for ``nmsrs`` entries, made once per size (a rescue reads MSRs every time)."""
 
     class kvm_msrs_n(Struct):
         _fields_ = [("nmsrs", u32), ("pad", u32), ("entries", kvm_msr_entry * nmsrs)]
 
-    obj = kvm_msrs_n()
+    return kvm_msrs_n
+
+
+def msrs_with(nmsrs: int) -> C.Structure:
+    """A fresh ``kvm_msrs`` with room for ``nmsrs`` entries."""
+    obj = _msrs_type(nmsrs)()
     obj.nmsrs = nmsrs
     return obj
 

@@ -49,6 +49,7 @@ class Rescuer(LoopExtension):
         self.memory = memory
         self.executor: Any = None
         self.insn: Any = None  # the instruction being rescued, decoded (None if it does not decode)
+        self._xsave: Any = None  # the kvm_xsave of the rescue, written back if the instruction changed it
         #: A :class:`kvmlite.vmm.xstate_quirk.ExtendedStateKeeper` (shared by the VM's vCPUs), or None.
         self.xstate = xstate
 
@@ -102,7 +103,7 @@ class Rescuer(LoopExtension):
             vcpu.set_msrs(changed)
         area = cpu.xsave_area
         if xsave_before is not None and area is not None and bytes(area) != xsave_before:
-            xsave = type(vcpu.get_xsave())()
+            xsave = self._xsave  # the structure KVM_GET_XSAVE filled, refilled in place
             ctypes.memmove(ctypes.addressof(xsave), bytes(area), ctypes.sizeof(xsave))
             vcpu.set_xsave(xsave)
         mnemonic = what.split()[0] if what else "?"
@@ -116,7 +117,8 @@ class Rescuer(LoopExtension):
         """The vCPU's x87/SSE/AVX state (KVM_GET_XSAVE) and XCR0 into the emulator; the area as loaded."""
         vcpu, cpu = self.vcpu, self.cpu
         try:
-            area = bytes(vcpu.get_xsave())
+            self._xsave = vcpu.get_xsave()
+            area = bytes(self._xsave)
             xcrs = vcpu.get_xcrs()
         except KvmIoctlError as err:  # a host without XSAVE support: the emulator keeps its own image
             log.debug("vcpu %d: no XSAVE state from KVM (%s)", vcpu.id, err)
