@@ -23,7 +23,7 @@ Layers, from data to behaviour::
                    chaining, invalidation on code writes
     fastops.py     lazy flags and the handlers specialised per operand form
     handlers/      the handlers, one module per family (arith, data, control,
-                   string, segment, interrupt, privileged, fastcall, xsave, sse)
+                   string, segment, interrupt, privileged, fastcall, xsave, sse, x87)
     faults.py      GuestFault (#DE #UD #GP ...), PageFault, TripleFault
     xstate.py      the XSAVE area's layout and the XSAVE/XRSTOR semantics
 
