@@ -433,10 +433,13 @@ def _confine_main(machine: Any) -> None:
 
 def _run_once(machine: Any, args: argparse.Namespace, deadline: float | None = None) -> int:
     from kvmlite.control.attach import Attachments
+    from kvmlite.vmm import seccomp
 
     attached = Attachments(machine, gdb=args.gdb, gdb_wait=args.gdb_wait, api=args.api)
     profiler = _profiler(machine, args) if args.profile is not None else None
     try:
+        if args.jail.active or seccomp.mode() != "off":
+            machine.probe_host()  # a probe VM opens /dev/kvm and its answer goes to the probe cache
         if args.jail.active:  # before any thread starts: glibc changes every thread's uid by a signal
             machine.open_consoles()  # their files and sockets are opened outside the chroot
             args.jail.enter()

@@ -830,6 +830,13 @@ class Machine:
         for host in self._host_consoles():
             host.open()
 
+    def probe_host(self) -> None:
+        """Run now the host probes a vCPU would run at first need (a probe VM opens /dev/kvm, its answer
+        goes to a cache file): before the threads confine themselves (kvmlite.vmm.seccomp) or privileges
+        are dropped (kvmlite.vmm.jail).  Each runs once per process."""
+        for probe in self._lazy_probes:
+            probe(self.vm.new_vm)
+
     def run(self, deadline: float | None = None) -> int:
         """Run until the guest stops; ``deadline`` (a :func:`time.monotonic` instant) overrides the
         config's ``timeout`` (so restarts can share one)."""
@@ -838,8 +845,7 @@ class Machine:
         for console in self._host_consoles():
             console.start()
         if seccomp.mode() != "off":
-            for probe in self._lazy_probes:
-                probe(self.vm.new_vm)
+            self.probe_host()
         self.timers.start()
         self.iothread.start()
         threads = [
