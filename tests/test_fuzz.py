@@ -197,6 +197,8 @@ def test_gdb_packets_any_bytes_any_payload(stream, payloads, data):
 NOT_HEX = [b"G" + b"t" * 40, b"P0=zzzzzzzz", b"P0=" + b"\xff\xfe" * 4, b"G\xd9" * 20]
 #: Found by the atheris gdb target (10-minute campaign, issue 17): a register number with a sign
 #: (int(x, 16) takes "-155") indexed the register layout from its end, then past it (IndexError).
+#: Found by the second gdb campaign: a vCont action byte that is not ASCII (UnicodeDecodeError).
+NOT_ASCII_VCONT = [b"vCont;\xe0", b"vCont;c;\xff:1", b"vCont;\xc3\xa9"]
 SIGNED = [b"P-155=0000000000000000", b"p-1", b"P+1=00", b"p 1", b"p1_0", b"m-10,4", b"M10,-4:00"]
 
 
@@ -218,6 +220,25 @@ def test_the_gdb_campaigns_crash_input_gets_replies():
         b";;$Pd10=\n\x03#\x00\x00\x00\x00\x00\xff\xffY$P-155=\n\x03#\x00\x00\x00\x00\x00\xff\xffY$P55=\n"
         b"\x03#\x03h9\x01\x00\xff\xff+\xffC\xff\xff\xff\xff\xff\xff\x03#\x03h9\x01\x00\xff\xff+\xffC"
         b"\xff\xff\xff\xff\xff\xff\xff\xff"
+    )
+    stub = GdbStub(FakeTarget())
+    events = PacketReader().feed(stream)
+    replies = [stub.handle(event.payload) for event in events if hasattr(event, "payload")]
+    assert replies and all(reply is not None for reply in replies)
+
+
+@pytest.mark.parametrize("packet", NOT_ASCII_VCONT)
+def test_a_vcont_action_that_is_not_ascii_gets_an_error_reply(packet):
+    assert GdbStub(FakeTarget()).handle(packet) == b"E16"
+
+
+def test_the_second_gdb_campaigns_crash_input_gets_replies():
+    """The input of the second campaign (a vCont with the action byte 0xe0), through the packet reader."""
+    stream = bytes.fromhex(
+        "242301002424b13023022501247030030000000000000000bd247000c0247a23c000bd2476436f6e743f230840db8523"
+        "00c0247a2300bd24c0247a233dbd2476436f05000000000000006e743b23230025c0247a2300bd24c0e585dcc2bd2476"
+        "436f6e742476436f6e743f2300c0247a2300c0247a2300bd24c0247a233dbd2476436f6e743be0dcffda3fdb85dc00bd"
+        "24c0e585dcc2bd2476436f6e743f2300c0247a2300bd2476436f6e743f238134238223272a"
     )
     stub = GdbStub(FakeTarget())
     events = PacketReader().feed(stream)

@@ -232,7 +232,8 @@ class GdbStub:
         actions: dict[int, str] = {}
         for item in body.split(b";"):
             action, _, tid = item.partition(b":")
-            kind = action[:1].lower().decode()  # C/S carry a signal gdb wants delivered: ignored here
+            # C/S carry a signal gdb wants delivered: ignored here (latin-1: any byte, then refused below)
+            kind = action[:1].lower().decode("latin-1")
             if kind not in ("c", "s", "t"):
                 raise PacketError(f"vCont action {action!r}")
             targets = cpus if not tid or tid == b"-1" else [self._cpu_of(tid)]
