@@ -18,6 +18,11 @@ with what the host served and received (``tests/httppeer.py``):
   reaches the host's loopback through the gateway address passt maps to it.
 
 ``KVMLITE_BOOT_TIMEOUT_S`` (default 3600) bounds each boot.
+
+Measured 2026-12-01 at load average 22-29 on the 2 cores: over the TAP the guest reached its
+shell, downloaded the 1 MiB file with a matching SHA-256 and powered off in 53 minutes (the
+upload then went as raw bytes, which busybox wget cuts at the first NUL: fixed since by the
+base64 text); the passt run did not reach user space within the 3600 s allowed.
 """
 
 from __future__ import annotations
