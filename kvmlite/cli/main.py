@@ -9,7 +9,7 @@
                 [--chroot DIR] [--runas USER] [--seccomp on|log|off] [-v]
     kvmlite info
     kvmlite ctl PATH COMMAND [JSON]                          (a control socket's command)
-    kvmlite extract-vmlinux | initramfs | fetch-assets ...   (each with its own --help)
+    kvmlite extract-vmlinux | initramfs | mkdisk | fetch-assets ...   (each with its own --help)
 
 Every error kvmlite expects (bad arguments, a malformed kernel, no /dev/kvm)
 ends with one sentence on stderr and a status from :class:`kvmlite.status.ExitStatus`,
@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("qemu", help="run a guest from a QEMU command line (kvmlite qemu -help)")
     # the file-format tools parse their own arguments (see main()); listed here for --help
     sub.add_parser("extract-vmlinux", help="recover the ELF vmlinux from a bzImage")
-    sub.add_parser("initramfs", help="build a busybox initramfs (gzip'd cpio)")
+    sub.add_parser("initramfs", help="build a busybox initramfs (gzip'd cpio), with kernel modules")
+    sub.add_parser("mkdisk", help="make an ext4 disk image from a directory, without root")
     sub.add_parser("fetch-assets", help="download a Debian cloud kernel and static busybox for tests")
     sub.add_parser("ctl", help="send one command to a control socket: kvmlite ctl PATH COMMAND [JSON]")
     sub.add_parser("build-kernel", help="build the microVM guest kernel from Debian's linux-source")
@@ -496,6 +497,10 @@ def _tool(command: str, argv: list[str]) -> int:
         from kvmlite.tools import initramfs
 
         return initramfs.main(argv)
+    if command == "mkdisk":
+        from kvmlite.tools import mkdisk
+
+        return mkdisk.main(argv)
     if command == "ctl":
         from kvmlite.control import client
 
@@ -509,7 +514,7 @@ def _tool(command: str, argv: list[str]) -> int:
     return assets.main(argv)
 
 
-TOOLS = ("extract-vmlinux", "initramfs", "fetch-assets", "ctl", "build-kernel")
+TOOLS = ("extract-vmlinux", "initramfs", "mkdisk", "fetch-assets", "ctl", "build-kernel")
 
 
 def _join_feature_spec(argv: list[str]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Just enough ELF parsing for loaders: header and program headers, 32- and 64-bit.
+"""Just enough ELF parsing for loaders: header, program headers and sections, 32- and 64-bit.
 
 Every field is checked against the file's size; a malformed image gives an
 :class:`ElfError` naming what is wrong.
@@ -123,6 +123,48 @@ SHT_SYMTAB = 2
 STT_OBJECT, STT_FUNC, STT_NOTYPE = 1, 2, 0
 
 
+def _elf_class(data: bytes) -> int:
+    """32 or 64: the class of a little-endian ELF file of any type (executable, relocatable)."""
+    if len(data) < _EHDR64.size or not is_elf(data) or data[5] != ELFDATA2LSB:
+        raise ElfError("not a little-endian ELF file (bad magic or shorter than an ELF header)")
+    if data[4] not in (ELFCLASS32, ELFCLASS64):
+        raise ElfError(f"unknown ELF class {data[4]}")
+    return 32 if data[4] == ELFCLASS32 else 64
+
+
+def section_headers(data: bytes) -> list[tuple[int, ...]]:
+    """The section header table as (name, type, flags, addr, offset, size, link, info, addralign,
+    entsize) tuples; [] when the file has none.  Any ELF type: executables and kernel modules."""
+    if _elf_class(data) == 32:
+        shoff, shentsize, shnum = struct.unpack_from("<I", data, 32)[0], *struct.unpack_from("<HH", data, 46)
+        shdr = _SHDR32
+    else:
+        shoff, shentsize, shnum = struct.unpack_from("<Q", data, 40)[0], *struct.unpack_from("<HH", data, 58)
+        shdr = _SHDR64
+    if shoff == 0 or shnum == 0:
+        return []
+    if shentsize < shdr.size or shoff + shnum * shentsize > len(data):
+        raise ElfError("ELF section headers lie beyond the end of the file (truncated image?)")
+    return [shdr.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
+
+
+def elf_section(data: bytes, name: str) -> bytes | None:
+    """The contents of the section called ``name`` (e.g. a kernel module's ``.modinfo``), or None."""
+    sections = section_headers(data)
+    shstrndx = struct.unpack_from("<H", data, 50 if _elf_class(data) == 32 else 62)[0]
+    if not sections or shstrndx >= len(sections):
+        return None
+    str_off, str_size = sections[shstrndx][4], sections[shstrndx][5]
+    names = data[str_off : str_off + str_size]
+    wanted = name.encode() + b"\0"
+    for name_off, _, _, _, offset, size, *_ in sections:
+        if names[name_off : name_off + len(wanted)] == wanted:
+            if offset + size > len(data):
+                raise ElfError(f"ELF section {name} lies beyond the end of the file (truncated?)")
+            return data[offset : offset + size]
+    return None
+
+
 def elf_symbols(data: bytes) -> list[tuple[int, int, str]]:
     """(address, size, name) of the code and data symbols in the ELF's .symtab; [] if it has none.
 
@@ -130,17 +172,9 @@ def elf_symbols(data: bytes) -> list[tuple[int, int, str]]:
     symbols; a section table that points outside the file is an :class:`ElfError`.
     """
     image = parse_elf(data)
-    if image.bits == 32:
-        shoff, shentsize, shnum = struct.unpack_from("<I", data, 32)[0], *struct.unpack_from("<HH", data, 46)
-        shdr, sym = _SHDR32, _SYM32
-    else:
-        shoff, shentsize, shnum = struct.unpack_from("<Q", data, 40)[0], *struct.unpack_from("<HH", data, 58)
-        shdr, sym = _SHDR64, _SYM64
-    if shoff == 0 or shnum == 0:
-        return []
-    if shentsize < shdr.size or shoff + shnum * shentsize > len(data):
-        raise ElfError("ELF section headers lie beyond the end of the file (truncated image?)")
-    sections = [shdr.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
+    sym = _SYM32 if image.bits == 32 else _SYM64
+    sections = section_headers(data)
+    shnum = len(sections)
     out: list[tuple[int, int, str]] = []
     for _, stype, _, _, offset, size, link, _, _, entsize in sections:
         if stype != SHT_SYMTAB or link >= shnum:

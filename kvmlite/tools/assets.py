@@ -9,10 +9,16 @@ the ordinary package client, without root:
   its ``Depends`` names the real package (``linux-image-<abi>-cloud-amd64``),
   which is downloaded in turn;
 * ``dpkg-deb --fsys-tarfile`` streams each package's files, and only
-  ``/boot/vmlinuz-*`` and ``/bin/busybox`` are kept (the kernel package's
-  modules would be a hundred megabytes for nothing);
+  ``/boot/vmlinuz-*`` and ``/bin/busybox`` are kept;
 * the results land in the cache directory (``$KVMLITE_ASSETS``, default
   ``~/.cache/kvmlite/assets``) as ``vmlinuz`` and ``busybox``;
+* with ``--modules``, the kernel's modules too (about 90 MB unpacked: Debian's
+  cloud kernel has virtio-pci, virtio-blk and virtio-net as modules), as
+  ``modules/<release>/`` taken from the same package as ``vmlinuz`` (which is
+  replaced, so the two always match), with a ``modules.dep`` made from the
+  modules themselves (:func:`kvmlite.tools.modules.write_modules_dep`: the
+  package leaves that file to depmod at installation).  ``kvmlite initramfs
+  --modules`` reads them from there;
 * with ``--symbols``, the kernel's ``System.map`` comes too, for
   ``kvmlite run --profile``.  Debian's image package ships a placeholder; the
   real map is in ``linux-image-<abi>-cloud-amd64-dbg`` (about 280 MB to
@@ -32,9 +38,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from kvmlite.errors import STATUS_BAD_INPUT, KvmliteError
+from kvmlite.tools import modules
 from kvmlite.vmm.host_quirks import LINUX_CLEARCPUID
 
 log = logging.getLogger(__name__)
@@ -49,6 +57,8 @@ SYSTEM_MAP_NAME = "System.map"
 SYSTEM_MAP_MEMBER = re.compile(r"^\.?/?usr/lib/debug/boot/System\.map-.+")
 KERNEL_MEMBER = re.compile(r"^\.?/?boot/vmlinuz-.+")
 BUSYBOX_MEMBER = re.compile(r"^\.?/?bin/busybox$")
+MODULES_MEMBER = re.compile(r"^\.?/?lib/modules/(?P<release>[^/]+)/(?P<path>.+)$")
+MODULES_DIR = "modules"
 DEPENDS_IMAGE = re.compile(r"\b(linux-image-[0-9][^\s,(|]*-cloud-amd64)\b")
 #: The kernel command line the Linux boot test and benchmark use.  Only ``console=ttyS0`` is needed on a
 #: normal KVM host; the rest makes the boot feasible where the host emulates every guest ring-0
@@ -95,6 +105,16 @@ def find_assets(directory: Path | None = None) -> tuple[tuple[Path, Path] | None
     return (vmlinuz, busybox), ""
 
 
+def find_modules(directory: Path | None = None) -> tuple[Path | None, str]:
+    """(the cached modules tree ``modules/<release>``, "") or (None, the reason)."""
+    directory = directory or cache_dir()
+    trees = sorted(p for p in (directory / MODULES_DIR).glob("*") if (p / "modules.dep").is_file())
+    if len(trees) != 1:
+        what = "no kernel modules" if not trees else "more than one modules tree"
+        return None, f"{what} in {directory / MODULES_DIR} (run `kvmlite fetch-assets --modules --force`)"
+    return trees[0], ""
+
+
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     log.debug("running %s in %s", " ".join(cmd), cwd)
     try:
@@ -128,8 +148,10 @@ def _deb_for(workdir: Path, package: str) -> Path:
     return debs[-1]
 
 
-def _extract_member(deb: Path, pattern: re.Pattern[str], dest: Path) -> str:
-    """Stream the package's file tree through dpkg-deb and copy the first member matching ``pattern``."""
+def _extract(deb: Path, where: Callable[[str], Path | None], first_only: bool = False) -> list[str]:
+    """Stream the package's file tree through dpkg-deb and copy each regular file for which
+    ``where(name)`` gives a destination there; the names copied (only the first with ``first_only``)."""
+    copied: list[str] = []
     with subprocess.Popen(
         ["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     ) as proc:
@@ -137,31 +159,70 @@ def _extract_member(deb: Path, pattern: re.Pattern[str], dest: Path) -> str:
         try:
             with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
                 for member in tar:
-                    if member.isfile() and pattern.match(member.name):
-                        src = tar.extractfile(member)
-                        assert src is not None
-                        tmp = dest.with_suffix(".part")
-                        with tmp.open("wb") as out:
-                            shutil.copyfileobj(src, out)
-                        tmp.chmod(0o755)
-                        tmp.replace(dest)
+                    dest = where(member.name) if member.isfile() else None
+                    if dest is None:
+                        continue
+                    src = tar.extractfile(member)
+                    assert src is not None
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = dest.with_name(dest.name + ".part")
+                    with tmp.open("wb") as out:
+                        shutil.copyfileobj(src, out)
+                    tmp.chmod(0o755 if member.mode & 0o111 else 0o644)
+                    tmp.replace(dest)
+                    copied.append(member.name)
+                    if first_only:
                         proc.kill()
-                        return member.name
+                        break
         except tarfile.TarError as err:
             raise AssetsError(f"cannot read the files of {deb.name}: {err}") from err
-    raise AssetsError(f"{deb.name} holds no file matching {pattern.pattern}")
+    return copied
+
+
+def _extract_member(deb: Path, pattern: re.Pattern[str], dest: Path) -> str:
+    """Copy the first member of the package matching ``pattern`` to ``dest``; its name."""
+    copied = _extract(deb, lambda name: dest if pattern.match(name) else None, first_only=True)
+    if not copied:
+        raise AssetsError(f"{deb.name} holds no file matching {pattern.pattern}")
+    dest.chmod(0o755)
+    return copied[0]
+
+
+def _extract_kernel_and_modules(deb: Path, directory: Path, staging: Path) -> str:
+    """vmlinuz and ``modules/<release>/`` from one image package, in one pass; the vmlinuz member name."""
+    vmlinuz = staging / VMLINUZ_NAME
+
+    def where(name: str) -> Path | None:
+        if KERNEL_MEMBER.match(name):
+            return vmlinuz
+        match = MODULES_MEMBER.match(name)
+        return staging / MODULES_DIR / match["release"] / match["path"] if match else None
+
+    copied = _extract(deb, where)
+    kernel_member = next((name for name in copied if KERNEL_MEMBER.match(name)), None)
+    trees = list((staging / MODULES_DIR).glob("*"))
+    if kernel_member is None or len(trees) != 1:
+        raise AssetsError(f"{deb.name} does not hold one vmlinuz and one lib/modules/<release> tree")
+    modules.write_modules_dep(trees[0])
+    shutil.rmtree(directory / MODULES_DIR, ignore_errors=True)
+    (staging / MODULES_DIR).replace(directory / MODULES_DIR)
+    vmlinuz.replace(directory / VMLINUZ_NAME)
+    return kernel_member
 
 
 def fetch_assets(
-    directory: Path | None = None, force: bool = False, symbols: bool = False
+    directory: Path | None = None, force: bool = False, symbols: bool = False, with_modules: bool = False
 ) -> tuple[Path, Path]:
     """Download and unpack the Debian cloud kernel and static busybox; return (vmlinuz, busybox).
 
     ``symbols``: also fetch the kernel's System.map (from its -dbg package).
+    ``with_modules``: also keep the kernel's modules (``modules/<release>/``, see :func:`find_modules`).
     """
     directory = directory or cache_dir()
     found, _ = find_assets(directory)
-    if found and not force and (not symbols or (directory / SYSTEM_MAP_NAME).is_file()):
+    have_symbols = not symbols or (directory / SYSTEM_MAP_NAME).is_file()
+    have_modules = not with_modules or find_modules(directory)[0] is not None
+    if found and not force and have_symbols and have_modules:
         return found
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
@@ -182,7 +243,10 @@ def fetch_assets(
         log.info("%s resolves to %s", KERNEL_META_PACKAGE, image_package)
         _apt_download([image_package], work)
         vmlinuz, busybox = directory / VMLINUZ_NAME, directory / BUSYBOX_NAME
-        kernel_member = _extract_member(_deb_for(work, image_package), KERNEL_MEMBER, vmlinuz)
+        if with_modules:
+            kernel_member = _extract_kernel_and_modules(_deb_for(work, image_package), directory, work)
+        else:
+            kernel_member = _extract_member(_deb_for(work, image_package), KERNEL_MEMBER, vmlinuz)
         _extract_member(_deb_for(work, BUSYBOX_PACKAGE), BUSYBOX_MEMBER, busybox)
         if symbols:
             dbg_package = f"{image_package}-dbg"
@@ -203,10 +267,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also keep the kernel's System.map, for run --profile (downloads the ~280 MB -dbg package)",
     )
+    parser.add_argument(
+        "--modules",
+        action="store_true",
+        help="also keep the kernel's modules (~90 MB), for kvmlite initramfs --modules",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        vmlinuz, busybox = fetch_assets(args.dir, args.force, args.symbols)
+        vmlinuz, busybox = fetch_assets(args.dir, args.force, args.symbols, args.modules)
     except KvmliteError as err:
         sys.stderr.write(f"kvmlite: {err}\n")
         return STATUS_BAD_INPUT
@@ -214,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     system_map = vmlinuz.parent / SYSTEM_MAP_NAME
     if system_map.is_file():
         sys.stdout.write(f"symbols {system_map}\n")
+    tree, _ = find_modules(vmlinuz.parent)
+    if tree is not None:
+        sys.stdout.write(f"modules {tree}\n")
     return 0
 
 

@@ -10,10 +10,21 @@ one anywhere:
   ``/dev/console`` character device (5, 1), which the kernel opens for init's
   stdin/stdout before any devtmpfs is mounted;
 * ``/init``: the caller's, or :data:`DEFAULT_INIT`, which mounts proc, sysfs
-  and devtmpfs, prints :data:`READY_MARKER` (what a boot test waits for) and
-  runs a shell on the console, powering off when it exits so the guest stops
-  instead of panicking on init's death;
+  and devtmpfs, loads the archive's kernel modules, mounts the disk named by
+  ``root=`` on the kernel command line, prints :data:`READY_MARKER` (what a
+  boot test waits for) and runs a shell on the console, powering off when it
+  exits so the guest stops instead of panicking on init's death;
+* kernel modules (``--modules virtio_pci,virtio_blk``) with the modules they
+  need, resolved through the kernel's ``modules.dep`` and stored
+  decompressed (:mod:`kvmlite.tools.modules`) as ``/lib/modules/NAME.ko``,
+  their load order in :data:`MODULE_LIST`;
 * extra files or directory trees (``adds``).
+
+``root=``: with an initramfs the kernel leaves the root file system to init,
+so :data:`DEFAULT_INIT` reads ``root=``, ``rootfstype=`` and ``ro``/``rw`` from
+``/proc/cmdline`` itself: it waits for the device, mounts it on ``/mnt`` and,
+when that file system has an executable ``/sbin/init``, switches to it as the
+root (``switch_root``); otherwise the shell runs with the disk on ``/mnt``.
 
 The output is deterministic: entries sorted by path, inode numbers given in
 that order, every mtime :data:`FIXED_MTIME`, uid/gid 0, gzip header mtime 0.
@@ -42,6 +53,7 @@ from pathlib import Path, PurePosixPath
 
 from kvmlite.errors import STATUS_BAD_INPUT, KvmliteError
 from kvmlite.files import read_bounded
+from kvmlite.tools import assets, modules
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +76,7 @@ EXEC_MODE = 0o755
 CONSOLE_MODE = 0o600
 BUSYBOX_PATH = "bin/busybox"
 APPLET_DIR = "bin"
-BASE_DIRS = ("bin", "dev", "etc", "proc", "root", "sbin", "sys", "tmp", "usr", "usr/bin", "usr/sbin")
+BASE_DIRS = ("bin", "dev", "etc", "mnt", "proc", "root", "sbin", "sys", "tmp", "usr", "usr/bin", "usr/sbin")
 BUSYBOX_LIST_TIMEOUT = 10  # seconds
 APPLET_NAME = re.compile(r"^[A-Za-z0-9_.\[\]-]+$")
 
@@ -77,6 +89,11 @@ DEFAULT_APPLETS = (
 #: Printed by the default /init once the filesystems are mounted: what a boot test waits for.
 READY_MARKER = "kvmlite-initramfs: ready"
 SHELL_PROMPT = "kvmlite# "
+#: The modules /init loads, one file name (in /lib/modules) per line, dependencies first.
+MODULE_LIST = "etc/kvmlite-modules"
+MODULE_DIR = "lib/modules"
+#: How long /init waits for the root= device to appear (seconds; probing is slow where ring 0 is emulated).
+ROOT_WAIT_S = 120
 
 DEFAULT_INIT = f"""#!/bin/sh
 # /init written by kvmlite: mount the kernel's filesystems, say so, then run a shell
@@ -86,6 +103,34 @@ bb=/bin/busybox
 $bb mount -t proc proc /proc
 $bb mount -t sysfs sysfs /sys
 $bb mount -t devtmpfs devtmpfs /dev 2>/dev/null
+if [ -f /{MODULE_LIST} ]; then
+    for m in $($bb cat /{MODULE_LIST}); do
+        $bb insmod /{MODULE_DIR}/$m || echo "kvmlite-initramfs: cannot load $m"
+    done
+fi
+root=; fstype=; mode=rw
+for arg in $($bb cat /proc/cmdline); do
+    case "$arg" in
+        root=*) root="${{arg#root=}}" ;;
+        rootfstype=*) fstype="-t ${{arg#rootfstype=}}" ;;
+        ro|rw) mode=$arg ;;
+    esac
+done
+if [ -n "$root" ]; then
+    n=0
+    while [ ! -b "$root" ] && [ $n -lt {ROOT_WAIT_S} ]; do $bb sleep 1; n=$((n + 1)); done
+    if $bb mount $fstype -o $mode "$root" /mnt; then
+        echo "kvmlite-initramfs: $root mounted on /mnt ($mode)"
+        if [ -x /mnt/sbin/init ]; then
+            echo "kvmlite-initramfs: switching to $root as the root"
+            $bb mount --move /dev /mnt/dev 2>/dev/null
+            $bb umount /proc /sys
+            exec $bb switch_root /mnt /sbin/init
+        fi
+    else
+        echo "kvmlite-initramfs: cannot mount $root"
+    fi
+fi
 echo "{READY_MARKER} (Linux $($bb uname -r))"
 export PS1='{SHELL_PROMPT}'
 if $bb --list | $bb grep -qx cttyhack; then
@@ -235,19 +280,43 @@ def build_entries(
     return entries
 
 
+def add_modules(entries: dict[str, Entry], tree: Path, names: list[str]) -> list[str]:
+    """Put ``names`` and the modules they need from ``tree`` into ``entries``, with the load list;
+    returns the file names in load order."""
+    files = []
+    for path in modules.resolve(tree, names):
+        name = f"{modules.module_name(path)}.ko"
+        data = modules.read_module(tree, path)
+        _put(entries, f"{MODULE_DIR}/{name}", Entry(stat.S_IFREG | FILE_MODE, data))
+        files.append(name)
+    _put(entries, MODULE_LIST, Entry(stat.S_IFREG | FILE_MODE, "".join(f"{f}\n" for f in files).encode()))
+    return files
+
+
 def build_initramfs(
     busybox: Path,
     init: Path | None = None,
     adds: list[tuple[Path, str]] | None = None,
     applets: list[str] | None = None,
     compress: bool = True,
+    module_names: list[str] | None = None,
+    modules_dir: Path | None = None,
 ) -> bytes:
-    """A newc initramfs with busybox, its applet links, /dev/console, /init and ``adds``.
+    """A newc initramfs with busybox, its applet links, /dev/console, /init, ``adds`` and kernel modules.
 
     gzip'd unless ``compress`` is False: the kernel takes a plain cpio as well,
     and skipping the inflate saves minutes where guest ring 0 is emulated.
+    ``module_names`` come from ``modules_dir`` (default: the tree ``kvmlite
+    fetch-assets --modules`` cached).
     """
-    archive = write_newc(build_entries(busybox, init, adds, applets))
+    entries = build_entries(busybox, init, adds, applets)
+    if module_names:
+        if modules_dir is None:
+            modules_dir, reason = assets.find_modules()
+            if modules_dir is None:
+                raise InitramfsError(f"--modules: {reason}, or give --modules-dir")
+        add_modules(entries, modules_dir, module_names)
+    archive = write_newc(entries)
     return gzip.compress(archive, compresslevel=GZIP_LEVEL, mtime=0) if compress else archive
 
 
@@ -267,6 +336,18 @@ def main(argv: list[str] | None = None) -> int:
         "--add", action="append", default=[], metavar="SRC:DST", help="add a file or directory tree"
     )
     parser.add_argument(
+        "--modules",
+        default="",
+        metavar="NAME,...",
+        help="kernel modules for /init to load, with those they need (e.g. virtio_pci,virtio_blk)",
+    )
+    parser.add_argument(
+        "--modules-dir",
+        type=Path,
+        metavar="DIR",
+        help="the kernel's modules tree with modules.dep (default: from kvmlite fetch-assets --modules)",
+    )
+    parser.add_argument(
         "--no-compress",
         action="store_true",
         help="write a plain cpio (faster to unpack where guest ring-0 code is slow)",
@@ -275,7 +356,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         adds = [_parse_add(a) for a in args.add]
-        data = build_initramfs(args.busybox, args.init, adds, compress=not args.no_compress)
+        names = [n for n in args.modules.split(",") if n.strip()]
+        data = build_initramfs(
+            args.busybox,
+            args.init,
+            adds,
+            compress=not args.no_compress,
+            module_names=names,
+            modules_dir=args.modules_dir,
+        )
         args.output.write_bytes(data)
     except KvmliteError as err:
         sys.stderr.write(f"kvmlite: {err}\n")
