@@ -6,6 +6,7 @@ must print exactly what QEMU prints with the same device, and leave the same byt
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ EXPECTED = [
     "vblk: found 1af4:1042 revision 1 class 010000 subsystem 1af4:1100",
     "vblk: capabilities common=1 notify=1 isr=1 device=1 pci_cfg=1",
     "vblk: VIRTIO_F_VERSION_1 offered",
+    "vblk: discard offered, write-zeroes offered",
     f"vblk: capacity {DISK_SECTORS} sectors (high 0)",
     "vblk: queue 0 offers 256 entries; using 8",
     "vblk: status 0f",
@@ -30,10 +32,27 @@ EXPECTED = [
     "vblk: read back sector 1 status 0 matches",
     "vblk: flush status 0",
     "vblk: read past the end status 1",
+    "vblk: write-zeroes status 0, with unmap 0: sectors 8-11 zero, 12-15 kept",
+    "vblk: discard status 0: sectors 16-23 zero",
+    "vblk: discard with the unmap flag status 2",
+    "vblk: write-zeroes past the end status 1",
     "vblk: done",
 ]
 EXIT_OK = debug_exit_status(0x44)
 SECTOR_1 = bytes((i * 7 + 3) & 0xFF for i in range(512))
+REQUESTS = 15
+SECTOR = 512
+
+
+def check_image(image: Path) -> None:
+    """The guest's write, write-zeroes and discard, as bytes (and a hole) in the image file."""
+    data = image.read_bytes()
+    assert data[SECTOR : 2 * SECTOR] == SECTOR_1  # the guest's write is in the file
+    assert data[8 * SECTOR : 12 * SECTOR] == bytes(4 * SECTOR)  # write-zeroes
+    assert data[12 * SECTOR : 16 * SECTOR] == b"\xa5" * 4 * SECTOR  # written, left alone
+    assert data[16 * SECTOR : 24 * SECTOR] == bytes(8 * SECTOR)  # discarded
+    with image.open("rb") as f:  # the discard punched a hole: the 4 KiB at sector 16 hold no data
+        assert os.lseek(f.fileno(), 16 * SECTOR, os.SEEK_HOLE) == 16 * SECTOR
 
 
 RNG_EXPECTED = [
@@ -89,10 +108,10 @@ def test_guest_drives_virtio_blk_under_kvmlite(vblk: Path, tmp_path: Path, backe
     r = kvmlite_run("--backend", backend, "--kernel", str(vblk), "--disk", disk, "--stats")
     assert r.stdout.splitlines() == EXPECTED, r.stderr
     assert r.returncode == EXIT_OK
-    assert image.read_bytes()[512:1024] == SECTOR_1  # the guest's write is in the file
-    # six requests; on KVM every notification reaches the device through an ioeventfd, with no exit
-    without_exit = 6 if backend == "kvm" else 0
-    stats = f"virtio-blk0 queue 0: 6 notifications ({without_exit} without an exit), 6 requests"
+    check_image(image)
+    # on KVM every notification reaches the device through an ioeventfd, with no exit
+    without_exit = REQUESTS if backend == "kvm" else 0
+    stats = f"queue 0: {REQUESTS} notifications ({without_exit} without an exit), {REQUESTS} requests"
     assert stats in r.stderr
 
 
@@ -106,15 +125,29 @@ def test_a_readonly_disk_refuses_the_write(vblk: Path, tmp_path: Path) -> None:
     assert "read-only disk" in r.stderr
 
 
+def test_a_second_process_cannot_open_an_image_in_use(vblk: Path, tmp_path: Path) -> None:
+    from kvmlite.virtio.blk import BlockImage, DiskSpec
+
+    image = make_image(tmp_path / "busy.img")
+    holder = BlockImage(DiskSpec(image))  # this process has it open for writing
+    try:
+        for disk in (str(image), f"{image},readonly=on"):
+            r = kvmlite_run("--backend", "emu", "--kernel", str(vblk), "--disk", disk)
+            assert r.returncode == 2 and r.stdout == ""
+            assert r.stderr.strip() == f"kvmlite: --disk {image}: the image is in use by another process"
+    finally:
+        holder.close()
+
+
 @requires_qemu
 def test_the_blk_guest_under_qemu_prints_the_same(vblk: Path, tmp_path: Path) -> None:
     image = make_image(tmp_path / "qemu.img")
-    drive = f"file={image},format=raw,if=none,id=d0"
+    drive = f"file={image},format=raw,if=none,id=d0,discard=unmap"
     device = f"virtio-blk-pci,drive=d0,disable-legacy=on,serial={SERIAL}"
     r = qemu_run(vblk, "-drive", drive, "-device", device)
     assert r.stdout.splitlines() == EXPECTED, r.stderr
     assert r.returncode == EXIT_OK
-    assert image.read_bytes()[512:1024] == SECTOR_1
+    check_image(image)
 
 
 
@@ -147,9 +180,10 @@ def test_the_blk_guest_finds_a_virtio_mmio_disk_on_its_command_line(
     # the same steps and answers as over PCI; only how the device is found differs
     found = "vblk: found virtio-mmio version 2 device 2 vendor 554d4551"
     assert r.stdout.splitlines() == [found, *EXPECTED[2:]], r.stderr
-    assert r.returncode == EXIT_OK and image.read_bytes()[512:1024] == SECTOR_1
-    without_exit = 6 if backend == "kvm" else 0
-    assert f"virtio-blk0 queue 0: 6 notifications ({without_exit} without an exit)" in r.stderr
+    assert r.returncode == EXIT_OK
+    check_image(image)
+    without_exit = REQUESTS if backend == "kvm" else 0
+    assert f"virtio-blk0 queue 0: {REQUESTS} notifications ({without_exit} without an exit)" in r.stderr
 
 
 @pytest.mark.parametrize("backend", ["kvm", "emu"])

@@ -151,7 +151,7 @@ void vdev_find(struct vdev *dev, const char *tag, uint16_t device_id)
     vdev_fail(dev, "no such virtio device on bus 0");
 }
 
-void vdev_negotiate(struct vdev *dev)
+uint32_t vdev_negotiate_features(struct vdev *dev, uint32_t wanted)
 {
     wr(dev, STATUS, 0); /* reset */
     wr(dev, STATUS, ST_ACK);
@@ -159,13 +159,21 @@ void vdev_negotiate(struct vdev *dev)
     wr(dev, DEV_FEAT_SEL, 1);
     uint32_t features_hi = rd(dev, DEV_FEAT);
     kprintf("%s: VIRTIO_F_VERSION_1 %s\n", dev->tag, (features_hi & F_VERSION_1_HI) ? "offered" : "missing");
+    wr(dev, DEV_FEAT_SEL, 0);
+    uint32_t accepted = rd(dev, DEV_FEAT) & wanted;
     wr(dev, DRV_FEAT_SEL, 0);
-    wr(dev, DRV_FEAT, 0);
+    wr(dev, DRV_FEAT, accepted);
     wr(dev, DRV_FEAT_SEL, 1);
     wr(dev, DRV_FEAT, F_VERSION_1_HI);
     wr(dev, STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK);
     if (!(rd(dev, STATUS) & ST_FEATURES_OK))
         vdev_fail(dev, "FEATURES_OK not accepted");
+    return accepted;
+}
+
+void vdev_negotiate(struct vdev *dev)
+{
+    vdev_negotiate_features(dev, 0);
 }
 
 void vdev_queue(struct vdev *dev, struct virtq *vq, uint16_t index)

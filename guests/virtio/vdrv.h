@@ -68,6 +68,8 @@ void vdev_find(struct vdev *dev, const char *tag, uint16_t device_id);
 void vdev_find_mmio(struct vdev *dev, const char *tag, const char *cmdline, uint32_t device_id);
 /* Reset, ACKNOWLEDGE, DRIVER, accept VIRTIO_F_VERSION_1 only, FEATURES_OK. */
 void vdev_negotiate(struct vdev *dev);
+/* The same, also accepting those of the `wanted` feature bits 0-31 the device offers; returns them. */
+uint32_t vdev_negotiate_features(struct vdev *dev, uint32_t wanted);
 /* Set up queue `index` in `vq` (VQ_SIZE entries), printing the size the device offers. */
 void vdev_queue(struct vdev *dev, struct virtq *vq, uint16_t index);
 void vdev_driver_ok(struct vdev *dev);

@@ -1,4 +1,4 @@
-"""virtio-blk (virtio 1.2, 5.2) over a raw image file: read, write, flush, get-id.
+"""virtio-blk (virtio 1.2, 5.2) over a raw image file: read, write, flush, get-id, discard, write-zeroes.
 
 Each request is a chain: a 16-byte device-readable header (type, reserved,
 sector), the data buffers (device-readable for writes, device-writable for
@@ -12,6 +12,16 @@ lost if the host crashes afterwards.  A read-only disk offers
 The image is locked (``flock``: exclusive when writable, shared when
 read-only), so two kvmlite processes cannot both write one image.
 
+Discard and write-zeroes (``VIRTIO_BLK_F_DISCARD``, ``VIRTIO_BLK_F_WRITE_ZEROES``)
+carry an array of 16-byte segments (sector, number of sectors, flags).  A
+discard punches a hole in the file (``fallocate(PUNCH_HOLE|KEEP_SIZE)``): the
+host file system frees the blocks and the range reads as zeros; it is
+offered only where the image's file system can punch holes.  Write-zeroes
+is offered on every writable disk: with the guest's UNMAP flag (and hole
+punching) it punches too, else ``fallocate(ZERO_RANGE|KEEP_SIZE)``, and where
+the file system has neither it writes zeros.  An unknown flag, or UNMAP on a
+discard, is ``VIRTIO_BLK_S_UNSUPP`` (5.2.6.2).
+
 A malformed request (no room for the header or the status, a data range
 past the end of the disk) fails that one request with IOERR and a warning;
 a malformed chain (:class:`~kvmlite.virtio.queue.QueueError`) marks the
@@ -20,6 +30,7 @@ device NEEDS_RESET.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import logging
@@ -45,13 +56,44 @@ VIRTIO_BLK_F_SEG_MAX = 1 << 2
 VIRTIO_BLK_F_RO = 1 << 5
 VIRTIO_BLK_F_BLK_SIZE = 1 << 6
 VIRTIO_BLK_F_FLUSH = 1 << 9
+VIRTIO_BLK_F_DISCARD = 1 << 13
+VIRTIO_BLK_F_WRITE_ZEROES = 1 << 14
 
 VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID = 0, 1, 4, 8
+VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES = 11, 13
 VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP = 0, 1, 2
+VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1
+
+#: Discard and write-zeroes limits the device announces: sectors per segment, segments per request.
+MAX_DWZ_SECTORS = 1 << 22  # 2 GiB
+MAX_DWZ_SEGMENTS = 32
 
 _HEADER = struct.Struct("<IIQ")
-# capacity, size_max, seg_max, geometry (cylinders, heads, sectors), blk_size
-_CONFIG = struct.Struct("<QIIHBBI")
+# capacity, size_max, seg_max, geometry (cylinders, heads, sectors), blk_size,
+# topology (physical_block_exp, alignment_offset, min_io_size, opt_io_size), writeback, unused0,
+# num_queues, max_discard_sectors, max_discard_seg, discard_sector_alignment,
+# max_write_zeroes_sectors, max_write_zeroes_seg, write_zeroes_may_unmap, unused1[3]
+_CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3x")
+#: One discard / write-zeroes segment: sector, num_sectors, flags.
+_SEGMENT = struct.Struct("<QII")
+
+# fallocate(2) modes
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+ZERO_CHUNK = 1 << 20  # bytes of zeros written at a time where fallocate cannot zero
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_fallocate.restype = ctypes.c_int
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with its mode flags (``os.posix_fallocate`` has none); OSError on failure."""
+    if _fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 @dataclass(frozen=True)
@@ -98,6 +140,42 @@ class BlockImage:
             raise ConfigError(f"--disk {spec.path}: cannot lock the image: {err.strerror}") from err
         self.size = os.fstat(self.fd).st_size
         self.readonly = spec.readonly
+        self.path = spec.path
+        #: Whether the image's file system punches holes: tried on one byte past the end of the file,
+        #: where a punch changes nothing.
+        self.can_punch = not self.readonly and self._punch_probe()
+        #: Whether fallocate(ZERO_RANGE) works: assumed until the file system says otherwise.
+        self.can_zero_range = not self.readonly
+
+    def _punch_probe(self) -> bool:
+        try:
+            self.discard(self.size, 1)
+        except OSError as err:
+            log.info("%s: no hole punching (%s): discard is not offered", self.path, err.strerror)
+            return False
+        return True
+
+    def discard(self, offset: int, length: int) -> None:
+        """Free the range: a hole reads as zeros."""
+        fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+
+    def write_zeroes(self, offset: int, length: int, unmap: bool) -> None:
+        """Make the range read as zeros, freeing its blocks when ``unmap`` and the file system can."""
+        if unmap and self.can_punch:
+            self.discard(offset, length)
+            return
+        if self.can_zero_range:
+            try:
+                fallocate(self.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length)
+                return
+            except OSError as err:
+                if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                self.can_zero_range = False  # e.g. a file system that only probes as capable
+        zeros = bytes(min(length, ZERO_CHUNK))
+        end = offset + length
+        while offset < end:
+            offset += os.pwrite(self.fd, zeros[: end - offset], offset)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -113,13 +191,24 @@ class VirtioBlk(VirtioDevice):
         features = COMMON_FEATURES | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH
         if image.readonly:
             features |= VIRTIO_BLK_F_RO
+        else:
+            features |= VIRTIO_BLK_F_WRITE_ZEROES | (VIRTIO_BLK_F_DISCARD if image.can_punch else 0)
         super().__init__(memory, features, [QUEUE_SIZE], name or "virtio-blk")
         self.image = image
         self.serial = serial.encode()[:ID_BYTES]
         self.capacity = image.size // SECTOR_SIZE
 
     def config_bytes(self) -> bytes:
-        return _CONFIG.pack(self.capacity, 0, SEG_MAX, 0, 0, 0, SECTOR_SIZE)
+        discard = self.device_features & VIRTIO_BLK_F_DISCARD
+        zeroes = self.device_features & VIRTIO_BLK_F_WRITE_ZEROES
+        return _CONFIG.pack(
+            self.capacity, 0, SEG_MAX, 0, 0, 0, SECTOR_SIZE,
+            0, 0, 0, 0,  # topology: 512-byte blocks, no hints
+            0, 0, 0,  # writeback, unused, num_queues (no VIRTIO_BLK_F_MQ)
+            MAX_DWZ_SECTORS if discard else 0, MAX_DWZ_SEGMENTS if discard else 0, 1 if discard else 0,
+            MAX_DWZ_SECTORS if zeroes else 0, MAX_DWZ_SEGMENTS if zeroes else 0,
+            1 if zeroes and self.image.can_punch else 0,  # write_zeroes_may_unmap
+        )  # fmt: skip
 
     def process_queue(self, index: int, queue: Virtqueue) -> None:
         while (chain := queue.pop(self.memory)) is not None:
@@ -152,6 +241,10 @@ class VirtioBlk(VirtioDevice):
             if kind == VIRTIO_BLK_T_GET_ID:
                 written = write_buffers(self.memory, data_out, self.serial.ljust(ID_BYTES, b"\0"))
                 return VIRTIO_BLK_S_OK, written
+            if kind == VIRTIO_BLK_T_DISCARD and self.device_features & VIRTIO_BLK_F_DISCARD:
+                return self._discard_write_zeroes(data_in, discard=True), 0
+            if kind == VIRTIO_BLK_T_WRITE_ZEROES and self.device_features & VIRTIO_BLK_F_WRITE_ZEROES:
+                return self._discard_write_zeroes(data_in, discard=False), 0
         except OSError as err:
             self._warn(f"host I/O error: {err}")
             return VIRTIO_BLK_S_IOERR, 0
@@ -182,6 +275,34 @@ class VirtioBlk(VirtioDevice):
             return VIRTIO_BLK_S_IOERR
         done = os.pwritev(self.image.fd, self._views(buffers), sector * SECTOR_SIZE)
         return VIRTIO_BLK_S_OK if done == length else VIRTIO_BLK_S_IOERR
+
+
+    def _discard_write_zeroes(self, buffers: list[Buffer], discard: bool) -> int:
+        """Discard or write-zeroes: every segment checked first, then each applied in turn (5.2.6)."""
+        size = sum(b.length for b in buffers)
+        if not size or size % _SEGMENT.size or size // _SEGMENT.size > MAX_DWZ_SEGMENTS:
+            self._warn(f"discard/write-zeroes data of {size} bytes is not 1 to {MAX_DWZ_SEGMENTS} segments")
+            return VIRTIO_BLK_S_UNSUPP
+        data = b"".join(self.memory.read(b.addr, b.length) for b in buffers)
+        segments = [_SEGMENT.unpack_from(data, at) for at in range(0, len(data), _SEGMENT.size)]
+        allowed = 0 if discard else VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
+        if any(flags & ~allowed for _, _, flags in segments):
+            return VIRTIO_BLK_S_UNSUPP
+        if self.image.readonly:
+            self._warn("the guest wrote to a read-only disk; refused")
+            return VIRTIO_BLK_S_IOERR
+        for sector, count, _ in segments:
+            if count > MAX_DWZ_SECTORS or not self._range_ok(sector, count * SECTOR_SIZE):
+                return VIRTIO_BLK_S_IOERR
+        for sector, count, flags in segments:
+            offset, length = sector * SECTOR_SIZE, count * SECTOR_SIZE
+            if length == 0:
+                continue
+            if discard:
+                self.image.discard(offset, length)
+            else:
+                self.image.write_zeroes(offset, length, bool(flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP))
+        return VIRTIO_BLK_S_OK
 
 
 def _take(buffers: list[Buffer], skip: int, length: int) -> list[Buffer]:
