@@ -77,6 +77,11 @@ class BackendCaps:
     rescue_emulation: bool
     #: KVM_IOEVENTFD: a guest write to a chosen address signals an eventfd instead of exiting.
     ioeventfd: bool = False
+    #: KVM_IRQFD and KVM_SET_GSI_ROUTING (with the in-kernel irqchip): an eventfd raises a GSI, which
+    #: the VMM routes to an irqchip pin or to an MSI message, without an ioctl per interrupt.
+    irqfd: bool = False
+    #: KVM_IRQFD_FLAG_RESAMPLE: a level-triggered irqfd, lowered at the guest's EOI, which is signalled.
+    irqfd_resample: bool = False
     #: KVM_REGISTER_COALESCED_MMIO with KVM_CAP_COALESCED_PIO: guest writes to chosen ports go to a
     #: ring the VMM replays later instead of exiting (kvmlite.kvm.coalesced).
     coalesced_pio: bool = False
@@ -153,6 +158,16 @@ class VmBackend(Protocol):
     def ioeventfd(
         self, fd: int, addr: int, length: int, pio: bool, datamatch: int | None = None, deassign: bool = False
     ) -> None: ...
+    def irqfd(self, fd: int, gsi: int, resamplefd: int | None = None, deassign: bool = False) -> None:
+        """An eventfd that raises ``gsi`` (``irqfd``); with ``resamplefd``, level-triggered."""
+        ...
+
+    def set_gsi_routing(
+        self, irqchip_routes: list[tuple[int, int, int]], msi_routes: list[tuple[int, int, int]]
+    ) -> None:
+        """Replace the GSI routing table: (gsi, irqchip, pin) and (gsi, MSI address, MSI data) entries."""
+        ...
+
     def coalesce_writes(self, addr: int, length: int, pio: bool, deassign: bool = False) -> None: ...
     def coalesced_ring(self, pio: Writer, mmio: Writer) -> CoalescedRing | None:
         """The ring of coalesced writes, replaying into ``pio``/``mmio`` (after the first vCPU exists)."""

@@ -146,6 +146,33 @@ def test_madt_overrides_only_the_sci_level_high_and_keeps_irq0_on_pin_0(memory: 
     assert overrides == [(0, 9, 9, 0b1101)]
 
 
+def test_madt_without_an_ioapic_lists_only_the_cpus_and_the_8259s() -> None:
+    """``--irqchip userspace``: kvmlite's own PIC pair is all there is, so neither an IOAPIC nor an
+    override onto one is described; PCAT_COMPAT still says the 8259s are there."""
+    madt = A.build_madt(A.AcpiPlatform(cpus=1, ioapic=False))
+    assert struct.unpack_from("<II", madt, A.SDT_HEADER_LEN)[1] & 1  # PCAT_COMPAT
+    assert sorted({kind for kind, _ in madt_entries(madt)}) == [0, 4]  # local APIC, LAPIC NMI
+
+
+def test_machine_describes_an_ioapic_only_with_the_kernel_irqchip(tmp_path: Path) -> None:
+    from kvmlite.vmm.machine import Machine, MachineConfig
+    from tests.conftest import KVM_OK
+
+    for irqchip, has_ioapic in (("userspace", False), ("kernel", True)):
+        if irqchip == "kernel" and not KVM_OK:
+            continue
+        backend = "kvm" if KVM_OK else "emu"
+        config = MachineConfig(kernel=tmp_path / "unused", backend=backend, memory_mib=4, irqchip=irqchip)
+        machine = Machine(config)
+        try:
+            machine.attach_pc_devices()
+            madt = A.read_tables(machine.memory, machine.write_acpi_tables())[b"APIC"]
+            assert any(kind == 1 for kind, _ in madt_entries(madt)) == has_ioapic
+            assert any(kind == 2 for kind, _ in madt_entries(madt)) == has_ioapic
+        finally:
+            machine.close()
+
+
 def test_madt_grows_with_the_cpu_count(memory: GuestMemory) -> None:
     one = A.build_madt(A.AcpiPlatform(cpus=1))
     many = A.build_madt(A.AcpiPlatform(cpus=A.MAX_CPUS))

@@ -17,7 +17,7 @@ from kvmlite.virtio.rng import VirtioRng
 def msix(vectors: int = 3) -> tuple[Msix, C.ConfigSpace, list[tuple[int, int]]]:
     cfg = C.ConfigSpace(0x1AF4, 0x1044, 0xFF00)
     sent: list[tuple[int, int]] = []
-    return Msix(cfg, vectors, 1, lambda address, data: sent.append((address, data))), cfg, sent
+    return Msix(cfg, vectors, 1, lambda vector, address, data: sent.append((address, data))), cfg, sent
 
 
 def program(table: Msix, vector: int, address: int, data: int, masked: bool) -> None:
@@ -65,7 +65,7 @@ def test_virtio_pci_sends_the_queues_vector_instead_of_intx(tmp_path: Path) -> N
     memory = GuestMemory([(0, 1 << 20)])
     sent: list[tuple[int, int]] = []
     intx: list[bool] = []
-    fn = P.VirtioPciFunction(VirtioRng(memory), lambda address, data: sent.append((address, data)))
+    fn = P.VirtioPciFunction(VirtioRng(memory), lambda vector, address, data: sent.append((address, data)))
     fn.intx = intx.append
     assert fn.config.bars[P.MSIX_BAR_INDEX].size == P.MSIX_BAR_SIZE and fn.bar_device(1) is fn.msix
     assert fn.msix is not None

@@ -559,6 +559,14 @@ class EmuVm:
     ) -> None:
         unsupported(BACKEND, "signal eventfds on guest writes (ioeventfd)")
 
+    def irqfd(self, fd: int, gsi: int, resamplefd: int | None = None, deassign: bool = False) -> None:
+        unsupported(BACKEND, "raise interrupts from eventfds (irqfd)")
+
+    def set_gsi_routing(
+        self, irqchip_routes: list[tuple[int, int, int]], msi_routes: list[tuple[int, int, int]]
+    ) -> None:
+        unsupported(BACKEND, "route GSIs")
+
     def coalesce_writes(self, addr: int, length: int, pio: bool, deassign: bool = False) -> None:
         unsupported(BACKEND, "coalesce guest writes")
 

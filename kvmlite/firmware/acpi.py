@@ -162,9 +162,12 @@ class AcpiPlatform:
     ecam: tuple[int, int] | None = None
     #: (device number, GSI) of each PCI slot's INTA#, for the DSDT's ``_PRT``.
     pci_routes: tuple[tuple[int, int], ...] = ()
+    #: Whether the machine has an IOAPIC (the in-kernel irqchip); without one (``--irqchip userspace``:
+    #: kvmlite's own 8259 pair only) the MADT lists no IOAPIC and no interrupt source override.
+    ioapic: bool = True
 
     @classmethod
-    def from_registry(cls, registry: DeviceRegistry, cpus: int) -> AcpiPlatform:
+    def from_registry(cls, registry: DeviceRegistry, cpus: int, ioapic: bool = True) -> AcpiPlatform:
         """The platform as attached: the PM blocks, SCI and reset register where the builder put them."""
         pm, reset = registry["acpi-pm"], registry["reset-control"]
         evt, cnt = pm.slot("pm1_evt"), pm.slot("pm1_cnt")
@@ -181,6 +184,7 @@ class AcpiPlatform:
             s5_slp_typ=pm.device.s5_slp_typ,
             ecam=(ecam.base, ecam.length // L.ECAM_BUS_SIZE) if ecam is not None else None,
             pci_routes=tuple((r.pci >> 3, r.irqs[0]) for r in registry if r.pci is not None and r.irqs),
+            ioapic=ioapic,
         )
 
     def validate(self) -> None:
@@ -335,22 +339,27 @@ def build_fadt(platform: AcpiPlatform, dsdt_addr: int, facs_addr: int) -> bytes:
 
 
 def build_madt(platform: AcpiPlatform) -> bytes:
-    """Local APIC per CPU (APIC ID = vCPU index), the IOAPIC (ID = CPU count), the SCI override, LINT1 NMI."""
+    """Local APIC per CPU (APIC ID = vCPU index), the IOAPIC (ID = CPU count), the SCI override, LINT1 NMI.
+
+    Without an IOAPIC (``platform.ioapic`` False) neither the IOAPIC nor the override (which maps an ISA
+    IRQ onto an IOAPIC input) is listed: the 8259 pair (``PCAT_COMPAT``) is the interrupt controller.
+    """
     n = platform.cpus
     entries = [struct.pack("<BBBBI", MADT_LOCAL_APIC, 8, i, i, LAPIC_ENABLED) for i in range(n)]
-    entries.append(struct.pack("<BBBBII", MADT_IO_APIC, 12, n, 0, platform.ioapic_address, 0))
-    # no IRQ 0 -> GSI 2 override: KVM's default routing puts the PIT on pin 0 (see the module docstring)
-    entries.append(
-        struct.pack(
-            "<BBBBIH",
-            MADT_INT_OVERRIDE,
-            10,
-            ISA_BUS,
-            platform.sci_irq,
-            platform.sci_irq,
-            MPS_ACTIVE_HIGH | MPS_LEVEL,
+    if platform.ioapic:
+        entries.append(struct.pack("<BBBBII", MADT_IO_APIC, 12, n, 0, platform.ioapic_address, 0))
+        # no IRQ 0 -> GSI 2 override: KVM's default routing puts the PIT on pin 0 (see the module docstring)
+        entries.append(
+            struct.pack(
+                "<BBBBIH",
+                MADT_INT_OVERRIDE,
+                10,
+                ISA_BUS,
+                platform.sci_irq,
+                platform.sci_irq,
+                MPS_ACTIVE_HIGH | MPS_LEVEL,
+            )
         )
-    )
     entries.append(struct.pack("<BBBHB", MADT_LAPIC_NMI, 6, ALL_PROCESSORS, 0, LINT1))
     body = struct.pack("<II", platform.lapic_address, MADT_PCAT_COMPAT) + b"".join(entries)
     return sdt(b"APIC", MADT_REVISION, body)

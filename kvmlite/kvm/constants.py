@@ -61,6 +61,7 @@ class Ioctl(IntEnum):
     KVM_IRQ_LINE_STATUS = _iowr(0x67, S.kvm_irq_level)
     KVM_REGISTER_COALESCED_MMIO = _iow(0x67, S.kvm_coalesced_mmio_zone)
     KVM_UNREGISTER_COALESCED_MMIO = _iow(0x68, S.kvm_coalesced_mmio_zone)
+    KVM_SET_GSI_ROUTING = _iow(0x6A, S.kvm_irq_routing)
     KVM_IRQFD = _iow(0x76, S.kvm_irqfd)
     KVM_CREATE_PIT2 = _iow(0x77, S.kvm_pit_config)
     KVM_IOEVENTFD = _iow(0x79, S.kvm_ioeventfd)
@@ -281,6 +282,8 @@ class IrqchipId(IntEnum):
 
 
 KVM_EXIT_IO_IN = 0
+KVM_IRQ_ROUTING_IRQCHIP = 1
+KVM_IRQ_ROUTING_MSI = 2
 KVM_EXIT_IO_OUT = 1
 KVM_PIT_SPEAKER_DUMMY = 1
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1 << 0

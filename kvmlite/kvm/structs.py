@@ -317,6 +317,28 @@ class kvm_irqfd(Struct):
     _fields_ = [("fd", u32), ("gsi", u32), ("flags", u32), ("resamplefd", u32), ("pad", u8 * 16)]
 
 
+class kvm_irq_routing_irqchip(Struct):
+    _fields_ = [("irqchip", u32), ("pin", u32)]
+
+
+class kvm_irq_routing_msi(Struct):
+    _fields_ = [("address_lo", u32), ("address_hi", u32), ("data", u32), ("devid", u32)]
+
+
+class _irq_routing_union(C.Union):
+    _fields_ = [("irqchip", kvm_irq_routing_irqchip), ("msi", kvm_irq_routing_msi), ("pad", u32 * 8)]
+
+
+class kvm_irq_routing_entry(Struct):
+    _fields_ = [("gsi", u32), ("type", u32), ("flags", u32), ("pad", u32), ("u", _irq_routing_union)]
+
+
+class kvm_irq_routing(Struct):
+    """The header of KVM_SET_GSI_ROUTING's argument; :func:`irq_routing_with` adds the entries."""
+
+    _fields_ = [("nr", u32), ("flags", u32)]
+
+
 class kvm_ioeventfd(Struct):
     _fields_ = [
         ("datamatch", u64),
@@ -482,6 +504,19 @@ def cpuid2_with(nent: int) -> C.Structure:
     return obj
 
 
+def irq_routing_with(entries: list[kvm_irq_routing_entry]) -> C.Structure:
+    """A ``kvm_irq_routing`` holding ``entries``."""
+
+    class kvm_irq_routing_n(Struct):
+        _fields_ = [("nr", u32), ("flags", u32), ("entries", kvm_irq_routing_entry * len(entries))]
+
+    obj = kvm_irq_routing_n()
+    obj.nr = len(entries)
+    for i, entry in enumerate(entries):
+        obj.entries[i] = entry
+    return obj
+
+
 @functools.lru_cache(maxsize=64)
 def _msrs_type(nmsrs: int) -> type[C.Structure]:
     """The ``kvm_msrs`` class for ``nmsrs`` entries, made once per size (a rescue reads MSRs every time)."""
@@ -519,6 +554,7 @@ ALL_STRUCTS: dict[str, type[C.Structure]] = {
         kvm_guest_debug, kvm_vcpu_events, kvm_mp_state, kvm_debugregs, kvm_xsave, kvm_xcr, kvm_xcrs,
         kvm_interrupt, kvm_translation, kvm_userspace_memory_region, kvm_irq_level, kvm_pit_config,
         kvm_pit_channel_state, kvm_pit_state2, kvm_pic_state, kvm_ioapic_state, kvm_irqchip, kvm_irqfd,
+        kvm_irq_routing_irqchip, kvm_irq_routing_msi, kvm_irq_routing_entry, kvm_irq_routing,
         kvm_ioeventfd, kvm_msi, kvm_dirty_log, kvm_clear_dirty_log, kvm_enable_cap,
         kvm_msr_filter_range, kvm_msr_filter,
         kvm_coalesced_mmio_zone, kvm_clock_data, kvm_run,

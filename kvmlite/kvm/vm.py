@@ -9,7 +9,17 @@ from typing import TYPE_CHECKING
 from kvmlite.backend import BackendCaps
 from kvmlite.kvm import structs as S
 from kvmlite.kvm.coalesced import PAGE_SIZE, CoalescedRing, Writer
-from kvmlite.kvm.constants import Cap, Ioctl, IoeventfdFlag, IrqchipId, IrqfdFlag, MemFlag, MsrExitReason
+from kvmlite.kvm.constants import (
+    KVM_IRQ_ROUTING_IRQCHIP,
+    KVM_IRQ_ROUTING_MSI,
+    Cap,
+    Ioctl,
+    IoeventfdFlag,
+    IrqchipId,
+    IrqfdFlag,
+    MemFlag,
+    MsrExitReason,
+)
 from kvmlite.kvm.ioctl import ioctl
 from kvmlite.kvm.vcpu import Vcpu
 
@@ -187,6 +197,23 @@ class Vm:
             detail=f"gsi {gsi}",
         )
 
+    def set_gsi_routing(
+        self, irqchip_routes: list[tuple[int, int, int]], msi_routes: list[tuple[int, int, int]]
+    ) -> None:
+        """KVM_SET_GSI_ROUTING: the whole table, (gsi, irqchip, pin) and (gsi, address, data) entries."""
+        entries = []
+        for gsi, chip, pin in irqchip_routes:
+            entry = S.kvm_irq_routing_entry(gsi=gsi, type=KVM_IRQ_ROUTING_IRQCHIP)
+            entry.u.irqchip.irqchip, entry.u.irqchip.pin = chip, pin
+            entries.append(entry)
+        for gsi, address, data in msi_routes:
+            entry = S.kvm_irq_routing_entry(gsi=gsi, type=KVM_IRQ_ROUTING_MSI)
+            entry.u.msi.address_lo, entry.u.msi.address_hi = address & 0xFFFF_FFFF, address >> 32
+            entry.u.msi.data = data
+            entries.append(entry)
+        table = S.irq_routing_with(entries)
+        ioctl(self.fd, Ioctl.KVM_SET_GSI_ROUTING, table, detail=f"{len(entries)} routes")
+
     def ioeventfd(
         self,
         fd: int,
@@ -259,6 +286,8 @@ class Vm:
                 lapic_state=True,
                 rescue_emulation=True,
                 ioeventfd=bool(has(Cap.IOEVENTFD)),
+                irqfd=bool(has(Cap.IRQFD) and has(Cap.IRQ_ROUTING) and has(Cap.IRQCHIP)),
+                irqfd_resample=bool(has(Cap.IRQFD_RESAMPLE)),
                 coalesced_pio=bool(has(Cap.COALESCED_MMIO) and has(Cap.COALESCED_PIO)),
             )
         return self._caps

@@ -4,10 +4,12 @@
 serves the table and PBA as one bus device (:meth:`Msix.read`/:meth:`Msix.write`,
 offsets from the BAR's base: the table at 0, the PBA at :data:`PBA_OFFSET`,
 where QEMU puts them).  A device raises vector n with :meth:`notify`; the
-message goes out through the injected ``deliver(address, data)`` (with KVM:
-KVM_SIGNAL_MSI) unless MSI-X is off, the function is masked or the vector is
-masked, in which case its pending bit is set and the message goes out when
-it is unmasked, as the specification asks.
+message goes out through the injected ``deliver(vector, address, data)``
+(with KVM: an irqfd whose GSI routes to that message, see
+:mod:`kvmlite.vmm.irqroute`, or KVM_SIGNAL_MSI) unless MSI-X is off, the
+function is masked or the vector is masked, in which case its pending bit
+is set and the message goes out when it is unmasked, as the specification
+asks.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class Msix:
     """The MSI-X capability and its table; ``bar`` is the BAR (index) holding table and PBA."""
 
     def __init__(
-        self, config: ConfigSpace, vectors: int, bar: int, deliver: Callable[[int, int], None]
+        self, config: ConfigSpace, vectors: int, bar: int, deliver: Callable[[int, int, int], None]
     ) -> None:
         if not 1 <= vectors <= MAX_VECTORS:
             raise DeviceError(f"MSI-X: {vectors} vectors do not fit one table page")
@@ -70,7 +72,7 @@ class Msix:
 
     def _send(self, vector: int) -> None:
         lo, hi, data, _ = _ENTRY.unpack_from(self.table, ENTRY_SIZE * vector)
-        self.deliver(lo | hi << 32, data)
+        self.deliver(vector, lo | hi << 32, data)
 
     def _flush_pending(self) -> None:
         if not self.enabled:

@@ -66,7 +66,9 @@ ISR_CONFIG = 2
 class VirtioPciFunction(PciFunction):
     """A virtio device on PCI."""
 
-    def __init__(self, device: VirtioDevice, deliver_msi: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self, device: VirtioDevice, deliver_msi: Callable[[int, int, int], None] | None = None
+    ) -> None:
         super().__init__(
             C.ConfigSpace(
                 VENDOR_REDHAT_QUMRANET,

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmlite.backend import VmBackend, open_backend
 from kvmlite.devices.acpi_pm import REG_PM1_CNT, REG_PM1_STS, AcpiPm, ResetControl
-from kvmlite.devices.base import Device
+from kvmlite.devices.base import Device, IrqLine
 from kvmlite.devices.debug_exit import DebugExit
 from kvmlite.devices.fw_cfg import FwCfg
 from kvmlite.devices.i8042 import I8042, PortA20Reset, PostCodePort
@@ -59,6 +59,7 @@ from kvmlite.vmm.cpuid import apply_features, parse_feature_spec
 from kvmlite.vmm.hypercall import host_completes_hypercalls, without_hypercall_features
 from kvmlite.vmm.iothread import IoThread
 from kvmlite.vmm.irqchip import HALT_WATCH_INTERVAL_S, KernelIrqChip, UserspaceIrqChip
+from kvmlite.vmm.irqroute import GsiRouter, MsiVectors, ResampledLine
 from kvmlite.vmm.layout import Range, SystemAllocator
 from kvmlite.vmm.limits import OutputLimit, deadline_after, stop_if_past, wait_slice
 from kvmlite.vmm.loop import ExitHook, VcpuLoop, VmControl
@@ -255,6 +256,10 @@ class Machine:
         self._every_exit = bool(config.trace)  # the trace (or a debugger) shows every access: no coalescing
         self.iothread = IoThread(self.lock)
         self._lazy_probes: list[Callable[[Callable[[], Any]], object]] = []
+        #: MSI routes and irqfds (kvmlite.vmm.irqroute) where KVM has them with its irqchip; else None.
+        self.gsi_router = (
+            GsiRouter(self.vm) if isinstance(self.irqchip, KernelIrqChip) and self.caps.irqfd else None
+        )
         #: Appended to the kernel command line by load() (virtio-mmio devices announce themselves there).
         self.cmdline_extra: list[str] = []
         self.rsdp = 0  # guest-physical address of the ACPI RSDP once attach_acpi() ran
@@ -346,7 +351,8 @@ class Machine:
 
     def write_acpi_tables(self) -> int:
         """Write the ACPI tables for the devices attached so far; returns the RSDP's address."""
-        platform = AcpiPlatform.from_registry(self.devices, self.config.cpus)
+        ioapic = isinstance(self.irqchip, KernelIrqChip)
+        platform = AcpiPlatform.from_registry(self.devices, self.config.cpus, ioapic=ioapic)
         self.rsdp = write_tables(self.memory, platform)
         return self.rsdp
 
@@ -584,7 +590,7 @@ class Machine:
         irqs: list[int] = []
         if config.get(INTERRUPT_PIN, 1):
             gsi = self.allocator.gsi.allocate(name)
-            function.intx = self.irqchip.line(gsi)
+            function.intx = self.level_line(gsi)
             config.set(INTERRUPT_LINE, 1, gsi)
             irqs.append(gsi)
         command = 0
@@ -665,7 +671,7 @@ class Machine:
 
         window = self.allocator.platform_mmio.allocate(VM.REGION_SIZE, name)
         gsi = self.allocator.gsi.allocate(name)
-        transport = VirtioMmio(device, self.irqchip.line(gsi))
+        transport = VirtioMmio(device, self.level_line(gsi))
         self.place(name, type_, transport, mmio=[slot(window.base, window.length)], irqs=[gsi])
         self.cmdline_extra.append(VirtioMmio.cmdline(window.base, gsi))
         if self.caps.ioeventfd:
@@ -678,8 +684,7 @@ class Machine:
         from kvmlite.virtio import pci as VP
         from kvmlite.virtio.pci import VirtioPciFunction
 
-        deliver = self._deliver_msi if isinstance(self.irqchip, KernelIrqChip) else None  # the PIC has no MSI
-        function = VirtioPciFunction(device, deliver)
+        function = VirtioPciFunction(device, self._msi_delivery(name))
         where = self.attach_pci_device(name, type_, function)
         if self.caps.ioeventfd:
             pci = self.pci
@@ -744,9 +749,22 @@ class Machine:
         follow()
         return follow
 
-    def _deliver_msi(self, address: int, data: int) -> None:
-        """An MSI from a device: KVM_SIGNAL_MSI into the in-kernel LAPICs (from the I/O thread: no exit)."""
-        self.vm.signal_msi(address, data)
+    def level_line(self, gsi: int) -> IrqLine:
+        """A level-triggered device line (PCI INTx, virtio-mmio): an irqfd with resampling where KVM has
+        it (kvmlite.vmm.irqroute: no ioctl per interrupt), else the irqchip's line."""
+        if self.gsi_router is not None and self.caps.irqfd_resample:
+            return ResampledLine(self.vm, gsi, self.iothread, self._closing)
+        return self.irqchip.line(gsi)
+
+    def _msi_delivery(self, name: str) -> Callable[[int, int, int], None] | None:
+        """How ``name``'s MSI-X vectors reach the guest: irqfds on MSI routes, else KVM_SIGNAL_MSI;
+        None with the userspace irqchip (the PIC has no MSI: the function uses INTx)."""
+        if self.gsi_router is not None:
+            return MsiVectors(self.gsi_router, name, self._closing)
+        if isinstance(self.irqchip, KernelIrqChip):
+            vm = self.vm
+            return lambda vector, address, data: vm.signal_msi(address, data) and None
+        return None
 
     def device_stats(self) -> list[str]:
         """``--stats`` lines of the devices that keep statistics (virtio: per queue)."""
