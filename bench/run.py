@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import blk_bench
 import emulator_speed
 import exit_roundtrip
 import idle
@@ -50,6 +51,7 @@ def registered() -> list[Benchmark]:
         *emulator_speed.benchmarks(),
         *machine_bench.benchmarks(),
         *net_bench.benchmarks(),
+        *blk_bench.benchmarks(),
         *idle.benchmarks(),
         *snapshot_bench.benchmarks(),
         *linux_boot.benchmarks(),

@@ -220,3 +220,17 @@ def test_kvmlite_driver_counts_every_exit() -> None:
     except BenchUnavailable as err:
         pytest.skip(str(err))
     assert timing.exits == SMALL_ITERATIONS
+
+
+@needs_kvm
+def test_blk_bench_guest_times_its_requests_between_its_two_lines() -> None:
+    import blk_bench
+
+    try:
+        guest, image = blk_bench._guest_and_image()
+    except BenchUnavailable as err:
+        pytest.skip(str(err))
+    args = "op=read pattern=rand size=4096 count=200 depth=4"
+    seconds = blk_bench._io_seconds(blk_bench._kvmlite_cmd(guest, image, args))
+    assert 0 < seconds < blk_bench.RUN_TIMEOUT_S
+    assert [b.name for b in blk_bench.benchmarks()] == [f"blk-{row}" for row in blk_bench.ROWS]

@@ -155,6 +155,9 @@ OWN_TEST_GUESTS: dict[str, GuestSpec] = {
         GuestSpec("vblk-mmio", Kind.C_MULTIBOOT_ELF32, VBLK_SOURCES, "vblk-mmio.elf", ("VIRTIO_MMIO",)),
         GuestSpec("vnet", Kind.C_MULTIBOOT_ELF32, VNET_SOURCES, "vnet.elf"),
         GuestSpec("vnet-mmio", Kind.C_MULTIBOOT_ELF32, VNET_SOURCES, "vnet-mmio.elf", ("VIRTIO_MMIO",)),
+        # virtio-blk load for bench/blk_bench.py: requests in flight on a 64-entry queue
+        GuestSpec("vblkbench", Kind.C_MULTIBOOT_ELF32, (*VIRTIO_GUEST, "virtio/vblkbench.c"), "vblkbench.elf",
+                  ("VQ_SIZE=64",)),
         # Vector register state of ring-3 tasks across context switches (tests/test_xstate.py).
         GuestSpec("xstate", Kind.MULTIBOOT_ELF32, ("xstate.S",), "xstate.elf"),
     )

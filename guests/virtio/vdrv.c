@@ -192,6 +192,10 @@ void vdev_queue(struct vdev *dev, struct virtq *vq, uint16_t index)
     wr(dev, Q_DRIVER_HI, 0);
     wr(dev, Q_DEVICE, (uint32_t)&vq->used);
     wr(dev, Q_DEVICE_HI, 0);
+    if (dev->mmio)
+        vq->notify = (volatile uint16_t *)(dev->common + 0x50); /* QueueNotify */
+    else
+        vq->notify = (volatile uint16_t *)(dev->notify_base + C16(dev, 0x1e) * dev->notify_mult);
     wr(dev, Q_ENABLE, 1);
 }
 
@@ -247,13 +251,10 @@ void vdev_find_mmio(struct vdev *dev, const char *tag, const char *cmdline, uint
 void vdev_kick(struct vdev *dev, struct virtq *vq)
 {
     __asm__ volatile("mfence" ::: "memory");
-    if (dev->mmio) {
-        C32(dev, 0x50) = vq->index; /* QueueNotify */
-    } else {
-        C16(dev, 0x16) = vq->index;
-        uint16_t notify_off = C16(dev, 0x1e);
-        *(volatile uint16_t *)(dev->notify_base + notify_off * dev->notify_mult) = vq->index;
-    }
+    if (dev->mmio)
+        *(volatile uint32_t *)vq->notify = vq->index; /* QueueNotify is 32 bits wide */
+    else
+        *vq->notify = vq->index; /* the address vdev_queue read: no exit to read it again */
 }
 
 void vdev_post(struct vdev *dev, struct virtq *vq, const struct vbuf *bufs, unsigned n)

@@ -9,7 +9,9 @@
 #define VDRV_H
 #include <stdint.h>
 
-#define VQ_SIZE 8
+#ifndef VQ_SIZE
+#define VQ_SIZE 8 /* a guest may build with its own (-DVQ_SIZE=64), a power of 2 */
+#endif
 #define DESC_F_NEXT 1
 #define DESC_F_WRITE 2
 
@@ -45,6 +47,7 @@ struct virtq {
     struct vq_used used __attribute__((aligned(4096)));
     uint16_t index;
     uint16_t last_used;
+    volatile uint16_t *notify; /* where the device takes this queue's notifications */
 };
 
 /* One buffer of a request: address, length, whether the device writes it. */
