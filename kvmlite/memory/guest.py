@@ -104,6 +104,7 @@ class GuestMemory:
     def __init__(self, regions: list[tuple[int, int]] | None = None) -> None:
         self.regions: list[GuestRegion] = []
         self._starts: list[int] = []
+        self._ends: list[int] = []  # region.end of each region, kept beside _starts for the hot paths
         for start, size in regions or []:
             self.add_region(start, size)
 
@@ -127,6 +128,7 @@ class GuestMemory:
             raise GuestMemoryError(f"region {int(start):#x}+{size:#x} overlaps an existing region")
         self.regions.insert(i, region)
         self._starts.insert(i, int(region.start))
+        self._ends.insert(i, region.end)
         return region
 
     @property
@@ -143,11 +145,20 @@ class GuestMemory:
 
     def find_region(self, gpa: int) -> GuestRegion | None:
         i = bisect.bisect_right(self._starts, gpa) - 1
-        if i >= 0 and gpa < self.regions[i].end:
+        if i >= 0 and gpa < self._ends[i]:
             return self.regions[i]
         return None
 
+    def _within(self, gpa: int, length: int) -> tuple[GuestRegion, int] | None:
+        """(region, offset) when [gpa, gpa+length) lies inside one region: the common, fast case."""
+        i = bisect.bisect_right(self._starts, gpa) - 1
+        if i >= 0 and 0 <= length and gpa + length <= self._ends[i]:
+            return self.regions[i], gpa - self._starts[i]
+        return None
+
     def is_ram(self, gpa: int, length: int = 1) -> bool:
+        if self._within(gpa, length) is not None:
+            return True
         try:
             self._chunks(gpa, length)
         except GuestMemoryError:
@@ -185,16 +196,22 @@ class GuestMemory:
 
     def views(self, gpa: int, length: int) -> list[memoryview]:
         """Zero-copy writable views covering [gpa, gpa+length), one per region it touches."""
+        one = self._within(gpa, length)
+        if one is not None and length:
+            return [one[0].view[one[1] : one[1] + length]]
         return [r.view[o : o + n] for r, o, n in self._chunks(gpa, length)]
 
     def read(self, gpa: int, length: int) -> bytes:
-        region = self.find_region(gpa)
-        if region is not None and gpa + length <= region.end and length >= 0:
-            off = gpa - region.start
-            return bytes(region.view[off : off + length])
+        one = self._within(gpa, length)
+        if one is not None:
+            return bytes(one[0].view[one[1] : one[1] + length])
         return b"".join(bytes(r.view[o : o + n]) for r, o, n in self._chunks(gpa, length))
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        one = self._within(gpa, len(data))
+        if one is not None and isinstance(data, bytes | bytearray):
+            one[0].view[one[1] : one[1] + len(data)] = data
+            return
         data = memoryview(data).cast("B")
         pos = 0
         for region, off, n in self._chunks(gpa, len(data)):
