@@ -29,6 +29,7 @@ devices' lines go to kvmlite's PIC and virtio-pci falls back to INTx.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -102,7 +103,7 @@ class MsiVectors:
         if found is None:
             gsi = self.router.allocate(f"{self.owner} MSI-X vector {vector}")
             fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            self._closing.append(lambda: os.close(fd))
+            self._closing.append(functools.partial(os.close, fd))
             self.router.set_msi(gsi, address, data)
             self._messages[vector] = (address, data)
             self.router.vm.irqfd(fd, gsi)
@@ -128,8 +129,8 @@ class ResampledLine:
         self.level = False
         self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._resample = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        for fd in (self._fd, self._resample):
-            closing.append(lambda fd=fd: os.close(fd))
+        closing.append(functools.partial(os.close, self._fd))
+        closing.append(functools.partial(os.close, self._resample))
         vm.irqfd(self._fd, gsi, resamplefd=self._resample)
         iothread.watch(self._resample, self._resampled)
 

@@ -763,7 +763,11 @@ class Machine:
             return MsiVectors(self.gsi_router, name, self._closing)
         if isinstance(self.irqchip, KernelIrqChip):
             vm = self.vm
-            return lambda vector, address, data: vm.signal_msi(address, data) and None
+
+            def signal(vector: int, address: int, data: int) -> None:
+                vm.signal_msi(address, data)
+
+            return signal
         return None
 
     def device_stats(self) -> list[str]:
