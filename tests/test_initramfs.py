@@ -12,33 +12,9 @@ import pytest
 
 from kvmlite.tools import assets, initramfs
 from kvmlite.tools.initramfs import Entry, InitramfsError
+from tests.images import FAKE_ELF, read_newc
 
-FAKE_ELF = b"\x7fELF" + bytes(60)
 FEW_APPLETS = ["mount", "sh"]
-
-
-def read_newc(archive: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:
-    """name -> (mode, data, (rdevmajor, rdevminor)); checks magic, alignment and the trailer."""
-    out: dict[str, tuple[int, bytes, tuple[int, int]]] = {}
-    pos = 0
-    while True:
-        assert pos % 4 == 0, f"header at {pos} is not 4-aligned"
-        header = archive[pos : pos + 110].decode("ascii")
-        assert header[:6] == "070701"
-        fields = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
-        mode, filesize, rmaj, rmin, namesize = fields[1], fields[6], fields[9], fields[10], fields[11]
-        name_start = pos + 110
-        raw_name = archive[name_start : name_start + namesize]
-        assert raw_name.endswith(b"\0")
-        name = raw_name[:-1].decode()
-        data_start = name_start + namesize + (-(110 + namesize) % 4)
-        data = archive[data_start : data_start + filesize]
-        pos = data_start + filesize + (-filesize % 4)
-        if name == "TRAILER!!!":
-            assert pos == len(archive)
-            return out
-        assert name not in out, f"duplicate {name}"
-        out[name] = (mode, data, (rmaj, rmin))
 
 
 def build(tmp_path: Path, **kwargs) -> dict[str, tuple[int, bytes, tuple[int, int]]]:

@@ -67,7 +67,8 @@ def kvm_vm() -> Iterator[Vm]:
 @requires_kvm
 def test_msi_vectors_reach_the_lapic_through_irqfd_and_reroute_only_on_a_new_message(kvm_vm: Vm) -> None:
     router = R.GsiRouter(kvm_vm.vm)
-    send = R.MsiVectors(router, "test", kvm_vm.closing)
+    send = R.MsiVectors(router, "test", 2, kvm_vm.closing)
+    assert router.commits == 0  # bound to their GSIs, not routed until the guest's message is known
     send(0, MSI_ADDRESS, 0x41)
     assert kvm_vm.pending(0x41) and router.commits == 1
     send(1, MSI_ADDRESS, 0x52)  # a second vector: its own GSI

@@ -32,60 +32,29 @@ still boots, but halts where it should power off.
 from __future__ import annotations
 
 import datetime
-import os
 import re
-import select
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from kvmlite.tools.assets import LINUX_TEST_CMDLINE
-from kvmlite.tools.build_kernel import MICROVM_CMDLINE
 from tests.conftest import requires_kvm
+from tests.linux_guests import (
+    BOOT_TIMEOUT_S,
+    COMMAND_TIMEOUT_S,
+    ENABLED,
+    KERNEL_CHOICE,
+    PROMPT,
+    Console,
+    Linux,
+    debian,
+    microvm,
+)
 
-ENABLED = os.environ.get("KVMLITE_LINUX_BOOT") == "1"
-KERNEL_CHOICE = os.environ.get("KVMLITE_KERNEL", "")
-BOOT_TIMEOUT_S = float(os.environ.get("KVMLITE_BOOT_TIMEOUT_S", "3600"))
-COMMAND_TIMEOUT_S = 600.0  # a fork and exec on a loaded 2-core host here took minutes
-PROMPT = b"kvmlite# "
 ACPI_TROUBLE = re.compile(r"ACPI (BIOS )?(Error|Warning)")
 pytestmark = [
     requires_kvm,
     pytest.mark.skipif(not ENABLED, reason="slow Linux boot: set KVMLITE_LINUX_BOOT=1 to run it"),
 ]
-
-
-@dataclass(frozen=True)
-class Linux:
-    """One kernel in both forms, the initramfs and what to expect of them."""
-
-    name: str
-    pvh: Path  # an ELF vmlinux with the PVH note
-    bzimage: Path
-    initrd: Path
-    cmdline: str
-    release: str  # a regular expression `uname -r` matches
-
-
-def _microvm(initrd: Path) -> Linux | str:
-    from kvmlite.tools import build_kernel
-
-    found, reason = build_kernel.find_microvm_kernel()
-    if found is None:
-        return reason
-    return Linux("microvm", found.vmlinux, found.bzimage, initrd, MICROVM_CMDLINE, r"^\d+\.\d+\.\d+\S*$")
-
-
-def _debian(vmlinuz: Path, out: Path, initrd: Path) -> Linux:
-    from kvmlite.tools import extract_vmlinux
-
-    vmlinux = out / "vmlinux"
-    vmlinux.write_bytes(extract_vmlinux.extract_vmlinux(vmlinuz.read_bytes()))
-    return Linux("debian", vmlinux, vmlinuz, initrd, LINUX_TEST_CMDLINE, r"\d+\.\d+\.\d+-\d+-cloud-amd64")
 
 
 @pytest.fixture(scope="module")
@@ -102,54 +71,12 @@ def linux(tmp_path_factory: pytest.TempPathFactory) -> Linux:
     initrd = out / "initrd.cpio"
     initrd.write_bytes(initramfs.build_initramfs(busybox, compress=False))
     if KERNEL_CHOICE != "debian":
-        microvm = _microvm(initrd)
-        if isinstance(microvm, Linux):
-            return microvm
+        small = microvm(initrd)
+        if isinstance(small, Linux):
+            return small
         if KERNEL_CHOICE == "microvm":
-            pytest.skip(microvm)
-    return _debian(vmlinuz, out, initrd)
-
-
-class Console:
-    """kvmlite running a guest whose COM1 is our stdin/stdout pipe; its log (-v) goes to a file."""
-
-    def __init__(self, log: Path, *args: str) -> None:
-        self.log = log
-        with log.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kvmlite", "-v", "run", *args],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-            )
-        self.seen = b""
-        self.transcript = b""  # everything the console showed
-
-    def expect(self, pattern: bytes, timeout: float) -> bytes:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while pattern not in self.seen:
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None:
-                tail = self.seen[-2000:].decode(errors="replace")
-                raise AssertionError(f"waited for {pattern!r}; the console showed:\n{tail}")
-            if select.select([self.proc.stdout], [], [], min(left, 1.0))[0]:
-                data = os.read(self.proc.stdout.fileno(), 4096)
-                self.seen += data
-                self.transcript += data
-        before, _, self.seen = self.seen.partition(pattern)
-        return before
-
-    def run(self, command: str) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        self.proc.stdin.flush()
-        return self.expect(PROMPT, COMMAND_TIMEOUT_S).decode(errors="replace")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+            pytest.skip(small)
+    return debian(vmlinuz, out, initrd)
 
 
 @pytest.mark.parametrize("path", ["pvh", "bzimage"])

@@ -27,7 +27,7 @@ import pytest
 
 from kvmlite.tools import assets, initramfs, mkdisk
 from tests.conftest import requires_kvm
-from tests.test_linux_boot import (
+from tests.linux_guests import (
     BOOT_TIMEOUT_S,
     COMMAND_TIMEOUT_S,
     ENABLED,
@@ -35,8 +35,8 @@ from tests.test_linux_boot import (
     PROMPT,
     Console,
     Linux,
-    _debian,
-    _microvm,
+    debian,
+    microvm,
 )
 
 pytestmark = [
@@ -59,18 +59,18 @@ def linux(tmp_path_factory: pytest.TempPathFactory) -> Linux:
     initrd = out / "initrd.cpio"
     if KERNEL_CHOICE != "debian":
         initrd.write_bytes(initramfs.build_initramfs(busybox, compress=False))
-        microvm = _microvm(initrd)
-        if isinstance(microvm, Linux):
-            return microvm
+        small = microvm(initrd)
+        if isinstance(small, Linux):
+            return small
         if KERNEL_CHOICE == "microvm":
-            pytest.skip(microvm)
+            pytest.skip(small)
     tree, reason = assets.find_modules()
     if tree is None:
         pytest.skip(reason)
     initrd.write_bytes(
         initramfs.build_initramfs(busybox, compress=False, module_names=DEBIAN_MODULES, modules_dir=tree)
     )
-    return _debian(vmlinuz, out, initrd)
+    return debian(vmlinuz, out, initrd)
 
 
 def debugfs_cat(image: Path, path: str) -> str:

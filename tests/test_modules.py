@@ -14,7 +14,7 @@ import pytest
 
 from kvmlite.tools import assets, initramfs, mkdisk, modules
 from kvmlite.tools.modules import ModulesError
-from tests.test_initramfs import FAKE_ELF, read_newc
+from tests.images import FAKE_ELF, read_newc
 
 
 def fake_module(depends: str, name: str = "m") -> bytes:

@@ -63,6 +63,11 @@ ISR_QUEUE = 1
 ISR_CONFIG = 2
 
 
+def msix_vectors(device: VirtioDevice) -> int:
+    """The MSI-X table size of ``device``'s function: one vector per queue and one for the configuration."""
+    return len(device.queues) + 1
+
+
 class VirtioPciFunction(PciFunction):
     """A virtio device on PCI."""
 
@@ -94,7 +99,7 @@ class VirtioPciFunction(PciFunction):
         self.msix: Msix | None = None
         if deliver_msi is not None:
             self.config.add_bar(C.BarSpec(MSIX_BAR_INDEX, MSIX_BAR_SIZE))
-            self.msix = Msix(self.config, len(device.queues) + 1, MSIX_BAR_INDEX, deliver_msi)
+            self.msix = Msix(self.config, msix_vectors(device), MSIX_BAR_INDEX, deliver_msi)
         self.config_vector = NO_VECTOR
         self.queue_vectors = [NO_VECTOR] * len(device.queues)
         self.isr = 0

@@ -4,7 +4,7 @@ With the in-kernel irqchip, a device that runs in the I/O thread raises its
 interrupt by writing an eventfd that KVM watches (KVM_IRQFD); KVM injects the
 interrupt itself, at once, and the I/O thread never calls into KVM:
 
-* **MSI-X** (:class:`MsiVectors`): each vector a function uses gets its own
+* **MSI-X** (:class:`MsiVectors`): each vector of a function gets its own
   GSI above the IOAPIC's pins and an eventfd bound to it.  The GSI's route
   (:class:`GsiRouter`, KVM_SET_GSI_ROUTING) carries the message (address,
   data) the guest programmed in the vector's table entry; the table is
@@ -87,28 +87,27 @@ class GsiRouter:
 class MsiVectors:
     """One PCI function's MSI-X vectors as irqfds: call it with (vector, address, data) to send one.
 
-    A vector gets its GSI and eventfd when it first fires; its route follows the
-    message the guest programmed, rewritten only when that changes.
+    Each vector's GSI and eventfd are made and bound (KVM_IRQFD) here, on the
+    thread that builds the machine; the I/O thread that sends only writes
+    eventfds and, when the guest programmed a new message, rewrites the
+    routing table (both within its seccomp list).
     """
 
-    def __init__(self, router: GsiRouter, owner: str, closing: list[Callable[[], None]]) -> None:
+    def __init__(
+        self, router: GsiRouter, owner: str, vectors: int, closing: list[Callable[[], None]]
+    ) -> None:
         self.router = router
-        self.owner = owner
-        self._closing = closing
-        self._vectors: dict[int, tuple[int, int]] = {}  # vector -> (gsi, eventfd)
-        self._messages: dict[int, tuple[int, int]] = {}  # vector -> the message its GSI routes to
+        self._vectors: list[tuple[int, int]] = []  # vector -> (gsi, eventfd)
+        self._messages: list[tuple[int, int] | None] = [None] * vectors  # the message each GSI routes to
+        for vector in range(vectors):
+            gsi = router.allocate(f"{owner} MSI-X vector {vector}")
+            fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            closing.append(functools.partial(os.close, fd))
+            router.vm.irqfd(fd, gsi)  # no route yet: KVM binds it when set_msi adds one
+            self._vectors.append((gsi, fd))
 
     def __call__(self, vector: int, address: int, data: int) -> None:
-        found = self._vectors.get(vector)
-        if found is None:
-            gsi = self.router.allocate(f"{self.owner} MSI-X vector {vector}")
-            fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            self._closing.append(functools.partial(os.close, fd))
-            self.router.set_msi(gsi, address, data)
-            self._messages[vector] = (address, data)
-            self.router.vm.irqfd(fd, gsi)
-            found = self._vectors[vector] = (gsi, fd)
-        gsi, fd = found
+        gsi, fd = self._vectors[vector]
         if self._messages[vector] != (address, data):
             self.router.set_msi(gsi, address, data)
             self._messages[vector] = (address, data)

@@ -684,7 +684,7 @@ class Machine:
         from kvmlite.virtio import pci as VP
         from kvmlite.virtio.pci import VirtioPciFunction
 
-        function = VirtioPciFunction(device, self._msi_delivery(name))
+        function = VirtioPciFunction(device, self._msi_delivery(name, VP.msix_vectors(device)))
         where = self.attach_pci_device(name, type_, function)
         if self.caps.ioeventfd:
             pci = self.pci
@@ -756,11 +756,11 @@ class Machine:
             return ResampledLine(self.vm, gsi, self.iothread, self._closing)
         return self.irqchip.line(gsi)
 
-    def _msi_delivery(self, name: str) -> Callable[[int, int, int], None] | None:
+    def _msi_delivery(self, name: str, vectors: int) -> Callable[[int, int, int], None] | None:
         """How ``name``'s MSI-X vectors reach the guest: irqfds on MSI routes, else KVM_SIGNAL_MSI;
         None with the userspace irqchip (the PIC has no MSI: the function uses INTx)."""
         if self.gsi_router is not None:
-            return MsiVectors(self.gsi_router, name, self._closing)
+            return MsiVectors(self.gsi_router, name, vectors, self._closing)
         if isinstance(self.irqchip, KernelIrqChip):
             vm = self.vm
 

@@ -15,7 +15,8 @@ Roles (the thread that loads each list):
 vcpu       a vCPU thread: KVM_RUN and exit handling, every device register
            access, the emulator backend, synchronous virtio on the emulator
 io         the I/O thread: virtqueues woken by ioeventfds, their disk I/O and
-           interrupts (KVM_IRQ_LINE, KVM_SIGNAL_MSI)
+           interrupts (eventfd writes to irqfds, KVM_SET_GSI_ROUTING; KVM_IRQ_LINE,
+           KVM_SIGNAL_MSI where KVM has no irqfd)
 timers     the timer service: ticks time-driven devices, the halt watchdog
 console    the console threads (serial-in, serial-out, serial-accept)
 control    the control socket's thread and the commands it runs (snapshots,
@@ -133,8 +134,12 @@ GROUPS: dict[str, Group] = {
     ),
     "disk": Group(
         "virtio-blk (on the I/O thread with KVM, on the vCPU's with the emulator): reads and writes at "
-        "offsets straight into guest memory, flushes",
-        _calls("pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2", "fdatasync", "fsync"),
+        "offsets straight into guest memory, flushes, discard and write-zeroes (fallocate: punch a hole, "
+        "zero a range)",
+        _calls(
+            *("pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2", "fdatasync", "fsync"),
+            "fallocate",
+        ),
     ),
     "entropy": Group("virtio-rng's bytes, and Python's own randomness", _calls("getrandom")),
     "read_files": Group(
