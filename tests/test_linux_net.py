@@ -22,7 +22,8 @@ with what the host served and received (``tests/httppeer.py``):
 Measured 2026-12-01 at load average 22-29 on the 2 cores: over the TAP the guest reached its
 shell, downloaded the 1 MiB file with a matching SHA-256 and powered off in 53 minutes (the
 upload then went as raw bytes, which busybox wget cuts at the first NUL: fixed since by the
-base64 text); the passt run did not reach user space within the 3600 s allowed.
+base64 text); a second TAP run and the passt run did not reach user space within the 3600 s
+allowed (more Linux boots shared the machine).
 """
 
 from __future__ import annotations
