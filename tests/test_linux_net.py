@@ -28,9 +28,11 @@ allowed (more Linux boots shared the machine).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -158,11 +160,17 @@ def test_linux_transfers_a_file_over_a_tap_in_its_own_network_namespace(tmp_path
     args = _kvmlite_args(vmlinux, initrd, "kvmlite.net=static")
     kvmlite = ["nice", sys.executable, "-m", "kvmlite", "-v", "run", *args, "--net", f"tap={TAP}"]
     with (tmp_path / "kvmlite.log").open("wb") as log:
-        r = subprocess.run(
+        proc = subprocess.Popen(
             ["unshare", "--net", "sh", "-c", NETNS_SCRIPT, "netns", *kvmlite],
-            stdout=subprocess.PIPE, stderr=log, env=env, timeout=BOOT_TIMEOUT_S, cwd=REPO,
+            stdout=subprocess.PIPE, stderr=log, env=env, cwd=REPO, start_new_session=True,
         )  # fmt: skip
-    _check(r.stdout.decode(errors="replace"), record, sha)
+        try:
+            out, _ = proc.communicate(timeout=BOOT_TIMEOUT_S)
+        finally:  # the HTTP peer and the VM with it, also after a timeout
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    _check(out.decode(errors="replace"), record, sha)
 
 
 def _free_port() -> int:
