@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -55,12 +57,26 @@ def test_default_init_mounts_filesystems_and_prints_the_marker(tmp_path: Path) -
     assert "cttyhack" in script and "poweroff -f" in script
 
 
+def test_default_init_starts_acpid_whose_power_button_handler_powers_off(tmp_path: Path) -> None:
+    members = build(tmp_path)
+    script = members["init"][1].decode()
+    assert "acpid -c /etc/acpi" in script and "/dev/input/event0" in script
+    assert script.index("acpid") < script.index(initramfs.READY_MARKER)  # running when the shell is
+    mode, handler, _ = members[initramfs.POWER_BUTTON_HANDLER.lstrip("/")]
+    assert stat.S_ISREG(mode) and mode & 0o111
+    assert handler.startswith(b"#!/bin/sh\n")
+    assert initramfs.POWER_BUTTON_MARKER.encode() in handler
+    assert handler.rstrip().endswith(b"poweroff -f")  # the shell as /init ignores poweroff's signal
+
+
 def test_given_init_replaces_the_default(tmp_path: Path) -> None:
     init = tmp_path / "myinit"
     init.write_text("#!/bin/sh\necho mine\n")
-    mode, data, _ = build(tmp_path, init=init)["init"]
+    members = build(tmp_path, init=init)
+    mode, data, _ = members["init"]
     assert data == b"#!/bin/sh\necho mine\n"
     assert mode & 0o111
+    assert initramfs.POWER_BUTTON_HANDLER.lstrip("/") not in members  # the default init's only
 
 
 def test_added_files_and_trees_land_at_their_destinations_with_parents(tmp_path: Path) -> None:
@@ -176,6 +192,37 @@ def test_real_busybox_lists_its_applets_and_parses_the_default_init(tmp_path: Pa
     init.write_text(initramfs.DEFAULT_INIT)
     check = subprocess.run([str(busybox), "sh", "-n", str(init)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.skipif(FOUND is None, reason=f"no cached busybox: {MISSING}")
+def test_real_busybox_acpid_maps_a_power_button_press_to_our_handler_path(tmp_path: Path) -> None:
+    """This busybox's acpid, told of a power-button press, names the action our handler's path is.
+
+    acpid logs the action (a path under its ``-c`` directory) before it runs it.
+    The press comes through ``-e`` (a FIFO, in the text form of /proc/acpi/event),
+    which acpid maps through the same table as an evdev KEY_POWER.  Nothing is
+    run: the directory is empty (the real handler would power this machine off).
+    """
+    assert FOUND is not None
+    _, busybox = FOUND
+    conf = tmp_path / "acpi"
+    conf.mkdir()
+    events = tmp_path / "events"
+    os.mkfifo(events)
+    missing = str(tmp_path / "none")  # no action or map file: acpid's built-in tables
+    cmd = [str(busybox), "acpid", "-f", "-d", "-c", str(conf), "-e", str(events)]
+    cmd += ["-a", missing, "-M", missing]
+    acpid = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        fd = os.open(events, os.O_WRONLY)  # returns once acpid has opened its end
+        os.write(fd, b"button/power PWRF 00000080 00000000\n")
+        os.close(fd)
+        time.sleep(1)
+    finally:
+        acpid.kill()
+        out = acpid.communicate(timeout=30)[0].decode(errors="replace")
+    action = initramfs.POWER_BUTTON_HANDLER.removeprefix(f"/{initramfs.ACPI_EVENT_DIR}/")
+    assert f"acpid: {action}\n" in out, out
 
 
 # --- the asset cache the real-binary tests above use -------------------------------------

@@ -111,3 +111,28 @@ def test_linux_boots_to_a_shell_that_answers_and_powers_off(path: str, linux: Li
         assert "guest powered off (ACPI S5)" in console.log.read_text(errors="replace")
     finally:
         console.close()
+
+
+def test_system_powerdown_on_the_control_socket_powers_the_guest_off(linux: Linux, tmp_path: Path) -> None:
+    """QEMU's ``system_powerdown``: the ACPI power button, which the initramfs' acpid answers.
+
+    The button driver reports the press on an evdev device; busybox acpid (started
+    by kvmlite's /init) runs its handler, which powers off through ACPI S5.
+    """
+    from kvmlite.control.client import execute
+    from kvmlite.tools.initramfs import POWER_BUTTON_MARKER
+
+    api = tmp_path / "api.sock"
+    args = ["--kernel", str(linux.pvh), "--initrd", str(linux.initrd), "--cmdline", linux.cmdline]
+    console = Console(tmp_path / "kvmlite.log", *args, "--memory", "128", "--api", f"unix:{api}")
+    try:
+        console.expect(b"kvmlite-initramfs: ready", BOOT_TIMEOUT_S)
+        console.expect(PROMPT, COMMAND_TIMEOUT_S)
+        # acpid is running, with the power button's evdev device open
+        assert console.run("pidof acpid").split()[-1].isdigit()
+        assert execute(str(api), "system_powerdown") == {"return": {}}
+        console.expect(POWER_BUTTON_MARKER.encode(), COMMAND_TIMEOUT_S)
+        assert console.proc.wait(timeout=COMMAND_TIMEOUT_S * 5) == 0
+        assert "guest powered off (ACPI S5)" in console.log.read_text(errors="replace")
+    finally:
+        console.close()

@@ -13,7 +13,11 @@ one anywhere:
   and devtmpfs, loads the archive's kernel modules, mounts the disk named by
   ``root=`` on the kernel command line, prints :data:`READY_MARKER` (what a
   boot test waits for) and runs a shell on the console, powering off when it
-  exits so the guest stops instead of panicking on init's death;
+  exits so the guest stops instead of panicking on init's death; where the
+  kernel has an evdev device it starts busybox ``acpid`` before the shell, whose handler
+  :data:`POWER_BUTTON_HANDLER` (in the archive with the default init) powers
+  off at an ACPI power-button press, as a distribution's acpid or
+  systemd-logind does;
 * kernel modules (``--modules virtio_pci,virtio_blk``) with the modules they
   need, resolved through the kernel's ``modules.dep`` and stored
   decompressed (:mod:`kvmlite.tools.modules`) as ``/lib/modules/NAME.ko``,
@@ -94,6 +98,18 @@ MODULE_LIST = "etc/kvmlite-modules"
 MODULE_DIR = "lib/modules"
 #: How long /init waits for the root= device to appear (seconds; probing is slow where ring 0 is emulated).
 ROOT_WAIT_S = 120
+#: busybox acpid's directory of event handlers, and the one it runs for a power-button press
+#: (a KEY_POWER key event becomes the action ``PWRF/00000080``, run from that directory).
+ACPI_EVENT_DIR = "etc/acpi"
+POWER_BUTTON_HANDLER = f"/{ACPI_EVENT_DIR}/PWRF/00000080"
+#: Printed by the power-button handler before it powers the guest off.
+POWER_BUTTON_MARKER = "kvmlite-initramfs: power button pressed, powering off"
+POWER_BUTTON_SCRIPT = f"""#!/bin/sh
+# Run by busybox acpid (started by /init) when the ACPI power button is pressed.
+echo "{POWER_BUTTON_MARKER}"
+/bin/busybox sync
+/bin/busybox poweroff -f
+"""
 
 DEFAULT_INIT = f"""#!/bin/sh
 # /init written by kvmlite: mount the kernel's filesystems, say so, then run a shell
@@ -130,6 +146,11 @@ if [ -n "$root" ]; then
     else
         echo "kvmlite-initramfs: cannot mount $root"
     fi
+fi
+# The ACPI power button (QEMU's and kvmlite's system_powerdown) reaches user space as a key on an
+# evdev device; busybox acpid runs {POWER_BUTTON_HANDLER} for it.
+if [ -e /dev/input/event0 ]; then
+    $bb acpid -c /{ACPI_EVENT_DIR} -l /dev/console -p /tmp/acpid.pid
 fi
 echo "{READY_MARKER} (Linux $($bb uname -r))"
 export PS1='{SHELL_PROMPT}'
@@ -274,6 +295,7 @@ def build_entries(
         init_bytes = read_bounded(init, "init", MAX_MEMBER, InitramfsError)
     else:
         init_bytes = DEFAULT_INIT.encode()
+        _put(entries, POWER_BUTTON_HANDLER[1:], Entry(stat.S_IFREG | EXEC_MODE, POWER_BUTTON_SCRIPT.encode()))
     _put(entries, "init", Entry(stat.S_IFREG | EXEC_MODE, init_bytes))
     for src, dst in adds or []:
         _add_host_path(entries, src, archive_path(dst))
