@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import select
 import shutil
 import stat
 import subprocess
@@ -212,17 +213,26 @@ def test_real_busybox_acpid_maps_a_power_button_press_to_our_handler_path(tmp_pa
     missing = str(tmp_path / "none")  # no action or map file: acpid's built-in tables
     cmd = [str(busybox), "acpid", "-f", "-d", "-c", str(conf), "-e", str(events)]
     cmd += ["-a", missing, "-M", missing]
+    action = initramfs.POWER_BUTTON_HANDLER.removeprefix(f"/{initramfs.ACPI_EVENT_DIR}/")
+    expected = f"acpid: {action}\n".encode()
     acpid = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert acpid.stdout is not None
+    out = b""
     try:
         fd = os.open(events, os.O_WRONLY)  # returns once acpid has opened its end
         os.write(fd, b"button/power PWRF 00000080 00000000\n")
+        deadline = time.monotonic() + 60  # a loaded machine
+        while expected not in out and time.monotonic() < deadline:
+            if select.select([acpid.stdout], [], [], 0.5)[0]:
+                chunk = os.read(acpid.stdout.fileno(), 4096)
+                if not chunk:  # acpid ended
+                    break
+                out += chunk
         os.close(fd)
-        time.sleep(1)
     finally:
         acpid.kill()
-        out = acpid.communicate(timeout=30)[0].decode(errors="replace")
-    action = initramfs.POWER_BUTTON_HANDLER.removeprefix(f"/{initramfs.ACPI_EVENT_DIR}/")
-    assert f"acpid: {action}\n" in out, out
+        acpid.wait()
+    assert expected in out, out
 
 
 # --- the asset cache the real-binary tests above use -------------------------------------

@@ -120,6 +120,14 @@ def boot_msrs(saved: set[int]) -> dict[int, int]:
     so the kernel sees cacheable RAM and sets up PAT.  MSRs KVM does not list
     in KVM_GET_MSR_INDEX_LIST (``saved``) are left out, except the
     architectural MTRR default type, which KVM always emulates.
+
+    AMD's HWCR.TscFreqSel (MSR 0xC0010015 bit 24) stays clear, as QEMU leaves
+    it, although a clear bit makes Linux print "[Firmware Bug]: TSC doesn't
+    count with P0 frequency!": KVM takes it from userspace only since Linux
+    6.6, and a guest that sees it set may go on to read the P-state MSRs
+    (0xC0010064...), which KVM does not have (OpenBSD does; Xen stopped setting
+    the bit for that reason).  The warning is harmless: kvmclock, not the TSC's
+    P0 frequency, is a KVM guest's clock.
     """
     values = {
         Msr.SYSENTER_CS: 0,
