@@ -104,6 +104,10 @@ def test_linux_boots_to_a_shell_that_answers_and_powers_off(path: str, linux: Li
             if ACPI_TROUBLE.search(line)
         ]
         assert trouble == []
+        # the ECAM window (MCFG) is reserved by a PNP0C02 device in the DSDT, so Linux takes it
+        assert "reserved in ACPI motherboard resources" in dmesg, dmesg[-3000:]
+        assert "not reserved in ACPI motherboard resources" not in dmesg
+        assert "PCI MMCONFIG" in console.run("cat /proc/iomem")
         assert console.proc.stdin is not None
         console.proc.stdin.write(b"poweroff -f\n")
         console.proc.stdin.flush()
