@@ -126,6 +126,9 @@ def test_system_powerdown_on_the_control_socket_powers_the_guest_off(linux: Linu
     from kvmlite.control.client import execute
     from kvmlite.tools.initramfs import POWER_BUTTON_MARKER
 
+    if linux.name == "debian":
+        pytest.skip("Debian's kernel has the ACPI button and evdev as modules (button.ko, evdev.ko), "
+                    "which kvmlite's initramfs does not load yet")
     api = tmp_path / "api.sock"
     args = ["--kernel", str(linux.pvh), "--initrd", str(linux.initrd), "--cmdline", linux.cmdline]
     console = Console(tmp_path / "kvmlite.log", *args, "--memory", "128", "--api", f"unix:{api}")
