@@ -112,6 +112,7 @@ class GuestSpec:
 VIRTIO_GUEST = ("cmb/boot.S", "clib/klib.c", "virtio/vdrv.c")
 VBLK_SOURCES = (*VIRTIO_GUEST, "virtio/vblk.c")
 VNET_SOURCES = (*VIRTIO_GUEST, "virtio/vnet.c")
+VBLKLOOP_SOURCES = (*VIRTIO_GUEST, "virtio/vblkloop.c")
 
 GUESTS: dict[str, GuestSpec] = {
     spec.name: spec
@@ -158,6 +159,11 @@ OWN_TEST_GUESTS: dict[str, GuestSpec] = {
         # virtio-blk load for bench/blk_bench.py: requests in flight on a 64-entry queue
         GuestSpec("vblkbench", Kind.C_MULTIBOOT_ELF32, (*VIRTIO_GUEST, "virtio/vblkbench.c"), "vblkbench.elf",
                   ("VQ_SIZE=64",)),
+        # a virtio-blk disk kept busy while snapshots save and restore it (tests/test_snapshot_virtio.py)
+        GuestSpec("vblkloop", Kind.C_MULTIBOOT_ELF32, VBLKLOOP_SOURCES, "vblkloop.elf"),
+        GuestSpec(
+            "vblkloop-mmio", Kind.C_MULTIBOOT_ELF32, VBLKLOOP_SOURCES, "vblkloop-mmio.elf", ("VIRTIO_MMIO",)
+        ),
         # Vector register state of ring-3 tasks across context switches (tests/test_xstate.py).
         GuestSpec("xstate", Kind.MULTIBOOT_ELF32, ("xstate.S",), "xstate.elf"),
     )

@@ -6,6 +6,14 @@ host pointers.  Accesses that cross from one region into an adjacent one are
 split; any byte outside every region raises :class:`GuestMemoryError` naming
 the address, so a bad descriptor or a bad load address is a clear error and
 never a host crash or a silent write somewhere else.
+
+Writes made through this object (device DMA: virtqueue rings, virtio-blk
+reads into guest buffers, the loaders, a debugger) do not pass through the
+vCPU's page tables, so KVM's dirty log never sees them.  While
+:meth:`GuestMemory.track_writes` is on, every such write records its pages,
+and :meth:`GuestMemory.take_written` hands them to whoever merges them with
+KVM's log (snapshots, migration, reset-to-snapshot).  Zero-copy writers
+(``os.preadv`` into :meth:`GuestMemory.views`) call :meth:`GuestMemory.mark_written`.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import bisect
 import ctypes
 import mmap
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -105,6 +114,8 @@ class GuestMemory:
         self.regions: list[GuestRegion] = []
         self._starts: list[int] = []
         self._ends: list[int] = []  # region.end of each region, kept beside _starts for the hot paths
+        self._written: set[int] | None = None  # guest page numbers written through this object
+        self._written_lock = threading.Lock()
         for start, size in regions or []:
             self.add_region(start, size)
 
@@ -185,6 +196,35 @@ class GuestMemory:
             left -= n
         return out
 
+    # --- tracking writes that KVM's dirty log does not see -----------------------------------------
+    def track_writes(self, on: bool) -> None:
+        """Start (clean) or stop recording the pages written through this object."""
+        with self._written_lock:
+            self._written = set() if on else None
+
+    def mark_written(self, gpa: int, length: int) -> None:
+        """Record [gpa, gpa+length) as written (for writes made through a view)."""
+        written = self._written
+        if written is None or length <= 0:
+            return
+        with self._written_lock:
+            if self._written is not None:
+                self._written.update(range(gpa >> 12, ((gpa + length - 1) >> 12) + 1))
+
+    def take_written(self) -> list[tuple[int, int]]:
+        """The pages written since the last call, as (region index, offset in the region); clears them."""
+        with self._written_lock:
+            if not self._written:
+                return []
+            pages, self._written = self._written, set()
+        out = []
+        for page in sorted(pages):
+            gpa = page << 12
+            i = bisect.bisect_right(self._starts, gpa) - 1
+            if i >= 0 and gpa < self.regions[i].end:
+                out.append((i, gpa - int(self.regions[i].start)))
+        return out
+
     def view(self, gpa: int, length: int) -> memoryview:
         """A zero-copy writable view of [gpa, gpa+length), which must lie in one region."""
         region = self.find_region(gpa)
@@ -217,10 +257,14 @@ class GuestMemory:
         for region, off, n in self._chunks(gpa, len(data)):
             region.view[off : off + n] = data[pos : pos + n]
             pos += n
+        if self._written is not None:  # after the write: a page taken meanwhile is taken again
+            self.mark_written(gpa, len(data))
 
     def fill(self, gpa: int, length: int, byte: int = 0) -> None:
         for region, off, n in self._chunks(gpa, length):
             region.view[off : off + n] = bytes([byte]) * n
+        if self._written is not None:
+            self.mark_written(gpa, length)
 
     def read_obj(self, gpa: int, cls: type[T]) -> T:
         """Read a ctypes structure (a copy, not a view)."""

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from kvmlite.devices.base import warn_once
+from kvmlite.devices.base import DeviceState, checked_state, warn_once
 from kvmlite.errors import BusError, DeviceError
 from kvmlite.memory.bus import Bus
 from kvmlite.pci.config import (
@@ -36,6 +38,7 @@ from kvmlite.pci.config import (
     COMMAND,
     COMMAND_IO,
     COMMAND_MEMORY,
+    CONFIG_SIZE,
     BarKind,
     touches,
 )
@@ -61,11 +64,27 @@ def bdf(devfn_: int) -> str:
     return f"00:{devfn_ >> 3:02x}.{devfn_ & 7}"
 
 
+@dataclass
+class PciBusState(DeviceState):
+    """Mechanism #1's address register and every function's 256 configuration bytes (by devfn).
+
+    The configuration spaces are the bus's to save: a function's BARs and
+    command register decide where the bus maps it, so the bus loads them
+    and moves the BARs in one step.  What a function keeps beyond its
+    configuration space (MSI-X tables, virtio registers) is in its own state.
+    """
+
+    config_address: int = 0
+    functions: dict[str, bytes] = field(default_factory=dict)
+
+
 class PciBus:
     """Bus 0: up to 32 devices of 8 functions, BARs mapped on the machine's buses."""
 
     def __init__(self, pio: Bus, mmio: Bus) -> None:
         self.pio, self.mmio = pio, mmio
+        #: Port 0xCF8 (mechanism #1's CONFIG_ADDRESS), which :class:`ConfigData` reads.
+        self.config_address = ConfigAddress()
         self.functions: dict[int, PciFunction] = {}
         self._mapped: dict[tuple[int, int], tuple[Bus, int]] = {}  # (devfn, bar) -> (bus, base)
         self.listeners: list[MapListener] = []
@@ -91,6 +110,36 @@ class PciBus:
             if devfn(d) not in self.functions:
                 return d
         raise DeviceError("the PCI bus is full (32 devices)")
+
+    # --- snapshots ----------------------------------------------------------------------------------
+    def state(self) -> PciBusState:
+        configs = {str(where): bytes(fn.config.data) for where, fn in sorted(self.functions.items())}
+        return PciBusState(config_address=self.config_address.value, functions=configs)
+
+    def load_state(self, state: PciBusState) -> None:
+        """Take ``state`` in place: configuration bytes back, BARs mapped where they say."""
+        st = checked_state(state, PciBusState, "PCI bus")
+        saved = {int(k): v for k, v in st.functions.items()}
+        if set(saved) != set(self.functions):
+            have, want = sorted(map(bdf, self.functions)), sorted(map(bdf, saved))
+            raise DeviceError(f"PCI bus: the snapshot has functions {want}, this machine {have}")
+        for where, data in saved.items():
+            config = self.functions[where].config
+            if not isinstance(data, bytes) or len(data) != CONFIG_SIZE or data[:4] != config.data[:4]:
+                raise DeviceError(f"PCI {bdf(where)}: the snapshot holds another function's configuration")
+        self.config_address.write(0, 4, int(st.config_address))
+        for where, data in saved.items():
+            self.functions[where].config.data[:] = data
+            self.update_bars(where)
+
+    @classmethod
+    def from_state(cls, state: PciBusState, /, **injected: Any) -> PciBus:
+        """A bus with ``injected``'s ``pio``, ``mmio`` and ``functions`` ({devfn: function}) in ``state``."""
+        bus = cls(injected["pio"], injected["mmio"])
+        for where, function in injected.get("functions", {}).items():
+            bus.add(function, where >> 3, where & 7)
+        bus.load_state(state)
+        return bus
 
     # --- configuration access ------------------------------------------------------------------
     def config_read(self, bus: int, devfn_: int, offset: int, size: int) -> int:

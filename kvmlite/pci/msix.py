@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from kvmlite.devices.base import DeviceState, checked_state
 from kvmlite.errors import DeviceError
 from kvmlite.pci.config import CAP_ID_MSIX, ConfigSpace, touches
 
@@ -27,6 +29,14 @@ CONTROL_ENABLE = 1 << 15
 CONTROL_FUNCTION_MASK = 1 << 14
 VECTOR_MASKED = 1
 _ENTRY = struct.Struct("<IIII")  # address low, address high, data, vector control
+
+
+@dataclass
+class MsixState(DeviceState):
+    """The vector table and pending bits (the capability's control word is configuration space)."""
+
+    table: bytes = b""
+    pending: int = 0
 
 
 class Msix:
@@ -86,6 +96,17 @@ class Msix:
         """After a configuration write: unmasking the function sends what is pending."""
         if touches(offset, size, self.cap + 2, 2):
             self._flush_pending()
+
+    # --- snapshots ------------------------------------------------------------------------------------
+    def state(self) -> MsixState:
+        return MsixState(table=bytes(self.table), pending=self.pending)
+
+    def load_state(self, state: MsixState) -> None:
+        st = checked_state(state, MsixState, "MSI-X")
+        if not isinstance(st.table, bytes) or len(st.table) != len(self.table):
+            raise DeviceError(f"MSI-X: the snapshot's table does not have {self.vectors} vectors")
+        self.table[:] = st.table
+        self.pending = int(st.pending) & ((1 << self.vectors) - 1)
 
     # --- the BAR: table and PBA ------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:

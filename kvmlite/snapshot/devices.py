@@ -10,6 +10,12 @@ back from the attributes it stored them in), and ``d`` *adopts* that
 device's attributes: plain values are taken, sub-objects (PIT channels, PIC
 chips, the FIFOs' owners) take theirs recursively so the objects a bus holds
 stay the ones in use, and callables (wiring) stay ``d``'s own.
+
+A device whose object graph the machine is wired into beyond its
+constructor (the PCI bus with its functions and BAR listeners, a virtio
+transport whose device the I/O thread's eventfds and the timer service
+call) instead has ``load_state(state)``, which takes the record in place,
+and :func:`load_state` uses that.
 """
 
 from __future__ import annotations
@@ -32,21 +38,10 @@ def capture_devices(registry: DeviceRegistry) -> list[dict[str, Any]]:
     for record in registry:
         state_fn = getattr(record.device, "state", None)
         state = state_fn() if callable(state_fn) else None
-        if state is not None and not isinstance(state, DeviceState):
-            raise SnapshotError(f"device {record.name} ({record.type}) cannot be saved in a snapshot yet")
-        if state is None and not _stateless(record.type):
+        if not isinstance(state, DeviceState):
             raise SnapshotError(f"device {record.name} ({record.type}) cannot be saved in a snapshot yet")
         out.append({"name": record.name, "type": record.type, "state": state})
     return out
-
-
-def _stateless(type_: str) -> bool:
-    """Devices whose guest-visible state lives elsewhere (the PCI host: in its functions' config spaces)."""
-    return type_ in STATELESS
-
-
-#: The PCI host bridge is the bus object: its functions' configuration is saved with each function.
-STATELESS = frozenset({"pci-host-bridge"})
 
 
 def check_device_set(registry: DeviceRegistry, saved: list[dict[str, Any]]) -> None:
@@ -80,13 +75,26 @@ def restore_devices(registry: DeviceRegistry, saved: list[dict[str, Any]]) -> No
 def load_state(device: Any, state: DeviceState, name: str) -> None:
     """``device`` takes ``state`` in place (see the module docstring)."""
     cls = type(device)
+    in_place = getattr(device, "load_state", None)
     try:
+        if callable(in_place):
+            in_place(state)
+            return
         fresh = cls.from_state(state, **_wiring(device))
     except KvmliteError as err:
         raise SnapshotError(f"device {name}: {err}") from None
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as err:
         raise SnapshotError(f"device {name}: the snapshot's state does not fit it ({err!r})") from None
     _adopt(device, fresh, {id(fresh): device})
+
+
+def replay_devices(registry: DeviceRegistry) -> None:
+    """After a restore, with RAM in place: devices run what their queues hold (virtio's ``replay``)."""
+    for record in registry:
+        inner = getattr(record.device, "device", None)
+        replay = getattr(inner, "replay", None)
+        if callable(replay):
+            replay()
 
 
 def _wiring(device: Any) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from kvmlite.kvm.constants import MemFlag
 from kvmlite.loaders.base import EntryMode, LoadResult
 from kvmlite.snapshot import SnapshotError
 from kvmlite.snapshot import fileformat as F
-from kvmlite.snapshot.devices import capture_devices, check_device_set, restore_devices
+from kvmlite.snapshot.devices import capture_devices, check_device_set, replay_devices, restore_devices
 from kvmlite.snapshot.vcpu import (
     boot_tsc,
     capture_kernel_devices,
@@ -70,6 +70,7 @@ def capture_state(machine: Machine) -> dict[str, Any]:
                 "irqchip": "kernel" if lapic else "userspace",
                 "extra_devices": sorted(machine.config.extra_devices),
                 "disks": len(machine.config.disks),
+                "virtio_transport": machine.config.virtio_transport,
             },
             "cpus": [capture_vcpu(v, caps, indices, lapic) for v in vcpus],
             "kernel_devices": capture_kernel_devices(vm) if lapic else None,
@@ -88,8 +89,10 @@ def save(
         control.pause()
     start = time.monotonic()
     try:
-        state = capture_state(machine)
-        written = F.write_snapshot(path, state, machine.memory, separate_memory)
+        # under the device lock: the I/O thread completes no request between the state and the RAM
+        with machine.lock:
+            state = capture_state(machine)
+            written = F.write_snapshot(path, state, machine.memory, separate_memory)
     except BaseException:
         if running:
             control.resume()
@@ -118,6 +121,7 @@ def restore_config(config: MachineConfig, saved: Any, source: str) -> MachineCon
         memory_mib, cpus = int(saved["memory_mib"]), int(saved["cpus"])
         backend, irqchip = str(saved["backend"]), str(saved["irqchip"])
         extras, disks = [str(d) for d in saved["extra_devices"]], int(saved["disks"])
+        transport = str(saved.get("virtio_transport", "pci"))
     except (TypeError, ValueError) as err:
         raise SnapshotError(f"{source} has a malformed machine record ({err!r})") from None
     if config.backend != "auto" and config.backend != backend:
@@ -131,7 +135,9 @@ def restore_config(config: MachineConfig, saved: Any, source: str) -> MachineCon
         raise SnapshotError(
             f"device set mismatch: {source} has {disks} disks, this command line {len(config.disks)}"
         )
-    return replace(config, memory_mib=memory_mib, cpus=cpus, backend=backend, irqchip=irqchip)
+    return replace(
+        config, memory_mib=memory_mib, cpus=cpus, backend=backend, irqchip=irqchip, virtio_transport=transport
+    )
 
 
 def build_restored(config: MachineConfig, path: Path, lazy: bool = False) -> Machine:
@@ -144,11 +150,11 @@ def build_restored(config: MachineConfig, path: Path, lazy: bool = False) -> Mac
     try:
         F.check_regions(snap, machine.memory)
         runs = [] if lazy else F.read_memory_runs(snap)  # every CRC checked before anything is loaded
-        load_into(machine, snap.state)
         if lazy:
             F.map_memory(machine.memory, snap)
         else:
             F.load_memory(machine.memory, runs)
+        load_into(machine, snap.state)  # after RAM: virtio devices run what their rings hold
     except SnapshotError:
         machine.close()
         raise
@@ -162,10 +168,13 @@ def build_restored(config: MachineConfig, path: Path, lazy: bool = False) -> Mac
     return machine
 
 
-def build_empty(config: MachineConfig, record: Any, devices: Any, source: str) -> Machine:
+def build_empty(
+    config: MachineConfig, record: Any, devices: Any, source: str, lock_disks: bool = True
+) -> Machine:
     """The machine ``record`` describes with ``config``'s devices, vCPUs created, nothing loaded or run.
 
-    Its device set must be ``devices`` (the state's ``[{name, type}]``).
+    Its device set must be ``devices`` (the state's ``[{name, type}]``).  With ``lock_disks``
+    False its disk images are opened but not locked (a migration target: the source has them).
     """
     from kvmlite.vmm.machine import Machine
 
@@ -176,6 +185,7 @@ def build_empty(config: MachineConfig, record: Any, devices: Any, source: str) -
         raise
     except KvmliteError as err:
         raise SnapshotError(f"{source}: {err}") from None
+    machine.lock_disks = lock_disks
     try:
         machine.attach_configured_devices()
         if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
@@ -196,7 +206,11 @@ def build_empty(config: MachineConfig, record: Any, devices: Any, source: str) -
 
 
 def load_into(machine: Machine, state: dict[str, Any]) -> None:
-    """Load vCPU, in-kernel and device state into a built machine (paused or not yet running)."""
+    """Load vCPU, in-kernel and device state into a built machine (paused or not yet running).
+
+    RAM must be in place already: virtio devices then run the requests the driver had made
+    available but they had not taken yet (:meth:`~kvmlite.virtio.device.VirtioDevice.replay`).
+    """
     cpus = state.get("cpus")
     if not isinstance(cpus, list) or len(cpus) != len(machine.loops):
         raise SnapshotError(
@@ -218,6 +232,7 @@ def load_into(machine: Machine, state: dict[str, Any]) -> None:
     with machine.lock:
         before = _earliest_deadline(machine)
         restore_devices(machine.devices, state.get("devices") or [])
+        replay_devices(machine.devices)
         after = _earliest_deadline(machine)
     if after is not None and (before is None or after < before):
         machine.timers.poke()  # only when the timer service would otherwise sleep past a deadline
@@ -229,13 +244,15 @@ def _earliest_deadline(machine: Machine) -> int | None:
 
 
 class DirtyLog:
-    """KVM's dirty log over every RAM slot of a machine: :meth:`take` lists the pages the guest wrote
-    since the last call, as (region index, offset in the region).  Writes kvmlite makes itself
-    (device models, a restore) are not logged."""
+    """KVM's dirty log over every RAM slot of a machine, with the writes its devices made:
+    :meth:`take` lists the pages written since the last call, as (region index, offset in the
+    region).  Device DMA (virtio's rings and buffers) goes through
+    :class:`~kvmlite.memory.guest.GuestMemory`, which records it; a restore's own copies do not."""
 
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
         _log_dirty(machine, True)
+        machine.memory.track_writes(True)
         self.take()  # start from a clean log
 
     @staticmethod
@@ -251,9 +268,13 @@ class DirtyLog:
                 low = bits & -bits
                 out.append((slot, (low.bit_length() - 1) * F.PAGE))
                 bits ^= low
+        written = self.machine.memory.take_written()
+        if written:
+            out = sorted(set(out).union(written))
         return out
 
     def close(self) -> None:
+        self.machine.memory.track_writes(False)
         _log_dirty(self.machine, False)
 
 

@@ -122,7 +122,7 @@ def migrate(machine: Machine, uri: str) -> MigrationStats:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
     except OSError as err:
         raise SnapshotError(f"migrate: cannot connect to {uri}: {err.strerror or err}") from None
-    paused = False
+    paused = unlocked = done = False
     dirty_log: DirtyLog | None = None
     try:
         sock.settimeout(CONFIRM_TIMEOUT_S)
@@ -142,39 +142,56 @@ def migrate(machine: Machine, uri: str) -> MigrationStats:
                 if len(dirty) <= DIRTY_PAGES_TO_STOP:
                     control.pause()
                     paused, down = True, time.monotonic()
-                    stats.pages += _send_pages(chan, machine, dirty + dirty_log.take())
+                    stats.pages += _send_pages(chan, machine, dirty)  # the rest below, under the lock
                     break
                 stats.pages += _send_pages(chan, machine, dirty)
         if not paused:
             control.pause()
             paused, down = True, time.monotonic()
+        # Under the device lock to the end: the I/O thread writes no page and completes no request
+        # once the final state is taken, and after DONE the VM is stopping, so it takes none at all.
+        with machine.lock:
             if dirty_log is not None:
                 stats.pages += _send_pages(chan, machine, dirty_log.take())
             else:
                 stats.pages += _send_all(chan, machine)
-        chan.send_json(STATE, capture_state(machine))
-        kind, payload = chan.recv()
-        if kind != DONE:
-            why = payload.decode(errors="replace")
-            raise SnapshotError(f"migrate: the target failed to load the VM: {why}")
-    except OSError as err:
+            state = capture_state(machine)
+            for image in machine.disk_images:
+                image.unlock()  # the target takes the disks over with the state
+            unlocked = True
+            chan.send_json(STATE, state)
+            kind, payload = chan.recv()
+            if kind != DONE:
+                why = payload.decode(errors="replace")
+                raise SnapshotError(f"migrate: the target failed to load the VM: {why}")
+            done = True
+            now = time.monotonic()
+            stats.downtime_ms = (now - down) * 1e3
+            stats.total_ms = (now - start) * 1e3
+            control.stop(0, f"migrated to {uri}: {stats.describe()}")
+    except BaseException as err:
+        if unlocked and not done:
+            _relock(machine)
         if paused:
             control.resume()
-        raise SnapshotError(f"migrate to {uri}: {err.strerror or err}") from None
-    except BaseException:
-        if paused:
-            control.resume()
+        if isinstance(err, OSError):
+            raise SnapshotError(f"migrate to {uri}: {err.strerror or err}") from None
         raise
     finally:
         if dirty_log is not None:
             dirty_log.close()
         sock.close()
-    now = time.monotonic()
-    stats.downtime_ms = (now - down) * 1e3
-    stats.total_ms = (now - start) * 1e3
-    control.stop(0, f"migrated to {uri}: {stats.describe()}")
     control.resume()
     return stats
+
+
+def _relock(machine: Machine) -> None:
+    """The migration failed after the disks were given up: the source takes them back to go on."""
+    for image in machine.disk_images:
+        try:
+            image.lock()
+        except ConfigError as err:
+            log.error("after the failed migration: %s", err)
 
 
 def _names(devices: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -239,7 +256,7 @@ def _receive(config: MachineConfig, chan: _Channel) -> Machine:
     try:
         if not isinstance(hello, dict):
             raise SnapshotError(f"{source} sent a malformed machine description")
-        machine = build_empty(config, hello.get("machine"), hello.get("devices"), source)
+        machine = build_empty(config, hello.get("machine"), hello.get("devices"), source, lock_disks=False)
     except SnapshotError as err:
         chan.send(ERROR, str(err).encode())
         raise
@@ -255,6 +272,8 @@ def _receive(config: MachineConfig, chan: _Channel) -> Machine:
             if kind != STATE:
                 raise SnapshotError(f"migration from {chan.peer}: unexpected message {kind}")
             start = time.monotonic()
+            for image in machine.disk_images:
+                image.lock()  # the source gave the disks up with the state
             state = _json(payload, "VM state")
             if not isinstance(state, dict):
                 raise SnapshotError(f"{source} sent a malformed VM state")

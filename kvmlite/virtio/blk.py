@@ -39,7 +39,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmlite.errors import ConfigError
+from kvmlite.devices.base import DeviceState, checked_state
+from kvmlite.errors import ConfigError, DeviceError
 from kvmlite.memory.guest import GuestMemory
 from kvmlite.virtio.device import COMMON_FEATURES, VirtioDevice
 from kvmlite.virtio.queue import Buffer, Chain, QueueError, Virtqueue, write_buffers
@@ -123,24 +124,28 @@ class DiskSpec:
 
 
 class BlockImage:
-    """A raw image file, opened and locked; the host side of a disk."""
+    """A raw image file, opened and locked; the host side of a disk.
 
-    def __init__(self, spec: DiskSpec) -> None:
+    With ``lock=False`` the image is opened but not locked yet: the target of
+    a live migration takes the lock (:meth:`lock`) only once the source has
+    given it up (:meth:`unlock`) with the VM's final state.
+    """
+
+    def __init__(self, spec: DiskSpec, lock: bool = True) -> None:
         flags = os.O_RDONLY if spec.readonly else os.O_RDWR
+        self.path = spec.path
         try:
             self.fd = os.open(spec.path, flags | os.O_CLOEXEC)
         except OSError as err:
             raise ConfigError(f"--disk {spec.path}: {err.strerror}") from err
-        try:
-            fcntl.flock(self.fd, (fcntl.LOCK_SH if spec.readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except OSError as err:
-            os.close(self.fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise ConfigError(f"--disk {spec.path}: the image is in use by another process") from err
-            raise ConfigError(f"--disk {spec.path}: cannot lock the image: {err.strerror}") from err
         self.size = os.fstat(self.fd).st_size
         self.readonly = spec.readonly
-        self.path = spec.path
+        if lock:
+            try:
+                self.lock()
+            except ConfigError:
+                os.close(self.fd)
+                raise
         #: Whether the image's file system punches holes: tried on one byte past the end of the file,
         #: where a punch changes nothing.
         self.can_punch = not self.readonly and self._punch_probe()
@@ -177,10 +182,32 @@ class BlockImage:
         while offset < end:
             offset += os.pwrite(self.fd, zeros[: end - offset], offset)
 
+    def lock(self) -> None:
+        """Take the image's lock (exclusive when writable); a ConfigError when another process has it."""
+        try:
+            fcntl.flock(self.fd, (fcntl.LOCK_SH if self.readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise ConfigError(f"--disk {self.path}: the image is in use by another process") from err
+            raise ConfigError(f"--disk {self.path}: cannot lock the image: {err.strerror}") from err
+
+    def unlock(self) -> None:
+        """Give the lock up (the VM moves to another process, which takes it)."""
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+@dataclass
+class VirtioBlkState(DeviceState):
+    """What the driver read from the disk's configuration: a restore onto another size is refused."""
+
+    capacity: int = 0
+    readonly: bool = False
 
 
 class VirtioBlk(VirtioDevice):
@@ -209,6 +236,16 @@ class VirtioBlk(VirtioDevice):
             MAX_DWZ_SECTORS if zeroes else 0, MAX_DWZ_SEGMENTS if zeroes else 0,
             1 if zeroes and self.image.can_punch else 0,  # write_zeroes_may_unmap
         )  # fmt: skip
+
+    def device_state(self) -> VirtioBlkState:
+        return VirtioBlkState(capacity=self.capacity, readonly=self.image.readonly)
+
+    def load_device_state(self, state: DeviceState | None) -> None:
+        st = checked_state(state, VirtioBlkState, self.name)
+        if st.capacity != self.capacity or st.readonly != self.image.readonly:
+            saved = f"{st.capacity} sectors{' read-only' if st.readonly else ''}"
+            here = f"{self.capacity} sectors{' read-only' if self.image.readonly else ''}"
+            raise DeviceError(f"{self.name}: the snapshot's disk had {saved}, this one has {here}")
 
     def process_queue(self, index: int, queue: Virtqueue) -> None:
         while (chain := queue.pop(self.memory)) is not None:
@@ -264,6 +301,8 @@ class VirtioBlk(VirtioDevice):
         if not self._range_ok(sector, length):
             return VIRTIO_BLK_S_IOERR, 0
         done = os.preadv(self.image.fd, self._views(buffers), sector * SECTOR_SIZE)
+        for b in buffers:  # KVM's dirty log does not see the host's writes
+            self.memory.mark_written(b.addr, b.length)
         return (VIRTIO_BLK_S_OK if done == length else VIRTIO_BLK_S_IOERR), done
 
     def _write(self, sector: int, buffers: list[Buffer]) -> int:

@@ -14,14 +14,32 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
+from kvmlite.devices.base import DeviceState, checked_state
 from kvmlite.memory.guest import GuestMemory
 from kvmlite.virtio.device import COMMON_FEATURES, VirtioDevice
-from kvmlite.virtio.queue import Chain, QueueError, Virtqueue, read_buffers, write_buffers
+from kvmlite.virtio.queue import (
+    Chain,
+    QueueError,
+    Virtqueue,
+    chain_from_record,
+    chain_record,
+    read_buffers,
+    write_buffers,
+)
 
 VIRTIO_ID_CONSOLE = 3
 QUEUE_SIZE = 128  # as QEMU's virtio-serial
 RECEIVEQ, TRANSMITQ = 0, 1
+
+
+@dataclass
+class VirtioConsoleState(DeviceState):
+    """The receive buffers the guest gave and the device holds (``chain_record`` each)."""
+
+    rx_buffers: list[Any] = field(default_factory=list)
 
 
 class VirtioConsole(VirtioDevice):
@@ -58,6 +76,14 @@ class VirtioConsole(VirtioDevice):
     def device_reset(self) -> None:
         self.rx_buffers.clear()
         self.tx_busy = False
+
+    def device_state(self) -> VirtioConsoleState:
+        return VirtioConsoleState(rx_buffers=[chain_record(chain) for chain in self.rx_buffers])
+
+    def load_device_state(self, state: DeviceState | None) -> None:
+        st = checked_state(state, VirtioConsoleState, self.name)
+        self.rx_buffers = collections.deque(chain_from_record(r, self.memory) for r in st.rx_buffers)
+        self.on_rx_space()
 
     # --- what the host console calls ------------------------------------------------------------
     def rx_space(self) -> int:

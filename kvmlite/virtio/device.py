@@ -14,6 +14,18 @@ processed.  Writing 0 resets the device.  A driver error found while
 processing (a malformed descriptor chain) sets ``NEEDS_RESET`` with a
 warning and a configuration interrupt; the queue stops until the driver
 resets the device.  Nothing a driver writes raises out of this class.
+
+Snapshots: :meth:`VirtioDevice.state` is a :class:`VirtioState` (status,
+features, every queue's :class:`~kvmlite.virtio.queue.VirtqueueState`) with
+the device's own record from :meth:`~VirtioDevice.device_state` (None for a
+device with nothing of its own, such as virtio-blk); the transport saves it
+inside its own state and :meth:`~VirtioDevice.load_state` takes it back in
+place.  A request is never half done at a snapshot: a device completes what
+it pops inside one locked queue run, or keeps the chain (virtio-rng waiting
+for tokens, virtio-console's receive buffers) in its own state; what the
+driver made available but the device had not popped yet is still in the
+ring and :meth:`~VirtioDevice.replay` runs it once the restored RAM is in
+place (the notification that announced it died with the old process).
 """
 
 from __future__ import annotations
@@ -22,10 +34,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kvmlite.devices.base import warn_once
-from kvmlite.errors import GuestMemoryError
+from kvmlite.devices.base import DeviceState, checked_state, warn_once
+from kvmlite.errors import DeviceError, GuestMemoryError
 from kvmlite.memory.guest import GuestMemory
-from kvmlite.virtio.queue import Chain, QueueError, Virtqueue
+from kvmlite.virtio.queue import Chain, QueueError, Virtqueue, VirtqueueState
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +67,18 @@ class QueueStats:
     requests: int = 0
     bytes: int = 0
     interrupts: int = 0
+
+
+@dataclass
+class VirtioState(DeviceState):
+    """A virtio device as its driver left it: status, features, queues, and the device's own record."""
+
+    status: int = 0
+    driver_features: int = 0
+    config_generation: int = 0
+    queues: list[VirtqueueState] = field(default_factory=list)
+    #: The concrete device's :meth:`VirtioDevice.device_state` (None: it has nothing of its own).
+    device: DeviceState | None = None
 
 
 @dataclass
@@ -196,6 +220,51 @@ class VirtioDevice:
             self.needs_reset(f"queue {index} enabled with {err}")
             return
         queue.ready = True
+
+    # --- snapshots -----------------------------------------------------------------------------------
+    def state(self) -> VirtioState:
+        return VirtioState(
+            status=self.status,
+            driver_features=self.driver_features,
+            config_generation=self.config_generation,
+            queues=[q.state() for q in self.queues],
+            device=self.device_state(),
+        )
+
+    def load_state(self, state: VirtioState) -> None:
+        """Take ``state`` in place; a record of another queue count or with bad rings is a DeviceError."""
+        st = checked_state(state, VirtioState, self.name)
+        if not isinstance(st.queues, list) or len(st.queues) != len(self.queues):
+            count = len(st.queues) if isinstance(st.queues, list) else "no"
+            raise DeviceError(f"{self.name}: the snapshot has {count} queues, the device {len(self.queues)}")
+        if int(st.driver_features) & ~self.device_features:
+            raise DeviceError(f"{self.name}: the snapshot's driver features are not all offered here")
+        try:
+            for queue, saved in zip(self.queues, st.queues, strict=True):
+                queue.load_state(saved)
+                if queue.ready:
+                    queue.check_layout(self.memory)
+        except QueueError as err:
+            raise DeviceError(f"{self.name}: {err}") from None
+        self.status = int(st.status) & 0xFF
+        self.driver_features = int(st.driver_features)
+        self.config_generation = int(st.config_generation) & 0xFF
+        self.load_device_state(st.device)
+
+    def replay(self) -> None:
+        """Run what the driver made available on each live queue (after a restore: see the docstring)."""
+        for index, queue in enumerate(self.queues):
+            if queue.ready and queue.has_available(self.memory):
+                self.notify(index)
+
+    def device_state(self) -> DeviceState | None:
+        """The device's own snapshot record beyond the common one; None when it has none."""
+        return None
+
+    def load_device_state(self, state: DeviceState | None) -> None:
+        """Take what :meth:`device_state` returned (in place); the base has nothing to take."""
+        if state is not None:
+            raise DeviceError(f"{self.name}: the snapshot holds device state this device does not have")
 
     # --- for devices to implement ---------------------------------------------------------------------
     def read_config(self, offset: int, size: int) -> int:

@@ -10,9 +10,11 @@ InterruptStatus has a bit set, lowered when the driver acknowledges it.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from typing import Any
 
-from kvmlite.devices.base import IrqLine, no_irq, warn_once
-from kvmlite.virtio.device import VirtioDevice
+from kvmlite.devices.base import DeviceState, IrqLine, checked_state, no_irq, warn_once
+from kvmlite.virtio.device import VirtioDevice, VirtioState
 from kvmlite.virtio.queue import Virtqueue
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,17 @@ QUEUE_ADDRESSES = (
 )
 
 
+@dataclass
+class VirtioMmioState(DeviceState):
+    """The register block's selectors and interrupt status, and the device."""
+
+    features_sel: int = 0
+    driver_features_sel: int = 0
+    queue_sel: int = 0
+    interrupt_status: int = 0
+    device: VirtioState = field(default_factory=VirtioState)
+
+
 class VirtioMmio:
     """A virtio device behind the version-2 MMIO register block."""
 
@@ -59,6 +72,33 @@ class VirtioMmio:
         self._warned: set[str] = set()
         device.interrupt_queue = lambda index: self._raise(INT_USED_BUFFER)
         device.interrupt_config = lambda: self._raise(INT_CONFIG_CHANGE)
+
+    # --- snapshots ----------------------------------------------------------------------------------
+    def state(self) -> VirtioMmioState:
+        return VirtioMmioState(
+            features_sel=self.features_sel,
+            driver_features_sel=self.driver_features_sel,
+            queue_sel=self.queue_sel,
+            interrupt_status=self.interrupt_status,
+            device=self.device.state(),
+        )
+
+    def load_state(self, state: VirtioMmioState) -> None:
+        """Take ``state`` in place and drive the interrupt line as InterruptStatus says."""
+        st = checked_state(state, VirtioMmioState, self.device.name)
+        self.device.load_state(st.device)
+        self.features_sel = int(st.features_sel)
+        self.driver_features_sel = int(st.driver_features_sel)
+        self.queue_sel = int(st.queue_sel)
+        self.interrupt_status = int(st.interrupt_status) & (INT_USED_BUFFER | INT_CONFIG_CHANGE)
+        self.irq(bool(self.interrupt_status))
+
+    @classmethod
+    def from_state(cls, state: VirtioMmioState, /, **injected: Any) -> VirtioMmio:
+        """A register block around ``injected["device"]`` (and ``irq``) in ``state``."""
+        transport = cls(injected["device"], injected.get("irq", no_irq))
+        transport.load_state(state)
+        return transport
 
     @staticmethod
     def cmdline(base: int, irq: int) -> str:

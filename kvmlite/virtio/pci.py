@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from kvmlite.devices.base import warn_once
+from kvmlite.devices.base import DeviceState, checked_state, warn_once
+from kvmlite.errors import DeviceError
 from kvmlite.pci import config as C
 from kvmlite.pci.device import PciFunction
-from kvmlite.pci.msix import Msix
-from kvmlite.virtio.device import VirtioDevice
+from kvmlite.pci.msix import Msix, MsixState
+from kvmlite.virtio.device import VirtioDevice, VirtioState
 from kvmlite.virtio.queue import Virtqueue
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,18 @@ ISR_CONFIG = 2
 def msix_vectors(device: VirtioDevice) -> int:
     """The MSI-X table size of ``device``'s function: one vector per queue and one for the configuration."""
     return len(device.queues) + 1
+@dataclass
+class VirtioPciState(DeviceState):
+    """The transport's registers, MSI-X and the device (configuration space: the bus's state)."""
+
+    features_select: int = 0
+    driver_features_select: int = 0
+    queue_select: int = 0
+    config_vector: int = NO_VECTOR
+    queue_vectors: list[int] = field(default_factory=list)
+    isr: int = 0
+    msix: MsixState | None = None
+    device: VirtioState = field(default_factory=VirtioState)
 
 
 class VirtioPciFunction(PciFunction):
@@ -127,6 +142,44 @@ class VirtioPciFunction(PciFunction):
         if index == MSIX_BAR_INDEX and self.msix is not None:
             return self.msix
         return self.bar
+
+    # --- snapshots ---------------------------------------------------------------------------------------
+    def state(self) -> VirtioPciState:
+        return VirtioPciState(
+            features_select=self.features_select,
+            driver_features_select=self.driver_features_select,
+            queue_select=self.queue_select,
+            config_vector=self.config_vector,
+            queue_vectors=list(self.queue_vectors),
+            isr=self.isr,
+            msix=None if self.msix is None else self.msix.state(),
+            device=self.device.state(),
+        )
+
+    def load_state(self, state: VirtioPciState) -> None:
+        """Take ``state`` in place and drive INTx as the ISR says (the bus loaded the configuration)."""
+        st = checked_state(state, VirtioPciState, self.device.name)
+        if (st.msix is None) != (self.msix is None):
+            raise DeviceError(f"{self.device.name}: the snapshot's interrupts (MSI-X or INTx) differ")
+        if len(st.queue_vectors) != len(self.queue_vectors):
+            raise DeviceError(f"{self.device.name}: the snapshot has another number of queues")
+        self.device.load_state(st.device)
+        if self.msix is not None and st.msix is not None:
+            self.msix.load_state(st.msix)
+        self.features_select = int(st.features_select)
+        self.driver_features_select = int(st.driver_features_select)
+        self.queue_select = int(st.queue_select) & 0xFFFF
+        self.config_vector = self._vector(int(st.config_vector))
+        self.queue_vectors = [self._vector(int(v)) for v in st.queue_vectors]
+        self.isr = int(st.isr) & (ISR_QUEUE | ISR_CONFIG)
+        self.intx(bool(self.isr) and not self.config.command & C.COMMAND_INTX_DISABLE)
+
+    @classmethod
+    def from_state(cls, state: VirtioPciState, /, **injected: Any) -> VirtioPciFunction:
+        """A function around ``injected["device"]`` (and ``deliver_msi``) in ``state``."""
+        function = cls(injected["device"], injected.get("deliver_msi"))
+        function.load_state(state)
+        return function
 
     # --- the PCI_CFG window ---------------------------------------------------------------------------
     def _window(self) -> tuple[int, int] | None:

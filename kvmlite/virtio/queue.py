@@ -25,10 +25,13 @@ asks the driver's ``used_event`` whether an interrupt is wanted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
+from kvmlite.devices.base import DeviceState, checked_state, state_from_attrs
 from kvmlite.errors import GuestMemoryError, KvmliteError
 from kvmlite.memory.guest import GuestMemory
 
@@ -78,6 +81,39 @@ class Chain:
         return sum(b.length for b in self.writable)
 
 
+def chain_record(chain: Chain) -> list[Any]:
+    """A chain the device holds (not yet used) as plain data: ``[head, [[addr, len], ...] x2]``."""
+    return [chain.head, *([[b.addr, b.length] for b in side] for side in (chain.readable, chain.writable))]
+
+
+def chain_from_record(record: Any, memory: GuestMemory) -> Chain:
+    """The inverse of :func:`chain_record`; every buffer must again lie in guest RAM."""
+    head, readable, writable = record
+    chain = Chain(int(head))
+    for buffers, into, writes in ((readable, chain.readable, False), (writable, chain.writable, True)):
+        for addr, length in buffers:
+            addr, length = int(addr), int(length)
+            if length < 0 or (length and not memory.is_ram(addr, length)):
+                raise QueueError(f"a saved buffer {addr:#x} (+{length:#x}) is outside guest RAM")
+            into.append(Buffer(addr, length, writes))
+    return chain
+
+
+@dataclass
+class VirtqueueState(DeviceState):
+    """What the driver set up and where the device is in the rings (the rings themselves are RAM)."""
+
+    size: int = 0
+    ready: bool = False
+    desc_addr: int = 0
+    avail_addr: int = 0
+    used_addr: int = 0
+    last_avail: int = 0
+    used_idx: int = 0
+    signalled_used: int = 0
+    event_idx: bool = False
+
+
 class Virtqueue:
     """One split virtqueue's device side; the transport fills in its addresses and size."""
 
@@ -93,6 +129,21 @@ class Virtqueue:
         self.last_avail = 0  # next avail.ring slot the device takes
         self.used_idx = 0  # next used.ring slot the device fills
         self.signalled_used = 0  # used_idx when the driver was last interrupted (EVENT_IDX)
+
+    def state(self) -> VirtqueueState:
+        return state_from_attrs(self, VirtqueueState)
+
+    def load_state(self, state: VirtqueueState) -> None:
+        """Take ``state`` in place (a size past ``max_size`` or an index past 16 bits is refused)."""
+        st = checked_state(state, VirtqueueState, "virtqueue")
+        if not 0 <= int(st.size) <= self.max_size:
+            raise QueueError(f"a saved queue size {st.size} is larger than the queue's {self.max_size}")
+        for name in ("last_avail", "used_idx", "signalled_used"):
+            if not 0 <= int(getattr(st, name)) <= 0xFFFF:
+                raise QueueError(f"a saved {name} {getattr(st, name)} is not a 16-bit index")
+        for f in dataclasses.fields(VirtqueueState):
+            if f.name != "version":
+                setattr(self, f.name, type(f.default)(getattr(st, f.name)))
 
     # --- validation of what the driver set --------------------------------------------------------
     def check_layout(self, memory: GuestMemory) -> None:

@@ -13,11 +13,20 @@ from __future__ import annotations
 
 import collections
 import os
+from dataclasses import dataclass, field
+from typing import Any
 
-from kvmlite.devices.base import Clock, monotonic_ns
+from kvmlite.devices.base import Clock, DeviceState, checked_state, monotonic_ns
 from kvmlite.memory.guest import GuestMemory
 from kvmlite.virtio.device import COMMON_FEATURES, VirtioDevice
-from kvmlite.virtio.queue import Chain, QueueError, Virtqueue, write_buffers
+from kvmlite.virtio.queue import (
+    Chain,
+    QueueError,
+    Virtqueue,
+    chain_from_record,
+    chain_record,
+    write_buffers,
+)
 
 VIRTIO_ID_ENTROPY = 4
 QUEUE_SIZE = 8  # as QEMU
@@ -25,6 +34,13 @@ QUEUE_SIZE = 8  # as QEMU
 RATE_BYTES_PER_S = 1 << 20
 BURST_BYTES = 64 << 10
 NS_PER_S = 1_000_000_000
+
+
+@dataclass
+class VirtioRngState(DeviceState):
+    """The requests waiting for tokens (``chain_record`` each); the bucket is the host's, not saved."""
+
+    pending: list[Any] = field(default_factory=list)
 
 
 class VirtioRng(VirtioDevice):
@@ -56,6 +72,15 @@ class VirtioRng(VirtioDevice):
 
     def device_reset(self) -> None:
         self.pending.clear()
+
+    def device_state(self) -> VirtioRngState:
+        return VirtioRngState(pending=[chain_record(chain) for chain in self.pending])
+
+    def load_device_state(self, state: DeviceState | None) -> None:
+        st = checked_state(state, VirtioRngState, self.name)
+        self.pending = collections.deque(chain_from_record(r, self.memory) for r in st.pending)
+        if self.pending:
+            self.reschedule()
 
     # --- the token bucket, driven by the timer service --------------------------------------------
     def tick(self, now: int) -> None:

@@ -47,7 +47,7 @@ from kvmlite.kvm.coalesced import CoalescedRing
 from kvmlite.loaders import LoadResult, load_kernel
 from kvmlite.memory.bus import Bus
 from kvmlite.memory.guest import GuestMemory
-from kvmlite.pci.bus import ConfigAddress, ConfigData, Ecam, PciBus, devfn
+from kvmlite.pci.bus import ConfigData, Ecam, PciBus, devfn
 from kvmlite.pci.config import COMMAND, COMMAND_IO, COMMAND_MEMORY, INTERRUPT_LINE, INTERRUPT_PIN, BarKind
 from kvmlite.pci.device import HostBridge, PciFunction
 from kvmlite.status import ExitStatus
@@ -73,7 +73,7 @@ from kvmlite.vmm.xstate_quirk import ExtendedStateKeeper, ring3_extra_xcr0
 
 if TYPE_CHECKING:  # imported where used: a run imports only what its configuration attaches
     from kvmlite.devices.pc_testdev import PcTestdev
-    from kvmlite.virtio.blk import DiskSpec, VirtioBlk
+    from kvmlite.virtio.blk import BlockImage, DiskSpec, VirtioBlk
     from kvmlite.virtio.console import VirtioConsole
     from kvmlite.virtio.device import VirtioDevice
     from kvmlite.virtio.mmio import VirtioMmio
@@ -260,6 +260,10 @@ class Machine:
         self.gsi_router = (
             GsiRouter(self.vm) if isinstance(self.irqchip, KernelIrqChip) and self.caps.irqfd else None
         )
+        #: The virtio-blk images; a migration target opens them unlocked (``lock_disks`` False before
+        #: the devices are attached) and locks them when the source gives them up.
+        self.disk_images: list[BlockImage] = []
+        self.lock_disks = True
         #: Appended to the kernel command line by load() (virtio-mmio devices announce themselves there).
         self.cmdline_extra: list[str] = []
         self.rsdp = 0  # guest-physical address of the ACPI RSDP once attach_acpi() ran
@@ -562,7 +566,7 @@ class Machine:
         bus = PciBus(self.pio, self.mmio)
         bridge = HostBridge()
         bus.add(bridge, 0)
-        address = ConfigAddress()
+        address = bus.config_address
         self.place(
             "pcihost",
             "pci-host-bridge",
@@ -613,8 +617,9 @@ class Machine:
         """A virtio-blk-pci disk over a raw image (locked while the machine lives)."""
         from kvmlite.virtio.blk import BlockImage, VirtioBlk
 
-        image = BlockImage(spec)
+        image = BlockImage(spec, lock=self.lock_disks)
         self._closing.append(image.close)
+        self.disk_images.append(image)
         name = self.devices.unique_name("virtio-blk")
         blk = VirtioBlk(self.memory, image, spec.serial, name)
         self.attach_virtio(name, "virtio-blk", blk)
@@ -730,7 +735,8 @@ class Machine:
             except BlockingIOError:
                 return
             device.stats.queues[queue].ioeventfd += count
-            device.notify(queue)
+            if not self.control.stopping:  # a VM that stopped (or migrated away) takes no more requests
+                device.notify(queue)
 
         def follow() -> None:
             for fd, addr, queue in assigned:
