@@ -115,13 +115,16 @@ def restore_vs_boot(quick: bool) -> Result:
         raise BenchUnavailable(f"the tick guest cannot be built here: {err}") from err
 
     with tempfile.TemporaryDirectory() as tmp:
-        elf = guests.build_ticks_guest(Path(tmp), 100_000)
+        elf = guests.build_ticks_guest(Path(tmp))
+        cmdline = guests.ticks_cmdline(100_000)
         snap = Path(tmp) / "vm.snap"
 
         def boot(save_at_end: bool = False) -> float:
             out = bytearray()
             start = time.perf_counter()
-            config = MachineConfig(kernel=elf, memory_mib=RESTORE_MIB, backend="kvm", serial_out=out.extend)
+            config = MachineConfig(
+                kernel=elf, cmdline=cmdline, memory_mib=RESTORE_MIB, backend="kvm", serial_out=out.extend
+            )
             machine = Machine.build(config)
             thread = threading.Thread(target=machine.run, daemon=True)
             thread.start()

@@ -164,6 +164,8 @@ OWN_TEST_GUESTS: dict[str, GuestSpec] = {
         GuestSpec(
             "vblkloop-mmio", Kind.C_MULTIBOOT_ELF32, VBLKLOOP_SOURCES, "vblkloop-mmio.elf", ("VIRTIO_MMIO",)
         ),
+        # PIT ticks counted, computing at CPL 3: the snapshot tests' guest (tests/snapshot_guests.py)
+        GuestSpec("ticks3", Kind.MULTIBOOT_ELF32, ("ticks3.S",), "ticks3.elf"),
         # Vector register state of ring-3 tasks across context switches (tests/test_xstate.py).
         GuestSpec("xstate", Kind.MULTIBOOT_ELF32, ("xstate.S",), "xstate.elf"),
     )

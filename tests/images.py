@@ -222,7 +222,7 @@ def make_disk_image(path: Path) -> Path:
     return path
 
 
-#: Timer-tick set-up of the 32-bit tick guests (tests/test_control.py, tests/snapshot_guests.py):
+#: Timer-tick set-up of the 32-bit tick guests (tests/test_control.py):
 #: interrupt gates for IRQ 0 (label ``tick``) and the spurious vector (``spurious``) through the
 #: guest's ``set_gate``, ``lidt idt_ptr``, the PIC pair at vectors 0x20/0x28 with only IRQ 0 open,
 #: and PIT channel 0 in mode 2 at 1193182 / divisor Hz.

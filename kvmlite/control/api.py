@@ -113,7 +113,8 @@ SCHEMA: dict[str, Command] = {
         ),
         Command(
             "snapshot-save",
-            'save the VM to a snapshot file (docs/snapshot-format.md): {"path": ..., "memory": "full", '
+            'save the VM to a snapshot file (docs/snapshot-format.md): {"path": ..., "memory": "full" '
+            'or "diff" (the pages written since the previous snapshot, which the file refers to), '
             '"paused": stay paused afterwards (cont resumes), "separate": memory in PATH.mem}',
             (
                 Arg("path", str),
@@ -373,13 +374,15 @@ class MachineApi:
     ) -> dict[str, Any]:
         from kvmlite.snapshot.machine import save
 
-        if memory != "full":
-            raise CommandError(f'snapshot-save: memory "{memory}": this kvmlite writes "full" snapshots')
+        if memory not in ("full", "diff"):
+            raise CommandError(f'snapshot-save: memory "{memory}": choose "full" or "diff"')
         with self._lock:
             if self.control.stopping:
                 raise CommandError("snapshot-save: the VM is shutting down", NOT_ACTIVE)
             stay = paused and not self._stopped
-            result = save(self.machine, Path(path), separate_memory=separate, stay_paused=stay)
+            result = save(
+                self.machine, Path(path), separate_memory=separate, stay_paused=stay, diff=memory == "diff"
+            )
             if stay and result["paused"]:
                 self._stopped = True
                 self._emit("STOP")

@@ -181,6 +181,8 @@ class BackendOps(PagedOps):
         if region is not None and gpa + size <= region.end:
             off = gpa - region.start
             region.view[off : off + size] = data
+            if self.memory.tracking_writes:  # for diff snapshots (kvmlite.snapshot.dirty)
+                self.memory.mark_written(gpa, size)
             return
         if self.memory.is_ram(gpa, size):
             self.memory.write(gpa, data)

@@ -202,6 +202,10 @@ class GuestMemory:
         with self._written_lock:
             self._written = set() if on else None
 
+    @property
+    def tracking_writes(self) -> bool:
+        return self._written is not None
+
     def mark_written(self, gpa: int, length: int) -> None:
         """Record [gpa, gpa+length) as written (for writes made through a view)."""
         written = self._written

@@ -40,6 +40,10 @@ PAGE = 4096
 #: Pages per memory run at most (each run has its CRC-32): a bad run names 1 MiB of RAM at most.
 RUN_PAGES = 256
 FLAG_SEPARATE_MEMORY = 1 << 0
+#: A diff snapshot: its image holds only the pages written since its base snapshot (named in the state).
+FLAG_DIFF = 1 << 1
+#: How many diff snapshots a chain may hold before its full snapshot (a loop in a chain ends there).
+MAX_CHAIN = 256
 #: magic, version, flags, state offset, state length, state crc, memory offset, memory length
 _HEADER = struct.Struct("<8sIIQQIQQ")
 HEADER_SIZE = 64
@@ -69,6 +73,10 @@ class SnapshotFile:
     memory_length: int
     runs: list[MemoryRun] = field(default_factory=list)
     regions: list[tuple[int, int]] = field(default_factory=list)
+    #: This snapshot's memory id (hex); with a diff snapshot also its base's id and file name.
+    id: str = ""
+    base_id: str | None = None
+    base_file: str | None = None
 
 
 # --- memory scanning --------------------------------------------------------------------------
@@ -105,15 +113,39 @@ def nonzero_runs(memory: GuestMemory) -> Iterator[tuple[int, memoryview]]:
         image += size
 
 
+def page_runs(memory: GuestMemory, pages: list[tuple[int, int]]) -> Iterator[tuple[int, memoryview]]:
+    """(image offset, view) of runs of the given (region index, offset) pages, zero or not."""
+    regions = list(memory)
+    starts = _image_starts(memory)
+    run: tuple[int, int, int] | None = None  # region index, first offset, end offset
+    for i, off in sorted(set(pages)):
+        if run is not None and run[0] == i and run[2] == off and run[2] - run[1] < RUN_PAGES * PAGE:
+            run = (i, run[1], off + PAGE)
+            continue
+        if run is not None:
+            yield starts[run[0]] + run[1], regions[run[0]].view[run[1] : run[2]]
+        run = (i, off, off + PAGE)
+    if run is not None:
+        yield starts[run[0]] + run[1], regions[run[0]].view[run[1] : run[2]]
+
+
 # --- writing --------------------------------------------------------------------------------------
 def write_snapshot(
-    path: Path, state: dict[str, Any], memory: GuestMemory, separate_memory: bool = False
-) -> int:
-    """Write ``state`` and ``memory`` to ``path`` (and ``path``.mem); returns the bytes of data written.
+    path: Path,
+    state: dict[str, Any],
+    memory: GuestMemory,
+    separate_memory: bool = False,
+    diff: tuple[SnapshotFile | DiffBase, list[tuple[int, int]]] | None = None,
+) -> tuple[int, str]:
+    """Write ``state`` and ``memory`` to ``path`` (and ``path``.mem); returns (bytes of data written, id).
 
-    Written to a temporary name and renamed, so ``path`` is either the old
-    file or the whole new one.
+    With ``diff`` = (base, pages) only those (region index, offset) pages are
+    written, zero or not, and the state names ``base`` (a snapshot in the same
+    directory or given by its path) as the snapshot they apply to.  Written to
+    a temporary name and renamed, so ``path`` is either the old file or the whole new one.
     """
+    if diff is not None and separate_memory:
+        raise SnapshotError("a diff snapshot keeps its pages in its own file (no separate memory file)")
     snap_id = uuid.uuid4().bytes
     image_length = sum(r.size for r in memory)
     mem_path = path.with_name(path.name + ".mem")
@@ -126,7 +158,7 @@ def write_snapshot(
         with mem_file:
             base = PAGE if separate_memory else 0  # embedded: fixed up once the state's size is known
             pending: list[tuple[int, memoryview]] = []
-            for offset, view in nonzero_runs(memory):
+            for offset, view in nonzero_runs(memory) if diff is None else page_runs(memory, diff[1]):
                 runs.append(MemoryRun(offset, len(view), zlib.crc32(view)))
                 pending.append((offset, view))
             full_state = dict(state)
@@ -136,6 +168,13 @@ def write_snapshot(
                 "runs": [[r.offset, r.length, r.crc] for r in runs],
                 "file": mem_path.name if separate_memory else None,
             }
+            if diff is not None:
+                base = diff[0]
+                same_dir = base.path.parent.resolve() == path.parent.resolve()
+                full_state["memory"]["base"] = {
+                    "id": base.id,
+                    "file": base.path.name if same_dir else str(base.path.resolve()),
+                }
             blob = json.dumps(encode(full_state), separators=(",", ":")).encode()
             if not separate_memory:
                 base = _align(HEADER_SIZE + len(blob))
@@ -150,7 +189,7 @@ def write_snapshot(
                 mem_file.write(head + struct.pack("<I", zlib.crc32(head)))
         mode = "wb" if separate_memory else "r+b"
         with open(tmp, mode) as f:
-            flags = FLAG_SEPARATE_MEMORY if separate_memory else 0
+            flags = (FLAG_SEPARATE_MEMORY if separate_memory else 0) | (FLAG_DIFF if diff is not None else 0)
             mem_offset = 0 if separate_memory else base
             head = _HEADER.pack(
                 MAGIC, VERSION, flags, HEADER_SIZE, len(blob), zlib.crc32(blob), mem_offset, image_length
@@ -165,7 +204,15 @@ def write_snapshot(
         for leftover in (tmp, mem_tmp):
             leftover.unlink(missing_ok=True)
         raise SnapshotError(f"cannot write snapshot {path}: {err.strerror or err}") from None
-    return written
+    return written, snap_id.hex()
+
+
+@dataclass
+class DiffBase:
+    """What a diff snapshot needs of its base: the base's path and memory id."""
+
+    path: Path
+    id: str
 
 
 def _align(n: int) -> int:
@@ -212,6 +259,9 @@ def read_snapshot(path: Path) -> SnapshotFile:
         regions = [(int(s), int(n)) for s, n in mem["regions"]]
         snap_id = bytes.fromhex(mem["id"])
         separate = mem["file"]
+        base = mem.get("base") if flags & FLAG_DIFF else None
+        base_id = bytes.fromhex(base["id"]).hex() if base is not None else None
+        base_file = str(base["file"]) if base is not None else None
     except (KeyError, TypeError, ValueError) as err:
         raise SnapshotError(f"snapshot {path} has a malformed memory index ({err!r})") from None
     if sum(n for _, n in regions) != mem_len or any(
@@ -228,7 +278,36 @@ def read_snapshot(path: Path) -> SnapshotFile:
         mem_path = path
         if mem_off % PAGE or mem_off + mem_len > size:
             raise SnapshotError(f"snapshot {path} is truncated (the memory image ends past the file)")
-    return SnapshotFile(path, state, mem_path, mem_off, mem_len, runs, regions)
+    if flags & FLAG_DIFF and (separate is not None or not base_id or not base_file):
+        raise SnapshotError(f"snapshot {path} is a diff snapshot without a valid base")
+    ids = (snap_id.hex(), base_id, base_file)
+    return SnapshotFile(path, state, mem_path, mem_off, mem_len, runs, regions, *ids)
+
+
+def read_chain(path: Path) -> list[SnapshotFile]:
+    """The snapshot at ``path`` and, for a diff, its bases down to a full one: the full one first.
+
+    Each base must be the very snapshot the one above it was taken against (its
+    memory id) with the same RAM layout; a missing, other or looping base is one sentence.
+    """
+    chain = [read_snapshot(path)]
+    while chain[0].base_id is not None:
+        top = chain[0]
+        if len(chain) > MAX_CHAIN:
+            raise SnapshotError(f"snapshot {path} has a chain of more than {MAX_CHAIN} diff snapshots")
+        base_path = top.path.parent / str(top.base_file)
+        try:
+            base = read_snapshot(base_path)
+        except SnapshotError as err:
+            raise SnapshotError(f"diff snapshot {top.path} needs its base {base_path}: {err}") from None
+        if base.id != top.base_id:
+            raise SnapshotError(
+                f"diff snapshot {top.path}: {base_path} is not the snapshot it was taken against"
+            )
+        if base.regions != top.regions:
+            raise SnapshotError(f"diff snapshot {top.path}: its base {base_path} has another RAM layout")
+        chain.insert(0, base)
+    return chain
 
 
 def _check_memory_file(path: Path, snap_id: bytes, length: int) -> None:

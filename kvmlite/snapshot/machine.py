@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvmlite.errors import KvmliteError
-from kvmlite.kvm.constants import MemFlag
 from kvmlite.loaders.base import EntryMode, LoadResult
 from kvmlite.snapshot import SnapshotError
 from kvmlite.snapshot import fileformat as F
 from kvmlite.snapshot.devices import capture_devices, check_device_set, replay_devices, restore_devices
+from kvmlite.snapshot.dirty import DirtyLog
 from kvmlite.snapshot.vcpu import (
     boot_tsc,
     capture_kernel_devices,
@@ -80,10 +80,22 @@ def capture_state(machine: Machine) -> dict[str, Any]:
 
 
 def save(
-    machine: Machine, path: Path, separate_memory: bool = False, stay_paused: bool = False
+    machine: Machine,
+    path: Path,
+    separate_memory: bool = False,
+    stay_paused: bool = False,
+    diff: bool = False,
 ) -> dict[str, Any]:
-    """Pause, write the snapshot to ``path``, resume (unless ``stay_paused``: the caller then resumes)."""
+    """Pause, write the snapshot to ``path``, resume (unless ``stay_paused``: the caller then resumes).
+
+    With ``diff`` only the pages written since the machine's previous snapshot go to the file,
+    which names that snapshot as its base (``docs/snapshot-format.md``).  Every save starts the
+    dirty tracking a later diff needs (:class:`SnapshotChain`).
+    """
     control = machine.control
+    chain = SnapshotChain.of(machine)
+    if diff and chain.last is None:
+        raise SnapshotError("a diff snapshot needs a previous snapshot of this VM to refer to")
     running = bool(machine.loops) and not control.stopping
     if running:
         control.pause()
@@ -92,7 +104,10 @@ def save(
         # under the device lock: the I/O thread completes no request between the state and the RAM
         with machine.lock:
             state = capture_state(machine)
-            written = F.write_snapshot(path, state, machine.memory, separate_memory)
+            pages = chain.take() if diff else None
+            since = None if pages is None or chain.last is None else (chain.last, pages)
+            written, snap_id = F.write_snapshot(path, state, machine.memory, separate_memory, since)
+            chain.saved(F.DiffBase(path, snap_id))
     except BaseException:
         if running:
             control.resume()
@@ -103,10 +118,43 @@ def save(
     log.info("snapshot %s: %d bytes of data in %.1f ms", path, written, elapsed * 1e3)
     return {
         "path": str(path),
+        "memory": "diff" if diff else "full",
         "bytes": written,
         "ms": round(elapsed * 1e3, 3),
         "paused": running and stay_paused,
     }
+
+
+class SnapshotChain:
+    """What a machine's next diff snapshot refers to: its last snapshot, and the pages written since."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.last: F.DiffBase | None = None
+        self.log: DirtyLog | None = None
+
+    @classmethod
+    def of(cls, machine: Machine) -> SnapshotChain:
+        chain: SnapshotChain | None = getattr(machine, "snapshot_chain", None)
+        if chain is None:
+            chain = machine.snapshot_chain = cls(machine)  # type: ignore[attr-defined]
+        return chain
+
+    def take(self) -> list[tuple[int, int]]:
+        return self.log.take() if self.log is not None else []
+
+    def saved(self, snapshot: F.DiffBase) -> None:
+        """``snapshot`` was written (the machine paused): the next diff counts from here."""
+        self.last = snapshot
+        if self.log is None:
+            self.log = DirtyLog(self.machine)
+        else:
+            self.log.take()
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
 
 
 def restore_config(config: MachineConfig, saved: Any, source: str) -> MachineConfig:
@@ -144,14 +192,18 @@ def build_restored(config: MachineConfig, path: Path, lazy: bool = False) -> Mac
     """The machine of snapshot ``path``, with the devices ``config`` attaches, ready to :meth:`run`."""
 
     start = time.monotonic()
-    snap = F.read_snapshot(path)
+    chain = F.read_chain(path)  # a diff snapshot: its bases down to the full one, first
+    snap = chain[-1]
     source = f"snapshot {path}"
     machine = build_empty(config, snap.state.get("machine"), snap.state.get("devices"), source)
     try:
         F.check_regions(snap, machine.memory)
-        runs = [] if lazy else F.read_memory_runs(snap)  # every CRC checked before anything is loaded
+        # every CRC checked before anything is loaded (a lazy restore reads only the diffs' pages)
+        runs = [run for s in (chain[1:] if lazy else chain) for run in F.read_memory_runs(s)]
         if lazy:
-            F.map_memory(machine.memory, snap)
+            F.map_memory(machine.memory, chain[0])
+            for offset, data in runs:
+                F.write_image(machine.memory, offset, data)
         else:
             F.load_memory(machine.memory, runs)
         load_into(machine, snap.state)  # after RAM: virtio devices run what their rings hold
@@ -164,6 +216,7 @@ def build_restored(config: MachineConfig, path: Path, lazy: bool = False) -> Mac
     except BaseException:
         machine.close()
         raise
+    SnapshotChain.of(machine).saved(F.DiffBase(path, snap.id))  # a diff snapshot may refer to this one
     log.info("restored %s in %.1f ms", path, (time.monotonic() - start) * 1e3)
     return machine
 
@@ -243,41 +296,6 @@ def _earliest_deadline(machine: Machine) -> int | None:
     return min(deadlines, default=None)
 
 
-class DirtyLog:
-    """KVM's dirty log over every RAM slot of a machine, with the writes its devices made:
-    :meth:`take` lists the pages written since the last call, as (region index, offset in the
-    region).  Device DMA (virtio's rings and buffers) goes through
-    :class:`~kvmlite.memory.guest.GuestMemory`, which records it; a restore's own copies do not."""
-
-    def __init__(self, machine: Machine) -> None:
-        self.machine = machine
-        _log_dirty(machine, True)
-        machine.memory.track_writes(True)
-        self.take()  # start from a clean log
-
-    @staticmethod
-    def available(machine: Machine) -> bool:
-        return hasattr(machine.vm, "get_dirty_log")
-
-    def take(self) -> list[tuple[int, int]]:
-        vm: Any = self.machine.vm
-        out = []
-        for slot, _region in enumerate(self.machine.memory):
-            bits = int.from_bytes(vm.get_dirty_log(slot), "little")
-            while bits:
-                low = bits & -bits
-                out.append((slot, (low.bit_length() - 1) * F.PAGE))
-                bits ^= low
-        written = self.machine.memory.take_written()
-        if written:
-            out = sorted(set(out).union(written))
-        return out
-
-    def close(self) -> None:
-        self.machine.memory.track_writes(False)
-        _log_dirty(self.machine, False)
-
-
 class ResetPoint:
     """Reset-to-snapshot in memory: ``point = ResetPoint(machine)``, run, ``point.restore()``, run...
 
@@ -318,10 +336,3 @@ class ResetPoint:
     def close(self) -> None:
         if self.log is not None:
             self.log.close()
-
-
-def _log_dirty(machine: Machine, on: bool) -> None:
-    vm: Any = machine.vm
-    for slot, region in enumerate(machine.memory):
-        flags = (MemFlag.LOG_DIRTY_PAGES if on else 0) | (MemFlag.READONLY if region.readonly else 0)
-        vm.set_user_memory_region(slot, region.start, region.size, region.host_addr, int(flags))
