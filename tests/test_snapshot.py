@@ -402,9 +402,15 @@ def test_the_fuzz_harness_runs_inputs_from_the_snapshot_and_finds_the_crash(
             # the guest's 10 buffer pages (and its stack page) were dirtied and put back; no more
             assert 10 <= result.dirty_pages <= 12 or backend == "emu"
             assert machine.memory.read_u32(example.BUFFER_ADDR) == 0  # back to the snapshot's RAM
+        # a batch: the resets done on the vCPU's own thread, the same results
+        inputs = [bytes([i]) * (i + 1) for i in range(20)]
+        many = harness.run_many(inputs)
+        assert [r.value for r in many] == [sum(data) for data in inputs]
+        assert all(10 <= r.dirty_pages <= 12 for r in many) or backend == "emu"
+        assert machine.memory.read_u32(example.BUFFER_ADDR) == 0
         crash = harness.run(b"FUZZ!")
         assert crash.value is None and crash.status == 4
-        assert harness.runs == 4
+        assert harness.runs == 24
         harness.close()
     finally:
         machine.close()
@@ -523,5 +529,38 @@ def test_a_diff_snapshot_without_a_previous_one_is_refused(tmp_path: Path) -> No
     try:
         with pytest.raises(SnapshotError, match="needs a previous snapshot"):
             save(machine, tmp_path / "d.snap", diff=True)
+    finally:
+        machine.close()
+
+
+@pytest.mark.parametrize("backend", [pytest.param("kvm", marks=requires_kvm), "emu"])
+def test_a_reset_point_taken_in_hlt_stays_halted_after_the_reset(tmp_path: Path, backend: str) -> None:
+    """The state of a vCPU waiting in the userspace irqchip's halt wait is past its HLT: a reset to it
+    must wait again, not run on once as if an interrupt had come (here: into the debug-exit port)."""
+    from tests.conftest import MULTIBOOT_HEADER, build_multiboot
+
+    source = MULTIBOOT_HEADER + ".text\n.globl _start\n_start:\n    sti\n    hlt\n    mov $0x45, %eax\n"
+    elf = build_multiboot(tmp_path, "halt", source + "    out %eax, $0xf4\n    cli\n    hlt\n")
+    config = MachineConfig(kernel=elf, backend=backend, irqchip="userspace", memory_mib=16, serial="none")
+    machine = Machine.build(config)
+    thread = threading.Thread(target=machine.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: machine.loops[0].halted, "the guest to halt")
+        machine.control.pause()
+        point = ResetPoint(machine)
+        assert point.state["halted"] == [True]
+        for _ in range(3):
+            machine.control.resume()
+            time.sleep(0.05)
+            machine.control.pause()
+            point.restore()
+        machine.control.resume()
+        time.sleep(0.3)
+        assert not machine.control.stopping, machine.control.stop_info  # still halted, never woken
+        assert machine.loops[0].halted
+        machine.control.stop(0)
+        thread.join(10)
+        point.close()
     finally:
         machine.close()

@@ -84,9 +84,10 @@ def _dataclass(value: dict[str, Any]) -> DeviceState:
 
 
 def to_struct(cls: type[StructT], data: Any, what: str) -> StructT:
-    """A ``cls`` structure from the bytes :func:`encode` stored for one (or a copy of a ``cls``)."""
+    """A ``cls`` structure from the bytes :func:`encode` stored for one (or ``data`` itself, a ``cls``
+    already: reset-to-snapshot keeps its states as structures, built once)."""
     if isinstance(data, cls):
-        data = bytes(data)
+        return data
     if not isinstance(data, bytes) or len(data) != ctypes.sizeof(cls):
         got = f"{len(data)} bytes" if isinstance(data, bytes) else type(data).__name__
         raise SnapshotError(f"{what}: expected {ctypes.sizeof(cls)} bytes of {cls.__name__}, found {got}")

@@ -62,13 +62,20 @@ def check_device_set(registry: DeviceRegistry, saved: list[dict[str, Any]]) -> N
     raise SnapshotError("device set mismatch: " + "; ".join(parts))
 
 
-def restore_devices(registry: DeviceRegistry, saved: list[dict[str, Any]]) -> None:
-    """Give every device of ``registry`` its saved state (after :func:`check_device_set`)."""
+def restore_devices(registry: DeviceRegistry, saved: list[dict[str, Any]], unchanged: bool = False) -> None:
+    """Give every device of ``registry`` its saved state (after :func:`check_device_set`).
+
+    With ``unchanged`` a device whose state equals the saved one now is left as it is
+    (reset-to-snapshot: most devices were not touched by one run, and loading costs more
+    than comparing).
+    """
     for entry in saved:
         state = entry["state"]
         if state is None:
             continue
         record = registry[entry["name"]]
+        if unchanged and record.device.state() == state:
+            continue
         load_state(record.device, state, record.name)
 
 

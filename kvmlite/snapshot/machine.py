@@ -73,6 +73,8 @@ def capture_state(machine: Machine) -> dict[str, Any]:
                 "virtio_transport": machine.config.virtio_transport,
             },
             "cpus": [capture_vcpu(v, caps, indices, lapic) for v in vcpus],
+            # which vCPUs wait in the userspace irqchip's halt wait (their RIP is past the HLT)
+            "halted": [loop.halted for loop in machine.loops],
             "kernel_devices": capture_kernel_devices(vm) if lapic else None,
             "devices": devices,
         }
@@ -258,11 +260,13 @@ def build_empty(
     return machine
 
 
-def load_into(machine: Machine, state: dict[str, Any]) -> None:
+def load_into(machine: Machine, state: dict[str, Any], reset: bool = False) -> None:
     """Load vCPU, in-kernel and device state into a built machine (paused or not yet running).
 
     RAM must be in place already: virtio devices then run the requests the driver had made
     available but they had not taken yet (:meth:`~kvmlite.virtio.device.VirtioDevice.replay`).
+    ``reset``: the machine is the one ``state`` was captured from (reset-to-snapshot): devices
+    whose state did not change are left alone.
     """
     cpus = state.get("cpus")
     if not isinstance(cpus, list) or len(cpus) != len(machine.loops):
@@ -277,14 +281,18 @@ def load_into(machine: Machine, state: dict[str, Any]) -> None:
     if kernel is not None:
         restore_kernel_devices(machine.vm, kernel)
     tsc = boot_tsc(cpus)
-    for loop, st in zip(machine.loops, cpus, strict=True):
+    halted = state.get("halted") or [False] * len(cpus)
+    if not isinstance(halted, list) or len(halted) != len(cpus):
+        raise SnapshotError("the snapshot's record of halted vCPUs is malformed")
+    for loop, st, was_halted in zip(machine.loops, cpus, halted, strict=True):
         if not isinstance(st, dict):
             raise SnapshotError("the snapshot's vCPU state is malformed")
-        restore_vcpu(loop.vcpu, machine.caps, st, lapic, tsc)
+        restore_vcpu(loop.vcpu, machine.caps, st, lapic, tsc, reset)
         loop.state_reloaded = True
+        loop.resume_halted = bool(was_halted)
     with machine.lock:
         before = _earliest_deadline(machine)
-        restore_devices(machine.devices, state.get("devices") or [])
+        restore_devices(machine.devices, state.get("devices") or [], unchanged=reset)
         replay_devices(machine.devices)
         after = _earliest_deadline(machine)
     if after is not None and (before is None or after < before):
@@ -329,7 +337,7 @@ class ResetPoint:
             ]
         for i, off in dirty:
             regions[i].view[off : off + F.PAGE] = self.copy[i][off : off + F.PAGE]
-        load_into(machine, self.state)
+        load_into(machine, self.state, reset=True)
         self.restored_pages = len(dirty)
         return len(dirty)
 

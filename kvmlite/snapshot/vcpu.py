@@ -120,9 +120,18 @@ def capture_vcpu(vcpu: VcpuBackend, caps: BackendCaps, msrs: list[int], lapic: b
 
 
 def restore_vcpu(
-    vcpu: VcpuBackend, caps: BackendCaps, st: dict[str, Any], lapic: bool, tsc: int | None = None
+    vcpu: VcpuBackend,
+    caps: BackendCaps,
+    st: dict[str, Any],
+    lapic: bool,
+    tsc: int | None = None,
+    reset: bool = False,
 ) -> None:
-    """Load a :func:`capture_vcpu` state into ``vcpu`` (created, CPUID set, not running)."""
+    """Load a :func:`capture_vcpu` state into ``vcpu`` (created, CPUID set, not running).
+
+    ``reset`` (reset-to-snapshot, the same vCPU): the LAPIC is written only if it changed
+    (KVM_SET_LAPIC costs as much as everything else together on a nested host).
+    """
     what = f"vcpu {vcpu.id}"
     try:
         vcpu.set_sregs(to_struct(S.kvm_sregs, st["sregs"], f"{what} sregs"))
@@ -132,7 +141,9 @@ def restore_vcpu(
             vcpu.set_xcrs(to_struct(S.kvm_xcrs, st["xcrs"], f"{what} xcrs"))
             vcpu.set_xsave(to_struct(S.kvm_xsave, st["xsave"], f"{what} xsave"))
         if lapic and "lapic" in st:
-            vcpu.set_lapic(to_struct(S.kvm_lapic_state, st["lapic"], f"{what} lapic"))
+            saved_lapic = to_struct(S.kvm_lapic_state, st["lapic"], f"{what} lapic")
+            if not reset or bytes(vcpu.get_lapic()) != bytes(saved_lapic):
+                vcpu.set_lapic(saved_lapic)
         msrs = {int(k): int(v) for k, v in st["msrs"].items()}
         if tsc is not None and Msr.TSC in msrs:
             msrs[Msr.TSC] = tsc

@@ -256,8 +256,13 @@ class VcpuLoop:
         self.mmio = mmio
         self.timing = timing
         self.stats = ExitStats()
-        #: Set by a state restore (kvmlite.snapshot) while the loop is parked: do not go back to a halt wait.
+        #: Set by a state restore (kvmlite.snapshot) while the loop is parked: do not go back to a halt wait
+        #: (unless ``resume_halted``: the restored state was itself waiting there).
         self.state_reloaded = False
+        #: True while the vCPU waits in the userspace irqchip's halt wait (a snapshot records it).
+        self.halted = False
+        #: Set by a state restore: the state was taken in the halt wait, so the vCPU goes back to it.
+        self.resume_halted = False
         #: The one writer of this vCPU's KVM_SET_GUEST_DEBUG (see kvmlite.vmm.debug).
         self.debug = GuestDebugSettings(vcpu)
         self.extensions: list[LoopExtension] = []
@@ -333,6 +338,7 @@ class VcpuLoop:
         self.state_reloaded = False  # a state loaded before the start is simply where it starts
         self.control.loop_started()
         try:
+            self._resume_halt()
             self._loop()
         except KvmliteError as err:
             self.control.stop(ExitStatus.GUEST_CRASH, f"vcpu {self.vcpu.id}: {err}", self.vcpu.id)
@@ -362,6 +368,7 @@ class VcpuLoop:
                     self.coalesced.drain()
                 control.park()
                 self.state_reloaded = False
+                self._resume_halt()
                 continue
             # Both return once control.attention is set; which one may change at a pause (a debugger).
             unfinished = self._run_fast() if self._fast_path_applies() else self._run_generic()
@@ -535,20 +542,38 @@ class VcpuLoop:
         if not self.vcpu.if_flag:
             self.control.stop(ExitStatus.OK, "guest halted with interrupts disabled", self.vcpu.id)
         elif self._halt_wait is not None:
-            control = self.control
-            self._halt_wait(self)  # returns on an interrupt, a stop or a pause
-            while control.attention and not control.stopping:
-                control.park()  # halted: nothing is pending in the vCPU
-                if self.state_reloaded:  # a restore replaced the vCPU's state while it was parked here:
-                    self.state_reloaded = False  # run what it holds now (it may be inside an interrupt
-                    return  # handler whose EOI the wait would never see); a restored HLT wakes early
-                self._halt_wait(self)  # and still halted after the resume
+            self._wait_halted()
         else:
             self.control.stop(
                 ExitStatus.OK,
                 "guest halted with interrupts enabled and no interrupt source to wake it",
                 self.vcpu.id,
             )
+
+    def _wait_halted(self) -> None:
+        """The userspace irqchip's halt wait, through pauses; returns when the vCPU is to run again."""
+        assert self._halt_wait is not None
+        control = self.control
+        self.halted = True
+        try:
+            self._halt_wait(self)  # returns on an interrupt, a stop or a pause
+            while control.attention and not control.stopping:
+                control.park()  # halted: nothing is pending in the vCPU
+                if self.state_reloaded:  # a restore replaced the vCPU's state while it was parked here:
+                    self.state_reloaded = False  # run what it holds now (it may be inside an interrupt
+                    if not self.resume_halted:  # handler whose EOI the wait would never see), unless
+                        return  # that state was itself taken in this wait: then wait on
+                    self.resume_halted = False
+                self._halt_wait(self)  # and still halted after the resume
+        finally:
+            self.halted = False
+
+    def _resume_halt(self) -> None:
+        """A restored state taken in the halt wait goes back to it instead of running past its HLT."""
+        if self.resume_halted:
+            self.resume_halted = False
+            if self._halt_wait is not None and not self.control.stopping:
+                self._wait_halted()
 
     def _interrupted(self, ex: E.Interrupted) -> None:
         self.vcpu.clear_kick()
