@@ -33,6 +33,7 @@ import emulator_speed
 import exit_roundtrip
 import idle
 import linux_boot
+import linux_snapshot
 import machine_bench
 import net_bench
 import snapshot_bench
@@ -55,6 +56,7 @@ def registered() -> list[Benchmark]:
         *idle.benchmarks(),
         *snapshot_bench.benchmarks(),
         *linux_boot.benchmarks(),
+        *linux_snapshot.benchmarks(),
     ]
 
 

@@ -12,6 +12,10 @@ the output or the sum.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from tests.guest_expectations import load_build_module
@@ -56,3 +60,31 @@ def build_ticks_guest(tmp: Path) -> Path:
     """guests/ticks3.S built into ``tmp`` (run it with :func:`ticks_cmdline`)."""
     built: Path = load_build_module().build_guest("ticks3", tmp)
     return built
+
+
+# --- what the snapshot tests share ----------------------------------------------------------------
+def wait_for(predicate, what: str, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def kvmlite(*args: str, **kw) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
+    """``python3 -m kvmlite run ARGS`` with this tree on the path (stdout and stderr piped)."""
+    kw.setdefault("stderr", subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kvmlite", "run", *args],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        **kw,
+    )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

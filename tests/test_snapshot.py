@@ -4,7 +4,6 @@ or another process, with no tick lost or repeated and the same result; bad files
 from __future__ import annotations
 
 import json
-import os
 import signal
 import struct
 import subprocess
@@ -22,7 +21,14 @@ from kvmlite.snapshot import fileformat as F
 from kvmlite.snapshot.machine import ResetPoint, build_restored, save
 from kvmlite.vmm.machine import Machine, MachineConfig
 from tests.conftest import KVM_OK, requires_kvm
-from tests.snapshot_guests import build_ticks_guest, expected_output, ticks_cmdline
+from tests.snapshot_guests import (
+    build_ticks_guest,
+    expected_output,
+    free_port,
+    kvmlite,
+    ticks_cmdline,
+    wait_for,
+)
 
 CONFIGS = [
     pytest.param("kvm", "kernel", False, id="kvm-kernel-irqchip", marks=requires_kvm),
@@ -32,13 +38,6 @@ CONFIGS = [
 ]
 BACKEND = "kvm" if KVM_OK else "emu"
 
-
-def wait_for(predicate, what: str, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def start(
@@ -136,15 +135,6 @@ def test_a_snapshot_file_is_sparse_and_checked(tmp_path: Path) -> None:
 
 
 # --- the CLI and the control socket (the "done when") ------------------------------------
-def kvmlite(*args: str, **kw) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
-    kw.setdefault("stderr", subprocess.PIPE)
-    return subprocess.Popen(
-        [sys.executable, "-m", "kvmlite", "run", *args],
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        **kw,
-    )
-
 
 @pytest.mark.parametrize("backend", [pytest.param("kvm", marks=requires_kvm), "emu"])
 def test_snapshot_over_the_control_socket_kill_and_restore_from_the_command_line(
@@ -417,13 +407,6 @@ def test_the_fuzz_harness_runs_inputs_from_the_snapshot_and_finds_the_crash(
 
 
 # --- live migration -------------------------------------------------------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.mark.parametrize("backend", [pytest.param("kvm", marks=requires_kvm), "emu"])
 def test_live_migration_between_two_processes_continues_the_output(tmp_path: Path, backend: str) -> None:

@@ -22,7 +22,7 @@ from kvmlite.vmm.machine import Machine, MachineConfig
 from tests.conftest import requires_kvm
 from tests.guest_expectations import load_build_module, missing_build_tools
 from tests.images import make_disk_image
-from tests.test_snapshot import free_port, kvmlite, wait_for
+from tests.snapshot_guests import free_port, kvmlite, wait_for
 
 pytestmark = pytest.mark.skipif(bool(missing_build_tools()), reason="cannot build the C guests")
 

@@ -22,7 +22,6 @@ import bisect
 import ctypes
 import mmap
 import struct
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -115,7 +114,6 @@ class GuestMemory:
         self._starts: list[int] = []
         self._ends: list[int] = []  # region.end of each region, kept beside _starts for the hot paths
         self._written: set[int] | None = None  # guest page numbers written through this object
-        self._written_lock = threading.Lock()
         for start, size in regions or []:
             self.add_region(start, size)
 
@@ -199,8 +197,7 @@ class GuestMemory:
     # --- tracking writes that KVM's dirty log does not see -----------------------------------------
     def track_writes(self, on: bool) -> None:
         """Start (clean) or stop recording the pages written through this object."""
-        with self._written_lock:
-            self._written = set() if on else None
+        self._written = set() if on else None
 
     @property
     def tracking_writes(self) -> bool:
@@ -209,18 +206,16 @@ class GuestMemory:
     def mark_written(self, gpa: int, length: int) -> None:
         """Record [gpa, gpa+length) as written (for writes made through a view)."""
         written = self._written
-        if written is None or length <= 0:
-            return
-        with self._written_lock:
-            if self._written is not None:
-                self._written.update(range(gpa >> 12, ((gpa + length - 1) >> 12) + 1))
+        if written is not None and length > 0:  # one C call under the GIL: atomic against take_written
+            written.update(range(gpa >> 12, ((gpa + length - 1) >> 12) + 1))
 
     def take_written(self) -> list[tuple[int, int]]:
         """The pages written since the last call, as (region index, offset in the region); clears them."""
-        with self._written_lock:
-            if not self._written:
-                return []
-            pages, self._written = self._written, set()
+        written = self._written
+        if not written:
+            return []
+        pages = set(written)  # a copy, then exactly those removed: a page added meanwhile stays
+        written.difference_update(pages)
         out = []
         for page in sorted(pages):
             gpa = page << 12

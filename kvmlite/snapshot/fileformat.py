@@ -169,11 +169,11 @@ def write_snapshot(
                 "file": mem_path.name if separate_memory else None,
             }
             if diff is not None:
-                base = diff[0]
-                same_dir = base.path.parent.resolve() == path.parent.resolve()
+                parent = diff[0]
+                same_dir = parent.path.parent.resolve() == path.parent.resolve()
                 full_state["memory"]["base"] = {
-                    "id": base.id,
-                    "file": base.path.name if same_dir else str(base.path.resolve()),
+                    "id": parent.id,
+                    "file": parent.path.name if same_dir else str(parent.path.resolve()),
                 }
             blob = json.dumps(encode(full_state), separators=(",", ":")).encode()
             if not separate_memory:

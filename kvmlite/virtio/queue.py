@@ -25,7 +25,6 @@ asks the driver's ``used_event`` whether an interrupt is wanted.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import struct
 from dataclasses import dataclass, field
@@ -141,9 +140,11 @@ class Virtqueue:
         for name in ("last_avail", "used_idx", "signalled_used"):
             if not 0 <= int(getattr(st, name)) <= 0xFFFF:
                 raise QueueError(f"a saved {name} {getattr(st, name)} is not a 16-bit index")
-        for f in dataclasses.fields(VirtqueueState):
-            if f.name != "version":
-                setattr(self, f.name, type(f.default)(getattr(st, f.name)))
+        self.size, self.ready = int(st.size), bool(st.ready)
+        self.desc_addr, self.avail_addr = int(st.desc_addr), int(st.avail_addr)
+        self.used_addr = int(st.used_addr)
+        self.last_avail, self.used_idx = int(st.last_avail), int(st.used_idx)
+        self.signalled_used, self.event_idx = int(st.signalled_used), bool(st.event_idx)
 
     # --- validation of what the driver set --------------------------------------------------------
     def check_layout(self, memory: GuestMemory) -> None:
