@@ -45,12 +45,22 @@ import logging
 import re
 import struct
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from kvmlite.errors import ConfigError
+from kvmlite.devices.base import DeviceState, checked_state
+from kvmlite.errors import ConfigError, DeviceError
 from kvmlite.memory.guest import GuestMemory
 from kvmlite.virtio.device import COMMON_FEATURES, STATUS_DRIVER_OK, STATUS_NEEDS_RESET, VirtioDevice
-from kvmlite.virtio.queue import Buffer, Chain, QueueError, Virtqueue, write_buffers
+from kvmlite.virtio.queue import (
+    Buffer,
+    Chain,
+    QueueError,
+    Virtqueue,
+    chain_from_record,
+    chain_record,
+    write_buffers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +138,18 @@ class NetBackend(Protocol):
         ...
 
 
+@dataclass
+class VirtioNetState(DeviceState):
+    """The NIC's MAC (a restore onto another is refused) and the receive chains it holds.
+
+    Frames the host had not delivered yet are the network's, not the guest's: not saved.
+    A transmit chain the backend could not take stayed in the ring and is sent after a restore.
+    """
+
+    mac: bytes = b""
+    rx_chains: list[Any] = field(default_factory=list)
+
+
 class VirtioNet(VirtioDevice):
     device_id = VIRTIO_ID_NET
     pci_class = 0x020000  # network, Ethernet: what QEMU's virtio-net-pci shows
@@ -154,6 +176,21 @@ class VirtioNet(VirtioDevice):
     def device_reset(self) -> None:
         self.rx_chains.clear()
         self.tx_blocked = False
+
+    def device_state(self) -> VirtioNetState:
+        return VirtioNetState(mac=bytes(self.mac), rx_chains=[chain_record(c) for c in self.rx_chains])
+
+    def load_device_state(self, state: DeviceState | None) -> None:
+        st = checked_state(state, VirtioNetState, self.name)
+        if bytes(st.mac) != bytes(self.mac):
+            saved, here = format_mac(bytes(st.mac)), format_mac(bytes(self.mac))
+            raise DeviceError(f"{self.name}: the snapshot's NIC had MAC {saved}, this one has {here}")
+        self.rx_chains = collections.deque(chain_from_record(r, self.memory) for r in st.rx_chains)
+        self.tx_blocked = False
+        if self.status & STATUS_DRIVER_OK:
+            self.backend.set_offloads(self.driver_features & GUEST_OFFLOADS)
+        if self.rx_chains:
+            self.on_rx_space()
 
     def format_stats(self) -> list[str]:
         lines = super().format_stats()
