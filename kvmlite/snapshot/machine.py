@@ -290,6 +290,8 @@ def load_into(machine: Machine, state: dict[str, Any], reset: bool = False) -> N
         restore_vcpu(loop.vcpu, machine.caps, st, lapic, tsc, reset)
         loop.state_reloaded = True
         loop.resume_halted = bool(was_halted)
+        if not reset:
+            loop.state_loaded()  # host-quirk repairs armed by what the guest did before the snapshot
     with machine.lock:
         before = _earliest_deadline(machine)
         restore_devices(machine.devices, state.get("devices") or [], unchanged=reset)

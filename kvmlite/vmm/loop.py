@@ -220,6 +220,10 @@ class LoopExtension:
         """HLT with interrupts enabled: block until an interrupt may be due or ``control.attention``."""
         raise NotImplementedError
 
+    def state_loaded(self, loop: VcpuLoop) -> None:
+        """A snapshot's state (and RAM) was loaded into this vCPU of a new machine: redo what this
+        extension set up when the guest did something it will not do again (the SYSCALL repair)."""
+
     def _overrides(self, name: str) -> bool:
         return getattr(type(self), name) is not getattr(LoopExtension, name)
 
@@ -490,6 +494,11 @@ class VcpuLoop:
             if not (self._every_exit and any(h(ex) for h in self._every_exit)):
                 self._handlers[type(ex)](ex)
             unfinished = type(ex) is not E.Interrupted
+
+    def state_loaded(self) -> None:
+        """Tell every extension that a snapshot's state was loaded into this vCPU."""
+        for extension in self.extensions:
+            extension.state_loaded(self)
 
     def handle(self, ex: E.Exit) -> None:
         """Give an exit to its handler (for extensions that produce exits of their own)."""

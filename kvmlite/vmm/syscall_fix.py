@@ -137,6 +137,20 @@ class SyscallRepair(LoopExtension):
             log.warning("vcpu %d: cannot complete SYSCALLs for this guest: %s", self.vcpu.id, err)
         return True
 
+    def state_loaded(self, loop: VcpuLoop) -> None:
+        """A restored guest set LSTAR in another process: arm from the restored LSTAR and IDT."""
+        try:
+            lstar = self.vcpu.get_msrs([Msr.LSTAR]).get(Msr.LSTAR, 0)
+        except KvmIoctlError:
+            return
+        self.lstar = lstar
+        if not lstar or not host_drops_syscall_privilege(self.vm.new_vm):
+            return
+        try:
+            self._try_arm()
+        except KvmliteError as err:
+            log.warning("vcpu %d: cannot complete SYSCALLs for this guest: %s", self.vcpu.id, err)
+
     def _try_arm(self) -> None:
         sregs = self.vcpu.get_sregs()
         if sregs.idt.limit < Vector.PF * 16 + 15:
