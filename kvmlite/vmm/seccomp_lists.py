@@ -142,6 +142,11 @@ GROUPS: dict[str, Group] = {
         ),
     ),
     "entropy": Group("virtio-rng's bytes, and Python's own randomness", _calls("getrandom")),
+    "disk_handover": Group(
+        "a live migration gives the disk images' locks to the target with the final state (and takes "
+        "them back if the target fails)",
+        _calls("flock"),
+    ),
     "read_files": Group(
         "Python imports modules when first used and reads source lines for a logged traceback: files are "
         "opened read-only (no write, create, truncate or append flag) and directories listed",
@@ -225,10 +230,10 @@ ROLE_GROUPS: dict[str, tuple[str, ...]] = {
     "io": (*_COMMON, "disk", "net"),
     "timers": _COMMON,
     "console": _COMMON,
-    "control": (*_COMMON, "write_files", "threads", "new_sockets"),
+    "control": (*_COMMON, "write_files", "threads", "new_sockets", "disk_handover"),  # starts migrate
     "gdb": _COMMON,
     "profiler": (*_COMMON, "write_files"),
-    "migrate": (*_COMMON, "new_sockets"),
+    "migrate": (*_COMMON, "new_sockets", "disk_handover"),
     "main": tuple(GROUPS),
 }
 
