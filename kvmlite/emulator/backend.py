@@ -37,7 +37,7 @@ from kvmlite.emulator.executor import Executor
 from kvmlite.emulator.faults import TripleFault
 from kvmlite.emulator.guest_debug import DataBreakpoints
 from kvmlite.emulator.instruction import MAX_INSN_LENGTH
-from kvmlite.emulator.ops import ACCESS_FETCH, EmulatorOps, PagedOps
+from kvmlite.emulator.ops import ACCESS_FETCH, ACCESS_WRITE, EmulatorOps, PagedOps
 from kvmlite.emulator.shadow import ShadowMmu
 from kvmlite.errors import EmulatorError, GuestMemoryError
 from kvmlite.kvm import exits as E
@@ -152,6 +152,11 @@ class BackendOps(PagedOps):
         if self.code_pages or self.pt_pages:
             self.check_write(gpa, len(data))
         self.memory.write(gpa, data)
+
+    def page_view(self, addr: int, access: int) -> memoryview | None:
+        if access & ACCESS_WRITE and self.memory.tracking_writes:
+            return None  # writes go through _write_phys, which records them (diff snapshots)
+        return super().page_view(addr, access)
 
     def ram_page(self, gpa: int) -> memoryview | None:
         region = self.memory.find_region(gpa)
@@ -356,6 +361,10 @@ class EmuVcpu:
 
     def bind_thread(self) -> None:
         self._thread_id = threading.get_ident()
+
+    def drop_write_views(self) -> None:
+        """Forget the RAM pages the executor writes directly (write tracking was turned on)."""
+        self.executor.use_views(self.executor._views_on)
 
     def kick(self) -> None:
         self._kicked = True

@@ -84,6 +84,10 @@ class DirtyTracker:
     def _enable(self, on: bool) -> None:
         memory = self.machine.memory
         memory.track_writes(on)
+        for loop in self.machine.loops:  # the emulator writes its cached RAM pages directly
+            drop = getattr(loop.vcpu, "drop_write_views", None)
+            if callable(drop):
+                drop()
         if not self.kvm:
             return
         vm: Any = self.machine.vm
