@@ -250,6 +250,8 @@ class GuestMemory:
         one = self._within(gpa, len(data))
         if one is not None and isinstance(data, bytes | bytearray):
             one[0].view[one[1] : one[1] + len(data)] = data
+            if self._written is not None:
+                self.mark_written(gpa, len(data))
             return
         data = memoryview(data).cast("B")
         pos = 0
