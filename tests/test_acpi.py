@@ -288,3 +288,20 @@ def test_iasl_recompiles_every_table_to_the_same_bytes_without_a_warning(
             b for i, b in enumerate(original) if i not in skip
         ], sig
         assert sum(rebuilt) & 0xFF == 0
+
+
+@pytest.mark.skipif(not HAVE_IASL, reason="needs iasl (Debian package acpica-tools) to check the tables")
+def test_dsdt_describes_virtio_mmio_devices_as_linux_finds_them(tmp_path: Path) -> None:
+    """LNRO0005 with its register block and a level, active-high GSI: Linux registers that GSI from
+    ACPI (one above 15 named only on the command line fails virtio_mmio's probe with -EINVAL)."""
+    platform = A.AcpiPlatform(cpus=1, virtio_mmio=((0xD000_0000, 0x200, 16), (0xD000_1000, 0x200, 17)))
+    path = tmp_path / "dsdt.dat"
+    path.write_bytes(A.build_tables(platform).blobs[b"DSDT"][1])
+    run = subprocess.run(["iasl", "-d", str(path)], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    text = " ".join(path.with_suffix(".dsl").read_text().split())
+    assert text.count('Name (_HID, "LNRO0005")') == 2
+    assert "Memory32Fixed (ReadWrite, 0xD0001000, // Address Base 0x00000200, // Address Length" in text
+    assert "Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive, ,, ) { 0x00000011, }" in text
+    no_ioapic = A.AcpiPlatform(cpus=1, virtio_mmio=platform.virtio_mmio, ioapic=False)
+    assert b"LNRO0005" not in A.build_tables(no_ioapic).blobs[b"DSDT"][1]

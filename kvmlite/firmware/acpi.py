@@ -61,6 +61,7 @@ from kvmlite.firmware.aml import (  # noqa: F401  (aml_pkg_length and aml_intege
     aml_package,
     aml_pkg_length,
     pci_host_bridge,
+    virtio_mmio_devices,
 )
 from kvmlite.memory.guest import GuestMemory
 from kvmlite.vmm import layout as L
@@ -165,6 +166,8 @@ class AcpiPlatform:
     #: Whether the machine has an IOAPIC (the in-kernel irqchip); without one (``--irqchip userspace``:
     #: kvmlite's own 8259 pair only) the MADT lists no IOAPIC and no interrupt source override.
     ioapic: bool = True
+    #: (base, length, GSI) of each virtio-mmio register block, described in the DSDT.
+    virtio_mmio: tuple[tuple[int, int, int], ...] = ()
 
     @classmethod
     def from_registry(cls, registry: DeviceRegistry, cpus: int, ioapic: bool = True) -> AcpiPlatform:
@@ -185,6 +188,11 @@ class AcpiPlatform:
             ecam=(ecam.base, ecam.length // L.ECAM_BUS_SIZE) if ecam is not None else None,
             pci_routes=tuple((r.pci >> 3, r.irqs[0]) for r in registry if r.pci is not None and r.irqs),
             ioapic=ioapic,
+            virtio_mmio=tuple(
+                (r.mmio[0].base, r.mmio[0].length, r.irqs[0])
+                for r in registry
+                if r.type.startswith("virtio-") and r.type.endswith("-device") and r.mmio and r.irqs
+            ),
         )
 
     def validate(self) -> None:
@@ -283,6 +291,8 @@ def build_dsdt(platform: AcpiPlatform) -> bytes:
             (ecam_base, buses * L.ECAM_BUS_SIZE),
             list(platform.pci_routes),
         )
+    if platform.ioapic:
+        body += virtio_mmio_devices(list(platform.virtio_mmio))
     return sdt(b"DSDT", DSDT_REVISION, body)
 
 

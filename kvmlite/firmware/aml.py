@@ -30,6 +30,10 @@ RES_END_TAG = 0x79
 RES_MEMORY32_FIXED = 0x86
 RES_DWORD_ADDRESS = 0x87
 RES_WORD_ADDRESS = 0x88
+RES_EXTENDED_IRQ = 0x89
+AML_STRING_PREFIX = 0x0D
+#: Extended Interrupt flags: ResourceConsumer, Level, ActiveHigh, Exclusive.
+IRQ_CONSUMER_LEVEL_HIGH = 0x01
 SPACE_MEMORY, SPACE_IO, SPACE_BUS = 0, 1, 2
 ADDR_MIN_FIXED, ADDR_MAX_FIXED = 1 << 2, 1 << 3
 IO_ENTIRE_RANGE = 0x03
@@ -109,6 +113,11 @@ def aml_buffer(data: bytes) -> bytes:
     return bytes([AML_BUFFER_OP]) + aml_pkg_length(len(content)) + content
 
 
+def aml_string(text: str) -> bytes:
+    """A string constant (ASCII, NUL-terminated)."""
+    return bytes([AML_STRING_PREFIX]) + text.encode("ascii") + b"\0"
+
+
 def eisa_id(text: str) -> int:
     """``EisaId ("PNP0A03")``: three letters in 5 bits each, then four hex digits, as a byte-swapped DWord."""
     letters = [ord(c) - 0x40 for c in text[:3]]
@@ -146,6 +155,26 @@ def res_io(base: int, length: int) -> bytes:
 
 def res_memory32_fixed(base: int, length: int) -> bytes:
     return struct.pack("<BHBII", RES_MEMORY32_FIXED, 9, MEM_READ_WRITE, base, length)
+
+
+def res_extended_irq(gsi: int) -> bytes:
+    """Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive) {gsi}: one GSI of the IOAPIC."""
+    return struct.pack("<BHBBI", RES_EXTENDED_IRQ, 6, IRQ_CONSUMER_LEVEL_HIGH, 1, gsi)
+
+
+def virtio_mmio_devices(devices: list[tuple[int, int, int]]) -> bytes:
+    """``\\_SB.VRnn``: each virtio-mmio register block (base, length, GSI) as Linux's virtio_mmio driver
+    finds it through ACPI (``LNRO0005``, as QEMU's microvm describes them), so its GSI is one Linux
+    has registered (a GSI above 15 named only on the command line is not)."""
+    body = b""
+    for index, (base, length, gsi) in enumerate(devices):
+        body += aml_device(
+            f"VR{index:02X}",
+            aml_name("_HID", aml_string("LNRO0005"))
+            + aml_name("_UID", aml_integer(index))
+            + aml_name("_CRS", resource_template(res_memory32_fixed(base, length), res_extended_irq(gsi))),
+        )
+    return aml_scope("_SB", body) if body else b""
 
 
 def pci_host_bridge(

@@ -266,6 +266,8 @@ class Machine:
         self.lock_disks = True
         #: Appended to the kernel command line by load() (virtio-mmio devices announce themselves there).
         self.cmdline_extra: list[str] = []
+        #: ``virtio_mmio.device=`` words, for guests that find virtio-mmio devices on the command line.
+        self.mmio_announcements: list[str] = []
         self.rsdp = 0  # guest-physical address of the ACPI RSDP once attach_acpi() ran
         #: ACPI S3: the PM device suspends through it, the RTC's interrupt wakes the guest.
         self.sleep = Sleep(self.control, self.loops, self.memory, lambda: self.rsdp, self._woken)
@@ -498,7 +500,10 @@ class Machine:
         cfg = self.config
         if "acpi-pm" in self.devices:
             self.write_acpi_tables()
-        cmdline = " ".join([cfg.cmdline, *self.cmdline_extra]).strip()
+        extra = list(self.cmdline_extra)
+        if self.mmio_announcements and not self._mmio_from_acpi():
+            extra += self.mmio_announcements
+        cmdline = " ".join([cfg.cmdline, *extra]).strip()
         if self.caps.rescue_emulation and "clearcpuid" in cfg.workarounds():
             from kvmlite.vmm.host_quirks import linux_cmdline
 
@@ -508,6 +513,23 @@ class Machine:
         for note in self.load_result.notes:
             log.warning("%s", note)
         return self.load_result
+
+    def _mmio_from_acpi(self) -> bool:
+        """Whether a Linux guest finds the virtio-mmio devices in the DSDT rather than on its command line.
+
+        With the IOAPIC their GSIs are above 15, which Linux registers only from ACPI (a command-line
+        ``virtio_mmio.device=...:16`` fails its probe with -EINVAL); other guests read the command line.
+        """
+        if not isinstance(self.irqchip, KernelIrqChip) or "acpi-pm" not in self.devices:
+            return False
+        from kvmlite.loaders import detect_format
+        from kvmlite.vmm.host_quirks import LINUX_FORMATS
+
+        try:
+            with open(self.config.kernel, "rb") as image:
+                return detect_format(image.read()) in LINUX_FORMATS
+        except OSError:
+            return False  # the loader reports it
 
     def create_vcpus(self, count: int = 1) -> None:
         """vCPU 0 starts at the loaded image; APs (1..count-1) keep KVM's reset state until INIT/SIPI.
@@ -670,7 +692,7 @@ class Machine:
             self.attach_virtio_pci(name, f"{type_}-pci", device)
 
     def attach_virtio_mmio(self, name: str, type_: str, device: VirtioDevice) -> VirtioMmio:
-        """``device`` behind a virtio-mmio register block in the platform window, announced on the cmdline."""
+        """``device`` behind a virtio-mmio register block in the platform window, announced to the guest."""
         from kvmlite.virtio import mmio as VM
         from kvmlite.virtio.mmio import VirtioMmio
 
@@ -678,7 +700,7 @@ class Machine:
         gsi = self.allocator.gsi.allocate(name)
         transport = VirtioMmio(device, self.level_line(gsi))
         self.place(name, type_, transport, mmio=[slot(window.base, window.length)], irqs=[gsi])
-        self.cmdline_extra.append(VirtioMmio.cmdline(window.base, gsi))
+        self.mmio_announcements.append(VirtioMmio.cmdline(window.base, gsi))
         if self.caps.ioeventfd:
             notify = window.base + VM.QUEUE_NOTIFY
             self._notify_through_eventfds(device, lambda queue: notify, datamatch=True)
