@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "klib.h"
+#include "multiboot.h"
 
 #define COM1 0x3f8
 #define UART_THR 0 /* transmit holding (DLAB=0) */
@@ -115,4 +116,35 @@ __attribute__((noreturn)) void debug_exit(uint32_t value)
     outl(DEBUG_EXIT_PORT, value);
     for (;;)
         __asm__ volatile("cli; hlt");
+}
+
+const char *cmdline_find(const char *cmdline, const char *key)
+{
+    for (const char *p = cmdline; p && *p; p++) {
+        unsigned i = 0;
+        while (key[i] && p[i] == key[i])
+            i++;
+        if (!key[i])
+            return p;
+    }
+    return 0;
+}
+
+uint32_t cmdline_number(const char *cmdline, const char *key, uint32_t fallback)
+{
+    const char *p = cmdline_find(cmdline, key);
+    if (!p)
+        return fallback;
+    while (*key++)
+        p++;
+    uint32_t n = 0;
+    for (; *p >= '0' && *p <= '9'; p++)
+        n = n * 10 + (uint32_t)(*p - '0');
+    return n;
+}
+
+const char *mb_cmdline(const void *info)
+{
+    const struct multiboot_info *mbi = info;
+    return mbi && (mbi->flags & MBI_FLAG_CMDLINE) ? (const char *)(uintptr_t)mbi->cmdline : "";
 }

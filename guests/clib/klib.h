@@ -40,5 +40,11 @@ void serial_putc(char c);
 /* kprintf: %s %c %d %u %x with an optional zero flag and width, and %%. */
 void kprintf(const char *fmt, ...);
 __attribute__((noreturn)) void debug_exit(uint32_t value);
+/* Where `key` (e.g. "rounds=") starts in the command line, or 0; a null cmdline has no words. */
+const char *cmdline_find(const char *cmdline, const char *key);
+/* The decimal number after `key` in the command line, or `fallback` when the word is absent. */
+uint32_t cmdline_number(const char *cmdline, const char *key, uint32_t fallback);
+/* The command line the multiboot information carries, or "" when its flag is clear. */
+const char *mb_cmdline(const void *info);
 
 #endif

@@ -1,7 +1,7 @@
 /*
  * vblkloop.c - a virtio-blk disk kept busy for the snapshot tests (tests/test_snapshot_virtio.py).
  *
- * ROUNDS rounds; round r writes one sector of LCG bytes at sector 2 + (r % 32), reads back the
+ * `rounds=N` on the command line rounds (120 without it); round r writes one sector of LCG bytes at sector 2 + (r % 32), reads back the
  * sector 2 + (r * 5 % 32) and folds it into a checksum, and prints "vloop: round r sum XXXXXXXX".
  * It ends with "vloop: done XXXXXXXX" and exits through the debug port with (sum & 0x3f) + 1.
  * Every line depends on every request before it, and the disk's bytes on every write: a request
@@ -18,17 +18,13 @@
 #define T_IN 0
 #define T_OUT 1
 #define SECTOR 512
-#define ROUNDS 120
+#define DEFAULT_ROUNDS 120
 #define SPAN 32
 
 struct req_header {
     uint32_t type;
     uint32_t reserved;
     uint64_t sector;
-};
-
-struct multiboot_info {
-    uint32_t flags, mem_lower, mem_upper, boot_device, cmdline;
 };
 
 static struct vdev dev;
@@ -54,10 +50,11 @@ void kmain(uint32_t magic, const void *info)
 {
     (void)magic;
     serial_init();
+    const char *cmdline = mb_cmdline(info);
+    uint32_t rounds = cmdline_number(cmdline, "rounds=", DEFAULT_ROUNDS);
 #ifdef VIRTIO_MMIO
-    vdev_find_mmio(&dev, "vloop", (const char *)((const struct multiboot_info *)info)->cmdline, VIRTIO_ID_BLOCK);
+    vdev_find_mmio(&dev, "vloop", cmdline, VIRTIO_ID_BLOCK);
 #else
-    (void)info;
     vdev_find(&dev, "vloop", DEVICE_VIRTIO_BLK);
 #endif
     vdev_negotiate(&dev);
@@ -65,7 +62,7 @@ void kmain(uint32_t magic, const void *info)
     vdev_driver_ok(&dev);
 
     uint32_t state = 12345, sum = 0;
-    for (uint32_t r = 0; r < ROUNDS; r++) {
+    for (uint32_t r = 0; r < rounds; r++) {
         for (int i = 0; i < SECTOR; i++) {
             state = state * 1103515245u + 12345u;
             out[i] = (uint8_t)(state >> 24);

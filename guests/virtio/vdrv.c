@@ -224,12 +224,7 @@ void vdev_find_mmio(struct vdev *dev, const char *tag, const char *cmdline, uint
     static const char key[] = "virtio_mmio.device=";
     dev->tag = tag;
     dev->mmio = 1;
-    for (const char *p = cmdline; p && *p; p++) {
-        int match = 1;
-        for (unsigned i = 0; key[i] && match; i++)
-            match = p[i] == key[i];
-        if (!match)
-            continue;
+    for (const char *p = cmdline; (p = cmdline_find(p, key)) != 0; p++) {
         const char *q = p + sizeof key - 1;
         while (*q && *q != '@')
             q++;

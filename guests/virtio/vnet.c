@@ -28,11 +28,6 @@
 #define ARP_LEN 42
 #define MIN_FRAME 60
 #define MAX_SKIPPED 64
-#define MULTIBOOT_CMDLINE 0x4
-
-struct multiboot_info {
-    uint32_t flags, mem_lower, mem_upper, boot_device, cmdline;
-};
 
 static struct vdev dev;
 static struct virtq rx, tx;
@@ -147,25 +142,10 @@ static void bench(uint32_t count)
     kprintf("vnet: bench sent %u frames in %u TSC kilocycles\n", sent, (uint32_t)(cycles >> 10));
 }
 
-static uint32_t bench_count(const char *cmdline)
-{
-    static const char key[] = "bench=";
-    for (const char *p = cmdline; p && *p; p++) {
-        if (!same((const uint8_t *)p, (const uint8_t *)key, sizeof key - 1))
-            continue;
-        uint32_t n = 0;
-        for (p += sizeof key - 1; *p >= '0' && *p <= '9'; p++)
-            n = n * 10 + (uint32_t)(*p - '0');
-        return n;
-    }
-    return 0;
-}
-
 void kmain(uint32_t magic, const void *info)
 {
     (void)magic;
-    const struct multiboot_info *mbi = info;
-    const char *cmdline = mbi->flags & MULTIBOOT_CMDLINE ? (const char *)mbi->cmdline : "";
+    const char *cmdline = mb_cmdline(info);
     serial_init();
 #ifdef VIRTIO_MMIO
     vdev_find_mmio(&dev, "vnet", cmdline, VIRTIO_ID_NET);
@@ -181,7 +161,7 @@ void kmain(uint32_t magic, const void *info)
     vdev_queue(&dev, &rx, RECEIVEQ);
     vdev_queue(&dev, &tx, TRANSMITQ);
     vdev_driver_ok(&dev);
-    uint32_t count = bench_count(cmdline);
+    uint32_t count = cmdline_number(cmdline, "bench=", 0);
     if (count) {
         bench(count);
     } else {

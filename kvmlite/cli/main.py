@@ -1,6 +1,6 @@
 """``kvmlite``: the command line.
 
-    kvmlite run [--kernel PATH] [--initrd PATH]... [--cmdline STR] [--memory MIB] [--cpus N]
+    kvmlite run [--kernel PATH] [--initrd PATH]... [--cmdline|--append STR] [--memory MIB] [--cpus N]
                 [--backend kvm|emu|auto] [--irqchip kernel|userspace|auto] [--serial SPEC]
                 [--on-reset exit|restart] [--cpu-features SPEC] [--syscall-fix auto|off]
                 [--trace [FILTER]] [--trace-file FILE] [--stats]
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ELF64 or a boot sector (the format is read from the bytes)",
     )
     run.add_argument("--initrd", type=Path, action="append", default=[], help="module / initrd (repeatable)")
-    run.add_argument("--cmdline", default="", help="kernel command line")
+    run.add_argument("--cmdline", "--append", default="", help="kernel command line (QEMU: -append)")
     run.add_argument(
         "--memory", type=_positive_int, default=128, metavar="MIB", help="guest RAM in MiB (128)"
     )
