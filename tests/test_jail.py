@@ -1,20 +1,26 @@
 """``--chroot DIR`` / ``--runas USER`` (issue 17): privileges dropped once /dev/kvm, images, sockets are open.
 
 The privileged run needs root (the suite runs as root on this project's machines)
-and uses the system's ``nobody`` user, which cannot open /dev/kvm itself.
+and uses the system's ``nobody`` user, which cannot open /dev/kvm itself.  A user created by the
+test runs kvmlite with nothing but its own /dev/kvm node (bound over /dev/kvm in a private mount
+namespace): kvmlite needs no other privilege.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from kvmlite.status import ExitStatus
 from tests.conftest import requires_kvm
 from tests.hostile.support import hostile_guest
 
@@ -129,3 +135,70 @@ def test_an_unprivileged_kvmlite_cannot_drop_privileges_and_says_so(tmp_path: Pa
     )
     assert r.returncode == 2, r
     assert f"--runas need root to drop privileges (kvmlite runs as uid {NOBODY.pw_uid})" in r.stderr
+
+
+KVM_DEVICE = Path("/dev/kvm")
+
+
+@pytest.fixture
+def fresh_user():  # type: ignore[no-untyped-def]
+    """A system user and group created for this test (removed after it), with no access to anything."""
+    if not IS_ROOT or shutil.which("useradd") is None or shutil.which("userdel") is None:
+        pytest.skip("creating a user needs root and useradd/userdel")
+    name = f"kvmlt{os.getpid() % 100000}"
+    made = subprocess.run(
+        ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"useradd failed: {made.stderr.strip()}")
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+def _unprivileged_run(user, workdir: Path, kvm_node: Path | None, *args: str):  # type: ignore[no-untyped-def]
+    """``kvmlite run ARGS`` as ``user`` (no supplementary groups, no capabilities), in a private mount
+    namespace where /dev/kvm is ``kvm_node`` (a node the user owns) when one is given: the host's own
+    /dev/kvm and its permissions are never touched."""
+    python = _python_for(user.pw_uid)
+    if python is None:
+        pytest.skip("no Python 3.11 that the new user may run")
+    drop = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+    drop.append("--inh-caps=-all")
+    run = [*drop, python, "-m", "kvmlite", "run", *args]
+    bind = f"mount --bind {kvm_node} {KVM_DEVICE} && " if kvm_node else ""
+    script = f"{bind}exec {' '.join(run)}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir, timeout=300)
+
+
+@requires_kvm
+def test_kvmlite_runs_as_a_new_unprivileged_user_given_only_dev_kvm(fresh_user, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    if shutil.which("setpriv") is None or shutil.which("unshare") is None:
+        pytest.skip("needs setpriv and unshare (util-linux)")
+    repo = Path(__file__).resolve().parent.parent
+    readable = ["test", "-r", str(repo / "kvmlite" / "__init__.py")]
+    if subprocess.run(readable, user=fresh_user.pw_uid).returncode:
+        pytest.skip(f"the new user cannot read the checkout at {repo}")
+    workdir = Path(tempfile.mkdtemp(prefix="kvmlite-user-"))  # pytest's tmp_path is root's alone
+    try:
+        os.chmod(workdir, 0o755)
+        node = workdir / "kvm"
+        kvm = os.stat(KVM_DEVICE)
+        os.mknod(node, stat.S_IFCHR | 0o600, kvm.st_rdev)
+        os.chown(node, fresh_user.pw_uid, fresh_user.pw_gid)
+        # Without the device: one clear sentence and the no-backend status, so the user really is
+        # unprivileged.
+        denied = _unprivileged_run(fresh_user, workdir, None, "--backend", "kvm")
+        assert denied.returncode == ExitStatus.NO_BACKEND, denied
+        assert denied.stderr == "kvmlite: cannot open /dev/kvm: Permission denied\n"
+        # Given only /dev/kvm: the built-in guest runs every check to its exit status 0.
+        ran = _unprivileged_run(fresh_user, workdir, node, "--backend", "kvm")
+        assert ran.returncode == 0, ran.stderr
+        assert "demo: all checks passed" in ran.stdout
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
