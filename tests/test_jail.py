@@ -3,7 +3,8 @@
 The privileged run needs root (the suite runs as root on this project's machines)
 and uses the system's ``nobody`` user, which cannot open /dev/kvm itself.  A user created by the
 test runs kvmlite with nothing but its own /dev/kvm node (bound over /dev/kvm in a private mount
-namespace): kvmlite needs no other privilege.
+namespace), and with a TAP it owns and its own /dev/net/tun node reaches the network: kvmlite
+needs no other privilege.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from pathlib import Path
 import pytest
 
 from kvmlite.status import ExitStatus
+from kvmlite.vmm.netdev import TUN_DEVICE as TUN_DEVICE_PATH
 from tests.conftest import requires_kvm
+from tests.guest_expectations import debug_exit_status
 from tests.hostile.support import hostile_guest
 
 IS_ROOT = os.geteuid() == 0
@@ -138,6 +141,7 @@ def test_an_unprivileged_kvmlite_cannot_drop_privileges_and_says_so(tmp_path: Pa
 
 
 KVM_DEVICE = Path("/dev/kvm")
+TUN_DEVICE = Path(TUN_DEVICE_PATH)
 
 
 @pytest.fixture
@@ -159,46 +163,84 @@ def fresh_user():  # type: ignore[no-untyped-def]
         subprocess.run(["userdel", name], capture_output=True)
 
 
-def _unprivileged_run(user, workdir: Path, kvm_node: Path | None, *args: str):  # type: ignore[no-untyped-def]
+def _node_like(device: Path, path: Path, owner) -> Path:  # type: ignore[no-untyped-def]
+    """A character device node for the same device as ``device``, owned by ``owner``, mode 0600."""
+    os.mknod(path, stat.S_IFCHR | 0o600, os.stat(device).st_rdev)
+    os.chown(path, owner.pw_uid, owner.pw_gid)
+    return path
+
+
+def _unprivileged_run(  # type: ignore[no-untyped-def]
+    user, workdir: Path, binds: dict[Path, Path], *args: str, setup: str = "", net: bool = False
+):
     """``kvmlite run ARGS`` as ``user`` (no supplementary groups, no capabilities), in a private mount
-    namespace where /dev/kvm is ``kvm_node`` (a node the user owns) when one is given: the host's own
-    /dev/kvm and its permissions are never touched."""
+    namespace where each device in ``binds`` is replaced by a node the user owns (the host's own nodes
+    and their permissions are never touched), after the shell commands ``setup`` ran as root there
+    (in a new network namespace too with ``net``)."""
     python = _python_for(user.pw_uid)
     if python is None:
         pytest.skip("no Python 3.11 that the new user may run")
     drop = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
     drop.append("--inh-caps=-all")
     run = [*drop, python, "-m", "kvmlite", "run", *args]
-    bind = f"mount --bind {kvm_node} {KVM_DEVICE} && " if kvm_node else ""
-    script = f"{bind}exec {' '.join(run)}"
+    mounts = "".join(f"mount --bind {node} {device} && " for device, node in binds.items())
+    script = f"set -e\n{setup}\n{mounts}exec {' '.join(run)}"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+    cmd = ["unshare", "--mount", "--propagation", "private", *(["--net"] if net else []), "sh", "-c", script]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir, timeout=300)
 
 
-@requires_kvm
-def test_kvmlite_runs_as_a_new_unprivileged_user_given_only_dev_kvm(fresh_user, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    if shutil.which("setpriv") is None or shutil.which("unshare") is None:
-        pytest.skip("needs setpriv and unshare (util-linux)")
+@pytest.fixture
+def user_workdir(fresh_user):  # type: ignore[no-untyped-def]
+    """A directory the new user may read (pytest's tmp_path is root's alone), and the user."""
+    for tool in ("setpriv", "unshare"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool} (util-linux)")
     repo = Path(__file__).resolve().parent.parent
     readable = ["test", "-r", str(repo / "kvmlite" / "__init__.py")]
     if subprocess.run(readable, user=fresh_user.pw_uid).returncode:
         pytest.skip(f"the new user cannot read the checkout at {repo}")
-    workdir = Path(tempfile.mkdtemp(prefix="kvmlite-user-"))  # pytest's tmp_path is root's alone
+    workdir = Path(tempfile.mkdtemp(prefix="kvmlite-user-"))
     try:
         os.chmod(workdir, 0o755)
-        node = workdir / "kvm"
-        kvm = os.stat(KVM_DEVICE)
-        os.mknod(node, stat.S_IFCHR | 0o600, kvm.st_rdev)
-        os.chown(node, fresh_user.pw_uid, fresh_user.pw_gid)
-        # Without the device: one clear sentence and the no-backend status, so the user really is
-        # unprivileged.
-        denied = _unprivileged_run(fresh_user, workdir, None, "--backend", "kvm")
-        assert denied.returncode == ExitStatus.NO_BACKEND, denied
-        assert denied.stderr == "kvmlite: cannot open /dev/kvm: Permission denied\n"
-        # Given only /dev/kvm: the built-in guest runs every check to its exit status 0.
-        ran = _unprivileged_run(fresh_user, workdir, node, "--backend", "kvm")
-        assert ran.returncode == 0, ran.stderr
-        assert "demo: all checks passed" in ran.stdout
+        yield fresh_user, workdir
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@requires_kvm
+def test_kvmlite_runs_as_a_new_unprivileged_user_given_only_dev_kvm(user_workdir) -> None:  # type: ignore[no-untyped-def]
+    user, workdir = user_workdir
+    # Without the device: one clear sentence and the no-backend status, so the user really is
+    # unprivileged.
+    denied = _unprivileged_run(user, workdir, {}, "--backend", "kvm")
+    assert denied.returncode == ExitStatus.NO_BACKEND, denied
+    assert denied.stderr == "kvmlite: cannot open /dev/kvm: Permission denied\n"
+    # Given only /dev/kvm: the built-in guest runs every check to its exit status 0.
+    kvm = _node_like(KVM_DEVICE, workdir / "kvm", user)
+    ran = _unprivileged_run(user, workdir, {KVM_DEVICE: kvm}, "--backend", "kvm")
+    assert ran.returncode == 0, ran.stderr
+    assert "demo: all checks passed" in ran.stdout
+
+
+@requires_kvm
+def test_a_new_unprivileged_user_given_dev_kvm_and_a_tap_it_owns_reaches_the_network(
+    user_workdir, tmp_path_factory: pytest.TempPathFactory
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_virtio_net import HEAD, MAC, NETNS_SETUP, TAP, TAP_MAC, exchange
+    from tests.virtio_runs import build
+
+    user, workdir = user_workdir
+    if shutil.which("ip") is None or not TUN_DEVICE.exists():
+        pytest.skip(f"needs ip (iproute2) and {TUN_DEVICE}")
+    guest = workdir / "vnet.elf"
+    shutil.copyfile(build("vnet", tmp_path_factory), guest)
+    os.chmod(guest, 0o644)
+    # The TAP is made persistent and handed to the user, as an administrator would (ip tuntap ... user).
+    setup = NETNS_SETUP.replace("mode tap\n", f"mode tap user {user.pw_uid}\n").replace('exec "$@"\n', "")
+    binds = {KVM_DEVICE: _node_like(KVM_DEVICE, workdir / "kvm", user)}
+    binds[TUN_DEVICE] = _node_like(TUN_DEVICE, workdir / "tun", user)
+    args = ("--backend", "kvm", "--kernel", str(guest), "--net", f"tap={TAP},mac={MAC}")
+    r = _unprivileged_run(user, workdir, binds, *args, setup=setup, net=True)
+    assert r.stdout.splitlines() == HEAD + exchange(TAP_MAC), r.stderr
+    assert r.returncode == debug_exit_status(0x47), r.stderr
