@@ -26,6 +26,7 @@ from kvmlite.vmm.netdev import TUN_DEVICE as TUN_DEVICE_PATH
 from tests.conftest import requires_kvm
 from tests.guest_expectations import debug_exit_status
 from tests.hostile.support import hostile_guest
+from tests.virtio_runs import build
 
 IS_ROOT = os.geteuid() == 0
 requires_root = pytest.mark.skipif(not IS_ROOT, reason="dropping privileges needs root")
@@ -142,6 +143,7 @@ def test_an_unprivileged_kvmlite_cannot_drop_privileges_and_says_so(tmp_path: Pa
 
 KVM_DEVICE = Path("/dev/kvm")
 TUN_DEVICE = Path(TUN_DEVICE_PATH)
+TAP_MAC = "52:55:0a:00:02:02"
 
 
 @pytest.fixture
@@ -227,20 +229,24 @@ def test_kvmlite_runs_as_a_new_unprivileged_user_given_only_dev_kvm(user_workdir
 def test_a_new_unprivileged_user_given_dev_kvm_and_a_tap_it_owns_reaches_the_network(
     user_workdir, tmp_path_factory: pytest.TempPathFactory
 ) -> None:  # type: ignore[no-untyped-def]
-    from tests.test_virtio_net import HEAD, MAC, NETNS_SETUP, TAP, TAP_MAC, exchange
-    from tests.virtio_runs import build
-
     user, workdir = user_workdir
     if shutil.which("ip") is None or not TUN_DEVICE.exists():
         pytest.skip(f"needs ip (iproute2) and {TUN_DEVICE}")
     guest = workdir / "vnet.elf"
     shutil.copyfile(build("vnet", tmp_path_factory), guest)
     os.chmod(guest, 0o644)
-    # The TAP is made persistent and handed to the user, as an administrator would (ip tuntap ... user).
-    setup = NETNS_SETUP.replace("mode tap\n", f"mode tap user {user.pw_uid}\n").replace('exec "$@"\n', "")
+    # The TAP is made persistent and handed to the user, as an administrator would; the kernel behind
+    # it answers the guest's ARP requests for 10.0.2.2.
+    setup = f"""ip link set lo up
+ip tuntap add dev kvmltap0 mode tap user {user.pw_uid}
+ip addr add 10.0.2.2/24 dev kvmltap0
+ip link set kvmltap0 address {TAP_MAC}
+ip link set kvmltap0 up"""
     binds = {KVM_DEVICE: _node_like(KVM_DEVICE, workdir / "kvm", user)}
     binds[TUN_DEVICE] = _node_like(TUN_DEVICE, workdir / "tun", user)
-    args = ("--backend", "kvm", "--kernel", str(guest), "--net", f"tap={TAP},mac={MAC}")
+    args = ("--backend", "kvm", "--kernel", str(guest), "--net", "tap=kvmltap0")
     r = _unprivileged_run(user, workdir, binds, *args, setup=setup, net=True)
-    assert r.stdout.splitlines() == HEAD + exchange(TAP_MAC), r.stderr
+    replies = [line for line in r.stdout.splitlines() if line.startswith("vnet: ARP reply")]
+    assert replies == [f"vnet: ARP reply: 10.0.2.2 is-at {TAP_MAC}, flags 0"] * 2, r.stdout + r.stderr
+    assert r.stdout.endswith("vnet: done\n")
     assert r.returncode == debug_exit_status(0x47), r.stderr
