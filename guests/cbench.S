@@ -30,15 +30,7 @@
 main32:
     cmpl $MB_BOOT_MAGIC, mb_magic
     jne .Lfail32
-    call mb_cmdline32
-    mov $key_iters, %edi
-    call arg_u32
-    cmp $ARG_MALFORMED, %edx
-    je .Lbad_arg
-    cmp $ARG_ABSENT, %edx
-    jne 1f
-    mov $DEFAULT_ITERS, %eax
-1:  mov %eax, iters
+    ARG32 key_iters, iters, DEFAULT_ITERS
     PUTS32 "cbench: iters="
     call putdec32
     PUTS32 "\n"

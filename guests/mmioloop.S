@@ -26,15 +26,7 @@
 main32:
     cmpl $MB_BOOT_MAGIC, mb_magic
     jne .Lfail
-    call mb_cmdline32
-    mov $key_n, %edi
-    call arg_u32
-    cmp $ARG_MALFORMED, %edx
-    je .Lbad_arg
-    cmp $ARG_ABSENT, %edx
-    jne 1f
-    mov $DEFAULT_N, %eax
-1:  mov %eax, %ebx
+    ARG32 key_n, %ebx, DEFAULT_N
     PUTS32 "mmioloop: n="
     call putdec32
     PUTS32 " addr=0xd0000000\n"

@@ -49,25 +49,13 @@
 #include "lib/serial64.S"
 #include "lib/longmode.S"
 
-.macro ARG key, dest, default
-    call mb_cmdline32
-    mov $\key, %edi
-    call arg_u32
-    cmp $ARG_MALFORMED, %edx
-    je .Lbad_arg
-    cmp $ARG_ABSENT, %edx
-    jne 1f
-    mov $\default, %eax
-1:  mov %eax, \dest
-.endm
-
     .code32
     .text
 main32:
-    ARG key_ticks, ticks_target, 120
-    ARG key_rounds, rounds, 1000
-    ARG key_cpus, ncpus, 1
-    ARG key_ap_rounds, ap_rounds, 200000000
+    ARG32 key_ticks, ticks_target, 120
+    ARG32 key_rounds, rounds, 1000
+    ARG32 key_cpus, ncpus, 1
+    ARG32 key_ap_rounds, ap_rounds, 200000000
     mov ncpus, %eax
     dec %eax
     cmp $1, %eax
@@ -206,18 +194,7 @@ tramp_gdt_ptr:
 trampoline_end:
 
 ap_long32:
-    mov $pml4, %eax
-    mov %eax, %cr3
-    mov %cr4, %eax
-    or $CR4_PAE, %eax
-    mov %eax, %cr4
-    mov $MSR_EFER, %ecx
-    rdmsr
-    or $EFER_LME, %eax
-    wrmsr
-    mov %cr0, %eax
-    or $(CR0_PG | CR0_PE), %eax
-    mov %eax, %cr0
+    LONG_MODE_PAGING_ON32 pml4
     ljmp $KCODE, $ap_main64
     .code64
 ap_main64:

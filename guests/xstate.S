@@ -113,31 +113,19 @@
 #include "lib/serial64.S"
 #include "lib/exceptions64.S"     /* any exception but our page faults: report, exit 255 */
 
-.macro ARG key, dest, default
-    call mb_cmdline32
-    mov $\key, %edi
-    call arg_u32
-    cmp $ARG_MALFORMED, %edx
-    je .Lbad_arg
-    cmp $ARG_ABSENT, %edx
-    jne 1f
-    mov $\default, %eax
-1:  mov %eax, \dest
-.endm
-
     .code32
     .text
 main32:
     cmpl $MB_BOOT_MAGIC, mb_magic
     jne .Lbad_arg
-    ARG key_switches, switches_target, DEFAULT_SWITCHES
-    ARG key_cpus, ncpus, 1
-    ARG key_every, every, DEFAULT_EVERY
-    ARG key_level, max_level, 2
-    ARG key_full, full_xcr0, 0
-    ARG key_compact, compact, 0
-    ARG key_hold, hold, 0
-    ARG key_hz, hz, DEFAULT_HZ
+    ARG32 key_switches, switches_target, DEFAULT_SWITCHES
+    ARG32 key_cpus, ncpus, 1
+    ARG32 key_every, every, DEFAULT_EVERY
+    ARG32 key_level, max_level, 2
+    ARG32 key_full, full_xcr0, 0
+    ARG32 key_compact, compact, 0
+    ARG32 key_hold, hold, 0
+    ARG32 key_hz, hz, DEFAULT_HZ
     mov ncpus, %eax
     dec %eax
     cmp $1, %eax
@@ -156,18 +144,7 @@ enter_long_mode32:
     mov %eax, %ds
     mov %eax, %es
     mov %eax, %ss
-    mov $pml4, %eax
-    mov %eax, %cr3
-    mov %cr4, %eax
-    or $CR4_PAE, %eax
-    mov %eax, %cr4
-    mov $MSR_EFER, %ecx
-    rdmsr
-    or $EFER_LME, %eax
-    wrmsr
-    mov %cr0, %eax
-    or $(CR0_PG | CR0_PE), %eax
-    mov %eax, %cr0
+    LONG_MODE_PAGING_ON32 pml4
     push $KCODE
     push %ebx
     lret

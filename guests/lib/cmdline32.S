@@ -82,3 +82,21 @@ arg_u32:
     pop %ecx
     pop %ebx
     ret
+
+/*
+ * ARG32 KEY, DEST, DEFAULT: the multiboot command line's word KEY<digits> (KEY a NUL-terminated
+ * string label that includes the '='), or DEFAULT when it is absent, in %eax and in DEST (a
+ * register or memory).  A malformed value jumps to .Lbad_arg, which the including guest defines.
+ */
+.macro ARG32 key, dest, default
+    call mb_cmdline32
+    mov $\key, %edi
+    call arg_u32
+    cmp $ARG_MALFORMED, %edx
+    je .Lbad_arg
+    cmp $ARG_ABSENT, %edx
+    jne .Larg_given\@
+    mov $\default, %eax
+.Larg_given\@:
+    mov %eax, \dest
+.endm

@@ -45,18 +45,7 @@
  */
 enter_long_mode32:
     lgdt gdt64_ptr
-    mov $pml4, %eax
-    mov %eax, %cr3
-    mov %cr4, %eax
-    or $CR4_PAE, %eax
-    mov %eax, %cr4
-    mov $MSR_EFER, %ecx
-    rdmsr
-    or $EFER_LME, %eax
-    wrmsr
-    mov %cr0, %eax
-    or $(CR0_PG | CR0_PE), %eax
-    mov %eax, %cr0
+    LONG_MODE_PAGING_ON32 pml4
     ljmp $KCODE, $1f
     .code64
 1:  mov $kstack_top, %esp

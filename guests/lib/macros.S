@@ -36,3 +36,23 @@ multiboot_header:
     .long -(MB_HEADER_MAGIC + (\flags))
     .popsection
 .endm
+
+/*
+ * LONG_MODE_PAGING_ON32 tables: from 32-bit protected mode, CR3 = tables (a PML4), CR4.PAE,
+ * EFER.LME, then CR0.PG|PE: long mode is active (compatibility mode) until a far jump into a
+ * 64-bit code segment.  Clobbers %eax, %ecx, %edx.
+ */
+.macro LONG_MODE_PAGING_ON32 tables
+    mov $\tables, %eax
+    mov %eax, %cr3
+    mov %cr4, %eax
+    or $CR4_PAE, %eax
+    mov %eax, %cr4
+    mov $MSR_EFER, %ecx
+    rdmsr
+    or $EFER_LME, %eax
+    wrmsr
+    mov %cr0, %eax
+    or $(CR0_PG | CR0_PE), %eax
+    mov %eax, %cr0
+.endm
