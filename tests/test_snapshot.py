@@ -311,6 +311,34 @@ def try_restore(path: Path) -> None:
     machine.close()
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    pages=st.lists(
+        st.tuples(st.integers(0, 512 + 70 - 1), st.sampled_from([0, 1, 4095, 2048]), st.integers(1, 255)),
+        max_size=80,
+    )
+)
+def test_the_zero_page_scan_finds_exactly_the_non_zero_pages(pages: list[tuple[int, int, int]]) -> None:
+    from kvmlite.memory.guest import GuestMemory
+
+    memory = GuestMemory([(0, 2 << 20), (0x100000000, 70 * F.PAGE)])  # 512 pages, then 70: odd chunks
+    regions = list(memory)
+    for page, byte, value in pages:
+        region, page = (regions[0], page) if page < 512 else (regions[1], page - 512)
+        region.view[page * F.PAGE + byte] = value
+    expected = [
+        start + off
+        for region, start in ((regions[0], 0), (regions[1], 2 << 20))
+        for off in range(0, region.size, F.PAGE)
+        if any(region.view[off : off + F.PAGE])
+    ]
+    runs = list(F.nonzero_runs(memory))
+    found = [offset + off for offset, view in runs for off in range(0, len(view), F.PAGE)]
+    assert found == expected
+    assert all(0 < len(view) <= F.RUN_PAGES * F.PAGE for _, view in runs)
+    assert all(off + len(v) <= 2 << 20 or off >= 2 << 20 for off, v in runs)  # no run spans two regions
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_mutated_snapshot_bytes(good_snapshot: Path, tmp_path: Path, data: st.DataObject) -> None:

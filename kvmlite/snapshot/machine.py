@@ -335,7 +335,7 @@ class ResetPoint:
                 (i, off)
                 for i, region in enumerate(regions)
                 for off in range(0, region.size, F.PAGE)
-                if region.view[off : off + F.PAGE] != self.copy[i][off : off + F.PAGE]
+                if not self.copy[i].startswith(region.view[off : off + F.PAGE], off)  # memcmp, no copy
             ]
         for i, off in dirty:
             regions[i].view[off : off + F.PAGE] = self.copy[i][off : off + F.PAGE]
