@@ -292,7 +292,8 @@ def test_only_the_wanted_file_is_taken_from_a_package(tmp_path: Path) -> None:
         assets._extract_member(deb, assets.BUSYBOX_MEMBER, tmp_path / "busybox")
 
 
-def test_symbols_come_from_the_dbg_package_s_system_map(tmp_path: Path) -> None:
+def _fake_dbg_package(tmp_path: Path) -> Path:
+    """A -dbg package laid out as Debian's: /usr/lib/debug/boot/{vmlinux,System.map}-<release>."""
     if shutil.which("dpkg-deb") is None:
         pytest.skip("dpkg-deb is not installed")
     root = tmp_path / "pkg"
@@ -305,14 +306,36 @@ def test_symbols_come_from_the_dbg_package_s_system_map(tmp_path: Path) -> None:
     debug_boot.mkdir(parents=True)
     (debug_boot / "vmlinux-9.9").write_bytes(b"\x7fELF not really")
     (debug_boot / "System.map-9.9").write_text("ffffffff81000000 T _stext\n")
+    (root / "usr" / "lib" / "debug" / "lib" / "modules").mkdir(parents=True)
+    (root / "usr" / "lib" / "debug" / "lib" / "modules" / "evdev.ko").write_bytes(b"module")
     deb = tmp_path / "linux-image-9.9-cloud-amd64-dbg_1_amd64.deb"
     subprocess.run(
         ["dpkg-deb", "--build", "--root-owner-group", str(root), str(deb)], check=True, capture_output=True
     )
+    return deb
+
+
+def test_symbols_come_from_the_dbg_package_s_system_map(tmp_path: Path) -> None:
+    deb = _fake_dbg_package(tmp_path)
     dest = tmp_path / "System.map"
     member = assets._extract_member(deb, assets.SYSTEM_MAP_MEMBER, dest)
     assert member.endswith("usr/lib/debug/boot/System.map-9.9")
     assert dest.read_text() == "ffffffff81000000 T _stext\n"
+
+
+def test_the_debug_vmlinux_and_system_map_come_from_one_pass_over_the_dbg_package(tmp_path: Path) -> None:
+    deb = _fake_dbg_package(tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    assert assets.find_debug_vmlinux(cache)[0] is None
+    assert "fetch-assets --debug-vmlinux" in assets.find_debug_vmlinux(cache)[1]
+    wanted = {"System.map": assets.SYSTEM_MAP_MEMBER, "vmlinux-dbg": assets.DEBUG_VMLINUX_MEMBER}
+    assets._extract_debug_files(deb, wanted, cache)
+    assert sorted(p.name for p in cache.iterdir()) == ["System.map", "vmlinux-dbg"]  # no module files
+    assert (cache / "vmlinux-dbg").read_bytes() == b"\x7fELF not really"
+    assert assets.find_debug_vmlinux(cache) == (cache / "vmlinux-dbg", "")
+    with pytest.raises(assets.AssetsError, match="holds no file matching"):
+        assets._extract_debug_files(deb, {"x": assets.KERNEL_MEMBER}, cache)
 
 
 def test_cached_assets_without_symbols_are_fetched_again_when_symbols_are_asked_for(
@@ -325,6 +348,10 @@ def test_cached_assets_without_symbols_are_fetched_again_when_symbols_are_asked_
         assets.fetch_assets(tmp_path, symbols=True)
     (tmp_path / "System.map").write_text("ffffffff81000000 T _stext\n")
     assert assets.fetch_assets(tmp_path, symbols=True) == (tmp_path / "vmlinuz", tmp_path / "busybox")
+    with pytest.raises(assets.AssetsError, match="needs apt-get"):  # the same for the debug vmlinux
+        assets.fetch_assets(tmp_path, symbols=True, debug_vmlinux=True)
+    (tmp_path / "vmlinux-dbg").write_bytes(b"\x7fELF")
+    assert assets.fetch_assets(tmp_path, debug_vmlinux=True) == (tmp_path / "vmlinuz", tmp_path / "busybox")
 
 
 def test_uncompressed_archive_is_the_same_cpio(tmp_path: Path) -> None:

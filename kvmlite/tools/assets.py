@@ -23,6 +23,12 @@ the ordinary package client, without root:
   ``kvmlite run --profile``.  Debian's image package ships a placeholder; the
   real map is in ``linux-image-<abi>-cloud-amd64-dbg`` (about 280 MB to
   download, of which only the map is kept).
+* with ``--debug-vmlinux``, the same -dbg package's ``vmlinux`` (the kernel
+  as an ELF with its debug information, about 600 MB) is kept as
+  ``vmlinux-dbg``, for gdb on a Debian guest (``break do_sys_openat2``,
+  ``bt``: tests/gdb/test_gdb_linux.py) and for ``gdb vmlinux-dbg CORE`` on a
+  ``dump-guest-memory`` core.  It always matches the cached ``vmlinuz``: both
+  are taken in the same fetch, from the same kernel package version.
 
 Tests call :func:`find_assets` and skip with its reason when nothing is cached.
 """
@@ -55,6 +61,8 @@ VMLINUZ_NAME = "vmlinuz"
 BUSYBOX_NAME = "busybox"
 SYSTEM_MAP_NAME = "System.map"
 SYSTEM_MAP_MEMBER = re.compile(r"^\.?/?usr/lib/debug/boot/System\.map-.+")
+DEBUG_VMLINUX_NAME = "vmlinux-dbg"
+DEBUG_VMLINUX_MEMBER = re.compile(r"^\.?/?usr/lib/debug/boot/vmlinux-.+")
 KERNEL_MEMBER = re.compile(r"^\.?/?boot/vmlinuz-.+")
 BUSYBOX_MEMBER = re.compile(r"^\.?/?bin/busybox$")
 MODULES_MEMBER = re.compile(r"^\.?/?lib/modules/(?P<release>[^/]+)/(?P<path>.+)$")
@@ -121,6 +129,14 @@ def find_modules(directory: Path | None = None) -> tuple[Path | None, str]:
     return trees[0], ""
 
 
+def find_debug_vmlinux(directory: Path | None = None) -> tuple[Path | None, str]:
+    """(the cached Debian ``vmlinux`` with debug information, "") or (None, the reason)."""
+    path = (directory or cache_dir()) / DEBUG_VMLINUX_NAME
+    if not path.is_file():
+        return None, f"{path} not found (run `kvmlite fetch-assets --debug-vmlinux`, 280 MB to download)"
+    return path, ""
+
+
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     log.debug("running %s in %s", " ".join(cmd), cwd)
     try:
@@ -154,9 +170,9 @@ def _deb_for(workdir: Path, package: str) -> Path:
     return debs[-1]
 
 
-def _extract(deb: Path, where: Callable[[str], Path | None], first_only: bool = False) -> list[str]:
+def _extract(deb: Path, where: Callable[[str], Path | None], stop_after: int = 0) -> list[str]:
     """Stream the package's file tree through dpkg-deb and copy each regular file for which
-    ``where(name)`` gives a destination there; the names copied (only the first with ``first_only``)."""
+    ``where(name)`` gives a destination there; the names copied (stopping after ``stop_after`` if set)."""
     copied: list[str] = []
     with subprocess.Popen(
         ["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -177,7 +193,7 @@ def _extract(deb: Path, where: Callable[[str], Path | None], first_only: bool = 
                     tmp.chmod(0o755 if member.mode & 0o111 else 0o644)
                     tmp.replace(dest)
                     copied.append(member.name)
-                    if first_only:
+                    if len(copied) == stop_after:
                         proc.kill()
                         break
         except tarfile.TarError as err:
@@ -187,11 +203,24 @@ def _extract(deb: Path, where: Callable[[str], Path | None], first_only: bool = 
 
 def _extract_member(deb: Path, pattern: re.Pattern[str], dest: Path) -> str:
     """Copy the first member of the package matching ``pattern`` to ``dest``; its name."""
-    copied = _extract(deb, lambda name: dest if pattern.match(name) else None, first_only=True)
+    copied = _extract(deb, lambda name: dest if pattern.match(name) else None, stop_after=1)
     if not copied:
         raise AssetsError(f"{deb.name} holds no file matching {pattern.pattern}")
     dest.chmod(0o755)
     return copied[0]
+
+
+def _extract_debug_files(deb: Path, wanted: dict[str, re.Pattern[str]], directory: Path) -> None:
+    """Copy each member matching one of ``wanted``'s patterns to ``directory / name``, in one pass."""
+
+    def where(member: str) -> Path | None:
+        return next((directory / name for name, pattern in wanted.items() if pattern.match(member)), None)
+
+    copied = _extract(deb, where, stop_after=len(wanted))
+    for name, pattern in wanted.items():
+        if not any(pattern.match(member) for member in copied):
+            raise AssetsError(f"{deb.name} holds no file matching {pattern.pattern}")
+        (directory / name).chmod(0o644)
 
 
 def _extract_kernel_and_modules(deb: Path, directory: Path, staging: Path) -> str:
@@ -217,18 +246,24 @@ def _extract_kernel_and_modules(deb: Path, directory: Path, staging: Path) -> st
 
 
 def fetch_assets(
-    directory: Path | None = None, force: bool = False, symbols: bool = False, with_modules: bool = False
+    directory: Path | None = None,
+    force: bool = False,
+    symbols: bool = False,
+    with_modules: bool = False,
+    debug_vmlinux: bool = False,
 ) -> tuple[Path, Path]:
     """Download and unpack the Debian cloud kernel and static busybox; return (vmlinuz, busybox).
 
     ``symbols``: also fetch the kernel's System.map (from its -dbg package).
     ``with_modules``: also keep the kernel's modules (``modules/<release>/``, see :func:`find_modules`).
+    ``debug_vmlinux``: also keep the -dbg package's vmlinux (see :func:`find_debug_vmlinux`).
     """
     directory = directory or cache_dir()
     found, _ = find_assets(directory)
     have_symbols = not symbols or (directory / SYSTEM_MAP_NAME).is_file()
     have_modules = not with_modules or find_modules(directory)[0] is not None
-    if found and not force and have_symbols and have_modules:
+    have_vmlinux = not debug_vmlinux or find_debug_vmlinux(directory)[0] is not None
+    if found and not force and have_symbols and have_modules and have_vmlinux:
         return found
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
@@ -254,11 +289,13 @@ def fetch_assets(
         else:
             kernel_member = _extract_member(_deb_for(work, image_package), KERNEL_MEMBER, vmlinuz)
         _extract_member(_deb_for(work, BUSYBOX_PACKAGE), BUSYBOX_MEMBER, busybox)
-        if symbols:
+        debug_files = {SYSTEM_MAP_NAME: SYSTEM_MAP_MEMBER} if symbols else {}
+        if debug_vmlinux:
+            debug_files[DEBUG_VMLINUX_NAME] = DEBUG_VMLINUX_MEMBER
+        if debug_files:
             dbg_package = f"{image_package}-dbg"
             _apt_download([dbg_package], work)
-            _extract_member(_deb_for(work, dbg_package), SYSTEM_MAP_MEMBER, directory / SYSTEM_MAP_NAME)
-            (directory / SYSTEM_MAP_NAME).chmod(0o644)
+            _extract_debug_files(_deb_for(work, dbg_package), debug_files, directory)
         (directory / "SOURCE").write_text(f"{image_package} {kernel_member}\n{BUSYBOX_PACKAGE}\n")
     return vmlinuz, busybox
 
@@ -278,10 +315,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also keep the kernel's modules (~90 MB), for kvmlite initramfs --modules",
     )
+    parser.add_argument(
+        "--debug-vmlinux",
+        action="store_true",
+        help="also keep the kernel's vmlinux with debug information (from the same -dbg package), for gdb",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        vmlinuz, busybox = fetch_assets(args.dir, args.force, args.symbols, args.modules)
+        vmlinuz, busybox = fetch_assets(
+            args.dir, args.force, args.symbols, args.modules, args.debug_vmlinux
+        )
     except KvmliteError as err:
         sys.stderr.write(f"kvmlite: {err}\n")
         return STATUS_BAD_INPUT
@@ -289,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     system_map = vmlinuz.parent / SYSTEM_MAP_NAME
     if system_map.is_file():
         sys.stdout.write(f"symbols {system_map}\n")
+    debug_vmlinux, _ = find_debug_vmlinux(vmlinuz.parent)
+    if debug_vmlinux is not None:
+        sys.stdout.write(f"debug-vmlinux {debug_vmlinux}\n")
     tree, _ = find_modules(vmlinuz.parent)
     if tree is not None:
         sys.stdout.write(f"modules {tree}\n")

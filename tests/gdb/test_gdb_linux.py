@@ -1,10 +1,13 @@
 """gdb on a Linux guest: a breakpoint in the kernel, a backtrace of kernel frames (opt-in: slow here).
 
-Run with a vmlinux that has debug information (Debian's linux-image-*-dbg, or a
-kernel built with CONFIG_DEBUG_INFO and a PVH entry) and busybox
-(``kvmlite fetch-assets``)::
+Run with a vmlinux that has debug information and busybox: by default Debian's
+(``kvmlite fetch-assets --debug-vmlinux`` keeps the -dbg package's vmlinux,
+which matches the cached vmlinuz and boots through its PVH note);
+``KVMLITE_GDB_VMLINUX`` names another (e.g. the microVM kernel's vmlinux from
+``kvmlite build-kernel``)::
 
-    KVMLITE_LINUX_BOOT=1 KVMLITE_GDB_VMLINUX=/path/to/vmlinux python3 -m pytest tests/gdb/test_gdb_linux.py
+    kvmlite fetch-assets --debug-vmlinux
+    KVMLITE_LINUX_BOOT=1 python3 -m pytest tests/gdb/test_gdb_linux.py
 
 The guest boots without ``--gdb-wait``: gdb connects once the kernel prints
 that it frees its init memory (it runs in long mode by then, so gdb gets the
@@ -23,20 +26,26 @@ from pathlib import Path
 
 import pytest
 
+from kvmlite.tools.assets import LINUX_TEST_CMDLINE, find_debug_vmlinux
 from tests.conftest import requires_kvm
 from tests.gdb.support import GDB, free_port, run_gdb, running_vm, serial_text, wait_listening
 
-VMLINUX = os.environ.get("KVMLITE_GDB_VMLINUX", "")
+VMLINUX = os.environ.get("KVMLITE_GDB_VMLINUX") or str(find_debug_vmlinux()[0] or "")
 pytestmark = [
     requires_kvm,
     pytest.mark.skipif(GDB is None, reason="needs gdb"),
     pytest.mark.skipif(
         os.environ.get("KVMLITE_LINUX_BOOT") != "1", reason="slow Linux boot: KVMLITE_LINUX_BOOT=1"
     ),
-    pytest.mark.skipif(not Path(VMLINUX).is_file(), reason="KVMLITE_GDB_VMLINUX: a vmlinux with debug info"),
+    pytest.mark.skipif(
+        not Path(VMLINUX).is_file(),
+        reason=f"no vmlinux with debug info: {find_debug_vmlinux()[1]}, or set KVMLITE_GDB_VMLINUX",
+    ),
 ]
 BOOT_TIMEOUT_S = float(os.environ.get("KVMLITE_BOOT_TIMEOUT_S", "3600"))
-CMDLINE = "console=ttyS0 nowatchdog tsc=reliable no_timer_check mitigations=off cryptomgr.notests"
+#: The Linux tests' line (what makes Debian's kernel feasible here), with the console at KERN_INFO again
+#: after its ``quiet``: the test waits for "Freeing unused kernel image", an info line.
+CMDLINE = f"{LINUX_TEST_CMDLINE} loglevel=7"
 
 
 def test_break_in_the_kernel_and_backtrace_kernel_frames(tmp_path: Path) -> None:
