@@ -90,3 +90,38 @@ def test_unclaimed_ports_are_counted_per_port():
     bus.read(0x81, 1)
     bus.read(0x82, 1)
     assert bus.unclaimed[("read", 0x81)] == bus.unclaimed[("read", 0x82)] == 1
+
+
+class Hooked(Recorder):
+    """A device with its own accessor for register 5 (as the UART has for LSR)."""
+
+    def register_reader(self, offset: int, size: int):
+        return (lambda: 0x77) if (offset, size) == (5, 1) else None
+
+    def register_writer(self, offset: int, size: int):
+        return None
+
+
+def test_accessor_is_the_register_of_the_device_at_that_address():
+    bus, plain, hooked = Bus("pio"), Recorder(), Hooked()
+    bus.insert(plain, 0x3F8, 8)
+    bus.insert(hooked, 0x2F8, 8)
+    assert bus.accessor(0x3FD, 1, write=False)() == 0x45  # read(5, 1)
+    bus.accessor(0x3FB, 1, write=True)(0x80)
+    assert plain.log == [("r", 5, 1), ("w", 3, 1, 0x80)]
+    assert bus.accessor(0x2FD, 1, write=False)() == 0x77  # the device's own accessor
+    assert bus.accessor(0x2FC, 1, write=False)() == 0x44  # no hook for that one: read(4, 1)
+    bus.accessor(0x2FD, 1, write=True)(9)  # the writer hook declined: write(5, 1, 9)
+    assert hooked.log == [("r", 4, 1), ("w", 5, 1, 9)]
+    assert bus.accessor(0x80, 1, write=False) is None  # nobody there
+
+
+def test_cached_accessors_are_dropped_when_the_map_changes():
+    bus = Bus("pio")
+    bus.insert(Recorder(), 0x3F8, 8)
+    bus.accessors["key"] = "cached"
+    bus.insert(Recorder(), 0x2F8, 8)
+    assert bus.accessors == {}
+    bus.accessors["key"] = "cached"
+    bus.remove(0x2F8)
+    assert bus.accessors == {}

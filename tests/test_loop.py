@@ -142,3 +142,59 @@ def test_port_io_of_every_width_reaches_the_device_and_back(tmp_path):
 
 
 GUEST_STATUS_OK = (0x21 << 1) | 1
+
+
+#: A guest that polls port 0x510 until it reads 0x22 (at most 1,000 times): 0x21 at debug-exit if it did.
+POLL_GUEST = r"""
+.text
+.globl _start
+_start:
+    mov $0x510, %dx
+    mov $1000, %ecx
+1:  in %dx, %al
+    cmp $0x22, %al
+    je 2f
+    dec %ecx
+    jnz 1b
+    mov $0x11, %eax
+    jmp 3f
+2:  mov $0x21, %eax
+3:  mov $0xf4, %dx
+    out %eax, %dx
+    hlt
+"""
+
+
+@requires_kvm
+def test_a_polled_port_whose_device_moves_reaches_the_new_device(tmp_path):
+    # The fast path keeps each port access's register function; a change of the bus map (a device
+    # removed and another put in its place, as when a PCI BAR moves) must reach the next access.
+    class Old:
+        reads = 0
+
+        def read(self, offset: int, size: int) -> int:
+            self.reads += 1
+            if self.reads == 50:  # under the bus lock, as a device access that moves a BAR would be
+                machine.pio.remove(0x510)
+                machine.pio.insert(new, 0x510, 1, "new")
+            return 0x11
+
+        def write(self, offset: int, size: int, value: int) -> None: ...
+
+    class New(Old):
+        def read(self, offset: int, size: int) -> int:
+            self.reads += 1
+            return 0x22
+
+    old, new = Old(), New()
+    image = build_multiboot(tmp_path, "poll", MULTIBOOT_HEADER + POLL_GUEST)
+    machine = Machine(MachineConfig(kernel=image, serial="none"))
+    machine.attach_debug_exit()
+    machine.pio.insert(old, 0x510, 1, "old")  # type: ignore[arg-type]
+    machine.load()
+    machine.create_vcpus(1)
+    assert machine.loops[0]._fast_path_applies()
+    assert machine.run() == GUEST_STATUS_OK
+    assert (old.reads, new.reads) == (50, 1)
+    assert machine.stats().by_reason["IoIn"].count == 51
+    machine.close()

@@ -272,6 +272,18 @@ class Serial16550:
             return self._read_msr()
         return self.scr
 
+    def register_reader(self, offset: int, size: int) -> Callable[[], int] | None:
+        """LSR, which a polling driver reads before every byte, without :meth:`read`'s dispatch
+        (see :meth:`kvmlite.memory.bus.Bus.accessor`)."""
+        return self._read_lsr if (offset, size) == (LSR, 1) else None
+
+    def register_writer(self, offset: int, size: int) -> Callable[[int], None] | None:
+        """The scratch register without :meth:`write`'s dispatch."""
+        return self._write_scr if (offset, size) == (SCR, 1) else None
+
+    def _write_scr(self, value: int) -> None:
+        self.scr = value & 0xFF
+
     def write(self, offset: int, size: int, value: int) -> None:
         if size != 1:
             self._warn_access("write", offset, size)

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import functools
 import mmap
+import operator
 import os
 import signal
 import struct
@@ -36,6 +37,8 @@ _REASON_OFFSET = S.kvm_run.exit_reason.offset
 #: exit_reason and, 20 bytes on, the io union member: one unpack serves the commonest exit.
 _HEADER_IO = struct.Struct("<I20xBBHIQ")
 assert _REASON_OFFSET + 4 + 20 == _EXIT_OFFSET
+#: The bytes from exit_reason to the end of the io member: equal bytes, the same port access.
+_IO_KEY = slice(_REASON_OFFSET, _REASON_OFFSET + _HEADER_IO.size)
 _MMIO = struct.Struct("<Q8sIB")  # phys_addr, data, len, is_write
 _MMIO_DATA = _EXIT_OFFSET + 8
 _KVM_RUN = int(Ioctl.KVM_RUN)
@@ -65,11 +68,13 @@ def install_kick_handler() -> bool:
 
 
 class RawExits(NamedTuple):
-    """:meth:`Vcpu.raw_exits`: KVM_RUN, the exit's header, the header of a failed KVM_RUN."""
+    """:meth:`Vcpu.raw_exits`: KVM_RUN, the exit's header, the header of a failed KVM_RUN, and the
+    header's raw bytes."""
 
     enter: Callable[[], object]
     header: Callable[[], tuple[int, int, int, int, int, int]]
     failed: Callable[[OSError], tuple[int, int, int, int, int, int]]
+    key: Callable[[], bytes]
 
 
 class Vcpu:
@@ -90,6 +95,7 @@ class Vcpu:
         # Partials: C calls with no Python frame of their own.
         self._enter = functools.partial(fcntl.ioctl, fd, _KVM_RUN)
         self._header = functools.partial(_HEADER_IO.unpack_from, self._mm, _REASON_OFFSET)
+        self._key = functools.partial(operator.getitem, self._mm, _IO_KEY)
         self._decoders = {
             int(ExitReason.MMIO): self._exit_mmio,
             int(ExitReason.HLT): lambda: E.Hlt(),
@@ -142,9 +148,13 @@ class Vcpu:
                 header = raw.failed(err)    # interrupted: reason -1; any other error raises
 
         The last five of the header are KVM's ``io`` fields (they mean something for an IO exit
-        only); :meth:`exit_for` makes the typed exit of any header.
+        only); :meth:`exit_for` makes the typed exit of any header.  ``key()`` gives the bytes the
+        header is unpacked from (exit_reason to the end of the io member, the fields between them
+        included): two exits with equal keys are the same port access, so a loop may look up what
+        it did last time by the key instead of unpacking (bytes are hashable and, unlike the header
+        tuple, no work for the garbage collector).
         """
-        return RawExits(self._enter, self._header, self.run_failed)
+        return RawExits(self._enter, self._header, self.run_failed, self._key)
 
     def run_failed(self, err: OSError) -> tuple[int, int, int, int, int, int]:
         """The header of an interrupted KVM_RUN (a kick, a signal); any other failure raises."""

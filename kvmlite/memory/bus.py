@@ -8,16 +8,27 @@ most :data:`MAX_UNCLAIMED_PLACES` places (the rest in one ``None`` bucket), only
 the first :data:`MAX_UNCLAIMED_LOGGED` places are logged as warnings, and the
 dispatch caches are emptied when they pass :data:`MAX_CACHED_ADDRESSES`.  A
 guest scanning all of its address space costs time, not memory.
+
+Register accessors (:meth:`Bus.accessor`) are the vCPU loop's shortcut for an
+access it sees again and again (a driver polling a status register): the
+device's own function for that one register, found once, called under
+:attr:`Bus.lock` without the bus's lookup.  A device may offer a cheaper one
+for some registers through the optional ``register_reader(offset, size)`` and
+``register_writer(offset, size)`` methods (None: use ``read``/``write``).
+Whoever caches accessors keeps them in :attr:`Bus.accessors`, which the bus
+empties whenever its map changes.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kvmlite.devices.base import Device
 from kvmlite.errors import BusError
@@ -67,6 +78,9 @@ class Bus:
         self._cache: dict[int, BusRange | None] = {}
         self._readers: dict[int, tuple[object, int]] = {}
         self._writers: dict[int, tuple[object, int]] = {}
+        #: Accessors (:meth:`accessor`) cached by their user under keys of its choosing (the vCPU loop:
+        #: the raw exit header); emptied when the map changes.  Read and fill it holding :attr:`lock`.
+        self.accessors: dict[Any, Any] = {}
 
     def insert(
         self, device: Device, base: int, length: int, name: str | None = None, offset: int = 0
@@ -98,6 +112,22 @@ class Bus:
         self._cache.clear()
         self._readers.clear()
         self._writers.clear()
+        self.accessors.clear()
+
+    def accessor(self, addr: int, size: int, write: bool) -> Callable[..., Any] | None:
+        """The register at ``addr`` as one callable: ``fn()`` reads it (``size`` bytes), ``fn(value)``
+        writes it.  Call it holding :attr:`lock`, and drop it when :attr:`accessors` is emptied (the
+        device may have moved).  None where no device claims ``addr`` (:meth:`read`/:meth:`write` then
+        answer and count the access)."""
+        r = self.find(addr)
+        if r is None:
+            return None
+        offset = addr - r.base + r.offset
+        hook = getattr(r.device, "register_writer" if write else "register_reader", None)
+        fn = hook(offset, size) if hook is not None else None
+        if fn is None:
+            fn = functools.partial(r.device.write if write else r.device.read, offset, size)
+        return fn  # type: ignore[no-any-return]
 
     def find(self, addr: int) -> BusRange | None:
         try:

@@ -431,3 +431,21 @@ def test_on_quiet_reports_when_the_guest_enables_or_disables_every_interrupt() -
     u.write(s.LCR, 1, 0)
     u.write(s.IER, 1, 0)
     assert calls == [False, True]
+
+
+def test_register_accessors_behave_as_read_and_write() -> None:
+    # The vCPU loop calls these for LSR polling and scratch writes instead of read()/write().
+    u, _, _ = make()
+    lsr, scr = u.register_reader(s.LSR, 1), u.register_writer(s.SCR, 1)
+    assert lsr is not None and scr is not None
+    assert lsr() == rd(u, s.LSR) == s.LSR_THRE | s.LSR_TEMT
+    wr(u, s.FCR, s.FCR_ENABLE_FIFO)
+    wr(u, s.MCR, s.MCR_LOOP)
+    for i in range(s.FIFO_SIZE + 1):
+        wr(u, s.THR, i)  # one byte too many: overrun
+    assert lsr() & (s.LSR_OE | s.LSR_DR) == s.LSR_OE | s.LSR_DR
+    assert not lsr() & s.LSR_OE  # cleared by the read, as through read()
+    scr(0x1A5)
+    assert rd(u, s.SCR) == 0xA5
+    assert u.register_reader(s.RBR, 1) is None and u.register_reader(s.LSR, 2) is None
+    assert u.register_writer(s.THR, 1) is None
