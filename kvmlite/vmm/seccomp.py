@@ -30,7 +30,6 @@ unless they call :func:`enable`.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import functools
 import logging
@@ -99,7 +98,9 @@ def _libseccomp() -> ctypes.CDLL:
     try:
         lib = ctypes.CDLL("libseccomp.so.2")  # find_library would run ldconfig: 50 ms at every start
     except OSError:
-        lib = _load(ctypes.util.find_library("seccomp") or "libseccomp.so")
+        from ctypes.util import find_library  # only here: it imports subprocess (1.5 ms at every start)
+
+        lib = _load(find_library("seccomp") or "libseccomp.so")
     return _declare(lib)
 
 

@@ -37,9 +37,10 @@ threads, ``socket`` only for Unix and TCP/IP sockets.
 
 from __future__ import annotations
 
+# The C module: ``socket`` would build its enums at start-up (about 1.5 ms) for three numbers.
+from _socket import AF_INET, AF_INET6, AF_UNIX
 from dataclasses import dataclass
 from signal import SIGKILL, SIGTERM
-from socket import AF_INET, AF_INET6, AF_UNIX
 
 ROLES = ("vcpu", "io", "timers", "console", "control", "gdb", "profiler", "migrate", "main")
 
