@@ -18,7 +18,7 @@ import signal
 import struct
 import threading
 from collections.abc import Callable, Iterable
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar, cast
 
 from kvmlite.errors import KvmIoctlError
 from kvmlite.kvm import exits as E
@@ -95,7 +95,7 @@ class Vcpu:
         # Partials: C calls with no Python frame of their own.
         self._enter = functools.partial(fcntl.ioctl, fd, _KVM_RUN)
         self._header = functools.partial(_HEADER_IO.unpack_from, self._mm, _REASON_OFFSET)
-        self._key = functools.partial(operator.getitem, self._mm, _IO_KEY)
+        self._key = cast(Callable[[], bytes], functools.partial(operator.getitem, self._mm, _IO_KEY))
         self._decoders = {
             int(ExitReason.MMIO): self._exit_mmio,
             int(ExitReason.HLT): lambda: E.Hlt(),

@@ -127,7 +127,7 @@ class Bus:
         fn = hook(offset, size) if hook is not None else None
         if fn is None:
             fn = functools.partial(r.device.write if write else r.device.read, offset, size)
-        return fn  # type: ignore[no-any-return]
+        return fn
 
     def find(self, addr: int) -> BusRange | None:
         try:
