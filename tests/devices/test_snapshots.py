@@ -12,6 +12,8 @@ from kvmlite.devices.base import DeviceState, Snapshottable
 from kvmlite.devices.debug_exit import DebugExit, DebugExitState
 from kvmlite.devices.fw_cfg import FwCfg
 from kvmlite.devices.i8042 import I8042, PortA20Reset, PostCodePort
+from kvmlite.devices.ioapic import Ioapic
+from kvmlite.devices.lapic import Lapic
 from kvmlite.devices.pc_testdev import PcTestdev, PcTestdevIomem
 from kvmlite.devices.pci_testdev import PciTestdev, PciTestdevBlock
 from kvmlite.devices.pic import Elcr, Pic8259, Pic8259Pair
@@ -40,6 +42,8 @@ DEVICES: list[tuple[type, dict[str, object]]] = [
     (DebugExit, {"on_exit": print}),
     (PcTestdev, {}),
     (PciTestdev, {}),
+    (Lapic, {"clock": FakeClock(), "bsp": True}),
+    (Ioapic, {}),
 ]
 
 
