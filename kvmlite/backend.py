@@ -85,6 +85,10 @@ class BackendCaps:
     #: KVM_REGISTER_COALESCED_MMIO with KVM_CAP_COALESCED_PIO: guest writes to chosen ports go to a
     #: ring the VMM replays later instead of exiting (kvmlite.kvm.coalesced).
     coalesced_pio: bool = False
+    #: The backend runs vCPUs with kvmlite's userspace LAPICs and IOAPIC (kvmlite.vmm.apic): the vCPU
+    #: reaches its LAPIC itself (``attach_lapic``), takes NMIs and has KVM's MP states; SMP works without
+    #: an in-kernel irqchip.
+    userspace_apic: bool = False
 
 
 @runtime_checkable

@@ -103,12 +103,13 @@ def test_cpu_counts_out_of_range_are_a_config_error(cpus: int) -> None:
         MachineConfig(kernel=Path(), cpus=cpus).validate()
 
 
-@pytest.mark.parametrize("extra", [["--backend", "emu"], ["--irqchip", "userspace"]])
-def test_cli_refuses_smp_without_the_in_kernel_irqchip(
-    extra: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["run", "--cpus", "2", *extra]) == 2
+def test_cli_refuses_smp_with_the_pic_only_irqchip_of_kvm(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--cpus", "2", "--backend", "kvm", "--irqchip", "userspace"]) == 2
     assert SMP_NEEDS_KERNEL_IRQCHIP in capsys.readouterr().err
+
+
+def test_the_software_backend_takes_smp() -> None:
+    MachineConfig(kernel=Path(), cpus=4, backend="emu").validate()
 
 
 def test_cli_refuses_more_cpus_than_the_madt_can_list(capsys: pytest.CaptureFixture[str]) -> None:
@@ -204,17 +205,23 @@ def run_bounded(machine: Machine) -> int:
         timer.cancel()
 
 
-def smp_machine(tmp_path: Path, tail: str, cpus: int = 2, name: str = "smp") -> Machine:
+def smp_machine(
+    tmp_path: Path, tail: str, cpus: int = 2, name: str = "smp", backend: str = "kvm"
+) -> Machine:
     source = SMP_GUEST.replace("BSP_TAIL", tail)
     elf = build_multiboot(tmp_path, name, source)
     return Machine.build(
-        MachineConfig(kernel=elf, backend="kvm", memory_mib=16, cpus=cpus, serial_out=lambda b: None)
+        MachineConfig(kernel=elf, backend=backend, memory_mib=16, cpus=cpus, serial_out=lambda b: None)
     )
 
 
-@requires_kvm
-def test_only_the_bsp_gets_the_entry_state_and_aps_wait_for_sipi(tmp_path: Path) -> None:
-    machine = smp_machine(tmp_path, HALT, cpus=3)
+#: Both backends: KVM's in-kernel LAPICs, and the software backend's userspace ones (kvmlite.vmm.apic).
+BACKENDS = [pytest.param("kvm", marks=requires_kvm), "emu"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_only_the_bsp_gets_the_entry_state_and_aps_wait_for_sipi(tmp_path: Path, backend: str) -> None:
+    machine = smp_machine(tmp_path, HALT, cpus=3, backend=backend)
     try:
         bsp, *aps = [loop.vcpu for loop in machine.loops]
         assert bsp.get_regs().rip == machine.load_result.entry
@@ -225,9 +232,11 @@ def test_only_the_bsp_gets_the_entry_state_and_aps_wait_for_sipi(tmp_path: Path)
         machine.close()
 
 
-@requires_kvm
-def test_ap_started_by_init_sipi_runs_and_the_vm_stops_once_every_cpu_halts(tmp_path: Path) -> None:
-    machine = smp_machine(tmp_path, HALT)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ap_started_by_init_sipi_runs_and_the_vm_stops_once_every_cpu_halts(
+    tmp_path: Path, backend: str
+) -> None:
+    machine = smp_machine(tmp_path, HALT, backend=backend)
     try:
         status = run_bounded(machine)
         info = machine.control.stop_info
@@ -253,17 +262,21 @@ def test_every_vcpu_starts_with_the_firmware_msrs(tmp_path: Path) -> None:
         machine.close()
 
 
-@requires_kvm
-def test_one_cpu_halted_with_interrupts_off_does_not_stop_the_vm(tmp_path: Path) -> None:
-    machine = smp_machine(tmp_path, SPIN_THEN_EXIT)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_cpu_halted_with_interrupts_off_does_not_stop_the_vm(tmp_path: Path, backend: str) -> None:
+    machine = smp_machine(tmp_path, SPIN_THEN_EXIT, backend=backend)
     chip = machine.irqchip
-    assert isinstance(chip, KernelIrqChip)
 
     def release_bsp() -> None:
         # the AP halts with IF=0 at once; let several watchdog rounds see that while the BSP spins
-        first = chip.rounds
-        while chip.rounds < first + WATCHDOG_ROUNDS and not machine.control.stopping:
-            time.sleep(0.05)
+        if isinstance(chip, KernelIrqChip):
+            first = chip.rounds
+            while chip.rounds < first + WATCHDOG_ROUNDS and not machine.control.stopping:
+                time.sleep(0.05)
+        else:  # the userspace LAPICs see each HLT at once: wait until the AP has halted
+            while machine.memory.read(0x9000, 1) != b"\x01" and not machine.control.stopping:
+                time.sleep(0.05)
+            time.sleep(0.5)
         machine.memory.write(0x9004, b"\x01")
 
     releaser = threading.Thread(target=release_bsp, daemon=True)
@@ -277,15 +290,15 @@ def test_one_cpu_halted_with_interrupts_off_does_not_stop_the_vm(tmp_path: Path)
         machine.close()
 
 
-@requires_kvm
-def test_aps_never_started_do_not_keep_a_halted_bsp_running(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_aps_never_started_do_not_keep_a_halted_bsp_running(tmp_path: Path, backend: str) -> None:
     elf = build_multiboot(
         tmp_path,
         "up",
         MULTIBOOT_HEADER + ".text\n.globl _start\n_start:\n" + HALT,
     )
     machine = Machine.build(
-        MachineConfig(kernel=elf, backend="kvm", memory_mib=16, cpus=2, serial_out=lambda b: None)
+        MachineConfig(kernel=elf, backend=backend, memory_mib=16, cpus=2, serial_out=lambda b: None)
     )
     try:
         assert run_bounded(machine) == 0

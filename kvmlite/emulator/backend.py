@@ -20,7 +20,13 @@ Interrupts follow KVM's userspace-irqchip contract: ``interrupt(vector)``
 queues an external interrupt, delivered before the next instruction;
 ``ready_for_interrupt_injection`` says whether one can be queued now;
 ``request_interrupt_window`` makes ``run()`` return ``IrqWindowOpen`` as
-soon as the guest can take one.  HLT returns ``Hlt`` (with RIP past the
+soon as the guest can take one; ``nmi()`` queues an NMI, taken whatever IF
+says.  The machine's userspace APIC irqchip (:mod:`kvmlite.vmm.apic`) gives
+each vCPU its local APIC (``attach_lapic``): the vCPU reaches its registers
+directly, the xAPIC page at IA32_APIC_BASE and the x2APIC and TSC-deadline
+MSRs, without an exit, and CPUID leaf 1 then carries the vCPU's APIC ID and
+the TSC-deadline bit.  APs start in KVM's wait-for-SIPI state
+(``get_mp_state``), which the irqchip ends.  HLT returns ``Hlt`` (with RIP past the
 HLT, as KVM does) and the loop decides how to wait.  ``kick()`` makes a
 running ``run()`` return ``Interrupted`` within a few instructions.
 """
@@ -30,11 +36,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from kvmlite.backend import BackendCaps, unsupported
 from kvmlite.emulator.cpu import FLAG_IF, CpuState
 from kvmlite.emulator.executor import Executor
-from kvmlite.emulator.faults import TripleFault
+from kvmlite.emulator.faults import GP, GuestFault, TripleFault
 from kvmlite.emulator.guest_debug import DataBreakpoints
 from kvmlite.emulator.instruction import MAX_INSN_LENGTH
 from kvmlite.emulator.ops import ACCESS_FETCH, ACCESS_WRITE, EmulatorOps, PagedOps
@@ -52,11 +59,13 @@ log = logging.getLogger(__name__)
 
 #: Instructions executed between looks at kicks, queued interrupts and window requests.
 SLICE = 256
+#: As many as the MADT can describe (kvmlite.firmware.acpi.MAX_CPUS).
+MAX_VCPUS = 254
 BACKEND = "emu"
-#: What the software backend can do (kvmlite.backend): one vCPU fed by kvmlite's own PIC.
+#: What the software backend can do (kvmlite.backend): vCPUs fed by kvmlite's own PIC, IOAPIC and LAPICs.
 CAPS = BackendCaps(
     name=BACKEND,
-    max_vcpus=1,
+    max_vcpus=MAX_VCPUS,
     in_kernel_irqchip=False,
     guest_debug=True,
     watchpoints=True,
@@ -65,9 +74,27 @@ CAPS = BackendCaps(
     fpu_state=False,
     lapic_state=False,
     rescue_emulation=False,
+    userspace_apic=True,
 )
+#: CPUID leaf 1: ECX's TSC-deadline timer, EDX's HTT, EBX's logical-processor count and initial APIC ID.
+CPUID1_TSC_DEADLINE, CPUID1_HTT = 1 << 24, 1 << 28
+#: The MSRs a local APIC answers: TSC_DEADLINE and the x2APIC registers.
+APIC_MSRS = range(0x800, 0x900)
+#: MSRs an Intel CPU has that Linux reads without a safety net (``rdmsr`` in ``verify_cpu``, the
+#: microcode revision), with KVM's values: microcode revision 0, MTRRcap (8 variable ranges, fixed
+#: ranges, write-combining), MISC_ENABLE (fast strings; BTS and PEBS unavailable), PAT's reset value,
+#: and the variable and fixed MTRRs and MTRR_DEF_TYPE (0 until written; memory types mean nothing
+#: here).  Writes are kept.
+MSR_DEFAULTS: dict[int, int] = {
+    0x8B: 0,
+    0xFE: 0x508,
+    0x1A0: 0x1801,
+    0x277: 0x0007_0406_0007_0406,
+    **dict.fromkeys((*range(0x200, 0x210), 0x250, 0x258, 0x259, *range(0x268, 0x270), 0x2FF), 0),
+}
 DR6_FIXED, DR6_BS = DR6_FIXED1, int(Dr6.BS)  # plain ints for the run loop
-VECTOR_DB, VECTOR_BP = int(Vector.DB), int(Vector.BP)  # what a Debug exit reports, as KVM does
+VECTOR_DB, VECTOR_BP, VECTOR_NMI = int(Vector.DB), int(Vector.BP), int(Vector.NMI)
+WAIT_FOR_SIPI = (MpState.UNINITIALIZED, MpState.INIT_RECEIVED)  # what a Debug exit reports, as KVM does
 _RCX, _RSI, _RDI = 1, 6, 7
 
 
@@ -100,6 +127,9 @@ class BackendOps(PagedOps):
         self.cpuid_table = cpuid
         self.answers: list[_Answer] = []
         self.pending: _Answer | None = None  # the access the last exit asked about
+        self.apic: Any = None  # the vCPU's local APIC (kvmlite.vmm.apic.LapicAccess), if the machine has one
+        self.apic_id = 0
+        self.cpu_count = 1
         super().__init__(
             self._read_phys, self._write_phys, ShadowMmu(self._read_phys_ram, self._write_phys_ram)
         )
@@ -172,6 +202,9 @@ class BackendOps(PagedOps):
             return bytes(region.view[off : off + size])
         if self.memory.is_ram(gpa, size):
             return self.memory.read(gpa, size)
+        apic = self.apic
+        if apic is not None and gpa & ~0xFFF == apic.mmio_page:
+            return apic.read(gpa & 0xFFF, size).to_bytes(size, "little")
         data = self._replay(("mmio-r", gpa, size))
         if data is not None:
             return bytes(data)
@@ -191,6 +224,10 @@ class BackendOps(PagedOps):
             return
         if self.memory.is_ram(gpa, size):
             self.memory.write(gpa, data)
+            return
+        apic = self.apic
+        if apic is not None and gpa & ~0xFFF == apic.mmio_page:
+            apic.write(gpa & 0xFFF, size, int.from_bytes(data, "little"))
             return
         if self._replay(("mmio-w", gpa, size)) is not None:
             return
@@ -215,7 +252,40 @@ class BackendOps(PagedOps):
         entry = self.cpuid_table.get((leaf, subleaf)) or self.cpuid_table.get((leaf, 0))
         if entry is not None:
             return entry  # type: ignore[return-value]
-        return EmulatorOps.cpuid(self, leaf, subleaf)
+        eax, ebx, ecx, edx = EmulatorOps.cpuid(self, leaf, subleaf)
+        if leaf == 1 and self.apic is not None:
+            ebx = (ebx & 0xFFFF) | ((self.cpu_count & 0xFF) << 16) | ((self.apic_id & 0xFF) << 24)
+            ecx |= CPUID1_TSC_DEADLINE
+            edx |= CPUID1_HTT if self.cpu_count > 1 else 0
+        return eax, ebx, ecx, edx
+
+    # --- the local APIC's MSRs -------------------------------------------------------------------
+    def read_msr(self, index: int) -> int:
+        apic = self.apic
+        if apic is not None and (index in APIC_MSRS or index == Msr.TSC_DEADLINE):
+            value = apic.read_msr(index)
+            if value is not None:
+                return int(value)
+        elif index in self.cpu.msrs:  # one the VMM set (the firmware's MTRR default type) or the guest wrote
+            return self.cpu.msrs[index]
+        elif index in MSR_DEFAULTS:
+            return MSR_DEFAULTS[index]
+        return super().read_msr(index)
+
+    def write_msr(self, index: int, value: int) -> None:
+        apic = self.apic
+        if index in self.cpu.msrs or index in MSR_DEFAULTS:
+            self.cpu.msrs[index] = value
+        elif apic is None:
+            super().write_msr(index, value)
+        elif index == Msr.APIC_BASE:
+            apic.set_base(value)
+            self.cpu.apic_base = apic.base
+        elif index in APIC_MSRS or index == Msr.TSC_DEADLINE:
+            if not apic.write_msr(index, value):
+                raise GuestFault(GP, 0, reason=f"WRMSR {index:#x} = {value:#x} refused by the local APIC")
+        else:
+            super().write_msr(index, value)
 
 
 class EmuVcpu:
@@ -231,6 +301,9 @@ class EmuVcpu:
         self.executor = Executor(self.cpu, self.ops)
         self._kicked = False
         self._pending_vector: int | None = None
+        self._nmi_pending = False
+        #: KVM's MP state: APs wait for INIT/SIPI (kvmlite.vmm.apic ends the wait), the BSP runs.
+        self.mp_state = MpState.RUNNABLE if vcpu_id == 0 else MpState.UNINITIALIZED
         self._window_requested = False
         self._last_exit: E.Exit | None = None
         self._thread_id: int | None = None
@@ -243,6 +316,8 @@ class EmuVcpu:
     # --- running ---------------------------------------------------------------------------
     def run(self) -> E.Exit:
         self._complete_last_exit()
+        if self.mp_state in WAIT_FOR_SIPI:
+            return self._exit(E.Interrupted())  # an AP the irqchip has not started runs nothing
         cpu, ex, ops = self.cpu, self.executor, self.ops
         ex.blocks.epoch += 1  # the VMM ran: guest memory may have changed under the translation blocks
         # As KVM with immediate_exit: an instruction whose device access was answered completes
@@ -252,6 +327,13 @@ class EmuVcpu:
         while True:
             if self._kicked and not finishing:
                 return self._exit(E.Interrupted())
+            if self._nmi_pending and not finishing and not cpu.interrupt_shadow:
+                self._nmi_pending = False
+                try:
+                    ex.inject_interrupt(VECTOR_NMI)
+                except TripleFault as err:
+                    log.error("vcpu %d: %s", self.id, err)
+                    return self._exit(E.Shutdown())
             if self._pending_vector is not None and not finishing and self._can_take_interrupt():
                 vector, self._pending_vector = self._pending_vector, None
                 try:
@@ -294,7 +376,7 @@ class EmuVcpu:
                 if cpu.halted:
                     cpu.halted = False  # as with KVM's userspace irqchip: RIP is past HLT, the VMM waits
                     return self._exit(E.Hlt())
-                if self._kicked or self._pending_vector is not None:
+                if self._kicked or self._pending_vector is not None or self._nmi_pending:
                     break
 
     def _execute(self, run: Callable[..., object], *args: int) -> E.Exit | None:
@@ -399,11 +481,27 @@ class EmuVcpu:
             self.cpuid[(e.function, e.index)] = (e.eax, e.ebx, e.ecx, e.edx)
 
     def get_mp_state(self) -> MpState:
-        return MpState.RUNNABLE
+        return self.mp_state
 
     def set_mp_state(self, state: MpState) -> None:
-        if state != MpState.RUNNABLE:
+        if state not in (MpState.RUNNABLE, *WAIT_FOR_SIPI):
             unsupported(BACKEND, f"put a vCPU in MP state {state.name}")
+        self.mp_state = state
+
+    # --- the local APIC (kvmlite.vmm.apic) -----------------------------------------------------------
+    def attach_lapic(self, apic: Any, cpus: int) -> None:
+        """Reach ``apic`` (a :class:`kvmlite.vmm.apic.LapicAccess`) at its page and MSRs (``cpus``: CPUID)."""
+        ops = self.ops
+        ops.apic, ops.apic_id, ops.cpu_count = apic, self.id, cpus
+        self.cpu.apic_base = apic.base
+
+    def reset_for_init(self) -> None:
+        """INIT: the reset state (real mode at F000:FFF0), the APIC base kept; nothing pending."""
+        base = self.cpu.apic_base
+        self._load(CpuState.reset(), sregs=True)
+        self.cpu.apic_base = base
+        self._pending_vector, self._nmi_pending = None, False
+        self._window_requested = False
 
     def get_cpuid(self, max_entries: int = 256) -> list[CpuidEntry]:
         return [CpuidEntry(f, i, 0, *regs) for (f, i), regs in self.cpuid.items()][:max_entries]
@@ -479,7 +577,9 @@ class EmuVcpu:
 
     # --- what the emulator does not have -----------------------------------------------------------
     def nmi(self) -> None:
-        unsupported(BACKEND, "inject an NMI")
+        """Queue an NMI: delivered before the next instruction, whatever IF says (no NMI blocking kept)."""
+        self._nmi_pending = True
+        self.executor.stop_requested = True
 
     def get_fpu(self) -> S.kvm_fpu:
         return unsupported(BACKEND, "read the FPU state (kvm_fpu)")

@@ -14,6 +14,7 @@ from kvmlite.emulator.handlers import (
     privileged,
     segment,
     sse,
+    sse_int,
     xsave,
 )
 from kvmlite.emulator.opcodes import (
@@ -124,33 +125,45 @@ TWO_BYTE[0x0D] = ModSplit(
 TWO_BYTE[0x10] = Prefixed(
     sse_row("movups", "Vps,Wps", handler=sse.movups),
     sse_row("movupd", "Vpd,Wpd", handler=sse.movupd),
-    sse_row("movss", "Vx,Wss"),
-    sse_row("movsd", "Vx,Wsd"),
+    sse_row("movss", "Vx,Wss", handler=sse_int.movss),
+    sse_row("movsd", "Vx,Wsd", handler=sse_int.movsd),
 )
 TWO_BYTE[0x11] = Prefixed(
     sse_row("movups", "Wps,Vps", handler=sse.movups),
     sse_row("movupd", "Wpd,Vpd", handler=sse.movupd),
-    sse_row("movss", "Wss,Vx"),
-    sse_row("movsd", "Wsd,Vx"),
+    sse_row("movss", "Wss,Vx", handler=sse_int.movss),
+    sse_row("movsd", "Wsd,Vx", handler=sse_int.movsd),
 )
 TWO_BYTE[0x12] = Prefixed(
-    ModSplit(sse_row("movlps", "Vx,Mq"), sse_row("movhlps", "Vx,Ux")),
-    ModSplit(sse_row("movlpd", "Vx,Mq"), None),
+    ModSplit(
+        sse_row("movlps", "Vx,Mq", handler=sse_int.movlps_load),
+        sse_row("movhlps", "Vx,Ux", handler=sse_int.movhlps),
+    ),
+    ModSplit(sse_row("movlpd", "Vx,Mq", handler=sse_int.movlps_load), None),
     sse_row("movsldup", "Vx,Wx"),
     sse_row("movddup", "Vx,Wsd"),
 )
 TWO_BYTE[0x13] = Prefixed(
-    ModSplit(sse_row("movlps", "Mq,Vx"), None), ModSplit(sse_row("movlpd", "Mq,Vx"), None)
+    ModSplit(sse_row("movlps", "Mq,Vx", handler=sse_int.movlps_store), None),
+    ModSplit(sse_row("movlpd", "Mq,Vx", handler=sse_int.movlps_store), None),
 )
-TWO_BYTE[0x14] = Prefixed(sse_row("unpcklps"), sse_row("unpcklpd"))
-TWO_BYTE[0x15] = Prefixed(sse_row("unpckhps"), sse_row("unpckhpd"))
+TWO_BYTE[0x14] = Prefixed(
+    sse_row("unpcklps", handler=sse_int.punpckldq), sse_row("unpcklpd", handler=sse_int.punpcklqdq)
+)
+TWO_BYTE[0x15] = Prefixed(
+    sse_row("unpckhps", handler=sse_int.punpckhdq), sse_row("unpckhpd", handler=sse_int.punpckhqdq)
+)
 TWO_BYTE[0x16] = Prefixed(
-    ModSplit(sse_row("movhps", "Vx,Mq"), sse_row("movlhps", "Vx,Ux")),
-    ModSplit(sse_row("movhpd", "Vx,Mq"), None),
+    ModSplit(
+        sse_row("movhps", "Vx,Mq", handler=sse_int.movhps_load),
+        sse_row("movlhps", "Vx,Ux", handler=sse_int.movlhps),
+    ),
+    ModSplit(sse_row("movhpd", "Vx,Mq", handler=sse_int.movhps_load), None),
     sse_row("movshdup", "Vx,Wx"),
 )
 TWO_BYTE[0x17] = Prefixed(
-    ModSplit(sse_row("movhps", "Mq,Vx"), None), ModSplit(sse_row("movhpd", "Mq,Vx"), None)
+    ModSplit(sse_row("movhps", "Mq,Vx", handler=sse_int.movhps_store), None),
+    ModSplit(sse_row("movhpd", "Mq,Vx", handler=sse_int.movhps_store), None),
 )
 TWO_BYTE[0x18] = ModSplit(
     Group(
@@ -264,9 +277,10 @@ for _op, _name in zip(
     ),
     strict=True,
 ):
-    TWO_BYTE[_op] = mmx_sse(_name, "Pq,Qd" if _op < 0x63 else "Pq,Qq", handler=_PCMPGT.get(_op))
-TWO_BYTE[0x6C] = only66("punpcklqdq")
-TWO_BYTE[0x6D] = only66("punpckhqdq")
+    handler = _PCMPGT.get(_op) or sse_int.UNPACKS.get(_op)
+    TWO_BYTE[_op] = mmx_sse(_name, "Pq,Qd" if _op < 0x63 else "Pq,Qq", handler=handler)
+TWO_BYTE[0x6C] = only66("punpcklqdq", handler=sse_int.punpcklqdq)
+TWO_BYTE[0x6D] = only66("punpckhqdq", handler=sse_int.punpckhqdq)
 TWO_BYTE[0x6E] = Prefixed(
     Row("movd/movd/movq", "Pq,Ey", sse.movd, SSE), Row("movd/movd/movq", "Vx,Ey", sse.movd, SSE)
 )
@@ -277,9 +291,9 @@ TWO_BYTE[0x6F] = Prefixed(
 )
 TWO_BYTE[0x70] = Prefixed(
     sse_row("pshufw", "Pq,Qq,Ib"),
-    sse_row("pshufd", "Vx,Wx,Ib"),
-    sse_row("pshufhw", "Vx,Wx,Ib"),
-    sse_row("pshuflw", "Vx,Wx,Ib"),
+    sse_row("pshufd", "Vx,Wx,Ib", handler=sse_int.pshufd),
+    sse_row("pshufhw", "Vx,Wx,Ib", handler=sse_int.pshufhw),
+    sse_row("pshuflw", "Vx,Wx,Ib", handler=sse_int.pshuflw),
 )
 
 
@@ -290,9 +304,10 @@ def _shift_imm_group(names: tuple[str, ...]) -> ModSplit:
         if not name:
             rows.append(None)
         elif name in ("psrldq", "pslldq"):
-            rows.append(Prefixed(None, sse_row(name, "Ux,Ib")))
+            rows.append(Prefixed(None, sse_row(name, "Ux,Ib", handler=sse_int.SHIFT_IMM[name])))
         else:
-            rows.append(Prefixed(sse_row(name, "Nq,Ib"), sse_row(name, "Ux,Ib")))
+            handler = sse_int.SHIFT_IMM[name]
+            rows.append(Prefixed(sse_row(name, "Nq,Ib"), sse_row(name, "Ux,Ib", handler=handler)))
     return ModSplit(None, Group(rows))
 
 
@@ -463,10 +478,11 @@ _SSE_INT_HANDLERS = {
     0xF9: sse.psubw, 0xFA: sse.psubd, 0xFB: sse.psubq, 0xFC: sse.paddb, 0xFD: sse.paddw, 0xFE: sse.paddd,
 }  # fmt: skip
 for _op, _name in _SSE_INT.items():
-    TWO_BYTE[_op] = mmx_sse(_name, handler=_SSE_INT_HANDLERS.get(_op))
+    TWO_BYTE[_op] = mmx_sse(_name, handler=_SSE_INT_HANDLERS.get(_op) or sse_int.BY_OPCODE.get(_op))
 TWO_BYTE[0xD6] = Prefixed(None, sse_row("movq", "Wq,Vx", handler=sse.movq))
 TWO_BYTE[0xD7] = Prefixed(
-    ModSplit(None, sse_row("pmovmskb", "Gd,Nq")), ModSplit(None, sse_row("pmovmskb", "Gd,Ux"))
+    ModSplit(None, sse_row("pmovmskb", "Gd,Nq")),
+    ModSplit(None, sse_row("pmovmskb", "Gd,Ux", handler=sse_int.pmovmskb)),
 )
 TWO_BYTE[0xE6] = Prefixed(None, sse_row("cvttpd2dq"), sse_row("cvtdq2pd", "Vx,Wq"), sse_row("cvtpd2dq"))
 TWO_BYTE[0xE7] = Prefixed(

@@ -42,12 +42,16 @@ PAGE_SIZE = 4096
 # CPUID answers of the built-in default: a plain x86-64 CPU with the features of the instructions
 # the executor runs that an opcode row gates on CPUID (see Row.cpuid): MOVBE, POPCNT, RDRAND, RDSEED,
 # FSGSBASE, RDPID, RDTSCP.  XSAVE, SMAP and MONITOR are not advertised: their instructions #UD.
-_VENDOR = (0x756E6547, 0x6C65746E, 0x49656E69)  # "GenuineIntel" as EBX, ECX, EDX
+_VENDOR = (0x756E6547, 0x6C65746E, 0x49656E69)  # "GenuineIntel" is EBX "Genu", EDX "ineI", ECX "ntel"
 DEFAULT_CPUID: dict[tuple[int, int], tuple[int, int, int, int]] = {
-    (0, 0): (0xD, _VENDOR[0], _VENDOR[2], _VENDOR[1]),
+    (0, 0): (0x15, _VENDOR[0], _VENDOR[1], _VENDOR[2]),
     # family 6: FPU TSC MSR PAE CX8 APIC SEP PGE CMOV FXSR SSE SSE2 ... ; ECX: SSE3 CX16 MOVBE POPCNT RDRAND
     (1, 0): (0x000306A9, 0x00000800, 0x40C02001, 0x078BFBFF),
     (7, 0): (0, 0x00040001, 0x00400000, 0),  # EBX: FSGSBASE RDSEED; ECX: RDPID
+    # TSC and core crystal clock: the TSC (``rdtsc``, host nanoseconds) runs at 1 GHz, and so does the
+    # LAPIC timer's bus clock (kvmlite.devices.lapic); Linux takes both from here instead of calibrating
+    # them against the PIT, which an emulated CPU reads too slowly to calibrate anything.
+    (0x15, 0): (1, 1, 1_000_000_000, 0),
     (0x80000000, 0): (0x80000008, 0, 0, 0),
     (0x80000001, 0): (0, 0, 0x1, 0x28100800),  # LAHF-LM; SYSCALL, NX, RDTSCP, LM
     (0x80000008, 0): (0x00003028, 0, 0, 0),  # 40 physical, 48 linear address bits

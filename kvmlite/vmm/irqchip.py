@@ -1,8 +1,8 @@
 """Interrupt delivery, two ways (``--irqchip``).
 
-``userspace`` - the seed design of KVM, and the only one the software backend
-can use: kvmlite's own i8259 pair and i8254 take the devices' interrupt
-lines; before each KVM_RUN the loop injects the PIC's vector with
+``userspace`` - the seed design of KVM: kvmlite's own i8259 pair and i8254
+take the devices' interrupt lines (the software backend adds its IOAPIC and
+LAPICs to them: :mod:`kvmlite.vmm.apic`); before each KVM_RUN the loop injects the PIC's vector with
 KVM_INTERRUPT when the vCPU can take it (``ready_for_interrupt_injection``) or
 asks KVM for an interrupt window exit when it cannot.  HLT exits to
 userspace and waits on a condition until the PIC has something.
@@ -41,7 +41,12 @@ WAITING_FOR_SIPI = (MpState.UNINITIALIZED, MpState.INIT_RECEIVED)
 
 
 class UserspaceIrqChip(LoopExtension):
-    """kvmlite's PIC pair feeding KVM_INTERRUPT (or the software backend)."""
+    """kvmlite's PIC pair feeding KVM_INTERRUPT (vCPU 0 only)."""
+
+    #: The MADT lists an IOAPIC, devices get GSIs 16-23 (kvmlite.vmm.layout.SystemAllocator).
+    has_ioapic = False
+    #: Every vCPU's loop is attached (else only vCPU 0's).
+    serves_every_vcpu = False
 
     def __init__(self, lock: threading.RLock, control: VmControl) -> None:
         self.cond = threading.Condition(lock)
@@ -107,6 +112,8 @@ class KernelIrqChip(LoopExtension):
     """KVM's in-kernel PIC/IOAPIC/LAPIC and PIT; devices raise GSIs with KVM_IRQ_LINE."""
 
     exits = (E.Interrupted,)
+    has_ioapic = True
+    serves_every_vcpu = True
 
     def __init__(self, vm: VmBackend, control: VmControl) -> None:
         self.vm = vm

@@ -16,9 +16,10 @@ Every machine gets ACPI tables (:mod:`kvmlite.firmware.acpi`, in the
 reserved BIOS area at 0xF0000) and the ACPI PM and reset-control devices
 (:mod:`kvmlite.devices.acpi_pm`), whatever kernel it boots: for Linux they
 are how it finds its CPUs and powers off; a guest that never looks at them
-pays nothing.  SMP (``cpus`` > 1) needs KVM's in-kernel irqchip: only vCPU 0
-gets the loader's entry state, the APs stay in the reset state KVM gives
-them (waiting for INIT/SIPI from the in-kernel LAPIC).
+pays nothing.  SMP (``cpus`` > 1) needs LAPICs: KVM's in-kernel irqchip, or
+on the software backend kvmlite's own (:mod:`kvmlite.vmm.apic`); only vCPU 0
+gets the loader's entry state, the APs stay in the reset state the backend
+gives them (waiting for INIT/SIPI from their LAPIC).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from kvmlite.pci.device import HostBridge, PciFunction
 from kvmlite.status import ExitStatus
 from kvmlite.vmm import layout as L
 from kvmlite.vmm import seccomp
+from kvmlite.vmm.apic import ApicIrqChip
 from kvmlite.vmm.console import SerialConsole, parse_serial_spec
 from kvmlite.vmm.cpu_setup import boot_msrs, guest_cpuid, setup_cpu
 from kvmlite.vmm.cpuid import apply_features, parse_feature_spec
@@ -93,7 +95,9 @@ MAX_MEMORY_MIB = 64 * 1024
 #: (kvmlite.vmm.xstate_quirk), the hypercall-based PV features hidden (kvmlite.vmm.hypercall).
 HOST_WORKAROUNDS = ("clearcpuid", "xstate", "hypercalls")
 OPTIONAL_DEVICES = ("pc-testdev", "pci-testdev", "virtio-rng-pci")
-SMP_NEEDS_KERNEL_IRQCHIP = "SMP needs the in-kernel irqchip (the KVM backend with --irqchip kernel or auto)"
+SMP_NEEDS_KERNEL_IRQCHIP = (
+    "SMP needs local APICs (the KVM backend with --irqchip kernel or auto, or the emu backend)"
+)
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,7 @@ class MachineConfig:
         self.workarounds()
         if self.on_reset not in ("exit", "restart"):
             raise ConfigError(f"--on-reset {self.on_reset!r}: choose exit or restart")
-        if self.cpus > 1 and (self.backend == "emu" or self.irqchip == "userspace"):
+        if self.cpus > 1 and self.backend != "emu" and self.irqchip == "userspace":
             raise ConfigError(f"--cpus {self.cpus}: {SMP_NEEDS_KERNEL_IRQCHIP}")
         parse_serial_spec(self.serial)
         if self.timeout < 0 or self.max_output < 0:
@@ -235,7 +239,7 @@ class Machine:
         #: Every device the builder attached (name, type, bus ranges, IRQs), in attach order.
         self.devices = DeviceRegistry()
         #: Where devices with no fixed PC address get their ports, MMIO ranges and GSIs.
-        self.allocator = SystemAllocator(kernel_irqchip=isinstance(self.irqchip, KernelIrqChip))
+        self.allocator = SystemAllocator(kernel_irqchip=self.irqchip.has_ioapic)
         self.loops: list[VcpuLoop] = []
         self.serial: Serial16550 | None = None
         self.console: SerialConsole | None = None
@@ -276,7 +280,7 @@ class Machine:
     def _check_backend(self, config: MachineConfig) -> None:
         """What the configuration asks of the backend that opened (``auto`` may have fallen back)."""
         caps = self.caps
-        if config.cpus > 1 and not caps.in_kernel_irqchip:
+        if config.cpus > 1 and not (caps.in_kernel_irqchip or caps.userspace_apic):
             raise ConfigError(f"--cpus {config.cpus}: {SMP_NEEDS_KERNEL_IRQCHIP}")
         if config.cpus > caps.max_vcpus:
             raise ConfigError(
@@ -290,6 +294,8 @@ class Machine:
             chip = KernelIrqChip(self.vm, self.control)
             self.timers.every(HALT_WATCH_INTERVAL_S, chip.watchdog)
             return chip
+        if self.caps.userspace_apic:
+            return ApicIrqChip(self.lock, self.control, self.timers, self.config.cpus)
         return UserspaceIrqChip(self.lock, self.control)
 
     def request_reset(self) -> None:
@@ -357,8 +363,7 @@ class Machine:
 
     def write_acpi_tables(self) -> int:
         """Write the ACPI tables for the devices attached so far; returns the RSDP's address."""
-        ioapic = isinstance(self.irqchip, KernelIrqChip)
-        platform = AcpiPlatform.from_registry(self.devices, self.config.cpus, ioapic=ioapic)
+        platform = AcpiPlatform.from_registry(self.devices, self.config.cpus, ioapic=self.irqchip.has_ioapic)
         self.rsdp = write_tables(self.memory, platform)
         return self.rsdp
 
@@ -385,6 +390,10 @@ class Machine:
                 irqs=[L.IRQ_PIT],
                 handlers={"pit": Rescheduling(pit, self.timers), "port61": pit.port61},
             )
+        if isinstance(chip, ApicIrqChip):
+            for lapic in chip.lapics:  # reached by their vCPUs, not through a bus
+                self.place(f"lapic{lapic.apic_id}", "apic", lapic)
+            self.place("ioapic", "ioapic", chip.ioapic, mmio=[slot(L.IOAPIC_ADDRESS, L.IOAPIC_SIZE)])
 
     def attach_rtc(self) -> CmosRtc:
         rtc = CmosRtc(
@@ -487,7 +496,7 @@ class Machine:
         """QEMU's pc-testdev (kvm-unit-tests): scratch and flush ports, IRQ ports, the iomem window."""
         from kvmlite.devices import pc_testdev as T
 
-        isa_irqs = L.IOAPIC_PINS if isinstance(self.irqchip, KernelIrqChip) else 16  # the PICs' 16 lines
+        isa_irqs = L.IOAPIC_PINS if self.irqchip.has_ioapic else 16  # the PICs' 16 lines
         dev = T.PcTestdev([self.irqchip.line(i) for i in range(isa_irqs)], T.host_page_flusher(self.memory))
         ports = slot(L.PC_TESTDEV_PORT, T.IOPORT_LEN)
         irqs = slot(L.PC_TESTDEV_IRQ_PORT, T.IRQ_LINES, "irq", offset=T.IRQ_OFFSET)
@@ -520,7 +529,7 @@ class Machine:
         With the IOAPIC their GSIs are above 15, which Linux registers only from ACPI (a command-line
         ``virtio_mmio.device=...:16`` fails its probe with -EINVAL); other guests read the command line.
         """
-        if not isinstance(self.irqchip, KernelIrqChip) or "acpi-pm" not in self.devices:
+        if not self.irqchip.has_ioapic or "acpi-pm" not in self.devices:
             return False
         from kvmlite.loaders import detect_format
         from kvmlite.vmm.host_quirks import LINUX_FORMATS
@@ -547,7 +556,7 @@ class Machine:
         workarounds = self.config.workarounds()
         if supported and "hypercalls" in workarounds and not host_completes_hypercalls(vm.new_vm):
             supported = without_hypercall_features(supported)
-        msrs = boot_msrs(set(vm.msr_index_list())) if caps.host_cpuid else {}
+        msrs = boot_msrs(set(vm.msr_index_list()))  # the emulator keeps what it is given
         fix_syscalls = (
             caps.msr_filter and self.config.syscall_fix == "auto" and SyscallRepair.trap_lstar_writes(vm)
         )
@@ -573,7 +582,7 @@ class Machine:
                     vm.coalesce_writes(port, length, pio=True)
             loop = VcpuLoop(vcpu, self.control, self.pio, self.mmio, timing=self.config.stats)
             loop.coalesced, loop.every_exit_wanted = self.coalesced, self._stop_coalescing
-            if i == 0 or isinstance(self.irqchip, KernelIrqChip):
+            if i == 0 or self.irqchip.serves_every_vcpu:
                 self.irqchip.attach(loop)
             if self.tracer is not None:
                 loop.add(ExitHook(self.tracer.hook(vcpu.id), every_exit=True))
