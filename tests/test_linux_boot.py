@@ -32,7 +32,9 @@ still boots, but halts where it should power off.
 from __future__ import annotations
 
 import datetime
+import logging
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -50,9 +52,9 @@ from tests.linux_guests import (
     microvm,
 )
 
+log = logging.getLogger(__name__)
 ACPI_TROUBLE = re.compile(r"ACPI (BIOS )?(Error|Warning)")
 pytestmark = [
-    requires_kvm,
     pytest.mark.skipif(not ENABLED, reason="slow Linux boot: set KVMLITE_LINUX_BOOT=1 to run it"),
 ]
 
@@ -79,17 +81,14 @@ def linux(tmp_path_factory: pytest.TempPathFactory) -> Linux:
     return debian(vmlinuz, out, initrd)
 
 
+@requires_kvm
 @pytest.mark.parametrize("path", ["pvh", "bzimage"])
 def test_linux_boots_to_a_shell_that_answers_and_powers_off(path: str, linux: Linux, tmp_path: Path) -> None:
     kernel = linux.pvh if path == "pvh" else linux.bzimage
     args = ["--kernel", str(kernel), "--initrd", str(linux.initrd), "--cmdline", linux.cmdline]
     console = Console(tmp_path / "kvmlite.log", *args, "--memory", "128", "--cpus", "2")
     try:
-        console.expect(b"kvmlite-initramfs: ready", BOOT_TIMEOUT_S)
-        console.expect(PROMPT, COMMAND_TIMEOUT_S)
-        release = console.run("uname -r")
-        assert re.search(linux.release, release.split()[-1]), release
-        assert console.run("grep -c ^processor /proc/cpuinfo").split()[-1] == "2"
+        shell_answers(console, linux, cpus=2)
         today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
         # the kernel's rtc-cmos driver reads kvmlite's CMOS RTC (UTC), and set the clock from it at boot
         assert console.run("cat /sys/class/rtc/rtc0/date").split()[-1] == today
@@ -108,15 +107,53 @@ def test_linux_boots_to_a_shell_that_answers_and_powers_off(path: str, linux: Li
         assert "reserved in ACPI motherboard resources" in dmesg, dmesg[-3000:]
         assert "not reserved in ACPI motherboard resources" not in dmesg
         assert "PCI MMCONFIG" in console.run("cat /proc/iomem")
-        assert console.proc.stdin is not None
-        console.proc.stdin.write(b"poweroff -f\n")
-        console.proc.stdin.flush()
-        assert console.proc.wait(timeout=COMMAND_TIMEOUT_S * 5) == 0
-        assert "guest powered off (ACPI S5)" in console.log.read_text(errors="replace")
+        powers_off(console)
     finally:
         console.close()
 
 
+def shell_answers(console: Console, linux: Linux, cpus: int) -> None:
+    """Boot to the prompt, then ``uname -r`` and the CPU count."""
+    console.expect(b"kvmlite-initramfs: ready", BOOT_TIMEOUT_S)
+    console.expect(PROMPT, COMMAND_TIMEOUT_S)
+    release = console.run("uname -r")
+    assert re.search(linux.release, release.split()[-1]), release
+    assert console.run("grep -c ^processor /proc/cpuinfo").split()[-1] == str(cpus)
+
+
+def powers_off(console: Console) -> None:
+    """``poweroff -f``: ACPI S5, kvmlite's status 0."""
+    assert console.proc.stdin is not None
+    console.proc.stdin.write(b"poweroff -f\n")
+    console.proc.stdin.flush()
+    assert console.proc.wait(timeout=COMMAND_TIMEOUT_S * 5) == 0
+    assert "guest powered off (ACPI S5)" in console.log.read_text(errors="replace")
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_linux_on_the_software_backend_reaches_a_shell_and_powers_off(
+    cpus: int, linux: Linux, tmp_path: Path
+) -> None:
+    """No KVM at all: ``--backend emu``, whose userspace LAPICs and IOAPIC (kvmlite.vmm.apic) the
+    kernel's APIC set-up, timers and (with two CPUs) INIT/SIPI and IPIs run on."""
+    args = ["--kernel", str(linux.pvh), "--initrd", str(linux.initrd), "--cmdline", linux.cmdline]
+    emu = ["--memory", "128", "--cpus", str(cpus), "--backend", "emu"]
+    console = Console(tmp_path / "kvmlite.log", *args, *emu)
+    try:
+        started = time.monotonic()
+        shell_answers(console, linux, cpus)
+        took = time.monotonic() - started
+        log.info("Linux %s on emu with %d vCPU(s): a shell in %.0f s", linux.name, cpus, took)
+        # the MADT's IOAPIC is the one Linux routes through, and each CPU's LAPIC timer ticks
+        assert console.run("dmesg | grep -c 'IOAPIC\\[0\\]: apic_id'").split()[-1] == "1"
+        local_timer = console.run("grep LOC: /proc/interrupts").splitlines()[-1].split()  # after the echo
+        assert local_timer[0] == "LOC:" and all(int(n) > 0 for n in local_timer[1 : cpus + 1]), local_timer
+        powers_off(console)
+    finally:
+        console.close()
+
+
+@requires_kvm
 def test_system_powerdown_on_the_control_socket_powers_the_guest_off(linux: Linux, tmp_path: Path) -> None:
     """QEMU's ``system_powerdown``: the ACPI power button, which the initramfs' acpid answers.
 

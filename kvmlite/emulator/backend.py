@@ -632,6 +632,11 @@ class EmuVm:
             raise EmulatorError("register guest memory before creating vCPUs")
         vcpu = EmuVcpu(self, vcpu_id)
         self.vcpus.append(vcpu)
+        if len(self.vcpus) > 1:  # SMP: each vCPU's shadow MMU flushes on CR3 loads (ShadowMmu.flush_on_cr3)
+            for each in self.vcpus:
+                mmu = each.ops.mmu
+                if isinstance(mmu, ShadowMmu):
+                    mmu.flush_on_cr3 = True
         return vcpu
 
     def close(self) -> None:

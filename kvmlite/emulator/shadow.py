@@ -79,6 +79,10 @@ class ShadowMmu(Mmu):
         #: called when a frame starts being tracked (the executor stops writing it directly)
         self.on_track: Callable[[], None] | None = None
         self._key: tuple[int, tuple[int, ...]] = (0, ())
+        #: Empty the context a CR3 load switches to, as a TLB would.  Set for SMP guests: another vCPU's
+        #: writes to page tables are not tracked by this one's rmap, and an OS flushes remote TLBs
+        #: (an IPI, then a CR3 load or INVLPG) after changing entries that were in use.
+        self.flush_on_cr3 = False
         self.switches = 0
         self.zaps = 0
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -130,6 +134,9 @@ class ShadowMmu(Mmu):
             value &= ~CR3_NOFLUSH
         self._load_cr3(value)
         self._switch()
+        if self.flush_on_cr3:
+            for d in self._tlb:
+                d.clear()
         if self.on_flush is not None:
             self.on_flush()
 

@@ -172,8 +172,10 @@ class ApicIrqChip(UserspaceIrqChip):
         def notify() -> None:
             self.cond.notify_all()
             vcpu = self._vcpus.get(index)
-            if vcpu is not None and threading.get_ident() != self._threads.get(index):
-                vcpu.kick()  # it may be running guest code: make it come back for the injection
+            if vcpu is not None:
+                # it may be running guest code (or, on its own thread, about to go on running it
+                # after an EOI or a self-IPI): make it come back for the injection
+                vcpu.kick()
 
         return notify
 
