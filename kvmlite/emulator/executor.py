@@ -114,7 +114,11 @@ class Executor:
         try:
             insn, handler = self._fetch()
             self.next_rip = (start + insn.length) & _IP_MASK[self.mode]
-            handler(self, insn)
+            if tb.is_locked(insn):
+                with tb.ATOMIC:
+                    handler(self, insn)
+            else:
+                handler(self, insn)
             cpu.rip = self.next_rip
             self.instructions += 1
         except (GuestFault, PageFault, NonCanonicalAddress) as fault:

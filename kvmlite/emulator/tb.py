@@ -37,6 +37,7 @@ watchpoints) runs through ``step()`` and never enters blocks.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -161,6 +162,26 @@ class BlockCache:
         self.flush_jump_cache()
 
 
+#: Held around every LOCK-prefixed instruction and XCHG with memory (implicitly locked): with SMP each
+#: vCPU is a thread, and Python may switch threads between a handler's read and its write; no other
+#: vCPU's locked instruction may run there (its plain stores may: on hardware they could too).
+ATOMIC = threading.Lock()
+
+
+def is_locked(insn: D.Instruction) -> bool:
+    return insn.lock or (insn.row.name == "xchg" and any(op.kind == D.OP_MEM for op in insn.operands))
+
+
+def atomic(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """``handler`` run under :data:`ATOMIC`."""
+
+    def run(ex: Executor, insn: D.Instruction) -> Any:
+        with ATOMIC:
+            return handler(ex, insn)
+
+    return run
+
+
 def translate(ex: Executor, phys: int, code: bytes) -> TranslationBlock:
     """Decode the block starting at ``code`` (the bytes from ``phys`` to the end of its page).
 
@@ -186,6 +207,8 @@ def translate(ex: Executor, phys: int, code: bytes) -> TranslationBlock:
         plain = handler.__module__ in _PLAIN_MODULES or name in _BRANCHES
         if fast is None:
             fast = ex.generic_handler(row, sync=row.name not in _FLAGLESS)
+        if is_locked(insn):
+            fast = atomic(fast)
         pos += insn.length
         ops.append((fast, insn, pos))
         if not plain or name in _BRANCHES or name in _ENDS_BLOCK:
