@@ -83,6 +83,24 @@ def test_the_emulator_says_what_it_cannot_do() -> None:
         memory.close()
 
 
+def test_the_emulator_answers_what_linux_reads_of_an_intel_cpu() -> None:
+    """Found booting Linux on emu: leaf 0x15 (the TSC and the LAPIC bus at 1 GHz, so Linux does not
+    calibrate against the PIT), and MSRs its early code reads with plain RDMSR (MISC_ENABLE in
+    ``verify_cpu``, the microcode revision, MTRRcap, PAT), which #GP'd into a triple fault."""
+    memory = GuestMemory([(0, 1 << 20)])
+    vm = open_backend("emu")
+    try:
+        vm.register_memory(memory)
+        ops = vm.create_vcpu(0).ops  # type: ignore[attr-defined]
+        assert ops.cpuid(0x15, 0) == (1, 1, 1_000_000_000, 0) and ops.cpuid(0, 0)[0] >= 0x15
+        assert ops.read_msr(0x1A0) == 0x1801 and ops.read_msr(0x8B) == 0 and ops.read_msr(0xFE) == 0x508
+        ops.write_msr(0x277, 0x0606)
+        assert ops.read_msr(0x277) == 0x0606
+    finally:
+        vm.close()
+        memory.close()
+
+
 def test_emulator_breakpoints_resume_over_themselves_and_step_and_catch_int3() -> None:
     with guest_on("emu") as (_, cpu):
         dbg = GuestDebugSettings(cpu)

@@ -111,9 +111,9 @@ def test_every_attached_device_is_in_the_registry_where_the_bus_has_it(machine: 
     machine.attach_pc_devices()
     names = [r.name for r in machine.devices]
     assert names == [
-        "pic", "pit", "rtc", "i8042", "port92", "post", "fw_cfg", "serial0", "debug-exit", "acpi-pm",
-        "reset-control", "pcihost",
-    ]  # fmt: skip
+        "pic", "pit", "lapic0", "ioapic", "rtc", "i8042", "port92", "post", "fw_cfg", "serial0", "debug-exit",
+        "acpi-pm", "reset-control", "pcihost",
+    ]  # fmt: skip  (the software backend's userspace LAPIC and IOAPIC: kvmlite.vmm.apic)
     serial = machine.devices["serial0"]
     assert (serial.type, serial.pio[0].range, serial.irqs) == ("isa-serial", Range(0x3F8, 8), [4])
     assert serial.device is machine.serial
@@ -122,6 +122,9 @@ def test_every_attached_device_is_in_the_registry_where_the_bus_has_it(machine: 
     # the buses hold exactly the registry's ranges, no more and no fewer
     recorded = sorted((s.base, s.length) for r in machine.devices for s in r.pio)
     assert recorded == sorted((r.base, r.length) for r in machine.pio)
+    mmio = sorted((s.base, s.length) for r in machine.devices for s in r.mmio)
+    assert mmio == sorted((r.base, r.length) for r in machine.mmio)
+    assert machine.devices["ioapic"].mmio[0].base == L.IOAPIC_ADDRESS
     assert machine.pio.find(0x64).name == "i8042 command"  # type: ignore[union-attr]
 
 

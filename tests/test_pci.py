@@ -193,7 +193,7 @@ def test_machine_assigns_bars_and_an_interrupt_like_firmware(machine: Machine) -
     assert cfg.bar_address(0) == L.PCI_MMIO32_BASE + 0x4000
     assert cfg.bar_address(4) == L.PCI_IO_BASE
     gsi = cfg.read(C.INTERRUPT_LINE, 1)
-    assert gsi == L.FREE_ISA_IRQS[0]  # the software backend has the PIC only
+    assert gsi == L.FREE_IOAPIC_GSIS[0]  # the software backend has an IOAPIC (kvmlite.vmm.apic)
     record = machine.devices["toy0"]
     assert record.irqs == [gsi]
     assert sorted(s.base for s in record.mmio) == [L.PCI_MMIO32_BASE, L.PCI_MMIO32_BASE + 0x4000]

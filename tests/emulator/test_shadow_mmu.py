@@ -165,3 +165,28 @@ def test_the_executor_sees_a_pte_rewritten_by_the_guest_without_invlpg(mem: Gues
     ex.write(DS, 0x40_0000, 8, 0x3333)
     assert mem.read_u64(0x60_0000) == 0x3333
     assert isinstance(ops.mmu, ShadowMmu) and ops.mmu.zaps >= 1
+
+
+def test_with_smp_a_cr3_load_sees_a_pte_another_vcpu_rewrote(mem: GuestMemory) -> None:
+    """Another vCPU's page-table writes do not reach this MMU's rmap: with ``flush_on_cr3`` (every
+    vCPU of an SMP software-backend VM) the context a CR3 load enters starts empty, as a TLB flush."""
+    mmu, a, _, _ = make(mem)
+    a.map(0x2000, 0x8000)
+    assert mmu.translate(0x2000) == 0x8000
+    a.map(0x2000, 0x9000)  # written from elsewhere: this MMU's rmap does not see it
+    mmu.write_cr3(a.root)
+    assert mmu.translate(0x2000) == 0x8000  # the uniprocessor rule: nothing to flush
+    mmu.flush_on_cr3 = True
+    mmu.write_cr3(a.root)
+    assert mmu.translate(0x2000) == 0x9000
+
+
+def test_the_software_backend_sets_flush_on_cr3_for_smp_only(mem: GuestMemory) -> None:
+    from kvmlite.emulator.backend import EmuVm
+
+    vm = EmuVm()
+    vm.register_memory(mem)
+    first = vm.create_vcpu(0)
+    assert not first.ops.mmu.flush_on_cr3  # type: ignore[attr-defined]
+    second = vm.create_vcpu(1)
+    assert first.ops.mmu.flush_on_cr3 and second.ops.mmu.flush_on_cr3  # type: ignore[attr-defined]

@@ -111,3 +111,33 @@ def test_pmovmskb_and_pshufd(asm: Asm) -> None:
               "pshufd xmm2, xmm1, 0x01\nmovq rdx, xmm2")  # fmt: skip
     assert gpr[RCX] == 0b1100_0100  # bytes 2, 6 and 7 have their top bit set
     assert gpr[RDX] == 0x0080_0001_80FF_007F  # dwords 1, 0
+
+
+def test_locked_instructions_hold_the_cross_vcpu_lock(asm: Asm) -> None:
+    """With SMP each vCPU is a thread: a LOCK-prefixed instruction (and XCHG with memory) runs under
+    ``tb.ATOMIC``, which another thread holding it keeps out (without it Linux lost init's registers)."""
+    import threading
+
+    from kvmlite.emulator import tb
+
+    code = asm("lock inc dword ptr [0x5000]\nxchg [0x5000], eax\nhlt\n", 64, CODE)
+    ex, ops = make(64, code, rip=CODE, rsp=STACK)
+    seen: list[bool] = []
+    real = tb.ATOMIC
+    probe = threading.Lock()
+
+    class Watch:
+        def __enter__(self) -> None:
+            seen.append(real.locked() is False)
+            probe.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            probe.release()
+
+    tb.ATOMIC = Watch()  # type: ignore[assignment]
+    try:
+        ex.run(10)
+    finally:
+        tb.ATOMIC = real
+    assert ex.cpu.halted and seen == [True, True]
+    assert ops.u(0x5000, 4) == 0
