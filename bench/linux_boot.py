@@ -13,9 +13,14 @@ baseline, which boots both here.  Each run has a time cap; a run reports the
 time to the marker, or where it ended: the cap (still booting: the last line
 the kernel printed), or the VMM stopping on its own.
 
+Two more rows, ``emu-boot microvm`` and ``emu-boot debian``, boot the same
+kernels with no KVM at all (``--backend emu``: kvmlite's emulator with its
+userspace LAPICs and IOAPIC) against QEMU's TCG, with kvmlite's ``--backend
+kvm`` time in the note (issue 18's comparison).
+
 The boot is long where guest ring-0 code is emulated by the host (see
 docs/platform-notes.md), so this benchmark is tagged ``slow``: ``bench/run.py``
-runs it only when asked (``--slow`` or ``--only linux-boot``).  The assets come
+runs it only when asked (``--slow``, ``--only linux-boot`` or ``--only emu-boot``).  The assets come
 from ``kvmlite fetch-assets``; nothing is downloaded here.
 """
 
@@ -141,6 +146,35 @@ def measure(name: str, kernel: Callable[[], tuple[Path, str]], quick: bool) -> R
     )
 
 
+def measure_emu(name: str, kernel: Callable[[], tuple[Path, str]], quick: bool) -> Result:
+    """The software backend (no KVM at all) against QEMU TCG, with ``--backend kvm`` in the note."""
+    vmlinux, cmdline = kernel()
+    initrd = _initrd()
+    cap = CAP_QUICK_S if quick else CAP_S
+    common = ["--kernel", str(vmlinux), "--initrd", str(initrd), "--cmdline", cmdline]
+    common += ["--memory", str(MEMORY_MIB)]
+    kvmlite = [sys.executable, "-m", "kvmlite", "run", *common]
+    emu_s, emu_end = _boot([*kvmlite, "--backend", "emu"], cap)
+    kvm_s, kvm_end = _boot([*kvmlite, "--backend", "kvm"], cap)
+    qemu = ["qemu-system-x86_64", "-m", str(MEMORY_MIB), "-nodefaults", "-no-reboot", "-display", "none"]
+    qemu += ["-serial", "stdio", "-kernel", str(vmlinux), "-initrd", str(initrd), "-append", cmdline]
+    tcg_s, tcg_end = _boot([*qemu, "-accel", "tcg", "-cpu", "max"], cap)
+    return Result(
+        f"Linux boot on --backend emu, {name} kernel (PVH)",
+        "s",
+        [emu_s],
+        [tcg_s],
+        "QEMU TCG",
+        note=f"emu: {emu_end}; QEMU TCG: {tcg_end}; kvmlite --backend kvm: {kvm_end} ({kvm_s:.0f} s)",
+    )
+
+
+KERNELS = (
+    ("microvm", "kvmlite's microVM kernel", _microvm),
+    ("debian", "Debian's cloud kernel", _debian),
+)
+
+
 def benchmarks() -> list[Benchmark]:
     return [
         Benchmark(
@@ -150,8 +184,14 @@ def benchmarks() -> list[Benchmark]:
             ("qemu-system-x86_64",),
             tags=("slow",),
         )
-        for name, what, kernel in (
-            ("microvm", "kvmlite's microVM kernel", _microvm),
-            ("debian", "Debian's cloud kernel", _debian),
+        for name, what, kernel in KERNELS
+    ] + [
+        Benchmark(
+            f"emu-boot {name}",  # not "linux-boot": --only linux-boot keeps meaning the KVM rows
+            f"{what} + busybox initramfs to the shell prompt on the software backend, against QEMU TCG",
+            functools.partial(measure_emu, name, kernel),
+            ("qemu-system-x86_64",),
+            tags=("slow",),
         )
+        for name, what, kernel in KERNELS
     ]
