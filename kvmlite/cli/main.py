@@ -1,7 +1,7 @@
 """``kvmlite``: the command line.
 
     kvmlite run [--kernel PATH] [--initrd PATH]... [--cmdline|--append STR] [--memory MIB] [--cpus N]
-                [--backend kvm|emu|auto] [--irqchip kernel|userspace|auto] [--serial SPEC]
+                [--backend kvm|emu|auto] [--irqchip kernel|userspace|split|auto] [--serial SPEC]
                 [--on-reset exit|restart] [--cpu-features SPEC] [--syscall-fix auto|off]
                 [--trace [FILTER]] [--trace-file FILE] [--stats]
                 [--profile FILE [--profile-hz HZ] [--symbols FILE]]
@@ -77,14 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1,
         metavar="N",
-        help="vCPUs (1); more than one needs the in-kernel irqchip",
+        help="vCPUs (1); more than one needs LAPICs: KVM's (kernel, split) or the emu backend's",
     )
     run.add_argument("--backend", choices=["kvm", "emu", "auto"], default="auto", help="execution backend")
     run.add_argument(
         "--irqchip",
-        choices=["kernel", "userspace", "auto"],
+        choices=["kernel", "userspace", "split", "auto"],
         default="auto",
-        help="interrupt controllers and PIT in KVM (kernel) or in kvmlite (userspace); auto: kernel on KVM",
+        help="interrupt controllers and PIT in KVM (kernel) or in kvmlite (userspace); split: the LAPICs "
+        "in KVM, PIC, IOAPIC and PIT in kvmlite (KVM_CAP_SPLIT_IRQCHIP); auto: kernel on KVM",
     )
     run.add_argument(
         "--serial",

@@ -45,6 +45,17 @@ RTE_LOGICAL = 1 << 11
 RTE_WRITABLE = 0xFF00_0000_0001_AFFF
 
 
+def entry_message(entry: int) -> Ipi:
+    """The message a redirection entry sends."""
+    return Ipi(
+        vector=entry & 0xFF,
+        delivery=(entry >> 8) & 7,
+        dest=entry >> 56,
+        logical=bool(entry & RTE_LOGICAL),
+        level=bool(entry & RTE_LEVEL),
+    )
+
+
 @dataclass
 class IoapicState(DeviceState):
     """ID, the selected register, the redirection table (remote IRR included) and the input levels."""
@@ -90,15 +101,7 @@ class Ioapic:
                 return
             self.redirection[pin] = entry | RTE_REMOTE_IRR
         self.messages += 1
-        self.deliver(
-            Ipi(
-                vector=entry & 0xFF,
-                delivery=(entry >> 8) & 7,
-                dest=entry >> 56,
-                logical=bool(entry & RTE_LOGICAL),
-                level=level,
-            )
-        )
+        self.deliver(entry_message(entry))
 
     def eoi(self, vector: int) -> None:
         """A LAPIC's EOI of a level-triggered ``vector``: clear remote IRR, resend if still asserted."""

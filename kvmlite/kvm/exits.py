@@ -162,6 +162,15 @@ class IrqWindowOpen(Exit):
 
 
 @dataclass(slots=True)
+class IoapicEoi(Exit):
+    """With KVM_CAP_SPLIT_IRQCHIP: the guest's in-kernel LAPIC took the EOI of a vector the userspace
+    IOAPIC sent level-triggered (KVM_EXIT_IOAPIC_EOI)."""
+
+    vector: int
+    reason: ClassVar[ExitReason] = ExitReason.IOAPIC_EOI
+
+
+@dataclass(slots=True)
 class Interrupted(Exit):
     """KVM_RUN returned early: a signal, or ``immediate_exit`` was set."""
 

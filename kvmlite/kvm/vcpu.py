@@ -108,6 +108,7 @@ class Vcpu:
             int(ExitReason.SYSTEM_EVENT): self._exit_system_event,
             int(ExitReason.X86_RDMSR): self._exit_rdmsr,
             int(ExitReason.X86_WRMSR): self._exit_wrmsr,
+            int(ExitReason.IOAPIC_EOI): lambda: E.IoapicEoi(self._mm[_EXIT_OFFSET]),
         }
 
     def close(self) -> None:

@@ -47,6 +47,7 @@ class UserspaceIrqChip(LoopExtension):
     has_ioapic = False
     #: Every vCPU's loop is attached (else only vCPU 0's).
     serves_every_vcpu = False
+    split = False  # kvmlite.vmm.split_irqchip
 
     def __init__(self, lock: threading.RLock, control: VmControl) -> None:
         self.cond = threading.Condition(lock)
@@ -114,6 +115,7 @@ class KernelIrqChip(LoopExtension):
     exits = (E.Interrupted,)
     has_ioapic = True
     serves_every_vcpu = True
+    split = False  # kvmlite.vmm.split_irqchip
 
     def __init__(self, vm: VmBackend, control: VmControl) -> None:
         self.vm = vm

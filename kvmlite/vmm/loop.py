@@ -293,6 +293,7 @@ class VcpuLoop:
             E.Hlt: self._hlt,
             E.Interrupted: self._interrupted,
             E.IrqWindowOpen: lambda ex: None,
+            E.IoapicEoi: lambda ex: None,  # the split irqchip's (kvmlite.vmm.split_irqchip) to handle
             E.Shutdown: self._shutdown,
             E.FailEntry: self._fail_entry,
             E.InternalErrorExit: self._internal_error,

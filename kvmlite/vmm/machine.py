@@ -172,8 +172,8 @@ class MachineConfig:
             raise ConfigError(f"--cpus must be between 1 and {MAX_CPUS}, not {self.cpus}")
         if self.backend not in ("kvm", "emu", "auto"):
             raise ConfigError(f"unknown backend {self.backend!r} (choose kvm, emu or auto)")
-        if self.irqchip not in ("kernel", "userspace", "auto"):
-            raise ConfigError(f"unknown irqchip {self.irqchip!r} (choose kernel, userspace or auto)")
+        if self.irqchip not in ("kernel", "userspace", "split", "auto"):
+            raise ConfigError(f"unknown irqchip {self.irqchip!r} (choose kernel, userspace, split or auto)")
         if self.syscall_fix not in ("auto", "off"):
             raise ConfigError(f"--syscall-fix {self.syscall_fix!r}: choose auto or off")
         self.workarounds()
@@ -262,7 +262,9 @@ class Machine:
         self._lazy_probes: list[Callable[[Callable[[], Any]], object]] = []
         #: MSI routes and irqfds (kvmlite.vmm.irqroute) where KVM has them with its irqchip; else None.
         self.gsi_router = (
-            GsiRouter(self.vm) if isinstance(self.irqchip, KernelIrqChip) and self.caps.irqfd else None
+            GsiRouter(self.vm)
+            if isinstance(self.irqchip, KernelIrqChip) and not self.irqchip.split and self.caps.irqfd
+            else None
         )
         #: The virtio-blk images; a migration target opens them unlocked (``lock_disks`` False before
         #: the devices are attached) and locks them when the source gives them up.
@@ -286,10 +288,16 @@ class Machine:
             raise ConfigError(
                 f"--cpus {config.cpus}: the {caps.name} backend runs at most {caps.max_vcpus} vCPUs per VM"
             )
-        if config.irqchip == "kernel" and not caps.in_kernel_irqchip:
-            raise ConfigError(f"--irqchip kernel: the {caps.name} backend has no in-kernel irqchip")
+        if config.irqchip in ("kernel", "split") and not caps.in_kernel_irqchip:
+            raise ConfigError(f"--irqchip {config.irqchip}: the {caps.name} backend has no in-kernel irqchip")
 
     def _make_irqchip(self, choice: str) -> UserspaceIrqChip | KernelIrqChip:
+        if choice == "split":
+            from kvmlite.vmm.split_irqchip import SplitIrqChip
+
+            split = SplitIrqChip(self.vm, self.lock, self.control, self.config.cpus)
+            self.timers.every(HALT_WATCH_INTERVAL_S, split.watchdog)
+            return split
         if choice == "kernel" or (choice == "auto" and self.caps.in_kernel_irqchip):
             chip = KernelIrqChip(self.vm, self.control)
             self.timers.every(HALT_WATCH_INTERVAL_S, chip.watchdog)
@@ -370,8 +378,8 @@ class Machine:
     def attach_interrupt_controllers(self) -> None:
         """PIC pair and PIT in userspace, or nothing here when KVM has them in the kernel."""
         chip = self.irqchip
-        if isinstance(chip, UserspaceIrqChip):
-            pic = chip.pic
+        if isinstance(chip, UserspaceIrqChip) or chip.split:
+            pic = chip.pic  # type: ignore[union-attr]
             pics = [slot(L.PIC_MASTER, 2, "master"), slot(L.PIC_SLAVE, 2, "slave"), slot(L.ELCR, 2, "elcr")]
             self.place(
                 "pic",
@@ -393,7 +401,10 @@ class Machine:
         if isinstance(chip, ApicIrqChip):
             for lapic in chip.lapics:  # reached by their vCPUs, not through a bus
                 self.place(f"lapic{lapic.apic_id}", "apic", lapic)
-            self.place("ioapic", "ioapic", chip.ioapic, mmio=[slot(L.IOAPIC_ADDRESS, L.IOAPIC_SIZE)])
+        if isinstance(chip, ApicIrqChip) or chip.split:
+            window = getattr(chip, "window", chip.ioapic)  # type: ignore[union-attr]  # split: routes follow
+            ioapic = slot(L.IOAPIC_ADDRESS, L.IOAPIC_SIZE, "ioapic")
+            self.place("ioapic", "ioapic", chip.ioapic, mmio=[ioapic], handlers={"ioapic": window})  # type: ignore[union-attr]
 
     def attach_rtc(self) -> CmosRtc:
         rtc = CmosRtc(
