@@ -108,7 +108,7 @@ class Vcpu:
             int(ExitReason.SYSTEM_EVENT): self._exit_system_event,
             int(ExitReason.X86_RDMSR): self._exit_rdmsr,
             int(ExitReason.X86_WRMSR): self._exit_wrmsr,
-            int(ExitReason.IOAPIC_EOI): lambda: E.IoapicEoi(self._mm[_EXIT_OFFSET]),
+            int(ExitReason.IOAPIC_EOI): self._exit_ioapic_eoi,
         }
 
     def close(self) -> None:
@@ -176,6 +176,9 @@ class Vcpu:
         if decoder is None:
             return E.Unsupported(reason)
         return decoder()
+
+    def _exit_ioapic_eoi(self) -> E.Exit:
+        return E.IoapicEoi(self._mm[_EXIT_OFFSET])  # kvm_run's eoi.vector
 
     def _exit_mmio(self) -> E.Exit:
         addr, _, length, is_write = _MMIO.unpack_from(self._mm, _EXIT_OFFSET)

@@ -112,7 +112,7 @@ class UserspaceIrqChip(LoopExtension):
 class KernelIrqChip(LoopExtension):
     """KVM's in-kernel PIC/IOAPIC/LAPIC and PIT; devices raise GSIs with KVM_IRQ_LINE."""
 
-    exits = (E.Interrupted,)
+    exits: tuple[type[E.Exit], ...] = (E.Interrupted,)
     has_ioapic = True
     serves_every_vcpu = True
     split = False  # kvmlite.vmm.split_irqchip
