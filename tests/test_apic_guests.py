@@ -9,10 +9,11 @@ and QEMU's TCG: the same small guests (tests/apic_guests.py) must count the same
   while the line is still high (resent once, remote IRR set in service and clear after the last EOI).
 
 The same guests run with ``--irqchip split`` (KVM's LAPICs, kvmlite's IOAPIC and PIC). One difference
-is not explained: with KVM's LAPICs (in-kernel irqchip and split alike) the guest takes the RTC's
+is this host's: with KVM's LAPICs (in-kernel irqchip and split alike) the guest takes the RTC's
 level-triggered interrupt three times, where QEMU's TCG and the software backend deliver it twice, as
 an 82093AA would; under the split irqchip the second EOI exit arrives while kvmlite's IOAPIC still sees
-the RTC's line high, i.e. before the handler's acknowledgement of the RTC reached the device.
+the RTC's line high, before the handler ran: the host EOIs level interrupts as it injects them
+(docs/platform-notes.md, H12 in docs/conformance.md).
 """
 
 from __future__ import annotations
