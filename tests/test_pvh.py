@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +139,30 @@ def test_debian_vmlinux_loads_for_pvh_entry() -> None:
         assert start_info(mem).nr_modules == 1
     finally:
         mem.close()
+
+
+def test_a_vmlinux_larger_than_ram_loads_when_its_segments_fit(memory: GuestMemory, tmp_path: Path) -> None:
+    """Debian's -dbg vmlinux is 563 MiB of file (DWARF) for about 40 MiB of segments: its size is no limit."""
+    from kvmlite.errors import LoaderError
+    from kvmlite.loaders import load_kernel
+
+    image = make_vmlinux()
+    kernel = tmp_path / "vmlinux"
+    with kernel.open("wb") as f:
+        f.write(image)
+        f.truncate(memory.size + 16 * MIB)  # a sparse tail no segment loads, as debug sections are
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"cpio" * 1000)
+    load_kernel(memory, kernel, "console=ttyS0", [initrd])
+    assert memory.read(KERNEL_PADDR, 256) == b"\xf4" * 256  # make_vmlinux's code, where its segment says
+    assert start_info(memory).nr_modules == 1
+    # a file that is not ELF is still bounded by RAM, and an ELF file by ELF_FILE_LIMIT, before it is read
+    raw = tmp_path / "raw.img"
+    with raw.open("wb") as f:
+        f.truncate(memory.size + 1)
+    with pytest.raises(LoaderError, match="larger than the guest's 64 MiB of RAM"):
+        load_kernel(memory, raw)
+    with kernel.open("r+b") as f:
+        f.truncate(4 << 30)
+    with pytest.raises(LoaderError, match=r"larger than 2048 MiB \(an ELF file\)"):
+        load_kernel(memory, kernel)

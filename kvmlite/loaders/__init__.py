@@ -12,17 +12,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kvmlite.errors import LoaderError
+from kvmlite.errors import ElfError, LoaderError
 from kvmlite.files import mib, read_bounded
 from kvmlite.loaders import multiboot
 from kvmlite.loaders.base import EntryMode, LoadResult, encode_cmdline
-from kvmlite.loaders.elf import ELFCLASS64, is_elf
+from kvmlite.loaders.elf import ELF_MAGIC, ELFCLASS64, is_elf, parse_elf
 from kvmlite.memory.guest import GuestMemory
 
 __all__ = ["EntryMode", "LoadResult", "detect_format", "load_kernel"]
 
 BZIMAGE_MAGIC_OFFSET = 0x202
 BZIMAGE_MAGIC = b"HdrS"
+#: An ELF kernel's file can hold far more than it loads: Debian's -dbg vmlinux is 563 MiB, nearly all
+#: DWARF, for about 40 MiB of segments.  Such a file is read up to this bound (larger RAM raises it);
+#: its loadable segments must still fit in RAM, which the format's loader checks.
+ELF_FILE_LIMIT = 2 << 30
 
 
 def detect_format(data: bytes) -> str:
@@ -45,6 +49,29 @@ def detect_format(data: bytes) -> str:
     return "unknown"
 
 
+def _read_kernel(memory: GuestMemory, path: Path) -> bytes:
+    """The kernel's bytes: no more than RAM holds, or :data:`ELF_FILE_LIMIT` for an ELF file."""
+    try:
+        with path.open("rb") as f:
+            elf = f.read(len(ELF_MAGIC)) == ELF_MAGIC
+    except OSError:
+        elf = False  # read_bounded says why it cannot be read
+    if elf and memory.size < ELF_FILE_LIMIT:
+        bound = f"{mib(ELF_FILE_LIMIT)} (an ELF file)"
+        return read_bounded(path, "kernel", ELF_FILE_LIMIT, LoaderError, bound)
+    return read_bounded(path, "kernel", memory.size, LoaderError, f"the guest's {mib(memory.size)} of RAM")
+
+
+def _loaded_size(data: bytes) -> int:
+    """The bytes the kernel takes in RAM: an ELF's loadable segments, any other image's whole file."""
+    if is_elf(data):
+        try:
+            return sum(segment.memsz for segment in parse_elf(data).load_segments())
+        except ElfError:
+            return len(data)  # the format's loader reports what is wrong with it
+    return len(data)
+
+
 def load_kernel(
     memory: GuestMemory,
     path: Path,
@@ -59,13 +86,12 @@ def load_kernel(
     """
     encode_cmdline(cmdline)  # every format below carries it as UTF-8: refuse it once, here
     if data is None:
-        bound = f"the guest's {mib(memory.size)} of RAM"
-        data = read_bounded(path, "kernel", memory.size, LoaderError, bound)
+        data = _read_kernel(memory, path)
     if not data:
         raise LoaderError(f"kernel {path} is empty")
     fmt = detect_format(data)
     modules: list[tuple[str, bytes]] = []
-    room = memory.size - len(data)
+    room = max(memory.size - _loaded_size(data), 0)
     for initrd_path in initrds or []:
         bound = f"the {mib(room)} of guest RAM left by the kernel and earlier initrds"
         contents = read_bounded(initrd_path, "initrd", room, LoaderError, bound)
