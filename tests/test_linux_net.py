@@ -122,6 +122,7 @@ def _assets(tmp: Path) -> tuple[Path, Path]:
     init, event = tmp / "init", tmp / "dhcp-event"
     init.write_text(INIT)
     event.write_text(DHCP_EVENT)
+    event.chmod(0o755)  # the archive keeps the host file's mode, and udhcpc executes the script
     initrd = tmp / "initrd.cpio"
     adds = [(event, "/bin/dhcp-event")]
     initrd.write_bytes(initramfs.build_initramfs(found[1], init, adds, compress=False))
@@ -143,7 +144,7 @@ def _check(console: str, record: Path, served_sha: str) -> None:
     lines = [line.strip() for line in console.splitlines() if line.startswith("kvmlite-net:")]
     assert "kvmlite-net: done" in lines, console[-3000:]
     download = [line.split()[2] for line in lines if line.startswith("kvmlite-net: download ")]
-    assert download == [served_sha], lines  # the file arrived intact
+    assert download == [served_sha], (lines, console[-3000:])  # the file arrived intact
     sent = [line.split()[2:] for line in lines if line.startswith("kvmlite-net: upload ")]
     received = [line.split()[1:] for line in record.read_text().splitlines() if line.startswith("upload ")]
     assert len(sent) == 1 and received == sent and int(sent[0][1]) > 256 * 1024, (lines, received)
