@@ -1,6 +1,7 @@
 """What the opt-in Linux tests share: which kernel, how to boot it, a console to talk to its shell.
 
-Used by tests/test_linux_boot.py and tests/test_linux_disk.py (a test module never imports another).
+Used by tests/test_linux_boot.py, tests/test_linux_disk.py and tests/test_linux_devices.py (a test module
+never imports another).
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from kvmlite.tools.assets import LINUX_TEST_CMDLINE
 from kvmlite.tools.build_kernel import MICROVM_CMDLINE
@@ -50,6 +54,40 @@ def debian(vmlinuz: Path, out: Path, initrd: Path) -> Linux:
     vmlinux = out / "vmlinux"
     vmlinux.write_bytes(extract_vmlinux.extract_vmlinux(vmlinuz.read_bytes()))
     return Linux("debian", vmlinux, vmlinuz, initrd, LINUX_TEST_CMDLINE, r"\d+\.\d+\.\d+-\d+-cloud-amd64")
+
+
+def linux_for_test(out: Path, debian_modules: Sequence[str]) -> Linux:
+    """The kernel ``KVMLITE_KERNEL`` asks for, with a busybox initramfs built in ``out`` (skips the test when
+    an asset is missing).
+
+    The microVM kernel (the default where ``kvmlite build-kernel`` has run) has virtio built in; Debian's
+    cloud kernel has it as modules, so its initramfs carries ``debian_modules`` and their dependencies from
+    the tree ``kvmlite fetch-assets --modules`` cached, and /init loads them.
+    """
+    from kvmlite.tools import assets, initramfs
+
+    if KERNEL_CHOICE not in ("", "microvm", "debian"):
+        pytest.fail(f"KVMLITE_KERNEL={KERNEL_CHOICE!r}: use microvm or debian")
+    found, reason = assets.find_assets()
+    if found is None:
+        pytest.skip(f"no kernel and busybox ({reason}): run `kvmlite fetch-assets --modules`")
+    vmlinuz, busybox = found
+    initrd = out / "initrd.cpio"
+    if KERNEL_CHOICE != "debian":
+        initrd.write_bytes(initramfs.build_initramfs(busybox, compress=False))
+        small = microvm(initrd)
+        if isinstance(small, Linux):
+            return small
+        if KERNEL_CHOICE == "microvm":
+            pytest.skip(small)
+    tree, reason = assets.find_modules()
+    if tree is None:
+        pytest.skip(reason)
+    archive = initramfs.build_initramfs(
+        busybox, compress=False, module_names=list(debian_modules), modules_dir=tree
+    )
+    initrd.write_bytes(archive)
+    return debian(vmlinuz, out, initrd)
 
 
 class Console:

@@ -25,18 +25,16 @@ from pathlib import Path
 
 import pytest
 
-from kvmlite.tools import assets, initramfs, mkdisk
+from kvmlite.tools import initramfs, mkdisk
 from tests.conftest import requires_kvm
 from tests.linux_guests import (
     BOOT_TIMEOUT_S,
     COMMAND_TIMEOUT_S,
     ENABLED,
-    KERNEL_CHOICE,
     PROMPT,
     Console,
     Linux,
-    debian,
-    microvm,
+    linux_for_test,
 )
 
 pytestmark = [
@@ -51,26 +49,7 @@ GUEST_TEXT = "written by the guest"
 
 @pytest.fixture(scope="module")
 def linux(tmp_path_factory: pytest.TempPathFactory) -> Linux:
-    found, reason = assets.find_assets()
-    if found is None:
-        pytest.skip(f"no kernel and busybox ({reason}): run `kvmlite fetch-assets --modules`")
-    vmlinuz, busybox = found
-    out = tmp_path_factory.mktemp("linux")
-    initrd = out / "initrd.cpio"
-    if KERNEL_CHOICE != "debian":
-        initrd.write_bytes(initramfs.build_initramfs(busybox, compress=False))
-        small = microvm(initrd)
-        if isinstance(small, Linux):
-            return small
-        if KERNEL_CHOICE == "microvm":
-            pytest.skip(small)
-    tree, reason = assets.find_modules()
-    if tree is None:
-        pytest.skip(reason)
-    initrd.write_bytes(
-        initramfs.build_initramfs(busybox, compress=False, module_names=DEBIAN_MODULES, modules_dir=tree)
-    )
-    return debian(vmlinuz, out, initrd)
+    return linux_for_test(tmp_path_factory.mktemp("linux"), DEBIAN_MODULES)
 
 
 def debugfs_cat(image: Path, path: str) -> str:
