@@ -1,5 +1,9 @@
 """The software backend: a ``Vm``/``Vcpu`` pair with KVM's interface, running guests on the emulator.
 
+(Longer than the project's ~600 lines: the vCPU's KVM-like face, the ops' replay of answered device
+accesses and their routing of the LAPIC's page and MSRs are one mechanism; splitting them would
+export the replay's private records across modules.)
+
 ``--backend emu`` (and ``--backend auto`` where /dev/kvm does not open) runs
 the same machine, the same devices and the same vCPU loop as the KVM backend:
 :meth:`EmuVcpu.run` returns the same typed exits (:mod:`kvmlite.kvm.exits`).
