@@ -15,7 +15,7 @@ How each option maps (``-help`` prints the same):
   ``-m`` (``128``, ``2G``, ``size=512M``), ``-smp`` (``N`` or ``cpus=N,...``);
 * ``-machine``/``-M`` ``pc``, ``q35`` or ``microvm`` (kvmlite builds its one PC
   either way) with ``accel=kvm|tcg`` (``tcg`` is kvmlite's own emulator,
-  ``--backend emu``) and ``kernel-irqchip=on|off``; ``-accel``, ``-enable-kvm``;
+  ``--backend emu``) and ``kernel-irqchip=on|off|split``; ``-accel``, ``-enable-kvm``;
 * ``-cpu host|max|MODEL[,+feat,-feat,feat=on|off]``: kvmlite always gives the
   guest the host's CPU as KVM reports it; a named model is accepted with a
   warning, feature flags and ``vendor=`` go to ``--cpu-features``;
@@ -98,8 +98,8 @@ Every option not listed here is refused with a message naming it (exit status 2)
 -initrd FILE[,FILE...]    initrd, or multiboot modules
 -append CMDLINE           kernel command line
 -m SIZE                   guest RAM: MiB, or with a k/M/G/T suffix, or size=SIZE (128M)
--smp N | cpus=N,...       vCPUs (more than one needs KVM's in-kernel irqchip)
--machine, -M TYPE[,accel=kvm|tcg][,kernel-irqchip=on|off]
+-smp N | cpus=N,...       vCPUs (more than one needs LAPICs: KVM's irqchip or the emu backend)
+-machine, -M TYPE[,accel=kvm|tcg][,kernel-irqchip=on|off|split]
                           TYPE: {", ".join(MACHINE_TYPES)} (kvmlite builds one PC for all); tcg runs the
                           guest on kvmlite's own x86 emulator (kvmlite run --backend emu)
 -accel kvm|tcg, -enable-kvm
@@ -271,9 +271,9 @@ def _opt_machine(st: _State, value: str) -> None:
         elif key == "accel":
             _accel("-machine accel=", st, val)
         elif key == "kernel-irqchip":
-            modes = {"on": "kernel", "off": "userspace"}
+            modes = {"on": "kernel", "off": "userspace", "split": "split"}
             if val not in modes:
-                raise QemuOptionError(f"-machine kernel-irqchip={val}: kvmlite accepts on or off (no split)")
+                raise QemuOptionError(f"-machine kernel-irqchip={val}: kvmlite accepts on, off or split")
             st.irqchip = modes[val]
         elif key in IGNORED_MACHINE_PROPS:
             st.warnings.append(f"-machine {key}={val} is ignored: kvmlite has no switch for it")
