@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from kvmlite.gdb.packets import frame
-from tests.conftest import KVM_OK, KVM_REASON
 from tests.gdb.support import (
     BACKENDS,
     DONE_STATUS,
@@ -137,12 +136,12 @@ def test_ctrl_c_stops_a_running_guest_and_k_kills_it(dbg_guest: Path, tmp_path: 
         assert proc.wait(timeout=30) == 0
 
 
-@pytest.mark.skipif(not KVM_OK, reason=f"SMP runs on KVM only: {KVM_REASON}")
-def test_two_vcpus_are_two_threads(dbg_guest: Path, tmp_path: Path) -> None:  # noqa: F811
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_vcpus_are_two_threads(dbg_guest: Path, tmp_path: Path, backend: str) -> None:  # noqa: F811
     out, status, _ = _session(
         dbg_guest,
         tmp_path,
-        "kvm",
+        backend,
         ["info threads", "thread 2", "print/x $pc", "thread 1", "continue"],
         "--cpus",
         "2",
