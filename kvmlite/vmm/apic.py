@@ -55,6 +55,19 @@ PIC_LINES = 16
 HLT_LENGTH = 1  # F4
 
 
+def pic_and_ioapic_line(cond: threading.Condition, pic: Any, ioapic: Ioapic, irq: int) -> IrqLine:
+    """A device's interrupt line wired to PIC input ``irq`` (if any) and IOAPIC pin ``irq`` (if any)."""
+
+    def set_level(level: bool) -> None:
+        with cond:
+            if irq < PIC_LINES:
+                pic.set_irq(irq, level)
+            if irq < NUM_PINS:
+                ioapic.set_irq(irq, level)
+
+    return set_level
+
+
 class LapicAccess:
     """One LAPIC as its vCPU reaches it: registers under the device lock, the timer service told of new
     deadlines (the software backend calls this from the vCPU thread)."""
@@ -128,16 +141,7 @@ class ApicIrqChip(UserspaceIrqChip):
 
     # --- lines and the APIC bus -----------------------------------------------------------------
     def line(self, irq: int) -> IrqLine:
-        pic, ioapic = self.pic, self.ioapic
-
-        def set_level(level: bool) -> None:
-            with self.cond:
-                if irq < PIC_LINES:
-                    pic.set_irq(irq, level)
-                if irq < NUM_PINS:
-                    ioapic.set_irq(irq, level)
-
-        return set_level
+        return pic_and_ioapic_line(self.cond, self.pic, self.ioapic, irq)
 
     def send(self, ipi: Ipi) -> None:
         """Deliver one message to the LAPICs it is for (called with the device lock held)."""

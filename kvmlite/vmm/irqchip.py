@@ -34,6 +34,22 @@ from kvmlite.x86 import Rflags
 
 log = logging.getLogger(__name__)
 
+def inject_from_pic(vcpu: VcpuBackend, pic: Pic8259Pair, cond: threading.Condition) -> None:
+    """Before KVM_RUN: the PIC's vector into ``vcpu`` when it can take one, else an interrupt window."""
+    if not pic.intr_level:
+        if vcpu.interrupt_window_requested:
+            vcpu.request_interrupt_window(False)
+        return
+    with cond:
+        if not pic.intr_level:
+            return
+        if vcpu.ready_for_interrupt_injection:
+            vcpu.interrupt(pic.acknowledge())
+            vcpu.request_interrupt_window(pic.intr_level)
+        else:
+            vcpu.request_interrupt_window(True)
+
+
 #: How often the kernel-irqchip mode looks for a vCPU halted with interrupts off.
 HALT_WATCH_INTERVAL_S = 0.5
 #: An AP in these states has not been started (or was sent INIT): it runs no code until a SIPI.
@@ -86,18 +102,7 @@ class UserspaceIrqChip(LoopExtension):
         assert vcpu is not None, "attach() first"
         if self._vcpu_thread is None:
             self._vcpu_thread = threading.get_ident()
-        if not self.pic.intr_level:
-            if vcpu.interrupt_window_requested:
-                vcpu.request_interrupt_window(False)
-            return
-        with self.cond:
-            if not self.pic.intr_level:
-                return
-            if vcpu.ready_for_interrupt_injection:
-                vcpu.interrupt(self.pic.acknowledge())
-                vcpu.request_interrupt_window(self.pic.intr_level)
-            else:
-                vcpu.request_interrupt_window(True)
+        inject_from_pic(vcpu, self.pic, self.cond)
 
     def wait_for_interrupt(self, loop: VcpuLoop) -> None:
         with self.cond:

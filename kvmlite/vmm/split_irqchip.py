@@ -33,7 +33,8 @@ from kvmlite.devices.lapic import APIC_DEFAULT_BASE, Ipi
 from kvmlite.devices.pic import Pic8259Pair
 from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import Cap
-from kvmlite.vmm.irqchip import KernelIrqChip
+from kvmlite.vmm.apic import pic_and_ioapic_line
+from kvmlite.vmm.irqchip import KernelIrqChip, inject_from_pic
 from kvmlite.vmm.loop import VcpuLoop, VmControl
 
 PIC_LINES = 16
@@ -90,16 +91,7 @@ class SplitIrqChip(KernelIrqChip):
         self._routes: list[tuple[int, int, int]] | None = None
 
     def line(self, irq: int) -> IrqLine:
-        pic, ioapic = self.pic, self.ioapic
-
-        def set_level(level: bool) -> None:
-            with self.cond:
-                if irq < PIC_LINES:
-                    pic.set_irq(irq, level)
-                if irq < NUM_PINS:
-                    ioapic.set_irq(irq, level)
-
-        return set_level
+        return pic_and_ioapic_line(self.cond, self.pic, self.ioapic, irq)
 
     def _deliver(self, ipi: Ipi) -> None:
         address, data = msi_message(ipi)
@@ -131,18 +123,7 @@ class SplitIrqChip(KernelIrqChip):
         vcpu = loop.vcpu
         if vcpu.id != 0:
             return
-        if not self.pic.intr_level:
-            if vcpu.interrupt_window_requested:
-                vcpu.request_interrupt_window(False)
-            return
-        with self.cond:
-            if not self.pic.intr_level:
-                return
-            if vcpu.ready_for_interrupt_injection:
-                vcpu.interrupt(self.pic.acknowledge())
-                vcpu.request_interrupt_window(self.pic.intr_level)
-            else:
-                vcpu.request_interrupt_window(True)
+        inject_from_pic(vcpu, self.pic, self.cond)
 
     def on_exit(self, loop: VcpuLoop, ex: Any) -> bool:
         if isinstance(ex, E.IoapicEoi):
