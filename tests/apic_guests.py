@@ -338,6 +338,8 @@ rtc_edge:
     mov $0x0C, %al
     out %al, $0x70
     in $0x71, %al                      /* acknowledge: the line goes low */
+    cmpl $3, RTC_EDGE                  /* one more may have been latched in IRR before the mask: */
+    jae 1f                             /* not counted (a vCPU preempted for a period, under load) */
     incl RTC_EDGE
     cmpl $3, RTC_EDGE
     jne 1f

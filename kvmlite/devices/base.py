@@ -40,6 +40,13 @@ Clock = Callable[[], int]
 
 monotonic_ns: Clock = time.monotonic_ns
 
+#: The shortest period a periodic timer interrupt (PIT modes 2 and 3, the LAPIC's periodic mode) is
+#: delivered at: 200 us, KVM's ``min_timer_period_us`` default, which clamps its in-kernel PIT and LAPIC
+#: the same way.  A guest asking for a period of a few counts would otherwise have the timer thread
+#: deliver back to back, holding the device lock the vCPUs need (a hostile-guest stall on the software
+#: backend).  Counter reads keep the programmed rate; only interrupt delivery is spaced.
+MIN_PERIODIC_NS = 200_000
+
 
 def no_irq(level: bool) -> None:
     """An :data:`IrqLine` connected to nothing."""

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmlite.devices.base import (
+    MIN_PERIODIC_NS,
     Clock,
     DeviceState,
     checked_state,
@@ -504,6 +505,9 @@ class Lapic:
             self._stop_timer()
             return
         length = self.tmict * self._tick_ns()
+        if mode == TIMER_PERIODIC and length < MIN_PERIODIC_NS:
+            warn_once(log, self._warned, "lapic: periodic timer under 200 us: delivered every 200 us")
+            length = MIN_PERIODIC_NS
         self._timer_due = now + length
         self.timer_period_ns = length if mode == TIMER_PERIODIC else 0
 
@@ -511,7 +515,7 @@ class Lapic:
         if self._timer_mode() == TIMER_TSC_DEADLINE or not self.tmict or self._timer_due is None:
             return 0
         left = self._timer_due - self.clock()
-        return max(left, 0) // self._tick_ns()
+        return min(max(left, 0) // self._tick_ns(), self.tmict)  # a clamped period counts down from TMICT
 
     def next_deadline(self) -> int | None:
         return self._timer_due

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmlite.devices.base import (
+    MIN_PERIODIC_NS,
     Clock,
     DeviceState,
     IrqLine,
@@ -452,6 +453,9 @@ class Pit8254:
         self._irq0(False)
         edge = ch.next_edge_ticks(d)
         self._next_irq_ns = None if edge is None else ch.start_ns + _ticks_to_ns(edge)
+        if self._next_irq_ns is not None and ch.mode in (2, 3) and self._next_irq_ns < now + MIN_PERIODIC_NS:
+            warn_once(log, self._warned, "pit: channel 0 period under 200 us: IRQ 0 delivered every 200 us")
+            self._next_irq_ns = now + MIN_PERIODIC_NS  # the edges in between are coalesced at the next tick
 
     # ---------------------------------------------------------------- snapshots
 

@@ -150,14 +150,28 @@ def test_periodic_timer_reloads_and_coalesces_late_periods() -> None:
     apic, _, _ = enabled(clock=clock)
     apic.write(A.TDCR, 4, 0xB)  # divide by 1
     apic.write(A.LVT_TIMER, 4, (A.TIMER_PERIODIC << 17) | 0x41)
-    apic.write(A.TMICT, 4, 1000)
+    apic.write(A.TMICT, 4, 1_000_000)
     start = clock.now
-    clock.advance(3_500)
+    clock.advance(3_500_000)
     apic.tick(clock.now)
     assert apic.pending_vector() == 0x41 and apic.missed_irqs == 2
-    assert apic.next_deadline() == start + 4_000
+    assert apic.next_deadline() == start + 4_000_000
     apic.write(A.TMICT, 4, 0)
     assert apic.next_deadline() is None
+
+
+def test_a_periodic_timer_under_200_us_is_delivered_every_200_us_as_kvm_does() -> None:
+    clock = FakeClock()
+    apic, _, _ = enabled(clock=clock)
+    apic.write(A.TDCR, 4, 0xB)  # divide by 1
+    apic.write(A.LVT_TIMER, 4, (A.TIMER_PERIODIC << 17) | 0x41)
+    apic.write(A.TMICT, 4, 1)
+    start = clock.now
+    assert apic.next_deadline() == start + 200_000
+    assert apic.read(A.TMCCT, 4) <= 1  # the count still runs down from TMICT
+    clock.advance(200_000)
+    apic.tick(clock.now)
+    assert apic.pending_vector() == 0x41 and apic.next_deadline() == start + 400_000
 
 
 def test_masked_timer_runs_but_raises_nothing() -> None:

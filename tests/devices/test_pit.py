@@ -58,13 +58,25 @@ def test_pit_mode2_period_matches_divisor() -> None:
 def test_periodic_late_ticks_are_coalesced() -> None:
     pit, clock, irq = make()
     ctl(pit, 0x34)
-    load_word(pit, 0, 100)
+    load_word(pit, 0, 1000)
     start = clock.now
-    clock.now = start + p._ticks_to_ns(1050)  # host slept through ten periods
+    clock.now = start + p._ticks_to_ns(10500)  # host slept through ten periods
     pit.tick(clock.now)
     assert irq.raised == 1
     assert pit.missed_irqs == 9
-    assert pit.next_deadline() == start + p._ticks_to_ns(1100)
+    assert pit.next_deadline() == start + p._ticks_to_ns(11000)
+
+
+def test_a_period_under_200_us_is_delivered_every_200_us_as_kvm_does() -> None:
+    pit, clock, irq = make()
+    ctl(pit, 0x34)
+    load_word(pit, 0, 2)  # 1.7 us: a hostile guest's interrupt storm
+    start = clock.now
+    run_until(pit, clock, start + 1_000_000)
+    assert irq.raised == 5  # 1 ms: the first edge, then one every 200 us
+    assert pit.missed_irqs > 400  # the edges in between were coalesced
+    before = read_word(pit, 0)
+    assert before in (1, 2)  # the counter itself still runs at the programmed rate
 
 
 def test_tick_before_deadline_does_nothing() -> None:
@@ -181,12 +193,12 @@ def test_readback_status_then_count() -> None:
 def test_mode3_square_wave_out_and_period() -> None:
     pit, clock, irq = make()
     ctl(pit, 0x36)  # channel 0, mode 3 (Linux's classic setting)
-    load_word(pit, 0, 100)
+    load_word(pit, 0, 1000)
     ch = pit.channels[0]
     t0 = clock.now
-    assert ch.out(t0 + p._ticks_to_ns(10))
-    assert not ch.out(t0 + p._ticks_to_ns(60))
-    run_until(pit, clock, t0 + p._ticks_to_ns(300))
+    assert ch.out(t0 + p._ticks_to_ns(100))
+    assert not ch.out(t0 + p._ticks_to_ns(600))
+    run_until(pit, clock, t0 + p._ticks_to_ns(3000))
     assert irq.raised == 3
 
 
@@ -328,8 +340,8 @@ def test_pit_implements_the_device_protocols() -> None:
 def test_mode_6_and_7_behave_as_2_and_3_but_status_echoes_them() -> None:
     pit, clock, irq = make()
     ctl(pit, 0x3C)  # channel 0, LSB/MSB, mode 6 (= 2)
-    load_word(pit, 0, 100)
+    load_word(pit, 0, 1000)
     ctl(pit, 0xE2)
     assert pit.read(0, 1) & 0x3F == 0x3C
-    run_until(pit, clock, clock.now + p._ticks_to_ns(300))
+    run_until(pit, clock, clock.now + p._ticks_to_ns(3000))
     assert irq.raised == 3
