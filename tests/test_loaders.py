@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from kvmlite.errors import ElfError, LoaderError, MultibootError
-from kvmlite.loaders import detect_format, load_kernel, multiboot
+from kvmlite.loaders import detect_format, kernel_format, load_kernel, multiboot
 from kvmlite.loaders.base import EntryMode
 from kvmlite.memory import GuestMemory
 
@@ -45,6 +45,24 @@ def test_detects_each_format_by_content():
     assert detect_format(bytes(bz)) == "bzimage"
     assert detect_format(b"\x7fELF\x02" + bytes(100)) == "elf64"
     assert detect_format(b"random bytes" * 10) == "unknown"
+
+
+def test_kernel_format_reads_the_file_through_a_mapping_as_detect_format_does(tmp_path):
+    bz = bytearray(1024)
+    bz[0x202:0x206] = b"HdrS"
+    images = {
+        "mb": elf32([(0x100000, b"\x90", 1)], 0x100000, mb_header(0)),
+        "boot": b"\x90" * 510 + b"\x55\xaa",
+        "bz": bytes(bz),
+        "elf64": b"\x7fELF\x02" + bytes(100),
+        "junk": b"random bytes" * 10,
+        "empty": b"",
+    }
+    for name, data in images.items():
+        (tmp_path / name).write_bytes(data)
+        assert kernel_format(tmp_path / name) == (detect_format(data) if data else "unknown"), name
+    assert kernel_format(tmp_path / "missing") == "unknown"
+    assert kernel_format(tmp_path) == "unknown"  # a directory
 
 
 def test_multiboot_elf_loads_segments_and_builds_info():

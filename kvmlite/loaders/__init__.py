@@ -10,6 +10,7 @@ when an image needs them (start-up imports only what the run loads).
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 from kvmlite.errors import ElfError, LoaderError
@@ -19,7 +20,7 @@ from kvmlite.loaders.base import EntryMode, LoadResult, encode_cmdline
 from kvmlite.loaders.elf import ELF_MAGIC, ELFCLASS64, is_elf, parse_elf
 from kvmlite.memory.guest import GuestMemory
 
-__all__ = ["EntryMode", "LoadResult", "detect_format", "load_kernel"]
+__all__ = ["EntryMode", "LoadResult", "detect_format", "kernel_format", "load_kernel"]
 
 BZIMAGE_MAGIC_OFFSET = 0x202
 BZIMAGE_MAGIC = b"HdrS"
@@ -47,6 +48,20 @@ def detect_format(data: bytes) -> str:
     if bootsector.looks_like(data):
         return "bootsector"
     return "unknown"
+
+
+def kernel_format(path: Path) -> str:
+    """:func:`detect_format` of the file at ``path``, read through a mapping rather than whole.
+
+    For the callers that only decide what a kernel is (a 600 MB ``vmlinux`` with debug information is
+    otherwise copied into memory once per question); 'unknown' where the file cannot be read: the
+    loader reports why.
+    """
+    try:
+        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            return detect_format(view)  # type: ignore[arg-type]  # the parsers slice and unpack_from
+    except (OSError, ValueError):  # unreadable, not a regular file, or empty
+        return "unknown"
 
 
 def _read_kernel(memory: GuestMemory, path: Path) -> bytes:

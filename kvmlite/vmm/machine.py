@@ -542,14 +542,10 @@ class Machine:
         """
         if not self.irqchip.has_ioapic or "acpi-pm" not in self.devices:
             return False
-        from kvmlite.loaders import detect_format
+        from kvmlite.loaders import kernel_format
         from kvmlite.vmm.host_quirks import LINUX_FORMATS
 
-        try:
-            with open(self.config.kernel, "rb") as image:
-                return detect_format(image.read()) in LINUX_FORMATS
-        except OSError:
-            return False  # the loader reports it
+        return kernel_format(self.config.kernel) in LINUX_FORMATS
 
     def create_vcpus(self, count: int = 1) -> None:
         """vCPU 0 starts at the loaded image; APs (1..count-1) keep KVM's reset state until INIT/SIPI.
