@@ -42,6 +42,7 @@ from kvmlite.backend import VcpuBackend
 from kvmlite.devices.base import IrqLine
 from kvmlite.devices.ioapic import NUM_PINS, Ioapic
 from kvmlite.devices.lapic import SH_ALL, SH_OTHERS, SH_SELF, Ipi, Lapic
+from kvmlite.devices.pic import NUM_IRQS as PIC_IRQS
 from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import MpState
 from kvmlite.status import ExitStatus
@@ -51,7 +52,6 @@ from kvmlite.vmm.timers import TimerService
 
 log = logging.getLogger(__name__)
 
-PIC_LINES = 16
 HLT_LENGTH = 1  # F4
 
 
@@ -60,7 +60,7 @@ def pic_and_ioapic_line(cond: threading.Condition, pic: Any, ioapic: Ioapic, irq
 
     def set_level(level: bool) -> None:
         with cond:
-            if irq < PIC_LINES:
+            if irq < PIC_IRQS:
                 pic.set_irq(irq, level)
             if irq < NUM_PINS:
                 ioapic.set_irq(irq, level)

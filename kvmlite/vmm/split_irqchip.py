@@ -37,8 +37,6 @@ from kvmlite.vmm.apic import pic_and_ioapic_line
 from kvmlite.vmm.irqchip import KernelIrqChip, inject_from_pic
 from kvmlite.vmm.loop import VcpuLoop, VmControl
 
-PIC_LINES = 16
-
 
 def msi_message(ipi: Ipi) -> tuple[int, int]:
     """(address, data) of the MSI carrying ``ipi`` (Intel SDM 11.11)."""
