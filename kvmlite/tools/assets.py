@@ -49,7 +49,7 @@ from pathlib import Path
 
 from kvmlite.errors import STATUS_BAD_INPUT, KvmliteError
 from kvmlite.tools import modules
-from kvmlite.vmm.host_quirks import LINUX_CLEARCPUID
+from kvmlite.vmm.host_quirks import LINUX_BOOT_SPEED, LINUX_CLEARCPUID
 
 log = logging.getLogger(__name__)
 
@@ -77,23 +77,16 @@ DEPENDS_IMAGE = re.compile(r"\b(linux-image-[0-9][^\s,(|]*-cloud-amd64)\b")
 #:   kernel itself must hide those features (and SMAP, XSAVES, which it cannot handle either); kvmlite adds
 #:   this one by itself where it finds that host (kvmlite.vmm.host_quirks); user space keeps its AVX
 #:   registers across the kernel's context switches there (kvmlite.vmm.xstate_quirk);
-#: * ``cryptomgr.notests``: the crypto self-tests take minutes of emulated ring-0 time, long enough for
-#:   the X.509 key loader to time out waiting for them;
-#: * ``initcall_blacklist=ftrace_check_for_weak_functions,ftrace_check_sync``: a boot-time scan of all
-#:   ~40,000 ftrace sites with a kallsyms lookup each (about 5 minutes there) that init waits for;
-#: * ``trace_eval_init`` in the same list: it queues a rewrite of every trace event's format string
-#:   (enum names to values, ``trace_event_update_all``) that holds ``event_mutex`` for minutes of ring-0
-#:   time there (tens of minutes on a loaded machine), while init waits for the mutex ("INFO: task
-#:   swapper/0:1 blocked for more than 122 seconds").  Without it the events' formats show enum names
-#:   instead of numbers, which only a trace reader would notice;
+#: * ``cryptomgr.notests`` and ``initcall_blacklist=`` (ftrace's boot-time scan of its ~40,000 call sites,
+#:   about 5 minutes there, and ``trace_eval_init``'s rewrite of every trace event's format under
+#:   ``event_mutex``, which init waits for): the parameters kvmlite adds by itself where ring 0 is
+#:   emulated (``LINUX_BOOT_SPEED``, ``--host-workarounds`` item ``boot-speed``; why each, there);
 #: * ``init_on_alloc=0``: Debian zeroes every allocated page by default;
 #: * ``quiet nowatchdog tsc=reliable no_timer_check audit=0 apparmor=0 mitigations=off``: less console
 #:   output, no lockup detectors or clock watchdogs misled by the slow ring 0, fewer subsystems.
 LINUX_TEST_CMDLINE = (
     "console=ttyS0 quiet nowatchdog tsc=reliable no_timer_check mitigations=off audit=0 apparmor=0 "
-    "cryptomgr.notests init_on_alloc=0 "
-    "initcall_blacklist=ftrace_check_for_weak_functions,ftrace_check_sync,trace_eval_init "
-    + LINUX_CLEARCPUID
+    "init_on_alloc=0 " + " ".join([*LINUX_BOOT_SPEED, LINUX_CLEARCPUID])
 )
 APT_TIMEOUT = 600  # seconds: the kernel package is ~30 MB
 

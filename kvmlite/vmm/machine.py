@@ -92,8 +92,9 @@ MAX_MEMORY_MIB = 64 * 1024
 #: Devices a MachineConfig may ask for by name, beyond the standard PC's.
 #: The host workarounds ``--host-workarounds`` names (docs/platform-notes.md): Linux's ``clearcpuid=`` on
 #: the command line (kvmlite.vmm.host_quirks), the vector state kept across the guest kernel's XSAVE/XRSTOR
-#: (kvmlite.vmm.xstate_quirk), the hypercall-based PV features hidden (kvmlite.vmm.hypercall).
-HOST_WORKAROUNDS = ("clearcpuid", "xstate", "hypercalls")
+#: (kvmlite.vmm.xstate_quirk), the hypercall-based PV features hidden (kvmlite.vmm.hypercall), Linux's
+#: boot-time checks skipped where ring 0 is emulated (``boot-speed``, kvmlite.vmm.host_quirks).
+HOST_WORKAROUNDS = ("clearcpuid", "xstate", "hypercalls", "boot-speed")
 OPTIONAL_DEVICES = ("pc-testdev", "pci-testdev", "virtio-rng-pci")
 SMP_NEEDS_KERNEL_IRQCHIP = (
     "SMP needs local APICs (the KVM backend with --irqchip kernel or auto, or the emu backend)"
@@ -524,10 +525,11 @@ class Machine:
         if self.mmio_announcements and not self._mmio_from_acpi():
             extra += self.mmio_announcements
         cmdline = " ".join([cfg.cmdline, *extra]).strip()
-        if self.caps.rescue_emulation and "clearcpuid" in cfg.workarounds():
+        workarounds = cfg.workarounds() & {"clearcpuid", "boot-speed"}
+        if self.caps.rescue_emulation and workarounds:
             from kvmlite.vmm.host_quirks import linux_cmdline
 
-            cmdline = linux_cmdline(cfg.kernel, cmdline, self.vm.new_vm)
+            cmdline = linux_cmdline(cfg.kernel, cmdline, self.vm.new_vm, workarounds)
         self.load_result = load_kernel(self.memory, cfg.kernel, cmdline, cfg.initrds, rsdp=self.rsdp)
         log.info("loaded %s (%s), entry %#x", cfg.kernel, self.load_result.format, self.load_result.entry)
         for note in self.load_result.notes:
