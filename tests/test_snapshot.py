@@ -33,6 +33,7 @@ from tests.snapshot_guests import (
 CONFIGS = [
     pytest.param("kvm", "kernel", False, id="kvm-kernel-irqchip", marks=requires_kvm),
     pytest.param("kvm", "userspace", False, id="kvm-userspace-irqchip", marks=requires_kvm),
+    pytest.param("kvm", "split", False, id="kvm-split-irqchip", marks=requires_kvm),
     pytest.param("kvm", "kernel", True, id="kvm-lazy-memory", marks=requires_kvm),
     pytest.param("emu", "userspace", False, id="emu"),
 ]
@@ -83,12 +84,13 @@ def test_a_restored_machine_continues_the_count_where_it_was(
 
 
 @requires_kvm
-def test_a_two_vcpu_guest_is_restored_with_its_ap_mid_computation(tmp_path: Path) -> None:
+@pytest.mark.parametrize("irqchip", ["kernel", "split"])
+def test_a_two_vcpu_guest_is_restored_with_its_ap_mid_computation(tmp_path: Path, irqchip: str) -> None:
     from kvmlite.kvm.constants import MpState
 
     elf = build_ticks_guest(tmp_path)
     out = bytearray()
-    machine, thread = start(elf, "kvm", "kernel", out, cpus=2)
+    machine, thread = start(elf, "kvm", irqchip, out, cpus=2)
     try:
         wait_for(lambda: out.count(b"\n") >= 5, "5 ticks")
         save(machine, tmp_path / "vm.snap", stay_paused=True)

@@ -49,7 +49,15 @@ MACHINE_KEYS = ("memory_mib", "cpus", "backend", "irqchip", "extra_devices", "di
 
 
 def _kernel_irqchip(machine: Machine) -> bool:
+    """Whether the vCPUs' LAPICs are KVM's (the in-kernel irqchip, or the split one)."""
     return isinstance(machine.irqchip, KernelIrqChip)
+
+
+def _irqchip_kind(machine: Machine) -> str:
+    """'kernel', 'split' or 'userspace', as ``--irqchip`` names them."""
+    if not _kernel_irqchip(machine):
+        return "userspace"
+    return "split" if getattr(machine.irqchip, "split", False) else "kernel"
 
 
 def capture_state(machine: Machine) -> dict[str, Any]:
@@ -58,9 +66,8 @@ def capture_state(machine: Machine) -> dict[str, Any]:
     vcpus = [loop.vcpu for loop in machine.loops]
     if not vcpus:
         raise SnapshotError("the machine has no vCPUs yet")
-    if getattr(machine.irqchip, "split", False):
-        raise SnapshotError("snapshots of a machine with --irqchip split are not supported yet")
-    lapic = _kernel_irqchip(machine)
+    kind = _irqchip_kind(machine)
+    lapic = kind != "userspace"
     indices = msr_indices(vm, vcpus[0])
     with machine.lock:
         devices = capture_devices(machine.devices)
@@ -69,7 +76,7 @@ def capture_state(machine: Machine) -> dict[str, Any]:
                 "memory_mib": machine.config.memory_mib,
                 "cpus": len(vcpus),
                 "backend": caps.name,
-                "irqchip": "kernel" if lapic else "userspace",
+                "irqchip": kind,
                 "extra_devices": sorted(machine.config.extra_devices),
                 "disks": len(machine.config.disks),
                 "virtio_transport": machine.config.virtio_transport,
@@ -77,7 +84,8 @@ def capture_state(machine: Machine) -> dict[str, Any]:
             "cpus": [capture_vcpu(v, caps, indices, lapic) for v in vcpus],
             # which vCPUs wait in the userspace irqchip's halt wait (their RIP is past the HLT)
             "halted": [loop.halted for loop in machine.loops],
-            "kernel_devices": capture_kernel_devices(vm) if lapic else None,
+            # split: KVM has the LAPICs (in "cpus") and kvmclock; the PIC, IOAPIC and PIT are "devices"
+            "kernel_devices": capture_kernel_devices(vm, split=kind == "split") if lapic else None,
             "devices": devices,
         }
     return state
@@ -276,12 +284,16 @@ def load_into(machine: Machine, state: dict[str, Any], reset: bool = False) -> N
             f"the snapshot holds {len(cpus) if isinstance(cpus, list) else 'no'} vCPUs, "
             f"the machine has {len(machine.loops)}"
         )
-    lapic = _kernel_irqchip(machine)
+    kind = _irqchip_kind(machine)
+    lapic = kind != "userspace"
     kernel = state.get("kernel_devices")
-    if lapic != (kernel is not None):
-        raise SnapshotError("the snapshot's irqchip (in-kernel or userspace) differs from the machine's")
+    record = state.get("machine")
+    saved_kind = record.get("irqchip") if isinstance(record, dict) else None
+    if lapic != (kernel is not None) or (saved_kind is not None and saved_kind != kind):
+        saved_kind = saved_kind or ("userspace" if kernel is None else "in-kernel")
+        raise SnapshotError(f"the snapshot's irqchip ({saved_kind}) differs from the machine's ({kind})")
     if kernel is not None:
-        restore_kernel_devices(machine.vm, kernel)
+        restore_kernel_devices(machine.vm, kernel, split=kind == "split")
     tsc = boot_tsc(cpus)
     halted = state.get("halted") or [False] * len(cpus)
     if not isinstance(halted, list) or len(halted) != len(cpus):
@@ -297,6 +309,9 @@ def load_into(machine: Machine, state: dict[str, Any], reset: bool = False) -> N
     with machine.lock:
         before = _earliest_deadline(machine)
         restore_devices(machine.devices, state.get("devices") or [], unchanged=reset)
+        reloaded = getattr(machine.irqchip, "state_reloaded", None)
+        if callable(reloaded):
+            reloaded()  # the split irqchip's MSI routes follow the IOAPIC's restored redirection table
         replay_devices(machine.devices)
         after = _earliest_deadline(machine)
     if after is not None and (before is None or after < before):

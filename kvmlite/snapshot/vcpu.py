@@ -218,8 +218,11 @@ def _load_emulator_extras(vcpu: VcpuBackend, emu: dict[str, Any]) -> None:
 IRQCHIPS = (IrqchipId.PIC_MASTER, IrqchipId.PIC_SLAVE, IrqchipId.IOAPIC)
 
 
-def capture_kernel_devices(vm: Any) -> dict[str, Any]:
-    """KVM's PIC pair, IOAPIC, PIT2 and kvmclock (only with the in-kernel irqchip)."""
+def capture_kernel_devices(vm: Any, split: bool = False) -> dict[str, Any]:
+    """KVM's PIC pair, IOAPIC, PIT2 and kvmclock (only with the in-kernel irqchip); kvmclock alone
+    with the split irqchip (kvmlite has the PIC, IOAPIC and PIT then)."""
+    if split:
+        return {"clock": vm.get_clock()}
     return {
         "irqchip": [vm.get_irqchip(chip) for chip in IRQCHIPS],
         "pit2": vm.get_pit2(),
@@ -227,17 +230,19 @@ def capture_kernel_devices(vm: Any) -> dict[str, Any]:
     }
 
 
-def restore_kernel_devices(vm: Any, st: dict[str, Any]) -> None:
+def restore_kernel_devices(vm: Any, st: dict[str, Any], split: bool = False) -> None:
+    """What :func:`capture_kernel_devices` recorded, back into KVM."""
     try:
-        chips = st["irqchip"]
-        if len(chips) != len(IRQCHIPS):
-            raise ValueError(f"{len(chips)} irqchips")
-        for chip_id, data in zip(IRQCHIPS, chips, strict=True):
-            chip = to_struct(S.kvm_irqchip, data, f"in-kernel irqchip {chip_id.name}")
-            if chip.chip_id != chip_id:
-                raise ValueError(f"irqchip {chip_id.name} recorded as chip {chip.chip_id}")
-            vm.set_irqchip(chip)
-        vm.set_pit2(to_struct(S.kvm_pit_state2, st["pit2"], "in-kernel PIT"))
+        if not split:
+            chips = st["irqchip"]
+            if len(chips) != len(IRQCHIPS):
+                raise ValueError(f"{len(chips)} irqchips")
+            for chip_id, data in zip(IRQCHIPS, chips, strict=True):
+                chip = to_struct(S.kvm_irqchip, data, f"in-kernel irqchip {chip_id.name}")
+                if chip.chip_id != chip_id:
+                    raise ValueError(f"irqchip {chip_id.name} recorded as chip {chip.chip_id}")
+                vm.set_irqchip(chip)
+            vm.set_pit2(to_struct(S.kvm_pit_state2, st["pit2"], "in-kernel PIT"))
         clock = to_struct(S.kvm_clock_data, st["clock"], "kvmclock")
         clock.flags = 0  # the clock value only: "realtime"/"host_tsc" described the old host's moment
         vm.set_clock(clock)

@@ -106,6 +106,11 @@ class SplitIrqChip(KernelIrqChip):
             self._routes = routes
             self.vm.set_gsi_routing([], routes)
 
+    def state_reloaded(self) -> None:
+        """A snapshot's IOAPIC state was loaded in place: publish the routes it implies."""
+        self._routes = None
+        self._publish_routes()
+
     def _intr(self, level: bool) -> None:
         """The PIC's INT pin: make the boot vCPU come back for the injection."""
         if level and self._bsp is not None:
