@@ -38,7 +38,8 @@ class Attachments:
             if api is not None:
                 from kvmlite.control.server import ControlServer, parse_api_spec
 
-                self.control_server = ControlServer(parse_api_spec(api).address, self.api)
+                turns = getattr(machine.vm, "gil_turns", None)  # the software backend's (kvmlite.gil)
+                self.control_server = ControlServer(parse_api_spec(api).address, self.api, turns)
                 machine.control.on_stop.append(self._announce_stop(machine))
         except BaseException:
             self.close()

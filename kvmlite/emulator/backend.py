@@ -33,12 +33,19 @@ the TSC-deadline bit.  APs start in KVM's wait-for-SIPI state
 (``get_mp_state``), which the irqchip ends.  HLT returns ``Hlt`` (with RIP past the
 HLT, as KVM does) and the loop decides how to wait.  ``kick()`` makes a
 running ``run()`` return ``Interrupted`` within a few instructions.
+
+Server threads.  A running vCPU holds the GIL, and CPython's hand-over starves a thread that
+wakes up from a socket while the vCPU makes frequent short system calls (serial output, disk
+I/O): the VM's ``gil_turns`` (:mod:`kvmlite.gil`) is where the control socket names its
+descriptors, and ``run()`` looks at them every couple of milliseconds and, when one is readable
+or the server has a command in hand, waits for the server's round (a kick ends the wait).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -51,6 +58,7 @@ from kvmlite.emulator.instruction import MAX_INSN_LENGTH
 from kvmlite.emulator.ops import ACCESS_FETCH, ACCESS_WRITE, EmulatorOps, PagedOps
 from kvmlite.emulator.shadow import ShadowMmu
 from kvmlite.errors import EmulatorError, GuestMemoryError
+from kvmlite.gil import CHECK_S, GilTurns
 from kvmlite.kvm import exits as E
 from kvmlite.kvm import structs as S
 from kvmlite.kvm.coalesced import CoalescedRing, Writer
@@ -304,6 +312,7 @@ class EmuVcpu:
         self.ops = BackendOps(vm.memory, self.cpu, self.cpuid)
         self.executor = Executor(self.cpu, self.ops)
         self._kicked = False
+        self._next_turn = 0.0  # when run() next looks at the servers' descriptors (vm.gil_turns)
         self._pending_vector: int | None = None
         self._nmi_pending = False
         #: KVM's MP state: APs wait for INIT/SIPI (kvmlite.vmm.apic ends the wait), the BSP runs.
@@ -322,7 +331,7 @@ class EmuVcpu:
         self._complete_last_exit()
         if self.mp_state in WAIT_FOR_SIPI:
             return self._exit(E.Interrupted())  # an AP the irqchip has not started runs nothing
-        cpu, ex, ops = self.cpu, self.executor, self.ops
+        cpu, ex, ops, turns = self.cpu, self.executor, self.ops, self.vm.gil_turns
         ex.blocks.epoch += 1  # the VMM ran: guest memory may have changed under the translation blocks
         # As KVM with immediate_exit: an instruction whose device access was answered completes
         # before a kick is honoured, so a paused vCPU never holds half an instruction (a snapshot
@@ -331,6 +340,11 @@ class EmuVcpu:
         while True:
             if self._kicked and not finishing:
                 return self._exit(E.Interrupted())
+            if turns.fds and not finishing and (now := time.monotonic()) >= self._next_turn:
+                self._next_turn = now + CHECK_S
+                turns.give_turn(self._was_kicked)
+                if self._kicked:
+                    return self._exit(E.Interrupted())
             if self._nmi_pending and not finishing and not cpu.interrupt_shadow:
                 self._nmi_pending = False
                 try:
@@ -418,6 +432,9 @@ class EmuVcpu:
         cpu = self.cpu
         return cpu.rip if cpu.code_bits == 64 else (cpu.segs[1].base + cpu.rip) & 0xFFFF_FFFF
 
+    def _was_kicked(self) -> bool:
+        return self._kicked
+
     def _can_take_interrupt(self) -> bool:
         return bool(self.cpu.rflags & FLAG_IF) and not self.cpu.interrupt_shadow
 
@@ -455,6 +472,8 @@ class EmuVcpu:
     def kick(self) -> None:
         self._kicked = True
         self.executor.stop_requested = True
+        if self.vm.gil_turns.fds:
+            self.vm.gil_turns.wake()
 
     def clear_kick(self) -> None:
         self._kicked = False
@@ -627,6 +646,8 @@ class EmuVm:
     def __init__(self) -> None:
         self.memory: GuestMemory | None = None
         self.vcpus: list[EmuVcpu] = []
+        #: Where server threads name the descriptors they wait on (see the module docstring).
+        self.gil_turns = GilTurns()
 
     def register_memory(self, memory: GuestMemory, log_dirty: bool = False) -> None:
         self.memory = memory

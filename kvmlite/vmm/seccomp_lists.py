@@ -127,7 +127,7 @@ GROUPS: dict[str, Group] = {
     ),
     "poll": Group(
         "waiting for descriptors: the console's select(), the I/O thread's and the servers' epoll (the gdb "
-        "stub makes one per connection)",
+        "stub makes one per connection), the emulated vCPU's look at the control socket (kvmlite.gil)",
         _calls(
             *("select", "pselect6", "poll", "ppoll"),
             *("epoll_create1", "epoll_wait", "epoll_pwait", "epoll_ctl"),
