@@ -5,7 +5,10 @@ A client connects and receives the greeting::
     {"QMP": {"version": {"kvmlite": "0.1"}, "capabilities": []}}
 
 It must send ``{"execute": "qmp_capabilities"}`` first (anything else gets
-``CommandNotFound``, as in QMP), then commands, one JSON object per line::
+``CommandNotFound``, as in QMP), then commands.  Input is a stream of JSON
+objects as QMP reads it: no newline is needed between them (``qemu.qmp``
+sends none), an object may span lines, several may share one; replies and
+events are one JSON object per line::
 
     {"execute": "query-regs", "arguments": {"cpu": 0}, "id": 7}
     -> {"return": {"rax": 0, ...}, "id": 7}
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import selectors
 import socket
 import threading
@@ -167,14 +171,12 @@ class ControlServer:
         if not data:
             self._drop(client)
             return
-        client.buf += data
-        while b"\n" in client.buf:
-            line, client.buf = client.buf.split(b"\n", 1)
-            if line.strip():
-                self._send(client, self.handle_line(client, line))
+        messages, client.buf = split_messages(client.buf + data)
+        for message in messages:
+            self._send(client, self.handle_line(client, message))
         if len(client.buf) > MAX_LINE:
             client.buf = b""
-            self._send(client, _error(GENERIC, f"line longer than {MAX_LINE} bytes dropped"))
+            self._send(client, _error(GENERIC, f"input of more than {MAX_LINE} bytes with no end dropped"))
 
     def _send(self, client: _Client, msg: dict[str, Any]) -> None:
         try:
@@ -222,3 +224,57 @@ class ControlServer:
 
 def _error(cls: str, desc: str) -> dict[str, Any]:
     return {"error": {"class": cls, "desc": desc}}
+
+
+_STRUCTURE = re.compile(rb'[{}\[\]"]')  # what changes the nesting outside a string
+_STRING_END = re.compile(rb'["\\]')  # the end of a string, or an escape inside it
+_GARBAGE_END = re.compile(rb"[\n{]")  # where text that cannot start an object or array stops
+_OPENERS = b"{["
+_SPACE = b" \t\r\n"
+
+
+def split_messages(buf: bytes) -> tuple[list[bytes], bytes]:
+    """The complete top-level JSON texts at the start of ``buf``, and what is left (incomplete).
+
+    QMP's framing: an object or array ends where its brackets balance (outside strings); text that
+    cannot start one (``this is not json``, a bare number) runs to the end of its line or to the next
+    ``{`` and is returned as one message, for the parser to refuse.
+    """
+    out: list[bytes] = []
+    pos, size = 0, len(buf)
+    while True:
+        while pos < size and buf[pos] in _SPACE:
+            pos += 1
+        if pos >= size:
+            return out, b""
+        if buf[pos] not in _OPENERS:
+            stop = _GARBAGE_END.search(buf, pos)
+            if stop is None:
+                return out, buf[pos:]
+            end = stop.start() if buf[stop.start()] == 0x7B else stop.end()  # a "{" starts the next one
+            out.append(buf[pos:end])
+            pos = end
+            continue
+        depth, i = 0, pos
+        while True:
+            token = _STRUCTURE.search(buf, i)
+            if token is None:
+                return out, buf[pos:]
+            i = token.end()
+            char = buf[token.start()]
+            if char == 0x22:  # a string: skip to its closing quote, past escapes
+                while True:
+                    quote = _STRING_END.search(buf, i)
+                    if quote is None:
+                        return out, buf[pos:]
+                    if buf[quote.start()] == 0x5C:
+                        i = quote.start() + 2
+                        continue
+                    i = quote.end()
+                    break
+                continue
+            depth += 1 if char in _OPENERS else -1
+            if depth == 0:
+                out.append(buf[pos:i])
+                pos = i
+                break
