@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +87,14 @@ SCHEMA: dict[str, Command] = {
         Command("system_powerdown", "press the ACPI power button (the guest decides to power off)"),
         Command("quit", "end the VM at once (status 0)"),
         Command("query-cpus", "per vCPU: index, mode, pc"),
+        Command("query-cpus-fast", "per vCPU without stopping it: cpu-index, thread-id (host TID), target"),
+        Command("query-version", "QEMU's VersionInfo: {qemu: {major, minor, micro}, package} (kvmlite's)"),
+        Command("query-kvm", "whether KVM is present on the host and used by this VM: {enabled, present}"),
+        Command(
+            "human-monitor-command",
+            "an HMP command as text: info registers, info cpus, info status, info devices",
+            (Arg("command-line", str), Arg("cpu-index", int, False)),
+        ),
         Command("query-regs", "one vCPU's registers", (Arg("cpu", int, False),)),
         Command(
             "set-regs",
@@ -173,7 +182,7 @@ class MachineApi:
         args = check_arguments(name, arguments)
         handler = getattr(self, name.replace("-", "_"))
         try:
-            return handler(**args)
+            return handler(**{key.replace("-", "_"): value for key, value in args.items()})
         except CommandError:
             raise
         except KvmliteError as err:
@@ -239,7 +248,60 @@ class MachineApi:
         self.control.stop(ExitStatus.OK, "quit from the control socket")
         return {}
 
+    def query_version(self) -> dict[str, Any]:
+        from kvmlite import __version__
+
+        parts = [int(p) if p.isdigit() else 0 for p in [*__version__.split("."), "0", "0"][:3]]
+        major, minor, micro = parts
+        return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": f"kvmlite {__version__}"}
+
+    def query_kvm(self) -> dict[str, Any]:
+        return {"enabled": self.machine.caps.name == "kvm", "present": os.path.exists("/dev/kvm")}
+
     # --- vCPU state -----------------------------------------------------------------------------
+    def query_cpus_fast(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "cpu-index": loop.vcpu.id,
+                "qom-path": f"/machine/unattached/device[{loop.vcpu.id}]",
+                "thread-id": loop.native_thread_id if loop.native_thread_id is not None else os.getpid(),
+                "target": "x86_64",
+                "props": {"core-id": loop.vcpu.id, "thread-id": 0, "socket-id": 0},
+            }
+            for loop in self.machine.loops
+        ]
+
+    def human_monitor_command(self, command_line: str, cpu_index: int = 0) -> str:
+        """HMP's text for the few ``info`` commands scripts send through QMP."""
+        from kvmlite.vmm.dump import format_state
+
+        words = command_line.split()
+        if words in (["info", "registers"], ["info", "registers", "-a"]):
+            self._vcpu(cpu_index)  # checked: "no vCPU N"
+            loops = self.machine.loops if "-a" in words else [self.machine.loops[cpu_index]]
+
+            def dump() -> str:
+                return "".join(
+                    f"CPU#{loop.vcpu.id}\n{format_state(loop.vcpu.get_regs(), loop.vcpu.get_sregs())}\n"
+                    for loop in loops
+                )
+
+            return str(self._paused(dump))
+        if words == ["info", "status"]:
+            return f"VM status: {self.query_status()['status']}\n"
+        if words == ["info", "cpus"]:
+            lines = []
+            for c in self.query_cpus_fast():
+                mark = "*" if c["cpu-index"] == cpu_index else " "
+                lines.append(f"{mark} CPU #{c['cpu-index']}: thread_id={c['thread-id']}\n")
+            return "".join(lines)
+        if words == ["info", "devices"]:
+            return self.format_devices()
+        raise CommandError(
+            f"human-monitor-command: {command_line!r} is not supported (try: info registers, "
+            "info cpus, info status, info devices)"
+        )
+
     def query_cpus(self) -> list[dict[str, Any]]:
         from kvmlite.vmm.dump import cpu_mode
 

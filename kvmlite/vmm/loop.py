@@ -267,6 +267,8 @@ class VcpuLoop:
         self.mmio = mmio
         self.timing = timing
         self.stats = ExitStats()
+        #: The host thread id (TID) of the thread running this vCPU, once it runs (QMP's thread-id).
+        self.native_thread_id: int | None = None
         #: Set by a state restore (kvmlite.snapshot) while the loop is parked: do not go back to a halt wait
         #: (unless ``resume_halted``: the restored state was itself waiting there).
         self.state_reloaded = False
@@ -347,6 +349,7 @@ class VcpuLoop:
     def run(self) -> None:
         """Run until the VM stops.  Any kvmlite error stops the VM with a message instead of escaping."""
         self.vcpu.bind_thread()
+        self.native_thread_id = threading.get_native_id()
         self.state_reloaded = False  # a state loaded before the start is simply where it starts
         self.control.loop_started()
         try:

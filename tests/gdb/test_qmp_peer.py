@@ -41,6 +41,10 @@ def test_qemu_qmp_client_negotiates_runs_commands_gets_events_and_errors(
             seen["stop_event"] = (await asyncio.wait_for(listener.get(), 30))["event"]
             seen["paused"] = await client.execute("query-status")
             seen["regs"] = await client.execute("query-regs", {"cpu": 0})
+            seen["hmp"] = await client.execute("human-monitor-command", {"command-line": "info registers"})
+            seen["cpus"] = await client.execute("query-cpus-fast")
+            seen["version"] = await client.execute("query-version")
+            seen["kvm"] = await client.execute("query-kvm")
             try:
                 await client.execute("no-such-command")
             except ExecuteError as err:
@@ -62,6 +66,15 @@ def test_qemu_qmp_client_negotiates_runs_commands_gets_events_and_errors(
     regs = seen["regs"]
     assert isinstance(regs, dict) and regs["cr0"] & 1 and regs["rip"] > 0x100000  # in the guest's code
     assert seen["error"] == "CommandNotFound"
+    hmp = seen["hmp"]
+    assert isinstance(hmp, str) and hmp.startswith("CPU#0\n") and f"{regs['rip']:x}" in hmp.lower()
+    cpus = seen["cpus"]
+    assert isinstance(cpus, list) and [c["cpu-index"] for c in cpus] == [0]
+    vcpu_thread = cpus[0]["thread-id"]
+    assert vcpu_thread != proc.pid and Path(f"/proc/{proc.pid}/task/{vcpu_thread}").exists() is False  # ended
+    assert seen["kvm"] == {"enabled": backend == "kvm", "present": Path("/dev/kvm").exists()}
+    version = seen["version"]
+    assert isinstance(version, dict) and set(version["qemu"]) == {"major", "minor", "micro"}
 
 
 def test_qemu_qmp_legacy_sync_client(dbg_guest: Path, tmp_path: Path) -> None:  # noqa: F811
