@@ -399,7 +399,6 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _profiler(machine: Any, args: argparse.Namespace) -> Any:
-    from kvmlite.loaders.elf import elf_symbols, is_elf
     from kvmlite.vmm.profile import Profiler, SymbolTable
 
     symbols: SymbolTable | None
@@ -408,12 +407,26 @@ def _profiler(machine: Any, args: argparse.Namespace) -> Any:
             raise ConfigError(f"symbols {args.symbols} does not exist or is not a file")
         symbols = SymbolTable.load(args.symbols)
     else:
-        data = machine.config.kernel.read_bytes()
-        found = elf_symbols(data) if is_elf(data) else []
-        symbols = SymbolTable(found) if found else None
+        symbols = _kernel_symbols(machine.config.kernel)
         if symbols is None:
             log.warning("--profile: the kernel has no symbols; give --symbols System.map for names")
     return Profiler(machine.loops, hz=args.profile_hz, symbols=symbols, output=args.profile)
+
+
+def _kernel_symbols(path: Path) -> Any:
+    """The kernel's own .symtab as a profiler SymbolTable, or None; read through a mapping, not whole."""
+    import mmap
+
+    from kvmlite.loaders.elf import ElfError, elf_symbols, is_elf
+    from kvmlite.vmm.profile import SymbolTable
+
+    try:
+        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            found = elf_symbols(view) if is_elf(view) else []  # type: ignore[arg-type]  # slices and unpack_from
+    except (OSError, ValueError, ElfError) as err:
+        log.warning("--profile: cannot read the kernel's symbols (%s)", err)
+        found = []
+    return SymbolTable(found) if found else None
 
 
 def _confine_main(machine: Any) -> None:

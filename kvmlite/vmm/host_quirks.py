@@ -165,16 +165,10 @@ def linux_cmdline(
     :data:`LINUX_BOOT_SPEED` (workaround ``boot-speed``) where ring 0 is emulated; each with one log
     line saying what and why.
     """
-    from kvmlite.loaders import detect_format
+    from kvmlite.loaders import kernel_format
 
     wanted = set(workarounds) & {"clearcpuid", "boot-speed"}
-    if not wanted:
-        return cmdline
-    try:
-        data = kernel.read_bytes()
-    except OSError:
-        return cmdline  # the loader reports it
-    if detect_format(data) not in LINUX_FORMATS:
+    if not wanted or kernel_format(kernel) not in LINUX_FORMATS:  # 'unknown' if unreadable
         return cmdline
     if "clearcpuid" in wanted and host_faults_avx_at_cpl0(new_vm):
         if any(word.startswith("clearcpuid=") for word in _words(cmdline)):
