@@ -145,13 +145,18 @@ def test_one_shot_timer_counts_down_and_fires_once() -> None:
     assert apic.read(A.TMCCT, 4) == 0
 
 
-def test_periodic_timer_reloads_and_coalesces_late_periods() -> None:
-    clock = FakeClock()
+def periodic_timer(clock: FakeClock, initial_count: int) -> tuple[Lapic, int]:
+    """An enabled APIC, timer periodic at vector 0x41 (divide by 1) from ``initial_count``; and its start."""
     apic, _, _ = enabled(clock=clock)
     apic.write(A.TDCR, 4, 0xB)  # divide by 1
     apic.write(A.LVT_TIMER, 4, (A.TIMER_PERIODIC << 17) | 0x41)
-    apic.write(A.TMICT, 4, 1_000_000)
-    start = clock.now
+    apic.write(A.TMICT, 4, initial_count)
+    return apic, clock.now
+
+
+def test_periodic_timer_reloads_and_coalesces_late_periods() -> None:
+    clock = FakeClock()
+    apic, start = periodic_timer(clock, 1_000_000)
     clock.advance(3_500_000)
     apic.tick(clock.now)
     assert apic.pending_vector() == 0x41 and apic.missed_irqs == 2
@@ -162,11 +167,7 @@ def test_periodic_timer_reloads_and_coalesces_late_periods() -> None:
 
 def test_a_periodic_timer_under_200_us_is_delivered_every_200_us_as_kvm_does() -> None:
     clock = FakeClock()
-    apic, _, _ = enabled(clock=clock)
-    apic.write(A.TDCR, 4, 0xB)  # divide by 1
-    apic.write(A.LVT_TIMER, 4, (A.TIMER_PERIODIC << 17) | 0x41)
-    apic.write(A.TMICT, 4, 1)
-    start = clock.now
+    apic, start = periodic_timer(clock, 1)
     assert apic.next_deadline() == start + 200_000
     assert apic.read(A.TMCCT, 4) <= 1  # the count still runs down from TMICT
     clock.advance(200_000)
