@@ -31,6 +31,7 @@ from pathlib import Path
 import blk_bench
 import emulator_speed
 import exit_roundtrip
+import gdb_bench
 import idle
 import linux_boot
 import linux_snapshot
@@ -51,6 +52,7 @@ def registered() -> list[Benchmark]:
         *exit_roundtrip.benchmarks(),
         *emulator_speed.benchmarks(),
         *machine_bench.benchmarks(),
+        *gdb_bench.benchmarks(),
         *net_bench.benchmarks(),
         *blk_bench.benchmarks(),
         *idle.benchmarks(),

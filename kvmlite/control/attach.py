@@ -32,14 +32,16 @@ class Attachments:
                 from kvmlite.gdb.server import GdbServer, parse_endpoint
 
                 target = MachineTarget(machine, monitor=self._monitor)
-                self.gdb_server = GdbServer(parse_endpoint(gdb), target)
+                turns = getattr(machine.vm, "gil_turns", None)  # the software backend's (kvmlite.gil)
+                self.gdb_server = GdbServer(parse_endpoint(gdb), target, turns=turns)
                 if gdb_wait:
                     target.hold_at_start()
             if api is not None:
                 from kvmlite.control.server import ControlServer, parse_api_spec
 
-                turns = getattr(machine.vm, "gil_turns", None)  # the software backend's (kvmlite.gil)
-                self.control_server = ControlServer(parse_api_spec(api).address, self.api, turns)
+                self.control_server = ControlServer(
+                    parse_api_spec(api).address, self.api, getattr(machine.vm, "gil_turns", None)
+                )
                 machine.control.on_stop.append(self._announce_stop(machine))
         except BaseException:
             self.close()

@@ -26,14 +26,13 @@ thread (the vCPU parks when its hook returns).
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from kvmlite.errors import KvmliteError
 from kvmlite.gdb import registers as R
-from kvmlite.gdb.target import SIGINT, SIGTRAP, BreakKind, StopEvent, TargetError
+from kvmlite.gdb.target import SIGINT, SIGTRAP, BreakKind, StopEvent, StopQueue, TargetError
 from kvmlite.kvm import exits as E
 from kvmlite.kvm.constants import InternalError
 from kvmlite.vmm import vmem
@@ -71,7 +70,7 @@ class MachineTarget:
         self.fpu = machine.caps.fpu_state
         self._monitor = monitor
         self._lock = threading.Lock()
-        self._events: queue.Queue[StopEvent] = queue.Queue()
+        self._events = StopQueue()
         self._paused = False  # gdb holds one pause of the VM
         self._running = False  # resumed by gdb, no stop reported yet
         self._stepping: set[int] = set()
@@ -219,8 +218,8 @@ class MachineTarget:
 
     # --- run control ------------------------------------------------------------------------------
     def resume(self, actions: dict[int, str]) -> None:
-        while not self._events.empty():
-            self._events.get_nowait()  # a stop gdb already saw (or was never told of) is stale now
+        while self._events.get(0) is not None:
+            pass  # a stop gdb already saw (or was never told of) is stale now
         steps = {cpu for cpu, a in actions.items() if a == "s"}
         for cpu in steps:
             if self.emulate_user_steps and self._cpl(cpu) == 3:
@@ -248,10 +247,12 @@ class MachineTarget:
         self._run_paused(lambda: rescuer.on_exit(loop, failure))
         self._events.put(StopEvent(cpu, SIGTRAP))
 
+    def stop_fd(self) -> int:
+        return self._events.fileno()
+
     def wait(self, timeout: float) -> StopEvent | None:
-        try:
-            event = self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait()
-        except queue.Empty:
+        event = self._events.get(timeout)
+        if event is None:
             return None
         if event.exit_status is None and not self.control.stopping:
             # the vCPU that stopped paused without waiting: wait here until every vCPU is parked

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kvmlite.errors import ConfigError
 from kvmlite.gdb.packets import Ack, BadPacket, Interrupt, Packet, PacketReader, frame
@@ -26,10 +27,13 @@ from kvmlite.gdb.stub import CLOSE, RESUMED, GdbStub
 from kvmlite.gdb.target import Target
 from kvmlite.vmm import seccomp
 
+if TYPE_CHECKING:
+    from kvmlite.gil import GilTurns
+
 log = logging.getLogger(__name__)
 
-#: How often a running target is polled for a stop while the socket is quiet (seconds).
-POLL_S = 0.02
+#: How long the server sleeps at most while a target runs: a stop or a byte from gdb wakes it sooner.
+POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -86,10 +90,17 @@ class GdbServer:
     """Accepts gdb connections and runs one session at a time in a thread of its own."""
 
     def __init__(
-        self, endpoint: Endpoint, target: Target, on_close: Callable[[], None] | None = None
+        self,
+        endpoint: Endpoint,
+        target: Target,
+        on_close: Callable[[], None] | None = None,
+        turns: GilTurns | None = None,
     ) -> None:
+        """``turns``: the VM's :class:`~kvmlite.gil.GilTurns` where its vCPUs hold the GIL (the
+        software backend): gdb's socket is named there, so a Ctrl-C or a packet is read at once."""
         self.endpoint = endpoint
         self.target = target
+        self.turns = turns
         self.sock = listen(endpoint)
         if endpoint.family == "tcp":
             self.endpoint = Endpoint("tcp", endpoint.address, self.sock.getsockname()[1])
@@ -121,6 +132,15 @@ class GdbServer:
             except OSError:
                 pass
 
+    @staticmethod
+    def _drain(fd: int) -> None:
+        """Empty the target's stop descriptor before looking for a stop (it is only a wake-up)."""
+        try:
+            while os.read(fd, 4096):
+                pass
+        except OSError:  # BlockingIOError: empty
+            pass
+
     def _serve(self) -> None:
         while not self._closing:
             try:
@@ -151,19 +171,28 @@ class GdbServer:
         first = self.target.wait(5.0)
         if first is not None:
             stub.stop_reply(first)
+        stops = self.target.stop_fd()
         sel = selectors.DefaultSelector()
         sel.register(conn, selectors.EVENT_READ)
+        sel.register(stops, selectors.EVENT_READ)
+        if self.turns is not None:
+            self.turns.watch(conn.fileno())
         try:
             while not self._closing:
                 if stub.running:
-                    event = self.target.wait(0 if sel.select(POLL_S) else POLL_S)
+                    ready = {key.fd for key, _ in sel.select(POLL_S)}
+                    if stops in ready:
+                        self._drain(stops)
+                    event = self.target.wait(0)
                     if event is not None:
                         conn.sendall(frame(stub.stop_reply(event)))
                         if event.exit_status is not None:
                             self._exit_sent.set()
                             return False
-                    if not sel.select(0):
+                    if conn.fileno() not in ready:
                         continue
+                if self.turns is not None:
+                    self.turns.busy()
                 data = conn.recv(65536)
                 if not data:
                     break
@@ -187,7 +216,12 @@ class GdbServer:
                             return False
                     elif isinstance(ev, Ack):
                         pass  # replies are not retransmitted: TCP and Unix sockets do not lose bytes
+                if self.turns is not None:
+                    self.turns.served()
         finally:
+            if self.turns is not None:
+                self.turns.unwatch(conn.fileno())
+                self.turns.served()  # no vCPU waits for a round that will not come
             sel.close()
         if not stub.detached:
             self.target.detach()

@@ -14,6 +14,8 @@ returns the first stop (after which every vCPU is stopped again), and
 from __future__ import annotations
 
 import enum
+import os
+import queue
 import signal
 from dataclasses import dataclass
 from typing import Protocol
@@ -54,6 +56,46 @@ class StopEvent:
     exit_status: int | None = None
 
 
+class StopQueue:
+    """The stops a target reports, and a descriptor that turns readable when one is put.
+
+    The stub's server waits on that descriptor beside gdb's socket, so a stop (a breakpoint hit,
+    the end of a step) is sent the moment a vCPU reports it rather than at the next poll.  The
+    descriptor stays readable after the stop was taken: the server empties it before each look.
+    """
+
+    def __init__(self) -> None:
+        self._events: queue.Queue[StopEvent] = queue.Queue()
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def fileno(self) -> int:
+        return self._read
+
+    def put(self, event: StopEvent) -> None:
+        self._events.put(event)
+        try:
+            os.write(self._write, b"!")
+        except (BlockingIOError, OSError):  # full: readable already; closed: nobody waits
+            pass
+
+    def get(self, timeout: float) -> StopEvent | None:
+        """The oldest stop, waiting up to ``timeout`` seconds (0: only look)."""
+        try:
+            return self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait()
+        except queue.Empty:
+            return None
+
+    def empty(self) -> bool:
+        return self._events.empty()
+
+    def close(self) -> None:
+        for fd in (self._read, self._write):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class Target(Protocol):
     def arch(self) -> str:
         """``"i386:x86-64"`` or ``"i386"`` (see :mod:`kvmlite.gdb.registers`)."""
@@ -87,6 +129,10 @@ class Target(Protocol):
 
     def interrupt(self) -> None:
         """Stop every vCPU; ``wait`` then reports a SIGINT stop."""
+        ...
+
+    def stop_fd(self) -> int:
+        """A descriptor that turns readable when ``wait`` may have a stop (a :class:`StopQueue`'s)."""
         ...
 
     def detach(self) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import queue
-
 from kvmlite.gdb import registers as R
-from kvmlite.gdb.target import SIGINT, BreakKind, StopEvent, TargetError
+from kvmlite.gdb.target import SIGINT, BreakKind, StopEvent, StopQueue, TargetError
 
 
 class FakeTarget:
@@ -20,7 +18,7 @@ class FakeTarget:
         self.regs = [{pc: 0x1000 + 0x10 * i, "eflags": 2, "cs": 8} for i in range(cpus)]
         self.breakpoints: set[tuple[BreakKind, int, int]] = set()
         self.resumed: list[dict[int, str]] = []
-        self.events: queue.Queue[StopEvent] = queue.Queue()
+        self.events = StopQueue()
         self.detached = self.killed = False
         self.monitor_commands: list[str] = []
 
@@ -69,10 +67,10 @@ class FakeTarget:
             self.events.put(StopEvent(exit_status=0x85))
 
     def wait(self, timeout: float) -> StopEvent | None:
-        try:
-            return self.events.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        return self.events.get(timeout)
+
+    def stop_fd(self) -> int:
+        return self.events.fileno()
 
     def interrupt(self) -> None:
         self.events.put(StopEvent(0, SIGINT))

@@ -3,9 +3,11 @@ against a target without a VM (tests/gdb/fake_target.py)."""
 
 from __future__ import annotations
 
+import select
 import shutil
 import socket
 import subprocess
+import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from kvmlite.gdb import registers as R
 from kvmlite.gdb.packets import Ack, BadPacket, Interrupt, Packet, PacketReader, escape, frame, unescape
 from kvmlite.gdb.server import GdbServer, parse_endpoint
 from kvmlite.gdb.stub import RESUMED, GdbStub
-from kvmlite.gdb.target import BreakKind, StopEvent
+from kvmlite.gdb.target import BreakKind, StopEvent, StopQueue
 from tests.gdb.fake_target import FakeTarget
 
 GDB = shutil.which("gdb")
@@ -102,6 +104,19 @@ def test_vcont_steps_only_the_stepping_thread_and_breakpoints_reach_the_target()
     assert target.resumed[-1] == {0: "c", 1: "c"}
     assert stub.stop_reply(StopEvent(0, reason="watch", addr=0x2000)) == b"T05thread:1;watch:2000;"
     assert stub.stop_reply(StopEvent(exit_status=133)) == b"W85"
+
+
+def test_a_reported_stop_wakes_whoever_waits_on_the_stop_descriptor() -> None:
+    """The server sleeps on the target's stop descriptor beside gdb's socket (no polling for stops)."""
+    stops = StopQueue()
+    try:
+        assert select.select([stops], [], [], 0)[0] == [] and stops.get(0) is None
+        threading.Timer(0.05, stops.put, (StopEvent(1, reason="swbreak", addr=0x1234),)).start()
+        assert select.select([stops], [], [], 10)[0] == [stops]
+        assert stops.get(0) == StopEvent(1, reason="swbreak", addr=0x1234)
+        assert stops.get(0) is None and stops.empty()
+    finally:
+        stops.close()
 
 
 def test_endpoint_parsing() -> None:
