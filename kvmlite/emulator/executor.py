@@ -1,5 +1,8 @@
 """Execute decoded x86 instructions against a :class:`CpuState` and :class:`EmulatorOps`.
 
+(Longer than the project's ~600 lines: fetch, decode cache, translation blocks and the operand and
+memory accessors every handler calls are the emulator's per-instruction path, one class.)
+
 One :meth:`Executor.step` fetches at CS:RIP (through segmentation and the
 ops' paging), decodes (with a cache keyed by mode and the fetched bytes, so
 a loop decodes once), runs the instruction's handler and commits RIP.  The

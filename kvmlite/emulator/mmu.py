@@ -1,5 +1,8 @@
 """The guest MMU: x86 page-table walks, permission checks and a software TLB.
 
+(Longer than the project's ~600 lines: the walker, its permission rules and the TLB that caches
+their results change together; the shadow page tables are :mod:`kvmlite.emulator.shadow`.)
+
 The emulator turns every guest-linear address into a guest-physical one
 through :meth:`Mmu.translate`.  The walker follows the Intel SDM, volume 3,
 chapter 4 ("Paging") for the four paging modes a guest can select:

@@ -1,5 +1,8 @@
 """The main loop of one vCPU: run, dispatch the exit, repeat.
 
+(Longer than the project's ~600 lines: :class:`VmControl`'s pause and stop protocol and the loop
+that honours it at each exit are kept side by side, as each relies on the other's ordering.)
+
 One :class:`VcpuLoop` per vCPU, each in its own thread.  Exits are
 dispatched by their type through a dict; PIO and MMIO go to the buses.
 

@@ -118,3 +118,8 @@ class DeviceRegistry:
 
     def describe(self) -> list[str]:
         return [r.describe() for r in self._records.values()]
+
+
+def slot(base: int, length: int, name: str = "", offset: int = 0) -> BusSlot:
+    """A :class:`BusSlot` of ``length`` ports or bytes at ``base``."""
+    return BusSlot(Range(base, length), name, offset)

@@ -1,5 +1,8 @@
 """Run one ring-3 code snippet on KVM and on kvmlite's emulator from the same state; compare the outcome.
 
+(Longer than the project's ~600 lines: the differential machine, its snippet generator and the
+comparison are one harness.)
+
 The differential tests (``test_differential_kvm.py``) generate random
 instruction sequences; this module owns everything around them:
 

@@ -1,4 +1,7 @@
-"""The guest MMU against page tables built in real guest memory, one paging mode at a time."""
+"""The guest MMU against page tables built in real guest memory, one paging mode at a time.
+
+(Longer than the project's ~600 lines: one test per behaviour, grouped as the file names them.)
+"""
 
 from __future__ import annotations
 
