@@ -315,6 +315,9 @@ class MachineTarget:
 
         self.control.stop(ExitStatus.OK, "killed from gdb")
 
+    def close(self) -> None:
+        self._events.close()
+
     def monitor(self, command: str) -> str:
         if command in ("info registers", "info registers -a"):
 

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: How long the server sleeps at most while a target runs: a stop or a byte from gdb wakes it sooner.
 POLL_S = 0.2
+#: How long close() waits for the session thread to end before it releases the target.
+CLOSE_WAIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,13 @@ class GdbServer:
                 os.unlink(self.endpoint.address)
             except OSError:
                 pass
+        if self._thread is threading.current_thread():
+            return  # closed from its own session (a callback): the target stays until the process ends
+        if self._thread is not None and self._connected:
+            self._thread.join(CLOSE_WAIT_S)  # a session sees _closing at its next wake-up
+            if self._thread.is_alive():  # blocked reading a gdb that holds the VM stopped: leave it
+                return
+        self.target.close()  # no session: the thread waits in accept() and never looks at the target
 
     @staticmethod
     def _drain(fd: int) -> None:

@@ -143,6 +143,10 @@ class Target(Protocol):
         """End the VM."""
         ...
 
+    def close(self) -> None:
+        """The stub is done with the target: release what it holds (its stop descriptor)."""
+        ...
+
     def monitor(self, command: str) -> str:
         """A ``monitor`` command's output (``info registers``, ``info devices``)."""
         ...

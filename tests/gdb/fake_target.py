@@ -81,6 +81,9 @@ class FakeTarget:
     def kill(self) -> None:
         self.killed = True
 
+    def close(self) -> None:
+        self.events.close()
+
     def monitor(self, command: str) -> str:
         self.monitor_commands.append(command)
         return f"you said {command}"

@@ -3,6 +3,7 @@ against a target without a VM (tests/gdb/fake_target.py)."""
 
 from __future__ import annotations
 
+import os
 import select
 import shutil
 import socket
@@ -187,8 +188,12 @@ def test_a_second_gdb_can_connect_after_the_first_leaves() -> None:
                     got += s.recv(100)
                 assert got.startswith(b"+$T02thread:1;#")
         assert target.detached
+        stop_fd = target.stop_fd()
+        os.fstat(stop_fd)
     finally:
         server.close()
+    with pytest.raises(OSError):  # the server released the target's stop descriptor with it
+        os.fstat(stop_fd)
 
 
 @requires_gdb
