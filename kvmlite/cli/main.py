@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: where this host's KVM has a quirk kvmlite knows (docs/platform-notes.md), work around "
         "it: add Linux's clearcpuid= to its command line (clearcpuid), keep the vector state the guest "
         "kernel leaves out (xstate), hide the hypercall-based PV features (hypercalls), skip Linux's "
-        "boot-time ftrace checks and crypto self-tests where ring 0 is emulated (boot-speed); off: none; "
+        "boot-time ftrace checks and crypto self-tests and unpack its initramfs on the host where ring 0 is "
+        "emulated (boot-speed); off: none; "
         "or a comma-separated list of those, e.g. clearcpuid,hypercalls (auto)",
     )
     run.add_argument(

@@ -11,6 +11,7 @@ when an image needs them (start-up imports only what the run loads).
 from __future__ import annotations
 
 import mmap
+from collections.abc import Callable
 from pathlib import Path
 
 from kvmlite.errors import ElfError, LoaderError
@@ -94,10 +95,13 @@ def load_kernel(
     initrds: list[Path] | None = None,
     data: bytes | None = None,
     rsdp: int = 0,
+    initramfs: Callable[[bytes], bytes] | None = None,
 ) -> LoadResult:
     """Load the kernel at ``path`` (its bytes may be given as ``data``) by its detected format.
 
     ``rsdp``: where the ACPI tables start, for the boot protocols that carry it (Linux also scans for it).
+    ``initramfs``: applied to a Linux kernel's initrd (the ``--initrd`` files joined) before it is
+    placed (the host-quirk workaround that unpacks its compressed archives on the host).
     """
     encode_cmdline(cmdline)  # every format below carries it as UTF-8: refuse it once, here
     if data is None:
@@ -116,6 +120,8 @@ def load_kernel(
         return multiboot.load(memory, data, str(path), cmdline, modules)
     # Linux takes one initrd; several cpio archives concatenated are one initrd to it
     initrd = b"".join(contents for _, contents in modules) if modules else None
+    if initrd is not None and initramfs is not None and fmt in ("bzimage", "pvh"):
+        initrd = initramfs(initrd)
     if fmt == "bzimage":
         from kvmlite.loaders import bzimage
 

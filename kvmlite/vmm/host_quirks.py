@@ -24,7 +24,9 @@ only costs time: ftrace's boot-time checks and the crypto self-tests.  Where
 finds ring 0 that slow, :func:`linux_cmdline` also adds
 :data:`LINUX_BOOT_SPEED` (``--host-workarounds`` item ``boot-speed``),
 merged with the user's own ``initcall_blacklist=`` and never overriding a
-parameter the user wrote.
+parameter the user wrote, and :func:`initramfs_unpacker` hands the kernel its
+initramfs with the compressed archives unpacked (:mod:`kvmlite.loaders.initrd`):
+inflating a megabyte of gzip takes the kernel minutes there.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from kvmlite.errors import KvmIoctlError
+from kvmlite.files import mib
 from kvmlite.vmm.host_probe import PORT, HostProbe, NewVm, long_mode_vm, reported, run_to_exit
 from kvmlite.x86 import Cr4, Xcr0
 
@@ -193,3 +196,34 @@ def linux_cmdline(
                     " ".join(added),
                 )
     return cmdline
+
+
+def initramfs_unpacker(new_vm: NewVm, memory_size: int) -> Callable[[bytes], bytes] | None:
+    """Where ring 0 is emulated: what unpacks a Linux initramfs's compressed archives on the host.
+
+    Linux inflates a gzip'd initramfs at ring 0, minutes for a megabyte where each instruction is
+    emulated (docs/platform-notes.md); it unpacks the same files from the archives uncompressed
+    (:mod:`kvmlite.loaders.initrd`).  The result is kept to a quarter of guest RAM: past that the
+    initramfs goes to the guest as it came.  None where ring 0 runs on the CPU.
+    """
+    ns = host_ring0_ns_per_instruction(new_vm)
+    if ns < EMULATED_NS_PER_INSTRUCTION:
+        return None
+
+    def unpack(data: bytes) -> bytes:
+        from kvmlite.loaders.initrd import decompress_initramfs
+
+        result = decompress_initramfs(data, memory_size // 4)
+        if result.changed:
+            log.warning(
+                "this host's KVM emulates the guest's ring 0 (about %d ns per instruction): unpacked the "
+                "initramfs's %s archive on the host (%s to %s), sparing the kernel minutes of decompressing "
+                "it at ring 0; --host-workarounds without boot-speed to pass it as it is",
+                ns,
+                "+".join(result.compressed),
+                mib(len(data)),
+                mib(len(result.data)),
+            )
+        return result.data
+
+    return unpack

@@ -88,7 +88,8 @@ MAX_MEMORY_MIB = 64 * 1024
 #: The host workarounds ``--host-workarounds`` names (docs/platform-notes.md): Linux's ``clearcpuid=`` on
 #: the command line (kvmlite.vmm.host_quirks), the vector state kept across the guest kernel's XSAVE/XRSTOR
 #: (kvmlite.vmm.xstate_quirk), the hypercall-based PV features hidden (kvmlite.vmm.hypercall), Linux's
-#: boot-time checks skipped where ring 0 is emulated (``boot-speed``, kvmlite.vmm.host_quirks).
+#: boot-time checks skipped and its initramfs unpacked on the host where ring 0 is emulated (``boot-speed``,
+#: kvmlite.vmm.host_quirks).
 HOST_WORKAROUNDS = ("clearcpuid", "xstate", "hypercalls", "boot-speed")
 OPTIONAL_DEVICES = ("pc-testdev", "pci-testdev", "virtio-rng-pci")
 SMP_NEEDS_KERNEL_IRQCHIP = (
@@ -521,11 +522,16 @@ class Machine(PciWiring):
             extra += self.mmio_announcements
         cmdline = " ".join([cfg.cmdline, *extra]).strip()
         workarounds = cfg.workarounds() & {"clearcpuid", "boot-speed"}
+        unpack = None
         if self.caps.rescue_emulation and workarounds:
-            from kvmlite.vmm.host_quirks import linux_cmdline
+            from kvmlite.vmm.host_quirks import initramfs_unpacker, linux_cmdline
 
             cmdline = linux_cmdline(cfg.kernel, cmdline, self.vm.new_vm, workarounds)
-        self.load_result = load_kernel(self.memory, cfg.kernel, cmdline, cfg.initrds, rsdp=self.rsdp)
+            if "boot-speed" in workarounds and cfg.initrds:
+                unpack = initramfs_unpacker(self.vm.new_vm, self.memory.size)
+        self.load_result = load_kernel(
+            self.memory, cfg.kernel, cmdline, cfg.initrds, rsdp=self.rsdp, initramfs=unpack
+        )
         log.info("loaded %s (%s), entry %#x", cfg.kernel, self.load_result.format, self.load_result.entry)
         for note in self.load_result.notes:
             log.warning("%s", note)
