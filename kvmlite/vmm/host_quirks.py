@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from kvmlite.errors import KvmIoctlError
-from kvmlite.files import mib
+from kvmlite.files import MIB
 from kvmlite.vmm.host_probe import PORT, HostProbe, NewVm, long_mode_vm, reported, run_to_exit
 from kvmlite.x86 import Cr4, Xcr0
 
@@ -217,12 +217,12 @@ def initramfs_unpacker(new_vm: NewVm, memory_size: int) -> Callable[[bytes], byt
         if result.changed:
             log.warning(
                 "this host's KVM emulates the guest's ring 0 (about %d ns per instruction): unpacked the "
-                "initramfs's %s archive on the host (%s to %s), sparing the kernel minutes of decompressing "
-                "it at ring 0; --host-workarounds without boot-speed to pass it as it is",
+                "initramfs's %s archive on the host (%.1f MiB to %.1f MiB), sparing the kernel minutes of "
+                "decompressing it at ring 0; --host-workarounds without boot-speed to pass it as it is",
                 ns,
                 "+".join(result.compressed),
-                mib(len(data)),
-                mib(len(result.data)),
+                len(data) / MIB,
+                len(result.data) / MIB,
             )
         return result.data
 
