@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import logging
 import lzma
 import zlib
 from collections.abc import Callable
@@ -119,7 +120,12 @@ def test_any_input_gives_an_initramfs_not_an_exception(noise: bytes, where: int,
     (2, "auto", False),  # ring 0 on the CPU: the kernel inflates in no time
 ])  # fmt: skip
 def test_the_machine_gives_linux_its_initramfs_unpacked_where_ring0_is_emulated(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ns: int, workarounds: str, unpacked: bool
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    ns: int,
+    workarounds: str,
+    unpacked: bool,
 ) -> None:
     monkeypatch.setattr(host_quirks, "host_faults_avx_at_cpl0", lambda new_vm: False)
     monkeypatch.setattr(host_quirks, "host_ring0_ns_per_instruction", lambda new_vm: ns)
@@ -130,9 +136,12 @@ def test_the_machine_gives_linux_its_initramfs_unpacked_where_ring0_is_emulated(
                            host_workarounds=workarounds)  # fmt: skip
     machine = Machine(config)
     try:
-        machine.load()
+        with caplog.at_level(logging.WARNING, logger="kvmlite.vmm.host_quirks"):
+            machine.load()
         bp = B.BootParams.from_buffer_copy(machine.memory.read(bzimage.ZERO_PAGE_ADDR, B.ZERO_PAGE_SIZE))
         given_to_linux = machine.memory.read(bp.hdr.ramdisk_image, bp.hdr.ramdisk_size)
     finally:
         machine.close()
     assert given_to_linux == (EARLY + MAIN if unpacked else initrd.read_bytes())
+    said = [r.getMessage() for r in caplog.records if "unpacked the initramfs" in r.getMessage()]
+    assert len(said) == unpacked and all("gzip archive on the host" in line for line in said)
