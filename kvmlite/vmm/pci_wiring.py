@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from kvmlite.devices.base import Device, IrqLine
+from kvmlite.devices.base import IrqLine
 from kvmlite.errors import ConfigError, KvmliteError
 from kvmlite.pci.bus import ConfigData, Ecam, PciBus, devfn
 from kvmlite.pci.config import COMMAND, COMMAND_IO, COMMAND_MEMORY, INTERRUPT_LINE, INTERRUPT_PIN, BarKind
@@ -25,7 +25,7 @@ from kvmlite.vmm import layout as L
 from kvmlite.vmm.console import SerialConsole
 from kvmlite.vmm.irqchip import KernelIrqChip, UserspaceIrqChip
 from kvmlite.vmm.irqroute import GsiRouter, MsiVectors, ResampledLine
-from kvmlite.vmm.registry import BusSlot, DeviceRecord, DeviceRegistry, slot
+from kvmlite.vmm.registry import DeviceRecord, DeviceRegistry, slot
 
 if TYPE_CHECKING:  # imported where used: a run imports only what its configuration attaches
     import threading
@@ -74,18 +74,7 @@ class PciWiring:
     _pci_names: dict[int, str]
     _closing: list[Callable[[], None]]
 
-    if TYPE_CHECKING:
-
-        def place(
-            self,
-            name: str,
-            type_: str,
-            device: Any,
-            pio: Sequence[BusSlot] = (),
-            mmio: Sequence[BusSlot] = (),
-            irqs: Sequence[int] = (),
-            handlers: dict[str, Device] | None = None,
-        ) -> DeviceRecord: ...
+    place: Callable[..., DeviceRecord]  # Machine.place
 
     def attach_pci(self) -> PciBus:
         """The PCI host bridge at 00.0 with configuration mechanism #1 (0xCF8/0xCFC) and the ECAM window."""
