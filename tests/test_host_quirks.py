@@ -4,7 +4,9 @@ and where ring 0 is emulated, the parameters that skip Linux's slowest boot-time
 from __future__ import annotations
 
 import logging
+import lzma
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from kvmlite.vmm import host_quirks
 from kvmlite.vmm.host_quirks import LINUX_BOOT_SPEED, LINUX_CLEARCPUID, linux_cmdline
 from kvmlite.vmm.machine import Machine, MachineConfig
 from tests.conftest import requires_kvm
-from tests.images import make_bzimage
+from tests.images import make_bzimage, make_vmlinux
 
 SPEED = " ".join(LINUX_BOOT_SPEED)
 BLACKLISTED = "ftrace_check_for_weak_functions,ftrace_check_sync,trace_eval_init"
@@ -194,3 +196,64 @@ def test_linux_with_a_plain_console_command_line_reaches_init(tmp_path: Path) ->
     assert INIT_RAN in text, text[-3000:]
     if "cannot run AVX instructions at ring 0" in text:  # this host: the one line saying what was added
         assert LINUX_CLEARCPUID in text
+
+
+def _bzimage_around(vmlinux: bytes) -> bytes:
+    """A bzImage whose payload (named by its header) is ``vmlinux``, xz-compressed as kernels build it."""
+    payload = lzma.compress(vmlinux, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
+    payload += struct.pack("<I", len(vmlinux))
+    stub = b"\x90" * 0x300  # the decompressor
+    return make_bzimage(stub + payload, payload=(len(stub), len(payload)))
+
+
+def test_a_bzimage_boots_its_vmlinux_through_pvh_where_ring0_is_emulated(
+    slow_host: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(_bzimage_around(make_vmlinux()))
+    with caplog.at_level(logging.INFO, logger="kvmlite.vmm.host_quirks"):
+        assert host_quirks.pvh_kernel_from_bzimage(kernel, new_vm=None) == make_vmlinux()
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "through its PVH entry" in line and "KASLR" in line and "without pvh-entry" in line
+
+
+def test_a_bzimage_it_cannot_open_or_without_pvh_boots_as_it_is(
+    slow_host: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    no_pvh, no_payload = tmp_path / "no-pvh", tmp_path / "no-payload"
+    no_pvh.write_bytes(_bzimage_around(make_vmlinux(notes=b"")))
+    no_payload.write_bytes(make_bzimage())
+    with caplog.at_level(logging.INFO, logger="kvmlite.vmm.host_quirks"):
+        assert host_quirks.pvh_kernel_from_bzimage(no_pvh, new_vm=None) is None
+        assert host_quirks.pvh_kernel_from_bzimage(no_payload, new_vm=None) is None
+    assert [r.levelname for r in caplog.records] == ["INFO", "INFO"]
+    assert "no PVH entry" in caplog.records[0].getMessage()
+
+
+def test_where_ring0_runs_on_the_cpu_the_bzimage_is_not_opened(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(host_quirks, "host_ring0_ns_per_instruction", lambda new_vm: 2)
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(_bzimage_around(make_vmlinux()))
+    assert host_quirks.pvh_kernel_from_bzimage(kernel, new_vm=None) is None
+
+
+@requires_kvm
+@pytest.mark.parametrize(("workarounds", "entered"), [
+    ("auto", "ELF64 PVH"), ("pvh-entry", "ELF64 PVH"),
+    ("off", "bzImage"), ("clearcpuid,boot-speed", "bzImage"),
+])  # fmt: skip
+def test_the_machine_takes_the_pvh_entry_unless_told_not_to(
+    quirky_host: None, tmp_path: Path, workarounds: str, entered: str
+) -> None:
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(_bzimage_around(make_vmlinux()))
+    config = MachineConfig(
+        kernel=kernel, cmdline="console=ttyS0", backend="kvm", memory_mib=64, host_workarounds=workarounds
+    )
+    machine = Machine(config)
+    try:
+        assert machine.load().format.startswith(entered)
+    finally:
+        machine.close()

@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         "it: add Linux's clearcpuid= to its command line (clearcpuid), keep the vector state the guest "
         "kernel leaves out (xstate), hide the hypercall-based PV features (hypercalls), skip Linux's "
         "boot-time ftrace checks and crypto self-tests and unpack its initramfs on the host where ring 0 is "
-        "emulated (boot-speed); off: none; "
+        "emulated (boot-speed), boot a bzImage's vmlinux through its PVH entry there (pvh-entry); off: none; "
         "or a comma-separated list of those, e.g. clearcpuid,hypercalls (auto)",
     )
     run.add_argument(

@@ -90,7 +90,8 @@ MAX_MEMORY_MIB = 64 * 1024
 #: (kvmlite.vmm.xstate_quirk), the hypercall-based PV features hidden (kvmlite.vmm.hypercall), Linux's
 #: boot-time checks skipped and its initramfs unpacked on the host where ring 0 is emulated (``boot-speed``,
 #: kvmlite.vmm.host_quirks).
-HOST_WORKAROUNDS = ("clearcpuid", "xstate", "hypercalls", "boot-speed")
+#: ``pvh-entry``: a bzImage's vmlinux, decompressed on the host, booted through its PVH entry there (same).
+HOST_WORKAROUNDS = ("clearcpuid", "xstate", "hypercalls", "boot-speed", "pvh-entry")
 OPTIONAL_DEVICES = ("pc-testdev", "pci-testdev", "virtio-rng-pci")
 SMP_NEEDS_KERNEL_IRQCHIP = (
     "SMP needs local APICs (the KVM backend with --irqchip kernel or auto, or the emu backend)"
@@ -521,16 +522,19 @@ class Machine(PciWiring):
         if self.mmio_announcements and not self._mmio_from_acpi():
             extra += self.mmio_announcements
         cmdline = " ".join([cfg.cmdline, *extra]).strip()
-        workarounds = cfg.workarounds() & {"clearcpuid", "boot-speed"}
+        workarounds = cfg.workarounds() & {"clearcpuid", "boot-speed", "pvh-entry"}
         unpack = None
+        kernel_data = None
         if self.caps.rescue_emulation and workarounds:
-            from kvmlite.vmm.host_quirks import initramfs_unpacker, linux_cmdline
+            from kvmlite.vmm import host_quirks as Q
 
-            cmdline = linux_cmdline(cfg.kernel, cmdline, self.vm.new_vm, workarounds)
+            cmdline = Q.linux_cmdline(cfg.kernel, cmdline, self.vm.new_vm, workarounds)
             if "boot-speed" in workarounds and cfg.initrds:
-                unpack = initramfs_unpacker(self.vm.new_vm, self.memory.size)
+                unpack = Q.initramfs_unpacker(self.vm.new_vm, self.memory.size)
+            if "pvh-entry" in workarounds:
+                kernel_data = Q.pvh_kernel_from_bzimage(cfg.kernel, self.vm.new_vm)
         self.load_result = load_kernel(
-            self.memory, cfg.kernel, cmdline, cfg.initrds, rsdp=self.rsdp, initramfs=unpack
+            self.memory, cfg.kernel, cmdline, cfg.initrds, data=kernel_data, rsdp=self.rsdp, initramfs=unpack
         )
         log.info("loaded %s (%s), entry %#x", cfg.kernel, self.load_result.format, self.load_result.entry)
         for note in self.load_result.notes:
