@@ -257,3 +257,19 @@ def test_the_machine_takes_the_pvh_entry_unless_told_not_to(
         assert machine.load().format.startswith(entered)
     finally:
         machine.close()
+
+
+@requires_kvm
+def test_a_vmlinux_that_does_not_load_through_pvh_falls_back_to_the_bzimage(
+    quirky_host: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(_bzimage_around(make_vmlinux(paddr=0x7000_0000)))  # past the guest's 64 MiB
+    config = MachineConfig(kernel=kernel, backend="kvm", memory_mib=64)
+    machine = Machine(config)
+    try:
+        with caplog.at_level(logging.WARNING, logger="kvmlite.vmm.machine"):
+            assert machine.load().format.startswith("bzImage")
+    finally:
+        machine.close()
+    assert any("does not load through PVH" in r.getMessage() for r in caplog.records)

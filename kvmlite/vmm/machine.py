@@ -45,7 +45,7 @@ from kvmlite.devices.i8042 import I8042, PortA20Reset, PostCodePort
 from kvmlite.devices.pit import Pit8254
 from kvmlite.devices.rtc import CmosRtc
 from kvmlite.devices.serial import THR, Serial16550
-from kvmlite.errors import ConfigError, KvmliteError
+from kvmlite.errors import ConfigError, KvmliteError, LoaderError
 from kvmlite.firmware.acpi import MAX_CPUS, AcpiPlatform, write_tables
 from kvmlite.kvm.coalesced import CoalescedRing
 from kvmlite.loaders import LoadResult, load_kernel
@@ -533,9 +533,15 @@ class Machine(PciWiring):
                 unpack = Q.initramfs_unpacker(self.vm.new_vm, self.memory.size)
             if "pvh-entry" in workarounds:
                 kernel_data = Q.pvh_kernel_from_bzimage(cfg.kernel, self.vm.new_vm)
-        self.load_result = load_kernel(
-            self.memory, cfg.kernel, cmdline, cfg.initrds, data=kernel_data, rsdp=self.rsdp, initramfs=unpack
-        )
+        load = functools.partial(load_kernel, self.memory, cfg.kernel, cmdline, cfg.initrds, rsdp=self.rsdp,
+                                 initramfs=unpack)  # fmt: skip
+        try:
+            self.load_result = load(data=kernel_data)
+        except LoaderError as err:
+            if kernel_data is None:
+                raise
+            log.warning("the bzImage's vmlinux does not load through PVH (%s): booting the bzImage", err)
+            self.load_result = load()
         log.info("loaded %s (%s), entry %#x", cfg.kernel, self.load_result.format, self.load_result.entry)
         for note in self.load_result.notes:
             log.warning("%s", note)
