@@ -161,6 +161,12 @@ def add_params(cmdline: str, params: Iterable[str]) -> tuple[str, list[str]]:
     return kernel + init_args, added
 
 
+def emulated_ring0_ns(new_vm: NewVm) -> int | None:
+    """Nanoseconds per guest ring-0 instruction where the host emulates ring 0, else None."""
+    ns = host_ring0_ns_per_instruction(new_vm)
+    return ns if ns >= EMULATED_NS_PER_INSTRUCTION else None
+
+
 def linux_cmdline(
     kernel: Path, cmdline: str, new_vm: NewVm, workarounds: Iterable[str] = ("clearcpuid", "boot-speed")
 ) -> str:
@@ -186,8 +192,8 @@ def linux_cmdline(
             )
             cmdline, _ = add_params(cmdline, [LINUX_CLEARCPUID])
     if "boot-speed" in wanted:
-        ns = host_ring0_ns_per_instruction(new_vm)
-        if ns >= EMULATED_NS_PER_INSTRUCTION:
+        ns = emulated_ring0_ns(new_vm)
+        if ns is not None:
             cmdline, added = add_params(cmdline, LINUX_BOOT_SPEED)
             if added:
                 log.warning(
@@ -208,8 +214,8 @@ def initramfs_unpacker(new_vm: NewVm, memory_size: int) -> Callable[[bytes], byt
     (:mod:`kvmlite.loaders.initrd`).  The result is kept to a quarter of guest RAM: past that the
     initramfs goes to the guest as it came.  None where ring 0 runs on the CPU.
     """
-    ns = host_ring0_ns_per_instruction(new_vm)
-    if ns < EMULATED_NS_PER_INSTRUCTION:
+    ns = emulated_ring0_ns(new_vm)
+    if ns is None:
         return None
 
     def unpack(data: bytes) -> bytes:
@@ -231,10 +237,6 @@ def initramfs_unpacker(new_vm: NewVm, memory_size: int) -> Callable[[bytes], byt
     return unpack
 
 
-#: The largest bzImage read for its vmlinux (Debian's is 8 MiB; the vmlinux inside, 50 MiB).
-BZIMAGE_READ_LIMIT = 256 << 20
-
-
 def pvh_kernel_from_bzimage(kernel: Path, new_vm: NewVm) -> bytes | None:
     """Where ring 0 is emulated: the ELF vmlinux inside the bzImage ``kernel``, if it has a PVH entry.
 
@@ -251,15 +253,15 @@ def pvh_kernel_from_bzimage(kernel: Path, new_vm: NewVm) -> bytes | None:
 
     if kernel_format(kernel) != "bzimage":
         return None
-    ns = host_ring0_ns_per_instruction(new_vm)
-    if ns < EMULATED_NS_PER_INSTRUCTION:
+    ns = emulated_ring0_ns(new_vm)
+    if ns is None:
         return None
     from kvmlite.errors import KvmliteError
     from kvmlite.files import read_bounded
-    from kvmlite.tools.extract_vmlinux import extract_vmlinux
+    from kvmlite.tools.extract_vmlinux import MAX_BZIMAGE, extract_vmlinux
 
     try:
-        vmlinux = extract_vmlinux(read_bounded(kernel, "kernel", BZIMAGE_READ_LIMIT))
+        vmlinux = extract_vmlinux(read_bounded(kernel, "kernel", MAX_BZIMAGE))
     except KvmliteError as err:
         log.info("booting the bzImage as it is: its vmlinux cannot be taken out here (%s)", err)
         return None
