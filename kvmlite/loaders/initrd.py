@@ -26,8 +26,11 @@ import logging
 import lzma
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Union
+
+from kvmlite.loaders.compression import compression_of
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +115,14 @@ def _inflate(decompressor: Stream, data: bytes, room: int) -> tuple[bytes, bytes
         return None
 
 
-def _decompressor(head: bytes) -> tuple[str, Stream] | None:
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip", zlib.decompressobj(wbits=31)
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return "xz", lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-    if head.startswith(b"\x5d\x00\x00"):
-        return "lzma", lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
-    if head.startswith(b"BZh"):
-        return "bzip2", bz2.BZ2Decompressor()
-    return None
+#: A fresh decompressor for each compression Python's standard library reads (by the names of
+#: :data:`kvmlite.loaders.compression.MAGICS`).
+STREAMS: dict[str, Callable[[], Stream]] = {
+    "gzip": lambda: zlib.decompressobj(wbits=31),
+    "xz": lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ),
+    "lzma": lambda: lzma.LZMADecompressor(format=lzma.FORMAT_ALONE),
+    "bzip2": bz2.BZ2Decompressor,
+}
 
 
 def decompress_initramfs(data: bytes, limit: int) -> Unpacked:
@@ -155,12 +156,11 @@ def decompress_initramfs(data: bytes, limit: int) -> Unpacked:
             emit(data[pos:archive_end], pos)
             pos = archive_end
             continue
-        found = _decompressor(data[pos : pos + 6])
-        if found is None:
-            break
-        name, decompressor = found
+        name = compression_of(data[pos : pos + 16])
+        if name not in STREAMS:
+            break  # not a compression Python reads (zstd, lz4, lzo), or not compressed data at all
         try:
-            result = _inflate(decompressor, data[pos:], limit - len(out))
+            result = _inflate(STREAMS[name](), data[pos:], limit - len(out))
         except _TooLarge:
             log.info("initramfs: its %s segment at byte %d unpacks to more than %d bytes: left compressed",
                      name, pos, limit)  # fmt: skip

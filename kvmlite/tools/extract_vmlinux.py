@@ -40,21 +40,11 @@ from kvmlite.errors import STATUS_BAD_INPUT, BzImageError, KvmliteError
 from kvmlite.files import read_bounded
 from kvmlite.loaders import bootparams as B
 from kvmlite.loaders import bzimage
+from kvmlite.loaders.compression import MAGICS, compression_of
 from kvmlite.loaders.elf import ELF_MAGIC
 
 log = logging.getLogger(__name__)
 
-#: (name, magic) of every compression the x86 kernel build offers, in the order a scan tries them.
-MAGICS: tuple[tuple[str, bytes], ...] = (
-    ("gzip", b"\x1f\x8b\x08"),
-    ("xz", b"\xfd7zXZ\x00"),
-    ("bzip2", b"BZh"),
-    ("lzma", b"\x5d\x00\x00"),
-    ("lzo", b"\x89LZO\x00\r\n\x1a\n"),
-    ("lz4", b"\x02\x21\x4c\x18"),  # legacy format, what the kernel build writes
-    ("lz4", b"\x04\x22\x4d\x18"),  # frame format
-    ("zstd", b"\x28\xb5\x2f\xfd"),
-)
 LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
 LZ4_LEGACY_BLOCK = 8 << 20  # every legacy block but the last decompresses to 8 MiB
 SIZE_TRAILER = 4
@@ -199,14 +189,6 @@ DECOMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     "lzo": _lzo,
 }
 _STDLIB_ERRORS = (zlib.error, lzma.LZMAError, OSError, EOFError, ValueError, RuntimeError)
-
-
-def compression_of(payload: bytes) -> str | None:
-    """The compression whose magic number starts ``payload``, or None."""
-    for name, magic in MAGICS:
-        if payload.startswith(magic):
-            return name
-    return None
 
 
 def decompress(payload: bytes, method: str) -> bytes:
