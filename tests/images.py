@@ -55,6 +55,16 @@ def make_bzimage(
     return bytes(setup) + kernel
 
 
+STUB = b"\x90" * 0x300  # stands in for a bzImage's decompressor, before its payload
+
+
+def image_with_payload(compressed: bytes, *, size_append: int | None, version: int = 0x020F) -> bytes:
+    """A bzImage whose header names ``compressed`` as its payload, with the build's size trailer if given."""
+    payload = compressed + (struct.pack("<I", size_append) if size_append is not None else b"")
+    kernel = STUB + payload + b"\0" * 64
+    return make_bzimage(kernel, version=version, payload=(len(STUB), len(payload)))
+
+
 KERNEL_PADDR = 0x100_0000
 KERNEL_VADDR = 0xFFFF_FFFF_8100_0000
 ENTRY = KERNEL_PADDR + 0x40

@@ -7,7 +7,6 @@ import gzip
 import logging
 import lzma
 import shutil
-import struct
 import subprocess
 from pathlib import Path
 
@@ -17,9 +16,8 @@ from kvmlite.errors import BzImageError
 from kvmlite.loaders.elf import EM_X86_64, parse_elf
 from kvmlite.tools import assets, extract_vmlinux
 from kvmlite.tools.extract_vmlinux import extract_vmlinux as extract
-from tests.images import make_bzimage
+from tests.images import STUB, image_with_payload, make_bzimage
 
-STUB = b"\x90" * 0x300  # stands in for the decompressor before the payload
 FAKE_VMLINUX = b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 200
 
 
@@ -36,12 +34,6 @@ COMPRESSORS = {
     "lz4": lambda d: _tool(["lz4", "-q", "-l", "-c"], d),  # legacy format, as the kernel build uses
 }
 NEEDS_COMMAND = {"zstd": "zstd", "lz4": "lz4"}
-
-
-def image_with_payload(compressed: bytes, *, size_append: int | None, version: int = 0x020F) -> bytes:
-    payload = compressed + (struct.pack("<I", size_append) if size_append is not None else b"")
-    kernel = STUB + payload + b"\0" * 64
-    return make_bzimage(kernel, version=version, payload=(len(STUB), len(payload)))
 
 
 @pytest.mark.parametrize("method", sorted(COMPRESSORS))

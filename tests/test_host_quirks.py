@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import lzma
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from kvmlite.vmm import host_quirks
 from kvmlite.vmm.host_quirks import LINUX_BOOT_SPEED, LINUX_CLEARCPUID, linux_cmdline
 from kvmlite.vmm.machine import Machine, MachineConfig
 from tests.conftest import requires_kvm
-from tests.images import make_bzimage, make_vmlinux
+from tests.images import image_with_payload, make_bzimage, make_vmlinux
 
 SPEED = " ".join(LINUX_BOOT_SPEED)
 BLACKLISTED = "ftrace_check_for_weak_functions,ftrace_check_sync,trace_eval_init"
@@ -200,10 +199,8 @@ def test_linux_with_a_plain_console_command_line_reaches_init(tmp_path: Path) ->
 
 def _bzimage_around(vmlinux: bytes) -> bytes:
     """A bzImage whose payload (named by its header) is ``vmlinux``, xz-compressed as kernels build it."""
-    payload = lzma.compress(vmlinux, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
-    payload += struct.pack("<I", len(vmlinux))
-    stub = b"\x90" * 0x300  # the decompressor
-    return make_bzimage(stub + payload, payload=(len(stub), len(payload)))
+    xz = lzma.compress(vmlinux, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
+    return image_with_payload(xz, size_append=len(vmlinux))
 
 
 def test_a_bzimage_boots_its_vmlinux_through_pvh_where_ring0_is_emulated(
